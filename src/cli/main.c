@@ -1,0 +1,515 @@
+/* main.c - the `vela` command-line tool. */
+#include "common.h"
+#include "vmx.h"
+#include "vmx-sup.h"
+
+#include <poll.h>
+#include <string.h>
+#include <termios.h>
+
+struct cli {
+	bool json;
+	int timeout_s;       /* soft power-op timeout, 0 = supervisor default */
+};
+
+/* ------------------------------------------------------------ output */
+
+static int fail(const struct cli *c, int code)
+{
+	const struct vela_errinfo *e = vela_errinfo(code);
+	if (c->json) {
+		json_t *j = json_pack("{s:b, s:{s:i, s:s, s:s}}", "ok", 0, "error",
+				      "code", e ? e->code : VELA_E_INTERNAL,
+				      "name", e ? e->name : "VELA_E_INTERNAL", "message", vela_errmsg());
+		char *t = json_dumps(j, JSON_INDENT(2));
+		puts(t);
+		free(t);
+		json_decref(j);
+	} else {
+		fprintf(stderr, "vela: %s: %s\n", e ? e->name : "VELA_E_INTERNAL", vela_errmsg());
+	}
+	return 1;
+}
+
+static void print_json(json_t *j)
+{
+	char *t = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	puts(t);
+	free(t);
+}
+
+static int usage_error(const char *fmt, const char *arg)
+{
+	fprintf(stderr, "vela: ");
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, "\nTry 'vela --help'.\n");
+	return 2;
+}
+
+/* ------------------------------------------------------------ errors */
+
+static int cmd_errors(const struct cli *c)
+{
+	if (c->json) {
+		json_t *arr = json_array();
+		for (const struct vela_errinfo *e = vela_error_table; e->name; e++)
+			json_array_append_new(arr, json_pack("{s:s, s:i, s:s, s:i, s:s}", "name", e->name, "code", e->code,
+							      "errno", e->errno_name, "errno_value", e->errno_value,
+							      "message", e->message));
+		print_json(arr);
+		json_decref(arr);
+		return 0;
+	}
+	printf("%-20s %4s  %-13s %s\n", "NAME", "CODE", "ERRNO", "MESSAGE");
+	for (const struct vela_errinfo *e = vela_error_table; e->name; e++)
+		printf("%-20s %4d  %-13s %s\n", e->name, e->code, e->errno_name, e->message);
+	return 0;
+}
+
+/* ------------------------------------------------------------ vmx check */
+
+static int cmd_vmx_check(const struct cli *c, const char *path)
+{
+	struct vmx_file *f = NULL;
+	struct vmx_model *m = NULL;
+	struct strbuf diag = { 0 };
+	int r = vmx_file_load(path, &f);
+	if (r < 0)
+		return fail(c, r);
+	r = vmx_model_build(f, path, NULL, &diag, &m);
+	if (r < 0) {
+		if (c->json) {
+			json_t *probs = json_array();
+			for (char *line = strtok(diag.data, "\n"); line; line = strtok(NULL, "\n"))
+				json_array_append_new(probs, json_string(line));
+			json_t *j = json_pack("{s:b, s:{s:i, s:s, s:s}, s:o}", "ok", 0, "error", "code", VELA_E_CONFIG,
+					      "name", "VELA_E_CONFIG", "message", vela_errmsg(), "problems", probs);
+			print_json(j);
+			json_decref(j);
+		} else {
+			fputs(diag.data, stderr);
+		}
+		strbuf_free(&diag);
+		vmx_file_free(f);
+		return 1;
+	}
+	if (c->json) {
+		json_t *disks = json_array();
+		for (size_t i = 0; i < m->n_disks; i++)
+			json_array_append_new(disks, json_pack("{s:s, s:s, s:s?, s:s}", "address", m->disks[i].addr,
+				"type", m->disks[i].type == VMX_DEV_DISK ? "disk" : "cdrom",
+				"path", m->disks[i].path, "mode", vmx_disk_mode_name(m->disks[i].mode)));
+		unsigned nics = 0;
+		for (unsigned i = 0; i < VMX_MAX_NICS; i++)
+			nics += m->nics[i].present;
+		json_t *j = json_pack("{s:b, s:s, s:s, s:I, s:i, s:o, s:i}", "ok", 1, "display_name", m->display_name,
+				      "guest_os", m->guest_os, "memsize_mb", (json_int_t)m->memsize_mb,
+				      "vcpus", m->vcpus, "disks", disks, "nics", nics);
+		print_json(j);
+		json_decref(j);
+	} else {
+		printf("%s: OK (%s, %llu MB, %u vCPU, %zu disk device%s)\n", path, m->display_name,
+		       (unsigned long long)m->memsize_mb, m->vcpus, m->n_disks, m->n_disks == 1 ? "" : "s");
+	}
+	vmx_model_free(m);
+	vmx_file_free(f);
+	return 0;
+}
+
+/* ------------------------------------------------------------ vm ops */
+
+static void print_status(const struct cli *c, json_t *st)
+{
+	if (c->json) {
+		print_json(st);
+		return;
+	}
+	const char *state = json_string_value(json_object_get(st, "state"));
+	printf("%s\n", state ? state : "unknown");
+	json_t *q = json_object_get(st, "question");
+	if (q) {
+		printf("question: %s\n", json_string_value(json_object_get(q, "text")));
+		printf("answer with: vela vm answer FILE.vmx keep|create|cancel\n");
+	}
+}
+
+static int call_simple(const struct cli *c, const char *path, json_t *req, int timeout_ms)
+{
+	json_t *reply = NULL;
+	int r = vmxsup_call(path, req, &reply, timeout_ms);
+	json_decref(req);
+	if (r < 0)
+		return fail(c, r);
+	print_status(c, reply);
+	json_decref(reply);
+	return 0;
+}
+
+static int vm_getstate(const struct cli *c, const char *path, bool full)
+{
+	if (access(path, F_OK) < 0)
+		return fail(c, vela_error_errno(errno, "%s", path));
+	json_t *reply = NULL;
+	int r = vmxsup_call(path, json_pack("{s:s}", "cmd", "status"), &reply, 10000);
+	if (r == -VELA_E_NOTRUNNING) {
+		reply = json_pack("{s:b, s:s}", "ok", 1, "state", "off");
+	} else if (r < 0) {
+		return fail(c, r);
+	}
+	if (full || c->json) {
+		if (c->json)
+			print_json(reply);
+		else {
+			const char *k;
+			json_t *v;
+			json_object_foreach(reply, k, v) {
+				if (strcmp(k, "ok") == 0)
+					continue;
+				if (json_is_string(v))
+					printf("%-16s %s\n", k, json_string_value(v));
+				else if (json_is_integer(v))
+					printf("%-16s %lld\n", k, (long long)json_integer_value(v));
+				else {
+					char *t = json_dumps(v, JSON_COMPACT);
+					printf("%-16s %s\n", k, t);
+					free(t);
+				}
+			}
+		}
+	} else {
+		print_status(c, reply);
+	}
+	json_decref(reply);
+	return 0;
+}
+
+static int vm_start(const struct cli *c, const char *path)
+{
+	json_t *reply = NULL;
+	int r = vmxsup_spawn(path, getenv("VELA_VMX_BINARY"), &reply, 120000);
+	if (r < 0)
+		return fail(c, r);
+	print_status(c, reply);
+	json_decref(reply);
+	return 0;
+}
+
+static int vm_power(const struct cli *c, const char *cmd, const char *path, const char *mode)
+{
+	json_t *req = json_pack("{s:s}", "cmd", cmd);
+	if (mode)
+		json_object_set_new(req, "mode", json_string(mode));
+	if (c->timeout_s)
+		json_object_set_new(req, "timeout", json_integer(c->timeout_s));
+	int wait_ms = ((c->timeout_s ? c->timeout_s : 60) + 60) * 1000;
+	return call_simple(c, path, req, wait_ms);
+}
+
+/* ------------------------------------------------------------ console */
+
+static char *unescape(const char *s, size_t *len)
+{
+	struct strbuf sb = { 0 };
+	for (const char *p = s; *p; p++) {
+		char ch = *p;
+		if (ch == '\\' && p[1]) {
+			p++;
+			switch (*p) {
+			case 'n': ch = '\n'; break;
+			case 'r': ch = '\r'; break;
+			case 't': ch = '\t'; break;
+			case '\\': ch = '\\'; break;
+			case 'x':
+				if (p[1] && p[2]) {
+					char hex[3] = { p[1], p[2], 0 };
+					ch = (char)strtol(hex, NULL, 16);
+					p += 2;
+				}
+				break;
+			default: ch = *p; break;
+			}
+		}
+		strbuf_append(&sb, &ch, 1);
+	}
+	*len = sb.len;
+	return strbuf_steal(&sb);
+}
+
+static int console_connect(const struct cli *c, const char *path, int *fd)
+{
+	CLEANUP_FREE char *dir = NULL;
+	int r = vmxsup_run_dir(path, &dir);
+	if (r < 0)
+		return fail(c, r);
+	if (!vmxsup_is_running(path))
+		return fail(c, vela_error(VELA_E_NOTRUNNING, "%s: the VM is off", path));
+	CLEANUP_FREE char *sock = xasprintf("%s/console.sock", dir);
+	*fd = unix_connect(sock);
+	if (*fd < 0)
+		return fail(c, *fd);
+	return 0;
+}
+
+static size_t count_occurrences(const char *hay, size_t n, const char *needle)
+{
+	size_t k = strlen(needle), count = 0;
+	for (size_t i = 0; k && i + k <= n; i++)
+		if (memcmp(hay + i, needle, k) == 0)
+			count++;
+	return count;
+}
+
+static struct termios saved_tio;
+static void restore_tty(void)
+{
+	tcsetattr(0, TCSANOW, &saved_tio);
+}
+
+static int vm_console(const struct cli *c, const char *path, const char *dump, const char *send,
+		      const char *wait_text, unsigned wait_count, int wait_s)
+{
+	if (dump) {
+		json_t *reply = NULL;
+		int r = vmxsup_call(path, json_pack("{s:s}", "cmd", "scrollback"), &reply, 10000);
+		if (r < 0)
+			return fail(c, r);
+		void *data;
+		size_t len;
+		r = base64_decode(json_string_value(json_object_get(reply, "data_base64")), &data, &len);
+		json_decref(reply);
+		if (r < 0)
+			return fail(c, r);
+		fwrite(data, 1, len, stdout);
+		free(data);
+		return 0;
+	}
+	int fd = -1;
+	int r = console_connect(c, path, &fd);
+	if (r)
+		return r;
+	if (send) {
+		size_t len;
+		CLEANUP_FREE char *bytes = unescape(send, &len);
+		r = write_all(fd, bytes, len);
+		close(fd);
+		return r < 0 ? fail(c, r) : 0;
+	}
+	if (wait_text) {
+		struct strbuf seen = { 0 };
+		int64_t deadline = time_mono_ms() + (int64_t)wait_s * 1000;
+		for (;;) {
+			if (count_occurrences(seen.data, seen.len, wait_text) >= wait_count) {
+				strbuf_free(&seen);
+				close(fd);
+				return 0;
+			}
+			int64_t left = deadline - time_mono_ms();
+			if (left <= 0)
+				break;
+			struct pollfd p = { .fd = fd, .events = POLLIN };
+			if (poll(&p, 1, (int)left) <= 0)
+				continue;
+			char buf[8192];
+			ssize_t n = read(fd, buf, sizeof buf);
+			if (n <= 0) {
+				strbuf_free(&seen);
+				close(fd);
+				return fail(c, vela_error(VELA_E_NOTRUNNING, "the VM powered off before \"%s\" appeared", wait_text));
+			}
+			strbuf_append(&seen, buf, (size_t)n);
+		}
+		strbuf_free(&seen);
+		close(fd);
+		return fail(c, vela_error(VELA_E_TIMEOUT, "\"%s\" did not appear %u time%s on the console within %d s",
+					  wait_text, wait_count, wait_count == 1 ? "" : "s", wait_s));
+	}
+
+	/* Interactive (or piped) session.  Ctrl-] detaches, as in telnet and virsh. */
+	bool tty = isatty(0);
+	if (tty) {
+		struct termios raw;
+		tcgetattr(0, &saved_tio);
+		raw = saved_tio;
+		cfmakeraw(&raw);
+		tcsetattr(0, TCSANOW, &raw);
+		atexit(restore_tty);
+		fprintf(stderr, "Connected to the serial console of %s. Escape character is ^]\r\n", path);
+	}
+	struct pollfd p[2] = { { .fd = 0, .events = POLLIN }, { .fd = fd, .events = POLLIN } };
+	bool stdin_open = true;
+	for (;;) {
+		int n = poll(p, 2, -1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (p[1].revents) {
+			char buf[8192];
+			ssize_t k = read(fd, buf, sizeof buf);
+			if (k <= 0)
+				break;
+			if (write_all(1, buf, (size_t)k) < 0)
+				break;
+		}
+		if (stdin_open && p[0].revents) {
+			char buf[4096];
+			ssize_t k = read(0, buf, sizeof buf);
+			if (k <= 0) {
+				stdin_open = false;
+				p[0].fd = -1;
+				break;
+			}
+			if (tty && memchr(buf, 0x1d, (size_t)k))
+				break;
+			if (write_all(fd, buf, (size_t)k) < 0)
+				break;
+		}
+	}
+	close(fd);
+	if (tty)
+		fprintf(stderr, "\r\nDisconnected.\r\n");
+	return 0;
+}
+
+/* ------------------------------------------------------------ help */
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"Usage: vela [--json] COMMAND ...\n"
+		"Manage Vela virtual machines.\n\n"
+		"Commands:\n"
+		"  vela errors                          print the table of error codes\n"
+		"  vela vmx check FILE.vmx              validate a configuration file\n"
+		"  vela vm start FILE.vmx               power on\n"
+		"  vela vm stop [hard|soft|trysoft] FILE.vmx   power off (default trysoft)\n"
+		"  vela vm reset [hard|soft|trysoft] FILE.vmx  reset (default trysoft)\n"
+		"  vela vm pause FILE.vmx               freeze the guest\n"
+		"  vela vm unpause FILE.vmx             continue a paused guest\n"
+		"  vela vm getstate FILE.vmx            print the power state\n"
+		"  vela vm status FILE.vmx              print state, pids, accelerator, question\n"
+		"  vela vm answer FILE.vmx CHOICE       answer the pending question\n"
+		"  vela vm console FILE.vmx             attach to the serial console (^] detaches)\n"
+		"\n"
+		"Options:\n"
+		"  --json             machine-readable output\n"
+		"  --timeout S        seconds a soft stop/reset waits for the guest (default 60)\n"
+		"  --dump             (console) print the scrollback and exit\n"
+		"  --send TEXT        (console) type TEXT (C escapes: \\n \\r \\t \\xHH) and exit\n"
+		"  --wait TEXT        (console) wait until TEXT appears on the console\n"
+		"  --count N          (console --wait) wait for the Nth appearance\n"
+		"  -h, --help         this text\n"
+		"  -V, --version      print the version\n"
+		"\n"
+		"Environment: VELA_HOME (state and sockets; default /var/lib/vela),\n"
+		"VELA_ACCEL (host default accelerator), VELA_VMX_BINARY (supervisor path).\n");
+}
+
+/* Options may come anywhere among the words, as admins type them. */
+static int parse_value(const char *opt, const char *val, uint64_t max, uint64_t *out)
+{
+	if (parse_u64(val, max, out) < 0 || *out == 0) {
+		fprintf(stderr, "vela: %s: expected a number from 1 to %llu, got \"%s\"\n", opt,
+			(unsigned long long)max, val);
+		return -1;
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct cli c = { 0 };
+	const char *send = NULL, *wait_text = NULL;
+	bool dump = false;
+	unsigned count = 1;
+	uint64_t v;
+	const char *words[8];
+	size_t nw = 0;
+
+	vela_log_set_level(VELA_LOG_WARN);
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		bool has_val = i + 1 < argc;
+		if (strcmp(a, "--json") == 0) {
+			c.json = true;
+		} else if (strcmp(a, "--dump") == 0) {
+			dump = true;
+		} else if (strcmp(a, "--timeout") == 0 && has_val) {
+			if (parse_value(a, argv[++i], 86400, &v) < 0)
+				return 2;
+			c.timeout_s = (int)v;
+		} else if (strcmp(a, "--count") == 0 && has_val) {
+			if (parse_value(a, argv[++i], 1000000, &v) < 0)
+				return 2;
+			count = (unsigned)v;
+		} else if (strcmp(a, "--send") == 0 && has_val) {
+			send = argv[++i];
+		} else if (strcmp(a, "--wait") == 0 && has_val) {
+			wait_text = argv[++i];
+		} else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+			usage(stdout);
+			return 0;
+		} else if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
+			printf("vela %s\n", VELA_VERSION);
+			return 0;
+		} else if (a[0] == '-' && a[1]) {
+			return usage_error("unknown option or missing value: %s", a);
+		} else if (nw < ARRAY_SIZE(words)) {
+			words[nw++] = a;
+		} else {
+			return usage_error("too many arguments (at \"%s\")", a);
+		}
+	}
+	if (nw == 0) {
+		usage(stderr);
+		return 2;
+	}
+
+	if (strcmp(words[0], "errors") == 0 && nw == 1)
+		return cmd_errors(&c);
+	if (strcmp(words[0], "vmx") == 0) {
+		if (nw == 3 && strcmp(words[1], "check") == 0)
+			return cmd_vmx_check(&c, words[2]);
+		return usage_error("usage: vela vmx check FILE.vmx%s", "");
+	}
+	if (strcmp(words[0], "vm") != 0 || nw < 2)
+		return usage_error("unknown command \"%s\"", words[0]);
+
+	const char *verb = words[1];
+	/* The power mode and the file may come in either order. */
+	const char *file = NULL, *mode = NULL, *extra = NULL;
+	for (size_t i = 2; i < nw; i++) {
+		enum vm_power_mode pm;
+		if (!mode && (strcmp(verb, "stop") == 0 || strcmp(verb, "reset") == 0) &&
+		    vm_power_mode_parse(words[i], &pm) == 0)
+			mode = words[i];
+		else if (!file)
+			file = words[i];
+		else if (!extra)
+			extra = words[i];
+		else
+			return usage_error("too many arguments for vm %s", verb);
+	}
+	if (!file)
+		return usage_error("vm %s needs a FILE.vmx", verb);
+	if (extra && strcmp(verb, "answer") != 0)
+		return usage_error("unexpected argument \"%s\"", extra);
+
+	if (strcmp(verb, "start") == 0)
+		return vm_start(&c, file);
+	if (strcmp(verb, "stop") == 0 || strcmp(verb, "reset") == 0)
+		return vm_power(&c, verb, file, mode ? mode : "trysoft");
+	if (strcmp(verb, "pause") == 0 || strcmp(verb, "unpause") == 0)
+		return call_simple(&c, file, json_pack("{s:s}", "cmd", verb), 15000);
+	if (strcmp(verb, "getstate") == 0)
+		return vm_getstate(&c, file, false);
+	if (strcmp(verb, "status") == 0)
+		return vm_getstate(&c, file, true);
+	if (strcmp(verb, "answer") == 0) {
+		if (!extra)
+			return usage_error("usage: vela vm answer FILE.vmx keep|create|cancel%s", "");
+		return call_simple(&c, file, json_pack("{s:s, s:s}", "cmd", "answer", "choice", extra), 120000);
+	}
+	if (strcmp(verb, "console") == 0)
+		return vm_console(&c, file, dump ? "" : NULL, send, wait_text, count,
+				  c.timeout_s ? c.timeout_s : 60);
+	return usage_error("unknown vm command \"%s\"", verb);
+}

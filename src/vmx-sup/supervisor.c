@@ -1,0 +1,1087 @@
+/* supervisor.c - vela-vmx: one process per powered-on VM. */
+#include "common.h"
+#include "engine.h"
+#include "vmx.h"
+#include "vmx-sup.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#define CONSOLE_RING_SIZE (256u * 1024u)   /* scrollback kept for late attachers */
+#define CLIENT_OUT_MAX (4u << 20)          /* a console reader further behind is dropped */
+#define CTL_LINE_MAX (1u << 20)
+#define QMP_TIMEOUT_MS 10000
+#define DEFAULT_SOFT_TIMEOUT_S 60
+
+struct ctl_client {
+	int fd;
+	struct strbuf in;
+	bool waiting;              /* reply owed when the pending power op ends */
+	struct ctl_client *next;
+};
+
+struct con_client {
+	int fd;
+	struct strbuf out;
+	struct con_client *next;
+};
+
+enum pending_op { OP_NONE, OP_STOP, OP_RESET, OP_START };
+
+struct sup {
+	const struct vmxsup_opts *opts;
+	char *config_path;          /* absolute */
+	char *vm_dir, *run_dir;
+	struct vela_loop *loop;
+	struct vmx_file *file;
+	struct vmx_model *model;
+	enum vm_state state;
+	bool locked;                /* we hold the run folder's lock */
+	int lock_fd, ctl_listen_fd, con_listen_fd, sig_fd, ready_fd;
+
+	pid_t qemu_pid;
+	int qemu_err_fd;
+	struct strbuf qemu_err;
+	char qemu_last_err[512];
+	struct qmp *qmp;
+	bool quitting;              /* we told QEMU to quit */
+
+	int con_fd;                 /* our end of the serial console */
+	unsigned char *ring;
+	size_t ring_start, ring_len;
+	struct con_client *con_clients;
+	struct ctl_client *ctl_clients;
+
+	enum pending_op op;
+	enum vm_power_mode op_mode;
+	uint64_t op_timer;
+	int op_timeout_s;
+
+	char question[1024];
+	enum engine_accel accel;
+	char accel_why[384];
+	int64_t on_since_ms;
+	int exit_code;
+};
+
+/* Give the VM's runtime folder up: sockets and pid go, the lock is released.
+ * Done before the last replies are sent, so a client that hears "off" can
+ * power the VM on again at once. */
+static void release_run_dir(struct sup *s)
+{
+	if (!s->run_dir || !s->locked)
+		return;
+	static const char *const names[] = { "control.sock", "console.sock", "vnc.sock", "pid", "config" };
+	for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+		CLEANUP_FREE char *p = xasprintf("%s/%s", s->run_dir, names[i]);
+		unlink(p);
+	}
+	/* The lock file itself stays: removing it would race with a new supervisor. */
+	close(s->lock_fd);
+	s->lock_fd = -1;
+	s->locked = false;
+}
+
+/* ------------------------------------------------------------- replies */
+
+static json_t *error_json(int code)
+{
+	const struct vela_errinfo *e = vela_errinfo(code);
+	return json_pack("{s:b, s:{s:i, s:s, s:s}}", "ok", 0,
+			 "error", "code", e ? e->code : VELA_E_INTERNAL,
+			 "name", e ? e->name : "VELA_E_INTERNAL", "message", vela_errmsg());
+}
+
+static json_t *status_json(struct sup *s)
+{
+	json_t *j = json_pack("{s:b, s:s, s:s, s:s, s:i, s:s, s:s}",
+			      "ok", 1, "state", vm_state_name(s->state),
+			      "config", s->config_path,
+			      "display_name", s->model ? s->model->display_name : "",
+			      "supervisor_pid", (int)getpid(),
+			      "accel", engine_accel_name(s->accel), "accel_reason", s->accel_why);
+	if (s->qemu_pid > 0)
+		json_object_set_new(j, "qemu_pid", json_integer(s->qemu_pid));
+	if (s->on_since_ms)
+		json_object_set_new(j, "uptime_s", json_integer((time_mono_ms() - s->on_since_ms) / 1000));
+	if (s->state == VM_STUCK)
+		json_object_set_new(j, "question", json_pack("{s:s, s:[s,s,s]}", "text", s->question,
+							     "choices", "keep", "create", "cancel"));
+	if (s->op != OP_NONE && s->op != OP_START)
+		json_object_set_new(j, "pending", json_pack("{s:s, s:s}", "op", s->op == OP_STOP ? "stop" : "reset",
+							    "mode", vm_power_mode_name(s->op_mode)));
+	return j;
+}
+
+static void send_json(int fd, json_t *j)
+{
+	char *text = json_dumps(j, JSON_COMPACT);
+	if (text) {
+		/* Replies are small; a client that cannot take them is gone. */
+		struct strbuf sb = { 0 };
+		strbuf_puts(&sb, text);
+		strbuf_puts(&sb, "\n");
+		fd_set_nonblock(fd, false);
+		write_all(fd, sb.data, sb.len);
+		fd_set_nonblock(fd, true);
+		strbuf_free(&sb);
+		free(text);
+	}
+	json_decref(j);
+}
+
+static void report_ready(struct sup *s, json_t *j)
+{
+	if (s->ready_fd < 0) {
+		json_decref(j);
+		return;
+	}
+	send_json(s->ready_fd, j);
+	close(s->ready_fd);
+	s->ready_fd = -1;
+}
+
+/* Answer every client waiting for the pending operation. */
+static void finish_op(struct sup *s, int rc)
+{
+	if (s->op_timer) {
+		vela_loop_del_timer(s->loop, s->op_timer);
+		s->op_timer = 0;
+	}
+	s->op = OP_NONE;
+	for (struct ctl_client *c = s->ctl_clients; c; c = c->next) {
+		if (!c->waiting)
+			continue;
+		c->waiting = false;
+		send_json(c->fd, rc < 0 ? error_json(rc) : status_json(s));
+	}
+}
+
+static void set_state(struct sup *s, enum vm_state st)
+{
+	if (s->state != st)
+		log_info("event: state %s -> %s", vm_state_name(s->state), vm_state_name(st));
+	s->state = st;
+}
+
+/* ------------------------------------------------------------------ QMP */
+
+static void drain_qmp_events(struct vela_loop *loop, uint64_t id, void *opaque);
+
+static int sup_qmp(struct sup *s, const char *cmd, json_t *args)
+{
+	if (!s->qmp)
+		return vela_error(VELA_E_NOTCONN, "%s: QEMU is not running", cmd);
+	int r = qmp_execute(s->qmp, cmd, args, NULL, QMP_TIMEOUT_MS);
+	if (args)
+		json_decref(args);
+	/* Events that arrived while we waited for the reply are queued. */
+	vela_loop_add_timer(s->loop, 0, drain_qmp_events, s);
+	return r;
+}
+
+static void quit_qemu(struct sup *s)
+{
+	if (s->quitting || s->qemu_pid <= 0)
+		return;
+	s->quitting = true;
+	if (sup_qmp(s, "quit", NULL) < 0 && s->qemu_pid > 0) {
+		log_warn("quit over QMP failed (%s); killing QEMU", vela_errmsg());
+		kill(s->qemu_pid, SIGKILL);
+	}
+}
+
+static void handle_guest_shutdown(struct sup *s, const char *reason)
+{
+	if (s->quitting)
+		return;
+	if (s->op == OP_RESET) {
+		/* Soft reset: the guest shut down cleanly; power it back on in place. */
+		log_info("event: guest shut down (%s); resetting", reason);
+		if (sup_qmp(s, "system_reset", NULL) < 0 || sup_qmp(s, "cont", NULL) < 0) {
+			int r = vela_error_context(VELA_E_ENGINE, "soft reset");
+			log_error("%s", vela_errmsg());
+			finish_op(s, r);
+			return;
+		}
+		set_state(s, VM_ON);
+		finish_op(s, 0);
+		return;
+	}
+	log_info("event: guest powered off (%s)", reason);
+	set_state(s, VM_STOPPING);
+	quit_qemu(s);
+}
+
+static void handle_event(struct sup *s, struct qmp_msg *m)
+{
+	const char *reason = json_string_value(json_object_get(m->data, "reason"));
+	if (strcmp(m->event, "SHUTDOWN") == 0) {
+		handle_guest_shutdown(s, reason ? reason : "unknown");
+	} else if (strcmp(m->event, "RESET") == 0) {
+		log_info("event: guest reset (%s)", reason ? reason : "unknown");
+	} else if (strcmp(m->event, "STOP") == 0 || strcmp(m->event, "RESUME") == 0) {
+		log_debug("qmp event %s", m->event);
+	} else if (strcmp(m->event, "POWERDOWN") == 0) {
+		log_info("event: ACPI power button pressed");
+	} else {
+		log_info("qmp event %s", m->event);
+	}
+}
+
+static void drain_qmp_events(struct vela_loop *loop, uint64_t id, void *opaque)
+{
+	(void)loop;
+	(void)id;
+	struct sup *s = opaque;
+	struct qmp_msg m;
+	while (s->qmp && qmp_next_event(s->qmp, &m)) {
+		handle_event(s, &m);
+		qmp_msg_clear(&m);
+	}
+}
+
+static void on_qmp_readable(struct vela_loop *loop, int fd, uint32_t events, void *opaque)
+{
+	(void)events;
+	struct sup *s = opaque;
+	int r = qmp_read_events(s->qmp);
+	drain_qmp_events(loop, 0, s);
+	if (r < 0) {
+		/* QEMU is exiting; SIGCHLD finishes the job. */
+		vela_loop_del_fd(loop, fd);
+	}
+}
+
+/* ---------------------------------------------------------------- console */
+
+static void ring_append(struct sup *s, const unsigned char *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		size_t pos = (s->ring_start + s->ring_len) % CONSOLE_RING_SIZE;
+		s->ring[pos] = p[i];
+		if (s->ring_len < CONSOLE_RING_SIZE)
+			s->ring_len++;
+		else
+			s->ring_start = (s->ring_start + 1) % CONSOLE_RING_SIZE;
+	}
+}
+
+static void ring_copy(struct sup *s, struct strbuf *out)
+{
+	size_t first = CONSOLE_RING_SIZE - s->ring_start;
+	if (first > s->ring_len)
+		first = s->ring_len;
+	strbuf_append(out, (const char *)s->ring + s->ring_start, first);
+	strbuf_append(out, (const char *)s->ring, s->ring_len - first);
+}
+
+static void con_client_drop(struct sup *s, struct con_client *c)
+{
+	for (struct con_client **pp = &s->con_clients; *pp; pp = &(*pp)->next) {
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	}
+	vela_loop_del_fd(s->loop, c->fd);
+	close(c->fd);
+	strbuf_free(&c->out);
+	free(c);
+}
+
+/* Write what we can; the rest waits for EPOLLOUT. */
+static void con_client_flush(struct sup *s, struct con_client *c)
+{
+	while (c->out.len > 0) {
+		ssize_t n = write(c->fd, c->out.data, c->out.len);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN) {
+				vela_loop_mod_fd(s->loop, c->fd, EPOLLIN | EPOLLOUT);
+				return;
+			}
+			con_client_drop(s, c);
+			return;
+		}
+		memmove(c->out.data, c->out.data + n, c->out.len - (size_t)n);
+		c->out.len -= (size_t)n;
+	}
+	vela_loop_mod_fd(s->loop, c->fd, EPOLLIN);
+}
+
+static void console_to_guest(struct sup *s, const char *p, size_t n)
+{
+	if (s->con_fd < 0)
+		return;
+	int64_t deadline = time_mono_ms() + 1000;
+	while (n > 0 && time_mono_ms() < deadline) {
+		ssize_t w = write(s->con_fd, p, n);
+		if (w < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				continue;
+			return;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+}
+
+static void on_con_client(struct vela_loop *loop, int fd, uint32_t events, void *opaque)
+{
+	(void)loop;
+	struct sup *s = opaque;
+	struct con_client *c = s->con_clients;
+	while (c && c->fd != fd)
+		c = c->next;
+	if (!c)
+		return;
+	if (events & EPOLLOUT) {
+		con_client_flush(s, c);
+		return;
+	}
+	char buf[4096];
+	ssize_t n = read(fd, buf, sizeof buf);
+	if (n <= 0) {
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		con_client_drop(s, c);
+		return;
+	}
+	console_to_guest(s, buf, (size_t)n);
+}
+
+static void on_con_accept(struct vela_loop *loop, int fd, uint32_t events, void *opaque)
+{
+	(void)events;
+	struct sup *s = opaque;
+	int cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (cfd < 0)
+		return;
+	struct con_client *c = xcalloc(1, sizeof *c);
+	c->fd = cfd;
+	c->next = s->con_clients;
+	s->con_clients = c;
+	vela_loop_add_fd(loop, cfd, EPOLLIN, on_con_client, s);
+	ring_copy(s, &c->out);   /* scrollback first */
+	con_client_flush(s, c);
+}
+
+static void on_console_output(struct vela_loop *loop, int fd, uint32_t events, void *opaque)
+{
+	(void)events;
+	struct sup *s = opaque;
+	unsigned char buf[16384];
+	ssize_t n = read(fd, buf, sizeof buf);
+	if (n <= 0) {
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		vela_loop_del_fd(loop, fd);
+		return;
+	}
+	ring_append(s, buf, (size_t)n);
+	for (struct con_client *c = s->con_clients, *next; c; c = next) {
+		next = c->next;
+		if (c->out.len + (size_t)n > CLIENT_OUT_MAX) {
+			log_warn("console reader too slow; disconnected");
+			con_client_drop(s, c);
+			continue;
+		}
+		strbuf_append(&c->out, (const char *)buf, (size_t)n);
+		con_client_flush(s, c);
+	}
+}
+
+/* ------------------------------------------------------------- QEMU */
+
+static void on_qemu_stderr(struct vela_loop *loop, int fd, uint32_t events, void *opaque)
+{
+	(void)events;
+	struct sup *s = opaque;
+	char buf[4096];
+	ssize_t n = read(fd, buf, sizeof buf);
+	if (n <= 0) {
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		vela_loop_del_fd(loop, fd);
+		close(fd);
+		s->qemu_err_fd = -1;
+		return;
+	}
+	strbuf_append(&s->qemu_err, buf, (size_t)n);
+	char *nl;
+	while ((nl = memchr(s->qemu_err.data, '\n', s->qemu_err.len))) {
+		*nl = '\0';
+		if (s->qemu_err.data[0]) {
+			log_warn("qemu: %s", s->qemu_err.data);
+			snprintf(s->qemu_last_err, sizeof s->qemu_last_err, "%s", s->qemu_err.data);
+		}
+		size_t used = (size_t)(nl - s->qemu_err.data) + 1;
+		memmove(s->qemu_err.data, nl + 1, s->qemu_err.len - used);
+		s->qemu_err.len -= used;
+	}
+}
+
+static void describe_exit(int status, char *buf, size_t size)
+{
+	if (WIFEXITED(status))
+		snprintf(buf, size, "exit status %d", WEXITSTATUS(status));
+	else if (WIFSIGNALED(status))
+		snprintf(buf, size, "killed by signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
+	else
+		snprintf(buf, size, "status 0x%x", status);
+}
+
+/* QEMU is gone: the VM is off.  Finish everything and leave the loop. */
+static void qemu_exited(struct sup *s, int status)
+{
+	char how[128];
+	describe_exit(status, how, sizeof how);
+	/* Collect QEMU's last words before deciding what to say. */
+	if (s->qemu_err_fd >= 0)
+		on_qemu_stderr(s->loop, s->qemu_err_fd, EPOLLIN, s);
+	s->qemu_pid = 0;
+	if (s->quitting) {
+		log_info("event: VM powered off (QEMU %s)", how);
+		s->exit_code = 0;
+	} else {
+		log_error("event: QEMU exited unexpectedly (%s)%s%s; the VM is off", how,
+			  s->qemu_last_err[0] ? ": " : "", s->qemu_last_err);
+		s->exit_code = 1;
+	}
+	set_state(s, VM_OFF);
+	s->on_since_ms = 0;
+	release_run_dir(s);
+	if (s->op == OP_RESET)
+		finish_op(s, vela_error(VELA_E_ENGINE, "the VM powered off during the reset"));
+	else
+		finish_op(s, 0);
+	vela_loop_stop(s->loop);
+}
+
+static void on_signal(struct vela_loop *loop, int fd, uint32_t events, void *opaque)
+{
+	(void)loop;
+	(void)events;
+	struct sup *s = opaque;
+	struct signalfd_siginfo si;
+	if (read(fd, &si, sizeof si) != sizeof si)
+		return;
+	if (si.ssi_signo == SIGCHLD) {
+		int status;
+		pid_t p;
+		while ((p = waitpid(-1, &status, WNOHANG)) > 0)
+			if (p == s->qemu_pid)
+				qemu_exited(s, status);
+		return;
+	}
+	/* SIGTERM/SIGINT/SIGHUP: power off hard, cleanly. */
+	log_info("signal %u: powering off", si.ssi_signo);
+	if (s->qemu_pid > 0) {
+		set_state(s, VM_STOPPING);
+		quit_qemu(s);
+	} else {
+		set_state(s, VM_OFF);
+		release_run_dir(s);
+		finish_op(s, 0);
+		vela_loop_stop(s->loop);
+	}
+}
+
+static int spawn_qemu(struct sup *s, char **argv, int qmp_child, int con_child, int err_w)
+{
+	sigset_t empty;
+	pid_t pid = fork();
+	if (pid < 0)
+		return vela_error_errno(errno, "fork QEMU");
+	if (pid == 0) {
+		/* QEMU must not outlive its supervisor: the disk engine and the
+		 * console live here, and nobody else would reap it. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		sigemptyset(&empty);
+		sigprocmask(SIG_SETMASK, &empty, NULL);
+		signal(SIGPIPE, SIG_DFL);
+		int devnull = open("/dev/null", O_RDWR);
+		dup2(devnull, 0);
+		dup2(err_w, 1);
+		dup2(err_w, 2);
+		fd_set_cloexec(qmp_child, false);
+		if (con_child >= 0)
+			fd_set_cloexec(con_child, false);
+		execvp(argv[0], argv);
+		dprintf(2, "cannot run %s: %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	s->qemu_pid = pid;
+	return 0;
+}
+
+static bool has_console(const struct vmx_model *m)
+{
+	for (unsigned i = 0; i < VMX_MAX_SERIAL; i++)
+		if (m->serials[i].present && m->serials[i].type == VMX_SERIAL_CONSOLE)
+			return true;
+	return false;
+}
+
+/* Everything after identity: build argv, start QEMU paused, connect QMP, run. */
+static int power_on(struct sup *s)
+{
+	struct engine_host_virt host;
+	struct strbuf notes = { 0 };
+	char **argv = NULL;
+	int qmp_sv[2] = { -1, -1 }, con_sv[2] = { -1, -1 }, err_p[2] = { -1, -1 };
+	int r;
+
+	/* Rebuild the model from the file as written back (UUIDs, MACs). */
+	vmx_model_free(s->model);
+	s->model = NULL;
+	r = vmx_model_build(s->file, s->config_path, NULL, NULL, &s->model);
+	if (r < 0)
+		return r;
+
+	engine_probe_host(&host);
+	enum vmx_accel want = s->model->accel;
+	if (want == VMX_ACCEL_AUTO && s->opts->accel_override) {
+		if (str_ieq(s->opts->accel_override, "kvm"))
+			want = VMX_ACCEL_KVM;
+		else if (str_ieq(s->opts->accel_override, "tcg"))
+			want = VMX_ACCEL_TCG;
+	}
+	r = engine_choose_accel(want, &host, &s->accel, s->accel_why, sizeof s->accel_why);
+	if (r < 0)
+		return r;
+	log_info("accelerator: %s", s->accel_why);
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, qmp_sv) < 0 ||
+	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, con_sv) < 0 ||
+	    pipe2(err_p, O_CLOEXEC) < 0) {
+		r = vela_error_errno(errno, "socketpair/pipe");
+		goto out;
+	}
+	CLEANUP_FREE char *vnc = xasprintf("%s/vnc.sock", s->run_dir);
+	struct engine_runtime rt = {
+		.qemu_binary = s->opts->qemu_binary, .accel = s->accel,
+		.qmp_fd = qmp_sv[1], .console_fd = has_console(s->model) ? con_sv[1] : -1,
+		.vnc_socket = vnc, .name = s->model->display_name,
+	};
+	r = engine_build_argv(s->model, &rt, &argv, &notes);
+	if (r < 0)
+		goto out;
+	if (notes.len) {
+		for (char *line = strtok(notes.data, "\n"); line; line = strtok(NULL, "\n"))
+			log_info("note: %s", line);
+	}
+	CLEANUP_FREE char *cmd = engine_argv_to_string(argv);
+	log_info("starting QEMU: %s", cmd);
+
+	r = spawn_qemu(s, argv, qmp_sv[1], con_sv[1], err_p[1]);
+	close(qmp_sv[1]);
+	close(con_sv[1]);
+	close(err_p[1]);
+	qmp_sv[1] = con_sv[1] = err_p[1] = -1;
+	if (r < 0)
+		goto out;
+	s->qemu_err_fd = err_p[0];
+	err_p[0] = -1;
+	fd_set_nonblock(s->qemu_err_fd, true);
+	vela_loop_add_fd(s->loop, s->qemu_err_fd, EPOLLIN, on_qemu_stderr, s);
+
+	s->qmp = qmp_new(qmp_sv[0]);
+	qmp_sv[0] = -1;
+	r = qmp_handshake(s->qmp, QMP_TIMEOUT_MS);
+	if (r < 0) {
+		/* Most likely QEMU refused the command line: give its reason. */
+		int status;
+		for (int i = 0; i < 50 && waitpid(s->qemu_pid, &status, WNOHANG) == 0; i++)
+			usleep(20000);
+		if (s->qemu_err_fd >= 0)
+			on_qemu_stderr(s->loop, s->qemu_err_fd, EPOLLIN, s);
+		if (s->qemu_last_err[0])
+			r = vela_error(VELA_E_ENGINE, "QEMU failed to start: %s", s->qemu_last_err);
+		goto out;
+	}
+	fd_set_nonblock(qmp_fd(s->qmp), true);
+	vela_loop_add_fd(s->loop, qmp_fd(s->qmp), EPOLLIN, on_qmp_readable, s);
+
+	s->con_fd = con_sv[0];
+	con_sv[0] = -1;
+	fd_set_nonblock(s->con_fd, true);
+	vela_loop_add_fd(s->loop, s->con_fd, EPOLLIN, on_console_output, s);
+
+	r = sup_qmp(s, "cont", NULL);
+	if (r < 0)
+		goto out;
+	s->on_since_ms = time_mono_ms();
+	set_state(s, VM_ON);
+	log_info("event: VM powered on (QEMU pid %d, %s)", (int)s->qemu_pid, engine_accel_name(s->accel));
+out:
+	for (int i = 0; i < 2; i++) {
+		if (qmp_sv[i] >= 0) close(qmp_sv[i]);
+		if (con_sv[i] >= 0) close(con_sv[i]);
+		if (err_p[i] >= 0) close(err_p[i]);
+	}
+	engine_argv_free(argv);
+	strbuf_free(&notes);
+	if (r < 0 && s->qemu_pid > 0) {
+		kill(s->qemu_pid, SIGKILL);
+		waitpid(s->qemu_pid, NULL, 0);
+		s->qemu_pid = 0;
+	}
+	return r;
+}
+
+/* Identity write-back, then power on; may stop at the moved-VM question. */
+static int start_vm(struct sup *s, enum vmx_uuid_action action)
+{
+	bool changed = false;
+	int r = vmx_identity_update(s->file, s->config_path, action, &changed);
+	if (r == -VELA_E_NEEDINPUT) {
+		snprintf(s->question, sizeof s->question, "%s", vela_errmsg());
+		set_state(s, VM_STUCK);
+		log_info("event: question: %s", s->question);
+		return 0;
+	}
+	if (r < 0)
+		return r;
+	if (changed) {
+		r = vmx_file_save(s->file, s->config_path);
+		if (r < 0)
+			return vela_error_context(r, "write back generated identity");
+		log_info("wrote generated identity (uuid.bios, uuid.location, MAC addresses) to %s", s->config_path);
+	}
+	return power_on(s);
+}
+
+/* ------------------------------------------------------------ control */
+
+static void op_timeout(struct vela_loop *loop, uint64_t id, void *opaque)
+{
+	(void)loop;
+	(void)id;
+	struct sup *s = opaque;
+	s->op_timer = 0;
+	if (s->op_mode == VM_POWER_TRYSOFT) {
+		log_warn("event: guest did not respond within %d s; falling back to hard %s",
+			 s->op_timeout_s, s->op == OP_STOP ? "power off" : "reset");
+		if (s->op == OP_STOP) {
+			quit_qemu(s);
+		} else {
+			int r = sup_qmp(s, "system_reset", NULL);
+			if (r == 0)
+				r = sup_qmp(s, "cont", NULL);
+			set_state(s, VM_ON);
+			finish_op(s, r);
+		}
+		return;
+	}
+	int r = vela_error(VELA_E_TIMEOUT, "the guest did not %s within %d s (no response to the ACPI power button); "
+			   "it is still running", s->op == OP_STOP ? "shut down" : "restart", s->op_timeout_s);
+	log_warn("event: %s", vela_errmsg());
+	set_state(s, VM_ON);
+	finish_op(s, r);
+}
+
+static int begin_soft(struct sup *s, struct ctl_client *c, enum pending_op op, enum vm_power_mode mode, int timeout_s)
+{
+	int r = sup_qmp(s, "system_powerdown", NULL);
+	if (r < 0)
+		return r;
+	s->op = op;
+	s->op_mode = mode;
+	s->op_timeout_s = timeout_s;
+	s->op_timer = vela_loop_add_timer(s->loop, (int64_t)timeout_s * 1000, op_timeout, s);
+	set_state(s, op == OP_STOP ? VM_STOPPING : VM_RESETTING);
+	c->waiting = true;
+	return 0;
+}
+
+static int req_stop(struct sup *s, struct ctl_client *c, enum vm_power_mode mode, int timeout_s)
+{
+	if (mode == VM_POWER_HARD) {
+		switch (s->state) {
+		case VM_ON: case VM_PAUSED: case VM_STOPPING: case VM_RESETTING:
+			if (s->op != OP_NONE)
+				finish_op(s, vela_error(VELA_E_CANCELED, "superseded by a hard power off"));
+			s->op = OP_STOP;
+			s->op_mode = mode;
+			set_state(s, VM_STOPPING);
+			c->waiting = true;
+			quit_qemu(s);
+			return 0;
+		case VM_STUCK:
+			/* Cancel a power-on that waits for an answer. */
+			log_info("event: power-on canceled while a question was pending");
+			set_state(s, VM_OFF);
+			release_run_dir(s);
+			vela_loop_stop(s->loop);
+			return 0;
+		default:
+			break;
+		}
+		return vela_error(VELA_E_BADSTATE, "cannot power off: the VM is %s", vm_state_name(s->state));
+	}
+	if (s->state == VM_PAUSED)
+		return vela_error(VELA_E_BADSTATE, "cannot shut down a paused guest softly; unpause it or use stop hard");
+	if (s->state != VM_ON)
+		return vela_error(VELA_E_BADSTATE, "cannot shut down: the VM is %s", vm_state_name(s->state));
+	return begin_soft(s, c, OP_STOP, mode, timeout_s);
+}
+
+static int req_reset(struct sup *s, struct ctl_client *c, enum vm_power_mode mode, int timeout_s)
+{
+	if (mode == VM_POWER_HARD) {
+		if (s->state != VM_ON && s->state != VM_PAUSED)
+			return vela_error(VELA_E_BADSTATE, "cannot reset: the VM is %s", vm_state_name(s->state));
+		int r = sup_qmp(s, "system_reset", NULL);
+		if (r == 0 && s->state == VM_PAUSED)
+			r = sup_qmp(s, "cont", NULL);
+		if (r < 0)
+			return r;
+		log_info("event: VM reset (hard)");
+		set_state(s, VM_ON);
+		return 0;
+	}
+	if (s->state != VM_ON)
+		return vela_error(VELA_E_BADSTATE, "cannot restart the guest: the VM is %s", vm_state_name(s->state));
+	return begin_soft(s, c, OP_RESET, mode, timeout_s);
+}
+
+static int req_pause(struct sup *s, bool pause)
+{
+	if (pause && s->state != VM_ON)
+		return vela_error(VELA_E_BADSTATE, "cannot pause: the VM is %s", vm_state_name(s->state));
+	if (!pause && s->state != VM_PAUSED)
+		return vela_error(VELA_E_BADSTATE, "cannot unpause: the VM is %s", vm_state_name(s->state));
+	int r = sup_qmp(s, pause ? "stop" : "cont", NULL);
+	if (r < 0)
+		return r;
+	log_info("event: VM %s", pause ? "paused" : "unpaused");
+	set_state(s, pause ? VM_PAUSED : VM_ON);
+	return 0;
+}
+
+static int req_answer(struct sup *s, struct ctl_client *c, const char *choice)
+{
+	if (s->state != VM_STUCK)
+		return vela_error(VELA_E_BADSTATE, "no question is pending: the VM is %s", vm_state_name(s->state));
+	if (!choice)
+		return vela_error(VELA_E_INVAL, "answer needs a choice: keep, create or cancel");
+	log_info("event: answer \"%s\" to: %s", choice, s->question);
+	if (str_ieq(choice, "cancel"))
+		return req_stop(s, c, VM_POWER_HARD, 0);
+	enum vmx_uuid_action a;
+	if (str_ieq(choice, "keep"))
+		a = VMX_UUID_KEEP;
+	else if (str_ieq(choice, "create"))
+		a = VMX_UUID_CREATE;
+	else
+		return vela_error(VELA_E_INVAL, "the choices are keep, create and cancel, not \"%s\"", choice);
+	set_state(s, VM_STARTING);
+	int r = start_vm(s, a);
+	if (r < 0) {
+		/* The power-on failed after the answer: the VM is off. */
+		log_error("event: power on failed: %s", vela_errmsg());
+		set_state(s, VM_OFF);
+		release_run_dir(s);
+		s->exit_code = 1;
+		vela_loop_stop(s->loop);
+	}
+	return r;
+}
+
+static int req_scrollback(struct sup *s, json_t **out)
+{
+	struct strbuf sb = { 0 };
+	ring_copy(s, &sb);
+	char *b64 = base64_encode(sb.data ? sb.data : "", sb.len);
+	strbuf_free(&sb);
+	*out = json_pack("{s:b, s:s%}", "ok", 1, "data_base64", b64, strlen(b64));
+	free(b64);
+	return 0;
+}
+
+static void handle_request(struct sup *s, struct ctl_client *c, const char *line)
+{
+	json_error_t jerr;
+	json_t *req = json_loads(line, JSON_REJECT_DUPLICATES, &jerr);
+	json_t *reply = NULL;
+	int r = 0;
+
+	if (!json_is_object(req)) {
+		r = vela_error(VELA_E_PROTOCOL, "request is not a JSON object%s%s", req ? "" : ": ", req ? "" : jerr.text);
+		goto done;
+	}
+	const char *cmd = json_string_value(json_object_get(req, "cmd"));
+	const char *mode_s = json_string_value(json_object_get(req, "mode"));
+	json_t *tmo = json_object_get(req, "timeout");
+	int timeout_s = DEFAULT_SOFT_TIMEOUT_S;
+	enum vm_power_mode mode = VM_POWER_TRYSOFT;
+	if (tmo && (!json_is_integer(tmo) || json_integer_value(tmo) < 1 || json_integer_value(tmo) > 86400)) {
+		r = vela_error(VELA_E_INVAL, "timeout must be a number of seconds from 1 to 86400");
+		goto done;
+	}
+	if (tmo)
+		timeout_s = (int)json_integer_value(tmo);
+	if (mode_s && (r = vm_power_mode_parse(mode_s, &mode)) < 0)
+		goto done;
+	if (!cmd) {
+		r = vela_error(VELA_E_PROTOCOL, "request has no \"cmd\"");
+	} else if (strcmp(cmd, "status") == 0) {
+		reply = status_json(s);
+	} else if (strcmp(cmd, "stop") == 0) {
+		r = req_stop(s, c, mode, timeout_s);
+	} else if (strcmp(cmd, "reset") == 0) {
+		r = req_reset(s, c, mode, timeout_s);
+	} else if (strcmp(cmd, "pause") == 0 || strcmp(cmd, "unpause") == 0) {
+		r = req_pause(s, strcmp(cmd, "pause") == 0);
+	} else if (strcmp(cmd, "answer") == 0) {
+		r = req_answer(s, c, json_string_value(json_object_get(req, "choice")));
+	} else if (strcmp(cmd, "scrollback") == 0) {
+		r = req_scrollback(s, &reply);
+	} else {
+		r = vela_error(VELA_E_NOTSUP, "unknown request \"%s\"", cmd);
+	}
+	if (r == 0)
+		log_debug("control: %s", cmd);
+done:
+	json_decref(req);
+	if (c->waiting && r == 0) {
+		json_decref(reply);
+		return;   /* answered when the operation completes */
+	}
+	c->waiting = false;
+	if (r < 0)
+		send_json(c->fd, error_json(r));
+	else
+		send_json(c->fd, reply ? reply : status_json(s));
+}
+
+static void ctl_client_drop(struct sup *s, struct ctl_client *c)
+{
+	for (struct ctl_client **pp = &s->ctl_clients; *pp; pp = &(*pp)->next) {
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	}
+	vela_loop_del_fd(s->loop, c->fd);
+	close(c->fd);
+	strbuf_free(&c->in);
+	free(c);
+}
+
+static void on_ctl_client(struct vela_loop *loop, int fd, uint32_t events, void *opaque)
+{
+	(void)loop;
+	(void)events;
+	struct sup *s = opaque;
+	struct ctl_client *c = s->ctl_clients;
+	while (c && c->fd != fd)
+		c = c->next;
+	if (!c)
+		return;
+	char buf[4096];
+	ssize_t n = read(fd, buf, sizeof buf);
+	if (n <= 0) {
+		if (n < 0 && (errno == EAGAIN || errno == EINTR))
+			return;
+		ctl_client_drop(s, c);
+		return;
+	}
+	strbuf_append(&c->in, buf, (size_t)n);
+	char *nl;
+	while (c->in.data && (nl = memchr(c->in.data, '\n', c->in.len))) {
+		*nl = '\0';
+		CLEANUP_FREE char *line = xstrdup(c->in.data);
+		size_t used = (size_t)(nl - c->in.data) + 1;
+		memmove(c->in.data, nl + 1, c->in.len - used);
+		c->in.len -= used;
+		handle_request(s, c, line);
+		if (s->state == VM_OFF && !s->qemu_pid)
+			return;
+	}
+	if (c->in.len > CTL_LINE_MAX) {
+		vela_error(VELA_E_PROTOCOL, "request longer than %u bytes", CTL_LINE_MAX);
+		send_json(c->fd, error_json(VELA_E_PROTOCOL));
+		ctl_client_drop(s, c);
+	}
+}
+
+static void on_ctl_accept(struct vela_loop *loop, int fd, uint32_t events, void *opaque)
+{
+	(void)events;
+	struct sup *s = opaque;
+	int cfd = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	if (cfd < 0)
+		return;
+	struct ctl_client *c = xcalloc(1, sizeof *c);
+	c->fd = cfd;
+	c->next = s->ctl_clients;
+	s->ctl_clients = c;
+	vela_loop_add_fd(loop, cfd, EPOLLIN, on_ctl_client, s);
+}
+
+/* ------------------------------------------------------------ setup */
+
+static void daemonize(void)
+{
+	pid_t p = fork();
+	if (p < 0)
+		exit(1);
+	if (p > 0)
+		_exit(0);
+	setsid();
+	p = fork();
+	if (p < 0)
+		exit(1);
+	if (p > 0)
+		_exit(0);
+	int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (devnull >= 0) {
+		dup2(devnull, 0);
+		dup2(devnull, 1);
+		dup2(devnull, 2);
+		close(devnull);
+	}
+}
+
+static int setup_run_dir(struct sup *s)
+{
+	int r = vmxsup_run_dir(s->config_path, &s->run_dir);
+	if (r < 0)
+		return r;
+	if ((r = mkdir_p(s->run_dir, 0750)) < 0)
+		return r;
+	CLEANUP_FREE char *lock = xasprintf("%s/lock", s->run_dir);
+	s->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+	if (s->lock_fd < 0)
+		return vela_error_errno(errno, "open %s", lock);
+	if (flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		if (errno == EWOULDBLOCK)
+			return vela_error(VELA_E_BADSTATE, "%s: the VM is already powered on", s->config_path);
+		return vela_error_errno(errno, "lock %s", lock);
+	}
+	s->locked = true;
+	CLEANUP_FREE char *pidf = xasprintf("%s/pid", s->run_dir);
+	CLEANUP_FREE char *pidtxt = xasprintf("%d\n", (int)getpid());
+	CLEANUP_FREE char *cfgf = xasprintf("%s/config", s->run_dir);
+	CLEANUP_FREE char *cfgtxt = xasprintf("%s\n", s->config_path);
+	if ((r = write_file_atomic(pidf, pidtxt, strlen(pidtxt))) < 0 ||
+	    (r = write_file_atomic(cfgf, cfgtxt, strlen(cfgtxt))) < 0)
+		return r;
+	CLEANUP_FREE char *ctl = xasprintf("%s/control.sock", s->run_dir);
+	CLEANUP_FREE char *con = xasprintf("%s/console.sock", s->run_dir);
+	if ((s->ctl_listen_fd = unix_listen(ctl, 16)) < 0)
+		return s->ctl_listen_fd;
+	if ((s->con_listen_fd = unix_listen(con, 16)) < 0)
+		return s->con_listen_fd;
+	vela_loop_add_fd(s->loop, s->ctl_listen_fd, EPOLLIN, on_ctl_accept, s);
+	vela_loop_add_fd(s->loop, s->con_listen_fd, EPOLLIN, on_con_accept, s);
+	return 0;
+}
+
+static void sup_free(struct sup *s)
+{
+	while (s->ctl_clients)
+		ctl_client_drop(s, s->ctl_clients);
+	while (s->con_clients)
+		con_client_drop(s, s->con_clients);
+	release_run_dir(s);
+	qmp_free(s->qmp);
+	if (s->con_fd >= 0) close(s->con_fd);
+	if (s->qemu_err_fd >= 0) close(s->qemu_err_fd);
+	if (s->ctl_listen_fd >= 0) close(s->ctl_listen_fd);
+	if (s->con_listen_fd >= 0) close(s->con_listen_fd);
+	if (s->sig_fd >= 0) close(s->sig_fd);
+	if (s->lock_fd >= 0) close(s->lock_fd);
+	if (s->ready_fd >= 0) close(s->ready_fd);
+	vela_loop_free(s->loop);
+	vmx_model_free(s->model);
+	vmx_file_free(s->file);
+	strbuf_free(&s->qemu_err);
+	free(s->ring);
+	free(s->config_path);
+	free(s->vm_dir);
+	free(s->run_dir);
+}
+
+int vmxsup_main(const struct vmxsup_opts *opts)
+{
+	struct sup s = { .opts = opts, .lock_fd = -1, .ctl_listen_fd = -1, .con_listen_fd = -1,
+			 .sig_fd = -1, .ready_fd = opts->ready_fd, .qemu_err_fd = -1, .con_fd = -1,
+			 .state = VM_STARTING };
+	char real[PATH_MAX];
+	int r;
+
+	if (!realpath(opts->config_path, real)) {
+		r = vela_error_errno(errno, "%s", opts->config_path);
+		report_ready(&s, error_json(r));
+		return 1;
+	}
+	if (opts->daemonize)
+		daemonize();
+	s.config_path = xstrdup(real);
+	s.vm_dir = path_dirname(real);
+	s.ring = xcalloc(1, CONSOLE_RING_SIZE);
+	s.loop = vela_loop_new();
+
+	sigset_t mask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGCHLD);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	sigaddset(&mask, SIGHUP);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	s.sig_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+
+	CLEANUP_FREE char *logpath = xasprintf("%s/vela.log", s.vm_dir);
+	if (opts->daemonize)
+		vela_log_set_stderr(false);
+	if (vela_log_open_file(logpath, 3, 8u << 20) < 0)
+		vela_log_set_stderr(true);   /* read-only VM folder: still say something */
+	log_info("vela-vmx %s starting for %s (pid %d)", VELA_VERSION, s.config_path, (int)getpid());
+
+	if ((r = setup_run_dir(&s)) < 0)
+		goto fail;
+	vela_loop_add_fd(s.loop, s.sig_fd, EPOLLIN, on_signal, &s);
+	if ((r = vmx_file_load(s.config_path, &s.file)) < 0)
+		goto fail;
+	if ((r = vmx_model_build(s.file, s.config_path, NULL, NULL, &s.model)) < 0)
+		goto fail;
+	if ((r = start_vm(&s, s.model->uuid_action)) < 0)
+		goto fail;
+	report_ready(&s, status_json(&s));
+
+	r = vela_loop_run(s.loop);
+	if (s.qemu_pid > 0) {
+		kill(s.qemu_pid, SIGKILL);
+		waitpid(s.qemu_pid, NULL, 0);
+	}
+	log_info("vela-vmx exiting; VM is off");
+	int code = s.exit_code;
+	sup_free(&s);
+	vela_log_close_file();
+	return code;
+fail:
+	log_error("event: power on failed: %s", vela_errmsg());
+	{
+		json_t *err = error_json(r);
+		release_run_dir(&s);
+		report_ready(&s, err);
+	}
+	sup_free(&s);
+	vela_log_close_file();
+	return 1;
+}
