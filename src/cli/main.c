@@ -290,7 +290,7 @@ static int vm_console(const struct cli *c, const char *path, const char *dump, c
 	if (send) {
 		size_t len;
 		CLEANUP_FREE char *bytes = unescape(send, &len);
-		r = write_all(fd, bytes, len);
+		r = send_all(fd, bytes, len);
 		close(fd);
 		return r < 0 ? fail(c, r) : 0;
 	}
@@ -359,7 +359,7 @@ static int vm_console(const struct cli *c, const char *path, const char *dump, c
 			}
 			if (tty && memchr(buf, 0x1d, (size_t)k))
 				break;
-			if (write_all(fd, buf, (size_t)k) < 0)
+			if (send_all(fd, buf, (size_t)k) < 0)
 				break;
 		}
 	}

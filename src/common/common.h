@@ -145,6 +145,9 @@ int random_bytes(void *buf, size_t len);
 /* ------------------------------------------------------------- files, fds */
 
 int write_all(int fd, const void *buf, size_t len);
+/* For sockets: like write_all but a vanished peer is an error (EPIPE ->
+ * VELA_E_CONNRESET), never a SIGPIPE. */
+int send_all(int fd, const void *buf, size_t len);
 /* Read a whole file, at most max bytes (VELA_E_TOOBIG beyond).  *out is
  * NUL-terminated; *len excludes the NUL. */
 int read_file(const char *path, size_t max, char **out, size_t *len);

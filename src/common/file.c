@@ -24,6 +24,24 @@ int write_all(int fd, const void *buf, size_t len)
 	return 0;
 }
 
+int send_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == ENOTSOCK)
+				return write_all(fd, p, len);
+			return vela_error_errno(errno, "send");
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
 int read_file(const char *path, size_t max, char **out, size_t *len)
 {
 	CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_CLOEXEC);

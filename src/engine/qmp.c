@@ -239,7 +239,7 @@ int qmp_execute(struct qmp *q, const char *command, json_t *args, json_t **ret, 
 	strbuf_puts(&line, text);
 	strbuf_puts(&line, "\n");
 	free(text);
-	int r = write_all(q->fd, line.data, line.len);
+	int r = send_all(q->fd, line.data, line.len);
 	strbuf_free(&line);
 	if (r < 0)
 		return vela_error_context(r, "qmp %s", command);

@@ -137,7 +137,7 @@ int vmxsup_call(const char *config_path, json_t *request, json_t **reply, int ti
 		return vela_error_context(fd, "%s: cannot reach the VM supervisor", config_path);
 	CLEANUP_FREE char *text = json_dumps(request, JSON_COMPACT);
 	CLEANUP_FREE char *line = xasprintf("%s\n", text);
-	if ((r = write_all(fd, line, strlen(line))) < 0)
+	if ((r = send_all(fd, line, strlen(line))) < 0)
 		return vela_error_context(r, "send to the VM supervisor");
 	CLEANUP_FREE char *answer = NULL;
 	if ((r = read_line(fd, time_mono_ms() + timeout_ms, &answer)) < 0)

@@ -131,7 +131,7 @@ static void send_json(int fd, json_t *j)
 		strbuf_puts(&sb, text);
 		strbuf_puts(&sb, "\n");
 		fd_set_nonblock(fd, false);
-		write_all(fd, sb.data, sb.len);
+		send_all(fd, sb.data, sb.len);
 		fd_set_nonblock(fd, true);
 		strbuf_free(&sb);
 		free(text);

@@ -1,0 +1,53 @@
+# Vela top-level Makefile: thin wrapper over Meson.
+#   make          build everything into build/ (binaries in build/bin)
+#   make run      install deps, build, build the test guest, boot a demo VM
+#   make test     install deps, build (normal + ASan/UBSan), run every test
+BUILD   := build
+MESON   := $(BUILD)/meson
+ASAN    := $(BUILD)/asan
+FUZZ    := $(BUILD)/fuzz
+BIN     := $(BUILD)/bin
+PROGRAMS := vela vela-vmx
+
+.PHONY: all build deps deps-test run test unit integ fuzz asan guest clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh run
+
+deps-test:
+	@scripts/install-deps.sh test
+
+$(MESON)/build.ninja:
+	meson setup $(MESON) --buildtype=debugoptimized
+
+build: $(MESON)/build.ninja
+	ninja -C $(MESON)
+	@mkdir -p $(BIN)
+	@ln -sf ../meson/src/cli/vela $(BIN)/vela
+	@ln -sf ../meson/src/vmx-sup/vela-vmx $(BIN)/vela-vmx
+
+$(ASAN)/build.ninja:
+	meson setup $(ASAN) --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
+
+asan: $(ASAN)/build.ninja
+	ninja -C $(ASAN)
+
+$(FUZZ)/build.ninja:
+	CC=clang meson setup $(FUZZ) --buildtype=debug -Dfuzz=true -Dtests=disabled
+
+fuzz: $(FUZZ)/build.ninja
+	ninja -C $(FUZZ)
+
+guest:
+	tests/guest/build-guest.sh $(BUILD)/guest
+
+run: deps build guest
+	scripts/run-demo.sh
+
+test: deps-test build asan fuzz guest
+	tests/run-all.sh
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,27 @@
+#!/bin/bash
+# Install the Debian packages Vela needs to build, run and test, if missing.
+# Usage: scripts/install-deps.sh [build|run|test]   (default: test = everything)
+set -euo pipefail
+what=${1:-test}
+build_pkgs="meson ninja-build pkg-config gcc libjansson-dev"
+run_pkgs="qemu-system-x86 qemu-utils busybox-static cpio kmod"
+test_pkgs="libcmocka-dev clang libclang-rt-14-dev"
+case $what in
+	build) pkgs="$build_pkgs" ;;
+	run) pkgs="$build_pkgs $run_pkgs" ;;
+	test) pkgs="$build_pkgs $run_pkgs $test_pkgs" ;;
+	*) echo "usage: $0 [build|run|test]" >&2; exit 2 ;;
+esac
+missing=()
+for p in $pkgs; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+	echo "install-deps: missing packages: ${missing[*]} (run as root to install them)" >&2
+	exit 1
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

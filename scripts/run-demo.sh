@@ -1,0 +1,62 @@
+#!/bin/bash
+# Create (once) and boot the demo VM in the local datastore, then attach to
+# its serial console.  VELA_HOME defaults to /var/lib/vela.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+vela=$top/build/bin/vela
+home=${VELA_HOME:-/var/lib/vela}
+export VELA_HOME=$home
+vmdir=$home/datastores/local/demo
+vmx=$vmdir/demo.vmx
+
+mkdir -p "$vmdir"
+if [ ! -f "$vmx" ]; then
+	cp "$top/build/guest/vmlinuz" "$top/build/guest/initrd.img" "$vmdir/"
+	# A sparse 1 GiB disk with a recognisable first sector.
+	truncate -s 1G "$vmdir/demo-disk.img"
+	printf 'VELA-DEMO-DISK' | dd of="$vmdir/demo-disk.img" conv=notrunc status=none
+	cat > "$vmx" <<'VMX'
+#!/usr/bin/vela-vmx
+config.version = "8"
+virtualHW.version = "4"
+displayName = "Demo VM"
+guestOS = "other-linux-64"
+annotation = "Vela demo: Debian cloud kernel with a busybox userland"
+memsize = "256"
+numvcpus = "1"
+scsi0.present = "TRUE"
+scsi0.virtualDev = "virtio"
+scsi0:0.present = "TRUE"
+scsi0:0.fileName = "demo-disk.img"
+scsi0:0.mode = "persistent"
+ethernet0.present = "TRUE"
+ethernet0.connectionType = "nat"
+serial0.present = "TRUE"
+serial0.fileType = "console"
+boot.kernel = "vmlinuz"
+boot.initrd = "initrd.img"
+boot.cmdline = "console=ttyS0 quiet panic=-1"
+VMX
+	echo "run-demo: created the demo VM at $vmx"
+fi
+
+"$vela" vmx check "$vmx"
+state=$("$vela" vm getstate "$vmx")
+if [ "$state" = off ]; then
+	"$vela" vm start "$vmx" >/dev/null
+	echo "run-demo: powered on $vmx"
+else
+	echo "run-demo: the demo VM is already $state"
+fi
+"$vela" vm status "$vmx"
+
+if [ -t 0 ] && [ -t 1 ]; then
+	echo "run-demo: attaching to the serial console (Ctrl-] detaches; the VM keeps running)"
+	exec "$vela" vm console "$vmx"
+fi
+# No terminal: show the boot on the console, leave the VM running.
+"$vela" vm console --wait VELA-GUEST-READY --timeout 120 "$vmx"
+"$vela" vm console --dump "$vmx"
+echo
+echo "run-demo: the demo VM is on.  Attach: VELA_HOME=$home $vela vm console $vmx"
+echo "run-demo: power it off:        VELA_HOME=$home $vela vm stop soft $vmx"
