@@ -490,6 +490,12 @@ int main(int argc, char **argv)
 	}
 	if (!file)
 		return usage_error("vm %s needs a FILE.vmx", verb);
+	if (extra && (strcmp(verb, "stop") == 0 || strcmp(verb, "reset") == 0) && !mode) {
+		/* Two words, neither a known mode: the one that is not a file is a bad mode. */
+		const char *bad = access(file, F_OK) == 0 ? extra : file;
+		enum vm_power_mode pm;
+		return fail(&c, vm_power_mode_parse(bad, &pm));
+	}
 	if (extra && strcmp(verb, "answer") != 0)
 		return usage_error("unexpected argument \"%s\"", extra);
 

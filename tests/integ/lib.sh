@@ -1,0 +1,98 @@
+# lib.sh - helpers for Vela's integration tests (sourced by each test-*.sh).
+# Every check prints "PASS: what" or "FAIL: what"; tests/run-all.sh counts them.
+set -u
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+VELA=${VELA:-$TOP/build/bin/vela}
+GUEST=${GUEST:-$TOP/build/guest}
+export VELA_HOME=$(mktemp -d /tmp/vela-integ.XXXXXX)
+_failures=0
+
+cleanup() {
+	# Power off whatever this test left running, then remove its home.
+	for pidf in "$VELA_HOME"/run/vm/*/pid; do
+		[ -f "$pidf" ] || continue
+		kill -TERM "$(cat "$pidf")" 2>/dev/null
+	done
+	sleep 0.5
+	for pidf in "$VELA_HOME"/run/vm/*/pid; do
+		[ -f "$pidf" ] && kill -KILL "$(cat "$pidf")" 2>/dev/null
+	done
+	rm -rf "$VELA_HOME"
+}
+trap cleanup EXIT
+
+pass() { echo "PASS: $*"; }
+fail() { echo "FAIL: $*"; _failures=$((_failures + 1)); }
+check() {   # check "what" command...
+	local what=$1
+	shift
+	if "$@" >/dev/null 2>&1; then pass "$what"; else fail "$what"; fi
+}
+
+# expect_error CODE_NAME "what" command... : command fails with that error code
+expect_error() {
+	local code=$1 what=$2 out
+	shift 2
+	if out=$("$@" 2>&1); then
+		fail "$what (succeeded: $out)"
+	elif echo "$out" | grep -q "$code"; then
+		pass "$what"
+	else
+		fail "$what (expected $code, got: $out)"
+	fi
+}
+
+# make_vm NAME [extra .vmx lines...]: a VM folder with a 64 MiB disk whose
+# first bytes are "VELA-DISK-<NAME>", booting the test guest.
+make_vm() {
+	local name=$1
+	shift
+	local dir=$VELA_HOME/vms/$name
+	mkdir -p "$dir"
+	truncate -s 64M "$dir/disk.img"
+	printf 'VELA-DISK-%s' "$name" | dd of="$dir/disk.img" conv=notrunc status=none
+	{
+		echo '#!/usr/bin/vmware'
+		echo 'config.version = "8"'
+		echo 'virtualHW.version = "4"'
+		echo "displayName = \"$name\""
+		echo 'memsize = "256"'
+		echo "boot.kernel = \"$GUEST/vmlinuz\""
+		echo "boot.initrd = \"$GUEST/initrd.img\""
+		echo 'serial0.present = "TRUE"'
+		echo 'serial0.fileType = "console"'
+		for line in "$@"; do echo "$line"; done
+	} > "$dir/$name.vmx"
+	echo "$dir/$name.vmx"
+}
+
+# Standard disk on a virtio-scsi controller.
+SCSI_DISK=('scsi0.present = "TRUE"' 'scsi0.virtualDev = "virtio"' 'scsi0:0.present = "TRUE"' 'scsi0:0.fileName = "disk.img"')
+CMDLINE='boot.cmdline = "console=ttyS0 quiet panic=-1"'
+CMDLINE_TICK='boot.cmdline = "console=ttyS0 quiet panic=-1 vela.tick=1"'
+
+state_of() { "$VELA" vm getstate "$1" 2>/dev/null; }
+
+# wait_state VMX STATE [SECONDS]
+wait_state() {
+	local i
+	for ((i = 0; i < ${3:-30} * 10; i++)); do
+		[ "$(state_of "$1")" = "$2" ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# wait_console VMX TEXT [COUNT] [SECONDS]
+wait_console() {
+	"$VELA" vm console --wait "$2" --count "${3:-1}" --timeout "${4:-60}" "$1" >/dev/null 2>&1
+}
+
+# Last VELA-GUEST-TICK number on the console.
+last_tick() {
+	"$VELA" vm console --dump "$1" | grep -a -o 'VELA-GUEST-TICK [0-9]*' | tail -n1 | awk '{print $2}'
+}
+
+finish() {
+	[ "$_failures" -eq 0 ]
+}
