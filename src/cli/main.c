@@ -5,6 +5,7 @@
 
 #include <poll.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <termios.h>
 
 struct cli {
@@ -291,6 +292,18 @@ static int vm_console(const struct cli *c, const char *path, const char *dump, c
 		size_t len;
 		CLEANUP_FREE char *bytes = unescape(send, &len);
 		r = send_all(fd, bytes, len);
+		if (r == 0) {
+			/* Half-close and wait for the supervisor to hang up: then it has
+			 * read everything we typed. */
+			shutdown(fd, SHUT_WR);
+			char sink[8192];
+			int64_t deadline = time_mono_ms() + 5000;
+			while (time_mono_ms() < deadline) {
+				struct pollfd p = { .fd = fd, .events = POLLIN };
+				if (poll(&p, 1, 100) > 0 && read(fd, sink, sizeof sink) <= 0)
+					break;
+			}
+		}
 		close(fd);
 		return r < 0 ? fail(c, r) : 0;
 	}

@@ -154,6 +154,8 @@ int vmxsup_call(const char *config_path, json_t *request, json_t **reply, int ti
 	return r;
 }
 
+/* vela-vmx lives next to vela when installed, and in ../vmx-sup/ in the
+ * build tree; otherwise $PATH decides. */
 static char *default_vmx_binary(void)
 {
 	char self[PATH_MAX];
@@ -161,10 +163,13 @@ static char *default_vmx_binary(void)
 	if (n > 0) {
 		self[n] = '\0';
 		CLEANUP_FREE char *dir = path_dirname(self);
-		char *cand = xasprintf("%s/vela-vmx", dir);
-		if (access(cand, X_OK) == 0)
-			return cand;
-		free(cand);
+		static const char *const rel[] = { "vela-vmx", "../vmx-sup/vela-vmx" };
+		for (size_t i = 0; i < ARRAY_SIZE(rel); i++) {
+			char *cand = xasprintf("%s/%s", dir, rel[i]);
+			if (access(cand, X_OK) == 0)
+				return cand;
+			free(cand);
+		}
 	}
 	return xstrdup("vela-vmx");
 }

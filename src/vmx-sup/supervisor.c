@@ -285,8 +285,16 @@ static void ring_copy(struct sup *s, struct strbuf *out)
 	strbuf_append(out, (const char *)s->ring, s->ring_len - first);
 }
 
+static void console_to_guest(struct sup *s, const char *p, size_t n);
+
 static void con_client_drop(struct sup *s, struct con_client *c)
 {
+	/* A client may type and hang up at once: what it typed still goes to the guest. */
+	char buf[4096];
+	ssize_t n;
+	while ((n = read(c->fd, buf, sizeof buf)) > 0)
+		console_to_guest(s, buf, (size_t)n);
+
 	for (struct con_client **pp = &s->con_clients; *pp; pp = &(*pp)->next) {
 		if (*pp == c) {
 			*pp = c->next;
@@ -541,6 +549,8 @@ static int power_on(struct sup *s)
 	struct strbuf notes = { 0 };
 	char **argv = NULL;
 	int qmp_sv[2] = { -1, -1 }, con_sv[2] = { -1, -1 }, err_p[2] = { -1, -1 };
+	CLEANUP_FREE char *vnc = NULL;
+	CLEANUP_FREE char *cmd = NULL;
 	int r;
 
 	/* Rebuild the model from the file as written back (UUIDs, MACs). */
@@ -569,7 +579,7 @@ static int power_on(struct sup *s)
 		r = vela_error_errno(errno, "socketpair/pipe");
 		goto out;
 	}
-	CLEANUP_FREE char *vnc = xasprintf("%s/vnc.sock", s->run_dir);
+	vnc = xasprintf("%s/vnc.sock", s->run_dir);
 	struct engine_runtime rt = {
 		.qemu_binary = s->opts->qemu_binary, .accel = s->accel,
 		.qmp_fd = qmp_sv[1], .console_fd = has_console(s->model) ? con_sv[1] : -1,
@@ -582,7 +592,7 @@ static int power_on(struct sup *s)
 		for (char *line = strtok(notes.data, "\n"); line; line = strtok(NULL, "\n"))
 			log_info("note: %s", line);
 	}
-	CLEANUP_FREE char *cmd = engine_argv_to_string(argv);
+	cmd = engine_argv_to_string(argv);
 	log_info("starting QEMU: %s", cmd);
 
 	r = spawn_qemu(s, argv, qmp_sv[1], con_sv[1], err_p[1]);

@@ -68,8 +68,8 @@ make_vm() {
 
 # Standard disk on a virtio-scsi controller.
 SCSI_DISK=('scsi0.present = "TRUE"' 'scsi0.virtualDev = "virtio"' 'scsi0:0.present = "TRUE"' 'scsi0:0.fileName = "disk.img"')
-CMDLINE='boot.cmdline = "console=ttyS0 quiet panic=-1"'
-CMDLINE_TICK='boot.cmdline = "console=ttyS0 quiet panic=-1 vela.tick=1"'
+CMDLINE='boot.cmdline = "console=ttyS0 quiet panic=-1 vela.cmdloop=1"'
+CMDLINE_TICK='boot.cmdline = "console=ttyS0 quiet panic=-1 vela.cmdloop=1 vela.tick=1"'
 
 state_of() { "$VELA" vm getstate "$1" 2>/dev/null; }
 
@@ -91,6 +91,19 @@ wait_console() {
 # Last VELA-GUEST-TICK number on the console.
 last_tick() {
 	"$VELA" vm console --dump "$1" | grep -a -o 'VELA-GUEST-TICK [0-9]*' | tail -n1 | awk '{print $2}'
+}
+
+console_has() { "$VELA" vm console --dump "$1" | grep -a -q "$2"; }
+
+# run_in_guest VMX COMMAND: type a command on the guest's shell and wait for it
+# to finish.  Input typed before the shell reads the console is lost, so the
+# first command waits for the shell's prompt.
+n_cmd=0
+run_in_guest() {
+	n_cmd=$((n_cmd + 1))
+	wait_console "$1" "vela-guest# " 1 30 &&
+		"$VELA" vm console --send "$2; echo CMD-DONE-$n_cmd-\$((6*7))\n" "$1" &&
+		wait_console "$1" "CMD-DONE-$n_cmd-42" 1 30
 }
 
 finish() {

@@ -1,0 +1,77 @@
+#!/bin/bash
+# Device models seen from inside the guest: buses, CD-ROM, disk modes, serial ports.
+. "$(dirname "$0")/lib.sh"
+
+# sig FILE TEXT: write TEXT at the start of FILE
+sig() { printf '%s' "$2" | dd of="$1" conv=notrunc status=none; }
+
+# ---- legacy PC: i440fx with IDE disk and an IDE CD-ROM (ata_piix in the guest)
+vmx=$(make_vm legacy "$CMDLINE" 'platform.chipset = "i440fx"' 'ide0:0.present = "TRUE"' 'ide0:0.fileName = "disk.img"' \
+	'ide1:0.present = "TRUE"' 'ide1:0.deviceType = "cdrom-image"' 'ide1:0.fileName = "cd.iso"')
+dir=$(dirname "$vmx")
+truncate -s 1M "$dir/cd.iso"
+sig "$dir/cd.iso" "VELA-ISO-IMAGE"
+check "i440fx VM starts" "$VELA" vm start "$vmx"
+check "i440fx guest is up" wait_console "$vmx" VELA-GUEST-READY 1 60
+check "IDE disk visible in the guest (ata_piix)" console_has "$vmx" "VELA-GUEST-DISK: sda .*first64=VELA-DISK-legacy"
+check "IDE CD-ROM visible in the guest with the ISO's content" console_has "$vmx" "VELA-GUEST-DISK: sr0 .*first64=VELA-ISO-IMAGE"
+check "stop" "$VELA" vm stop hard "$vmx"
+
+# ---- pvscsi controller and a virtio-blk disk side by side
+vmx=$(make_vm buses "$CMDLINE" 'scsi1.present = "TRUE"' 'scsi1.virtualDev = "pvscsi"' 'scsi1:3.present = "TRUE"' \
+	'scsi1:3.fileName = "disk.img"' 'virtio0:0.present = "TRUE"' 'virtio0:0.fileName = "vdisk.img"')
+dir=$(dirname "$vmx")
+truncate -s 32M "$dir/vdisk.img"
+sig "$dir/vdisk.img" "VELA-VIRTIO-BLK"
+check "pvscsi + virtio-blk VM starts" "$VELA" vm start "$vmx"
+check "guest is up" wait_console "$vmx" VELA-GUEST-READY 1 60
+check "pvscsi disk visible in the guest" console_has "$vmx" "VELA-GUEST-DISK: sda .*first64=VELA-DISK-buses"
+check "virtio-blk disk visible in the guest" console_has "$vmx" "VELA-GUEST-DISK: vda sectors=65536 first64=VELA-VIRTIO-BLK"
+check "stop" "$VELA" vm stop hard "$vmx"
+
+# ---- disk modes: persistent keeps guest writes, nonpersistent drops them at power-off
+vmx=$(make_vm modes "$CMDLINE" "${SCSI_DISK[@]}" 'scsi0:0.mode = "persistent"' \
+	'scsi0:1.present = "TRUE"' 'scsi0:1.fileName = "np.img"' 'scsi0:1.mode = "nonpersistent"')
+dir=$(dirname "$vmx")
+truncate -s 16M "$dir/np.img"
+sig "$dir/np.img" "VELA-NONPERSISTENT"
+check "modes VM starts" "$VELA" vm start "$vmx"
+check "guest is up" wait_console "$vmx" VELA-GUEST-READY 1 60
+check "guest writes to both disks" run_in_guest "$vmx" \
+	"printf WRITTEN-BY-GUEST | dd of=/dev/sda conv=notrunc 2>/dev/null; printf WRITTEN-BY-GUEST | dd of=/dev/sdb conv=notrunc 2>/dev/null; sync"
+check "guest reads its write back from the nonpersistent disk" run_in_guest "$vmx" \
+	"dd if=/dev/sdb bs=16 count=1 2>/dev/null | grep -q WRITTEN-BY-GUEST && echo NP-READBACK-OK"
+check "nonpersistent disk serves the guest's own writes while on" console_has "$vmx" "^NP-READBACK-OK"
+check "stop soft" "$VELA" vm stop soft "$vmx"
+check "power cycle" "$VELA" vm start "$vmx"
+check "guest is up again" wait_console "$vmx" VELA-GUEST-READY 1 60
+check "persistent disk kept the guest's write across the power cycle" console_has "$vmx" "VELA-GUEST-DISK: sda .*first64=WRITTEN-BY-GUEST"
+check "nonpersistent disk lost the guest's write at power-off" console_has "$vmx" "VELA-GUEST-DISK: sdb .*first64=VELA-NONPERSISTENT"
+check "stop" "$VELA" vm stop hard "$vmx"
+check "nonpersistent disk file is unchanged on the host" sh -c "head -c 18 '$dir/np.img' | grep -q VELA-NONPERSISTENT"
+
+vmx=$(make_vm undo "$CMDLINE" "${SCSI_DISK[@]}" 'scsi0:0.mode = "undoable"')
+expect_error VELA_E_NOTSUP "undoable mode is refused until redo logs exist (not silently persistent)" "$VELA" vm start "$vmx"
+check "the refused VM is off" test "$(state_of "$vmx")" = off
+
+# ---- serial ports: COM2 to a file; COM2 of two VMs wired through one pipe
+vmx=$(make_vm com "$CMDLINE" 'serial1.present = "TRUE"' 'serial1.fileType = "file"' 'serial1.fileName = "com2.txt"')
+dir=$(dirname "$vmx")
+check "VM with a file serial port starts" "$VELA" vm start "$vmx"
+check "guest is up" wait_console "$vmx" VELA-GUEST-READY 1 60
+check "guest writes to COM2" run_in_guest "$vmx" "echo HELLO-FROM-COM2 > /dev/ttyS1"
+check "COM2 output landed in the file" grep -q HELLO-FROM-COM2 "$dir/com2.txt"
+check "stop" "$VELA" vm stop hard "$vmx"
+
+pipe=$VELA_HOME/com-pipe.sock
+a=$(make_vm pipea "$CMDLINE" 'serial1.present = "TRUE"' 'serial1.fileType = "pipe"' "serial1.fileName = \"$pipe\"" 'serial1.pipe.endPoint = "server"')
+b=$(make_vm pipeb "$CMDLINE" 'serial1.present = "TRUE"' 'serial1.fileType = "pipe"' "serial1.fileName = \"$pipe\"" 'serial1.pipe.endPoint = "client"')
+check "pipe server VM starts" "$VELA" vm start "$a"
+check "pipe client VM starts" "$VELA" vm start "$b"
+check "both guests are up" sh -c "$(declare -f wait_console); VELA=$VELA; wait_console '$a' VELA-GUEST-READY 1 60 && wait_console '$b' VELA-GUEST-READY 1 60"
+check "guest B listens on COM2" run_in_guest "$b" "stty -F /dev/ttyS1 raw -echo; (head -n1 /dev/ttyS1 | sed 's/^/B-GOT: /') & sleep 0.2"
+check "guest A writes to COM2" run_in_guest "$a" "sleep 1; echo PIPE-MESSAGE-A2B > /dev/ttyS1"
+check "guest B received what guest A sent through the pipe" wait_console "$b" "B-GOT: PIPE-MESSAGE-A2B" 1 20
+check "stop A" "$VELA" vm stop hard "$a"
+check "stop B" "$VELA" vm stop hard "$b"
+finish
