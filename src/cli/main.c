@@ -178,7 +178,9 @@ static int vm_getstate(const struct cli *c, const char *path, bool full)
 			}
 		}
 	} else {
-		print_status(c, reply);
+		/* getstate prints the state alone, for scripts; status shows the rest. */
+		const char *state = json_string_value(json_object_get(reply, "state"));
+		printf("%s\n", state ? state : "unknown");
 	}
 	json_decref(reply);
 	return 0;
