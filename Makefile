@@ -9,7 +9,7 @@ FUZZ    := $(BUILD)/fuzz
 BIN     := $(BUILD)/bin
 PROGRAMS := vela vela-vmx
 
-.PHONY: all build deps deps-test run test unit integ fuzz asan guest clean
+.PHONY: all build deps deps-test run test unit integ fuzz asan clang guest clean
 
 all: build
 
@@ -34,6 +34,13 @@ $(ASAN)/build.ninja:
 asan: $(ASAN)/build.ninja
 	ninja -C $(ASAN)
 
+CLANG   := $(BUILD)/clang
+$(CLANG)/build.ninja:
+	CC=clang meson setup $(CLANG) --buildtype=debugoptimized
+
+clang: $(CLANG)/build.ninja
+	ninja -C $(CLANG)
+
 $(FUZZ)/build.ninja:
 	CC=clang meson setup $(FUZZ) --buildtype=debug -Dfuzz=true -Dtests=disabled
 
@@ -46,7 +53,7 @@ guest:
 run: deps build guest
 	scripts/run-demo.sh
 
-test: deps-test build asan fuzz guest
+test: deps-test build asan clang fuzz guest
 	tests/run-all.sh
 
 clean:

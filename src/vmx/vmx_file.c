@@ -145,7 +145,7 @@ static int parse_entry(struct vmx_file *f, struct vmx_line *l, const char *s, si
 			return vela_error(VELA_E_SYNTAX, "%s:%u: key \"%s\": missing closing '\"' in the value", f->name, l->lineno, l->key);
 		l->value = decode_value(s + v0, i - v0);
 		i++;
-		while (i < n && (s[i] == ' ' || s[i] == '\t'))
+		while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r'))
 			i++;
 		if (i < n && s[i] != '#')
 			return vela_error(VELA_E_SYNTAX, "%s:%u: key \"%s\": unexpected text after the closing '\"'", f->name, l->lineno, l->key);
@@ -303,7 +303,8 @@ int vmx_set(struct vmx_file *f, const char *key, const char *value)
 		struct vmx_line *last = &f->lines[f->n - 1];
 		size_t rl = strlen(last->raw);
 		if (rl == 0 || last->raw[rl - 1] != '\n') {
-			char *nr = xasprintf("%s%s", last->raw, eol);
+			/* A last line ending in a lone CR only needs its LF. */
+			char *nr = xasprintf("%s%s", last->raw, rl > 0 && last->raw[rl - 1] == '\r' ? "\n" : eol);
 			free(last->raw);
 			last->raw = nr;
 		}

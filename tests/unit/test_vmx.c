@@ -171,6 +171,18 @@ static void set_changes_only_that_line(void **state)
 	strbuf_free(&want);
 	free(out);
 
+	/* Found by the fuzzer: a CRLF file whose last line ends in a lone CR. */
+	const char *cr = "a = \"1\"\r\nb = \"2\"\r";
+	struct vmx_file *c = parse(cr);
+	assert_int_equal(vmx_set(c, "c", "3"), 0);
+	char *cr_out = vmx_file_serialize(c, NULL);
+	assert_string_equal(cr_out, "a = \"1\"\r\nb = \"2\"\r\nc = \"3\"\r\n");
+	struct vmx_file *c2 = parse(cr_out);
+	assert_string_equal(vmx_get(c2, "b"), "2");
+	vmx_file_free(c2);
+	vmx_file_free(c);
+	free(cr_out);
+
 	/* Setting a value to what it already is changes nothing. */
 	struct vmx_file *h = parse(classic);
 	assert_int_equal(vmx_set(h, "numvcpus", "2"), 0);
