@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/file.h>
+#include <sys/inotify.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -66,6 +67,7 @@ struct sup {
 	uint64_t op_timer;
 	int op_timeout_s;
 
+	int inotify_fd;             /* watches the VM folder for edits of the .vmx */
 	char question[1024];
 	enum engine_accel accel;
 	char accel_why[384];
@@ -101,6 +103,36 @@ static json_t *error_json(int code)
 			 "name", e ? e->name : "VELA_E_INTERNAL", "message", vela_errmsg());
 }
 
+/*
+ * Compare the .vmx on disk with the configuration the VM powered on with.
+ * Edits never apply to a running VM: they are pending until the next power
+ * cycle.  Returns an array of {key, running, file} (a null side = absent), or
+ * sets *bad to the parse error of a broken file.
+ */
+static json_t *pending_changes(struct sup *s, char **bad)
+{
+	struct vmx_file *now = NULL;
+	const char *k, *v;
+	*bad = NULL;
+	if (!s->file)
+		return json_array();
+	if (vmx_file_load(s->config_path, &now) < 0) {
+		*bad = xstrdup(vela_errmsg());
+		return json_array();
+	}
+	json_t *arr = json_array();
+	for (size_t i = 0; vmx_entry_at(now, i, &k, &v, NULL); i++) {
+		const char *old = vmx_get(s->file, k);
+		if (!old || strcmp(old, v) != 0)
+			json_array_append_new(arr, json_pack("{s:s, s:s?, s:s}", "key", k, "running", old, "file", v));
+	}
+	for (size_t i = 0; vmx_entry_at(s->file, i, &k, &v, NULL); i++)
+		if (!vmx_get(now, k))
+			json_array_append_new(arr, json_pack("{s:s, s:s, s:n}", "key", k, "running", v, "file"));
+	vmx_file_free(now);
+	return arr;
+}
+
 static json_t *status_json(struct sup *s)
 {
 	json_t *j = json_pack("{s:b, s:s, s:s, s:s, s:i, s:s, s:s}",
@@ -116,6 +148,17 @@ static json_t *status_json(struct sup *s)
 	if (s->state == VM_STUCK)
 		json_object_set_new(j, "question", json_pack("{s:s, s:[s,s,s]}", "text", s->question,
 							     "choices", "keep", "create", "cancel"));
+	if (s->state != VM_STUCK && s->state != VM_OFF) {
+		char *bad = NULL;
+		json_t *pending = pending_changes(s, &bad);
+		if (json_array_size(pending))
+			json_object_set(j, "pending_changes", pending);
+		json_decref(pending);
+		if (bad) {
+			json_object_set_new(j, "config_error", json_string(bad));
+			free(bad);
+		}
+	}
 	if (s->op != OP_NONE && s->op != OP_START)
 		json_object_set_new(j, "pending", json_pack("{s:s, s:s}", "op", s->op == OP_STOP ? "stop" : "reset",
 							    "mode", vm_power_mode_name(s->op_mode)));
@@ -542,6 +585,55 @@ static bool has_console(const struct vmx_model *m)
 	return false;
 }
 
+static void on_config_edit(struct vela_loop *loop, int fd, uint32_t events, void *opaque)
+{
+	(void)loop;
+	(void)events;
+	struct sup *s = opaque;
+	char buf[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+	CLEANUP_FREE char *base = path_basename(s->config_path);
+	bool ours = false;
+	ssize_t n;
+	while ((n = read(fd, buf, sizeof buf)) > 0) {
+		for (char *p = buf; p < buf + n; ) {
+			struct inotify_event *ev = (struct inotify_event *)p;
+			if (ev->len && strcmp(ev->name, base) == 0)
+				ours = true;
+			p += sizeof *ev + ev->len;
+		}
+	}
+	if (!ours)
+		return;
+	char *bad = NULL;
+	json_t *pending = pending_changes(s, &bad);
+	if (bad) {
+		log_warn("event: the configuration file was edited while the VM runs and is now invalid: %s", bad);
+	} else if (json_array_size(pending)) {
+		struct strbuf keys = { 0 };
+		size_t i;
+		json_t *c;
+		json_array_foreach(pending, i, c)
+			strbuf_printf(&keys, "%s%s", i ? ", " : "", json_string_value(json_object_get(c, "key")));
+		log_info("event: the configuration file was edited while the VM runs; %zu change%s pending until the "
+			 "next power cycle: %s", json_array_size(pending), json_array_size(pending) == 1 ? "" : "s", keys.data);
+		strbuf_free(&keys);
+	}
+	free(bad);
+	json_decref(pending);
+}
+
+/* Watch the VM's folder: editors often replace the file rather than write it. */
+static void watch_config(struct sup *s)
+{
+	s->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (s->inotify_fd < 0 ||
+	    inotify_add_watch(s->inotify_fd, s->vm_dir, IN_CLOSE_WRITE | IN_MOVED_TO) < 0) {
+		log_warn("cannot watch %s for edits: %s", s->vm_dir, strerror(errno));
+		return;
+	}
+	vela_loop_add_fd(s->loop, s->inotify_fd, EPOLLIN, on_config_edit, s);
+}
+
 /* Everything after identity: build argv, start QEMU paused, connect QMP, run. */
 static int power_on(struct sup *s)
 {
@@ -633,6 +725,7 @@ static int power_on(struct sup *s)
 	if (r < 0)
 		goto out;
 	s->on_since_ms = time_mono_ms();
+	watch_config(s);
 	set_state(s, VM_ON);
 	log_info("event: VM powered on (QEMU pid %d, %s)", (int)s->qemu_pid, engine_accel_name(s->accel));
 out:
@@ -1014,6 +1107,7 @@ static void sup_free(struct sup *s)
 	if (s->ctl_listen_fd >= 0) close(s->ctl_listen_fd);
 	if (s->con_listen_fd >= 0) close(s->con_listen_fd);
 	if (s->sig_fd >= 0) close(s->sig_fd);
+	if (s->inotify_fd >= 0) close(s->inotify_fd);
 	if (s->lock_fd >= 0) close(s->lock_fd);
 	if (s->ready_fd >= 0) close(s->ready_fd);
 	vela_loop_free(s->loop);
@@ -1029,7 +1123,7 @@ static void sup_free(struct sup *s)
 int vmxsup_main(const struct vmxsup_opts *opts)
 {
 	struct sup s = { .opts = opts, .lock_fd = -1, .ctl_listen_fd = -1, .con_listen_fd = -1,
-			 .sig_fd = -1, .ready_fd = opts->ready_fd, .qemu_err_fd = -1, .con_fd = -1,
+			 .sig_fd = -1, .inotify_fd = -1, .ready_fd = opts->ready_fd, .qemu_err_fd = -1, .con_fd = -1,
 			 .state = VM_STARTING };
 	char real[PATH_MAX];
 	int r;

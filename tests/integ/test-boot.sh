@@ -53,6 +53,23 @@ check "the guest sees the MAC from the .vmx" grep -q "VELA-GUEST-NIC: eth0 $mac"
 check "the guest sees uuid.bios as its SMBIOS UUID" grep -q "VELA-GUEST-UUID: $canon" <("$VELA" vm console --dump "$vmx")
 check "VM log records the power-on" grep -q "event: VM powered on" "$(dirname "$vmx")/vela.log"
 
+# Editing the file of a running VM: detected, reported as pending, not applied.
+sed -i 's/^memsize = "256"/memsize = "512"/' "$vmx"
+echo 'annotation = "edited while running"' >> "$vmx"
+sleep 0.3
+st=$("$VELA" --json vm status "$vmx")
+check "an edit of the running VM's memsize is pending" grep -q '"key": "memsize"' <<< "$st"
+check "the pending change shows both values" grep -A2 '"key": "memsize"' <<< "$st" | grep -q '"running": "256"'
+check "an added key is pending too" grep -q '"key": "annotation"' <<< "$st"
+check "the VM keeps running on its power-on configuration" test "$(state_of "$vmx")" = on
+check "the edit is an event in the VM log" grep -q "edited while the VM runs; 2 changes pending until the next power cycle: memsize, annotation" "$(dirname "$vmx")/vela.log"
+cp "$vmx" "$vmx.good"
+echo 'broken = "no end quote' >> "$vmx"
+sleep 0.3
+check "a broken edit is reported by status" grep -q '"config_error": ".*missing closing' <<< "$("$VELA" --json vm status "$vmx")"
+check "a broken edit is an event in the VM log" grep -q "now invalid" "$(dirname "$vmx")/vela.log"
+mv "$vmx.good" "$vmx"
+
 check "stop hard" "$VELA" vm stop hard "$vmx"
 check "state is off after stop hard" test "$(state_of "$vmx")" = off
 check "QEMU is gone after stop" sh -c "! kill -0 $qemu_pid 2>/dev/null"
@@ -60,7 +77,9 @@ check "the supervisor exited" sh -c "for i in \$(seq 50); do kill -0 $sup_pid 2>
 
 # Second power-on: identity stays the same, the log rotates.
 check "second start" "$VELA" vm start "$vmx"
+check "after a power cycle nothing is pending" sh -c "! '$VELA' --json vm status '$vmx' | grep -q pending_changes"
 check "uuid.bios unchanged on the second power-on" grep -qF "uuid.bios = \"$uuid\"" "$vmx"
+check "the edited memsize applies after the power cycle" pgrep -f "guest=boot1,.* -m 512 "
 check "MAC unchanged on the second power-on" grep -qF "ethernet0.generatedAddress = \"$mac\"" "$vmx"
 check "previous log rotated to vela-1.log" grep -q "VM powered off" "$(dirname "$vmx")/vela-1.log"
 check "guest boots again" wait_console "$vmx" VELA-GUEST-READY 1 60
