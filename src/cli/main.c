@@ -2,20 +2,16 @@
 #include "common.h"
 #include "vmx.h"
 #include "vmx-sup.h"
+#include "cli.h"
 
 #include <poll.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <termios.h>
 
-struct cli {
-	bool json;
-	int timeout_s;       /* soft power-op timeout, 0 = supervisor default */
-};
-
 /* ------------------------------------------------------------ output */
 
-static int fail(const struct cli *c, int code)
+int cli_fail(const struct cli *c, int code)
 {
 	const struct vela_errinfo *e = vela_errinfo(code);
 	if (c->json) {
@@ -32,14 +28,14 @@ static int fail(const struct cli *c, int code)
 	return 1;
 }
 
-static void print_json(json_t *j)
+void cli_print_json(json_t *j)
 {
 	char *t = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 	puts(t);
 	free(t);
 }
 
-static int usage_error(const char *fmt, const char *arg)
+int cli_usage_error(const char *fmt, const char *arg)
 {
 	fprintf(stderr, "vela: ");
 	fprintf(stderr, fmt, arg);
@@ -57,7 +53,7 @@ static int cmd_errors(const struct cli *c)
 			json_array_append_new(arr, json_pack("{s:s, s:i, s:s, s:i, s:s}", "name", e->name, "code", e->code,
 							      "errno", e->errno_name, "errno_value", e->errno_value,
 							      "message", e->message));
-		print_json(arr);
+		cli_print_json(arr);
 		json_decref(arr);
 		return 0;
 	}
@@ -76,7 +72,7 @@ static int cmd_vmx_check(const struct cli *c, const char *path)
 	struct strbuf diag = { 0 };
 	int r = vmx_file_load(path, &f);
 	if (r < 0)
-		return fail(c, r);
+		return cli_fail(c, r);
 	r = vmx_model_build(f, path, NULL, &diag, &m);
 	if (r < 0) {
 		if (c->json) {
@@ -85,7 +81,7 @@ static int cmd_vmx_check(const struct cli *c, const char *path)
 				json_array_append_new(probs, json_string(line));
 			json_t *j = json_pack("{s:b, s:{s:i, s:s, s:s}, s:o}", "ok", 0, "error", "code", VELA_E_CONFIG,
 					      "name", "VELA_E_CONFIG", "message", vela_errmsg(), "problems", probs);
-			print_json(j);
+			cli_print_json(j);
 			json_decref(j);
 		} else {
 			fputs(diag.data, stderr);
@@ -106,7 +102,7 @@ static int cmd_vmx_check(const struct cli *c, const char *path)
 		json_t *j = json_pack("{s:b, s:s, s:s, s:I, s:i, s:o, s:i}", "ok", 1, "display_name", m->display_name,
 				      "guest_os", m->guest_os, "memsize_mb", (json_int_t)m->memsize_mb,
 				      "vcpus", m->vcpus, "disks", disks, "nics", nics);
-		print_json(j);
+		cli_print_json(j);
 		json_decref(j);
 	} else {
 		printf("%s: OK (%s, %llu MB, %u vCPU, %zu disk device%s)\n", path, m->display_name,
@@ -122,7 +118,7 @@ static int cmd_vmx_check(const struct cli *c, const char *path)
 static void print_status(const struct cli *c, json_t *st)
 {
 	if (c->json) {
-		print_json(st);
+		cli_print_json(st);
 		return;
 	}
 	const char *state = json_string_value(json_object_get(st, "state"));
@@ -140,7 +136,7 @@ static int call_simple(const struct cli *c, const char *path, json_t *req, int t
 	int r = vmxsup_call(path, req, &reply, timeout_ms);
 	json_decref(req);
 	if (r < 0)
-		return fail(c, r);
+		return cli_fail(c, r);
 	print_status(c, reply);
 	json_decref(reply);
 	return 0;
@@ -149,17 +145,17 @@ static int call_simple(const struct cli *c, const char *path, json_t *req, int t
 static int vm_getstate(const struct cli *c, const char *path, bool full)
 {
 	if (access(path, F_OK) < 0)
-		return fail(c, vela_error_errno(errno, "%s", path));
+		return cli_fail(c, vela_error_errno(errno, "%s", path));
 	json_t *reply = NULL;
 	int r = vmxsup_call(path, json_pack("{s:s}", "cmd", "status"), &reply, 10000);
 	if (r == -VELA_E_NOTRUNNING) {
 		reply = json_pack("{s:b, s:s}", "ok", 1, "state", "off");
 	} else if (r < 0) {
-		return fail(c, r);
+		return cli_fail(c, r);
 	}
 	if (full || c->json) {
 		if (c->json)
-			print_json(reply);
+			cli_print_json(reply);
 		else {
 			const char *k;
 			json_t *v;
@@ -191,7 +187,7 @@ static int vm_start(const struct cli *c, const char *path)
 	json_t *reply = NULL;
 	int r = vmxsup_spawn(path, getenv("VELA_VMX_BINARY"), &reply, 120000);
 	if (r < 0)
-		return fail(c, r);
+		return cli_fail(c, r);
 	print_status(c, reply);
 	json_decref(reply);
 	return 0;
@@ -243,13 +239,13 @@ static int console_connect(const struct cli *c, const char *path, int *fd)
 	CLEANUP_FREE char *dir = NULL;
 	int r = vmxsup_run_dir(path, &dir);
 	if (r < 0)
-		return fail(c, r);
+		return cli_fail(c, r);
 	if (!vmxsup_is_running(path))
-		return fail(c, vela_error(VELA_E_NOTRUNNING, "%s: the VM is off", path));
+		return cli_fail(c, vela_error(VELA_E_NOTRUNNING, "%s: the VM is off", path));
 	CLEANUP_FREE char *sock = xasprintf("%s/console.sock", dir);
 	*fd = unix_connect(sock);
 	if (*fd < 0)
-		return fail(c, *fd);
+		return cli_fail(c, *fd);
 	return 0;
 }
 
@@ -275,13 +271,13 @@ static int vm_console(const struct cli *c, const char *path, const char *dump, c
 		json_t *reply = NULL;
 		int r = vmxsup_call(path, json_pack("{s:s}", "cmd", "scrollback"), &reply, 10000);
 		if (r < 0)
-			return fail(c, r);
+			return cli_fail(c, r);
 		void *data;
 		size_t len;
 		r = base64_decode(json_string_value(json_object_get(reply, "data_base64")), &data, &len);
 		json_decref(reply);
 		if (r < 0)
-			return fail(c, r);
+			return cli_fail(c, r);
 		fwrite(data, 1, len, stdout);
 		free(data);
 		return 0;
@@ -307,7 +303,7 @@ static int vm_console(const struct cli *c, const char *path, const char *dump, c
 			}
 		}
 		close(fd);
-		return r < 0 ? fail(c, r) : 0;
+		return r < 0 ? cli_fail(c, r) : 0;
 	}
 	if (wait_text) {
 		struct strbuf seen = { 0 };
@@ -329,13 +325,13 @@ static int vm_console(const struct cli *c, const char *path, const char *dump, c
 			if (n <= 0) {
 				strbuf_free(&seen);
 				close(fd);
-				return fail(c, vela_error(VELA_E_NOTRUNNING, "the VM powered off before \"%s\" appeared", wait_text));
+				return cli_fail(c, vela_error(VELA_E_NOTRUNNING, "the VM powered off before \"%s\" appeared", wait_text));
 			}
 			strbuf_append(&seen, buf, (size_t)n);
 		}
 		strbuf_free(&seen);
 		close(fd);
-		return fail(c, vela_error(VELA_E_TIMEOUT, "\"%s\" did not appear %u time%s on the console within %d s",
+		return cli_fail(c, vela_error(VELA_E_TIMEOUT, "\"%s\" did not appear %u time%s on the console within %d s",
 					  wait_text, wait_count, wait_count == 1 ? "" : "s", wait_s));
 	}
 
@@ -403,6 +399,14 @@ static void usage(FILE *f)
 		"  vela vm status FILE.vmx              print state, pids, accelerator, question\n"
 		"  vela vm answer FILE.vmx CHOICE       answer the pending question\n"
 		"  vela vm console FILE.vmx             attach to the serial console (^] detaches)\n"
+		"  vela disk create -s SIZE [-t TYPE] [-a ADAPTER] FILE   create a disk\n"
+		"  vela disk info FILE                  format, size, allocation, chain\n"
+		"  vela disk map FILE                   allocated and zero ranges, by chain level\n"
+		"  vela disk convert SRC DST [-t TYPE]  copy into a new disk of another type\n"
+		"  vela disk clone SRC DST [--linked]   full copy, or a child of SRC\n"
+		"  vela disk check [--repair] FILE      verify metadata, trim leaked space\n"
+		"  vela disk addredo FILE               add an empty redo log; prints the new top\n"
+		"  vela disk commit [--keep] FILE       merge FILE into its parent, then remove it\n"
 		"\n"
 		"Options:\n"
 		"  --json             machine-readable output\n"
@@ -411,6 +415,13 @@ static void usage(FILE *f)
 		"  --send TEXT        (console) type TEXT (C escapes: \\n \\r \\t \\xHH) and exit\n"
 		"  --wait TEXT        (console) wait until TEXT appears on the console\n"
 		"  --count N          (console --wait) wait for the Nth appearance\n"
+		"  -s, --size SIZE    (disk) size with k, m, g, t suffixes\n"
+		"  -t, --type TYPE    (disk) raw, monolithicSparse (default), monolithicFlat,\n"
+		"                     twoGbMaxExtentSparse, twoGbMaxExtentFlat\n"
+		"  -a, --adapter A    (disk) ide, lsilogic (default), buslogic, virtio\n"
+		"  --linked           (disk clone) make a child of SRC instead of a copy\n"
+		"  --repair           (disk check) trim leaked space\n"
+		"  --keep             (disk commit) keep the merged child file\n"
 		"  -h, --help         this text\n"
 		"  -V, --version      print the version\n"
 		"\n"
@@ -455,6 +466,18 @@ int main(int argc, char **argv)
 			if (parse_value(a, argv[++i], 1000000, &v) < 0)
 				return 2;
 			count = (unsigned)v;
+		} else if ((strcmp(a, "-s") == 0 || strcmp(a, "--size") == 0) && has_val) {
+			c.size = argv[++i];
+		} else if ((strcmp(a, "-t") == 0 || strcmp(a, "--type") == 0) && has_val) {
+			c.type = argv[++i];
+		} else if ((strcmp(a, "-a") == 0 || strcmp(a, "--adapter") == 0) && has_val) {
+			c.adapter = argv[++i];
+		} else if (strcmp(a, "--linked") == 0) {
+			c.linked = true;
+		} else if (strcmp(a, "--repair") == 0) {
+			c.repair = true;
+		} else if (strcmp(a, "--keep") == 0) {
+			c.keep = true;
 		} else if (strcmp(a, "--send") == 0 && has_val) {
 			send = argv[++i];
 		} else if (strcmp(a, "--wait") == 0 && has_val) {
@@ -465,12 +488,12 @@ int main(int argc, char **argv)
 		} else if (strcmp(a, "--version") == 0 || strcmp(a, "-V") == 0) {
 			printf("vela %s\n", VELA_VERSION);
 			return 0;
-		} else if (a[0] == '-' && a[1]) {
-			return usage_error("unknown option or missing value: %s", a);
+		} else if (a[0] == '-' && a[1] && !(a[1] >= '0' && a[1] <= '9')) {
+			return cli_usage_error("unknown option or missing value: %s", a);
 		} else if (nw < ARRAY_SIZE(words)) {
 			words[nw++] = a;
 		} else {
-			return usage_error("too many arguments (at \"%s\")", a);
+			return cli_usage_error("too many arguments (at \"%s\")", a);
 		}
 	}
 	if (nw == 0) {
@@ -480,13 +503,15 @@ int main(int argc, char **argv)
 
 	if (strcmp(words[0], "errors") == 0 && nw == 1)
 		return cmd_errors(&c);
+	if (strcmp(words[0], "disk") == 0)
+		return cmd_disk(&c, words, nw);
 	if (strcmp(words[0], "vmx") == 0) {
 		if (nw == 3 && strcmp(words[1], "check") == 0)
 			return cmd_vmx_check(&c, words[2]);
-		return usage_error("usage: vela vmx check FILE.vmx%s", "");
+		return cli_usage_error("usage: vela vmx check FILE.vmx%s", "");
 	}
 	if (strcmp(words[0], "vm") != 0 || nw < 2)
-		return usage_error("unknown command \"%s\"", words[0]);
+		return cli_usage_error("unknown command \"%s\"", words[0]);
 
 	const char *verb = words[1];
 	/* The power mode and the file may come in either order. */
@@ -501,18 +526,18 @@ int main(int argc, char **argv)
 		else if (!extra)
 			extra = words[i];
 		else
-			return usage_error("too many arguments for vm %s", verb);
+			return cli_usage_error("too many arguments for vm %s", verb);
 	}
 	if (!file)
-		return usage_error("vm %s needs a FILE.vmx", verb);
+		return cli_usage_error("vm %s needs a FILE.vmx", verb);
 	if (extra && (strcmp(verb, "stop") == 0 || strcmp(verb, "reset") == 0) && !mode) {
 		/* Two words, neither a known mode: the one that is not a file is a bad mode. */
 		const char *bad = access(file, F_OK) == 0 ? extra : file;
 		enum vm_power_mode pm;
-		return fail(&c, vm_power_mode_parse(bad, &pm));
+		return cli_fail(&c, vm_power_mode_parse(bad, &pm));
 	}
 	if (extra && strcmp(verb, "answer") != 0)
-		return usage_error("unexpected argument \"%s\"", extra);
+		return cli_usage_error("unexpected argument \"%s\"", extra);
 
 	if (strcmp(verb, "start") == 0)
 		return vm_start(&c, file);
@@ -526,11 +551,11 @@ int main(int argc, char **argv)
 		return vm_getstate(&c, file, true);
 	if (strcmp(verb, "answer") == 0) {
 		if (!extra)
-			return usage_error("usage: vela vm answer FILE.vmx keep|create|cancel%s", "");
+			return cli_usage_error("usage: vela vm answer FILE.vmx keep|create|cancel%s", "");
 		return call_simple(&c, file, json_pack("{s:s, s:s}", "cmd", "answer", "choice", extra), 120000);
 	}
 	if (strcmp(verb, "console") == 0)
 		return vm_console(&c, file, dump ? "" : NULL, send, wait_text, count,
 				  c.timeout_s ? c.timeout_s : 60);
-	return usage_error("unknown vm command \"%s\"", verb);
+	return cli_usage_error("unknown vm command \"%s\"", verb);
 }

@@ -1,0 +1,27 @@
+/* cli.h - shared parts of the vela command (private to src/cli). */
+#ifndef VELA_CLI_H
+#define VELA_CLI_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct cli {
+	bool json;
+	int timeout_s;        /* soft power-op timeout, 0 = supervisor default */
+	/* vela disk */
+	const char *size;     /* -s */
+	const char *type;     /* -t */
+	const char *adapter;  /* -a */
+	bool linked, repair, keep;
+};
+
+/* Print the current error (text or JSON) and return the exit status 1. */
+int cli_fail(const struct cli *c, int code);
+void cli_print_json(json_t *j);
+int cli_usage_error(const char *fmt, const char *arg);
+
+/* vela disk VERB ARGS... */
+int cmd_disk(const struct cli *c, const char *const *words, size_t n);
+
+#endif

@@ -1,0 +1,231 @@
+/* disk.c - `vela disk ...`: offline disk tools on libvdisk. */
+#include "common.h"
+#include "cli.h"
+#include "vdisk.h"
+
+#include <string.h>
+
+static void progress_line(uint64_t done, uint64_t total, void *opaque)
+{
+	const struct cli *c = opaque;
+	static int last = -1;
+	int pct = total ? (int)(done * 100 / total) : 100;
+	if (c->json || pct == last || !isatty(2))
+		return;
+	last = pct;
+	fprintf(stderr, "\r%3d%%", pct);
+	if (pct == 100)
+		fputc('\n', stderr);
+}
+
+static int parse_create_opts(const struct cli *c, struct vdisk_create_opts *o, bool need_size)
+{
+	int r;
+	memset(o, 0, sizeof *o);
+	o->type = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE;
+	o->adapter = VDISK_ADAPTER_LSILOGIC;
+	if (c->type && (r = vdisk_type_parse(c->type, &o->type)) < 0)
+		return r;
+	if (c->adapter && (r = vdisk_adapter_parse(c->adapter, &o->adapter)) < 0)
+		return r;
+	if (need_size) {
+		if (!c->size)
+			return vela_error(VELA_E_INVAL, "a size is needed: -s SIZE (k, m, g, t suffixes)");
+		if ((r = parse_size(c->size, &o->size)) < 0)
+			return r;
+	}
+	return 0;
+}
+
+static json_t *info_json(const struct vdisk_info *i)
+{
+	json_t *j = json_pack("{s:s, s:s, s:s, s:I, s:I, s:i}", "path", i->path, "format", i->format,
+			      "subformat", i->subformat, "size", (json_int_t)i->size,
+			      "allocated", (json_int_t)i->allocated, "granularity", (int)i->granularity);
+	if (i->adapter)
+		json_object_set_new(j, "adapter", json_string(i->adapter));
+	if (i->heads)
+		json_object_set_new(j, "geometry", json_pack("{s:i, s:i, s:i}", "cylinders", (int)i->cylinders,
+							     "heads", (int)i->heads, "sectors", (int)i->sectors));
+	if (i->parent)
+		json_object_set_new(j, "parent", json_string(i->parent));
+	if (i->backing)
+		json_object_set_new(j, "backing", info_json(i->backing));
+	return j;
+}
+
+static int disk_info(const struct cli *c, const char *path)
+{
+	struct vdisk *d;
+	struct vdisk_info *info;
+	int r = vdisk_open(path, VDISK_OPEN_RDONLY, &d);
+	if (r < 0)
+		return cli_fail(c, r);
+	r = vdisk_get_info(d, &info);
+	vdisk_close(d);
+	if (r < 0)
+		return cli_fail(c, r);
+	if (c->json) {
+		json_t *j = info_json(info);
+		cli_print_json(j);
+		json_decref(j);
+	} else {
+		unsigned level = 0;
+		for (struct vdisk_info *i = info; i; i = i->backing, level++) {
+			printf("%s%s\n", level ? "parent: " : "", i->path);
+			printf("  format: %s%s%s\n", i->format, i->subformat[0] ? " " : "", i->subformat);
+			printf("  size: %llu bytes\n", (unsigned long long)i->size);
+			printf("  allocated: %llu bytes\n", (unsigned long long)i->allocated);
+			printf("  granularity: %u bytes\n", i->granularity);
+			if (i->adapter)
+				printf("  adapter: %s (geometry %u/%u/%u)\n", i->adapter, i->cylinders, i->heads, i->sectors);
+		}
+	}
+	vdisk_info_free(info);
+	return 0;
+}
+
+static int disk_map(const struct cli *c, const char *path)
+{
+	struct vdisk *d;
+	int r = vdisk_open(path, VDISK_OPEN_RDONLY, &d);
+	if (r < 0)
+		return cli_fail(c, r);
+	json_t *arr = json_array();
+	uint64_t size = vdisk_size(d), off = 0;
+	struct vdisk_extent_status prev = { 0 };
+	uint64_t start = 0;
+	bool have = false;
+	if (!c->json)
+		printf("%-16s %-16s %-6s %s\n", "OFFSET", "LENGTH", "STATE", "DEPTH");
+	while (off < size) {
+		struct vdisk_extent_status es;
+		uint64_t want = size - off < (1ull << 30) ? size - off : (1ull << 30);
+		if ((r = vdisk_block_status(d, off, want, &es)) < 0)
+			break;
+		bool same = have && es.status == prev.status && (es.status == VDISK_ZERO || es.depth == prev.depth);
+		if (have && !same) {
+			if (c->json)
+				json_array_append_new(arr, json_pack("{s:I, s:I, s:s, s:i}", "offset", (json_int_t)start,
+					"length", (json_int_t)(off - start), "state", prev.status == VDISK_DATA ? "data" : "zero",
+					"depth", (int)prev.depth));
+			else
+				printf("%-16llu %-16llu %-6s %u\n", (unsigned long long)start, (unsigned long long)(off - start),
+				       prev.status == VDISK_DATA ? "data" : "zero", prev.depth);
+		}
+		if (!same) {
+			start = off;
+			prev = es;
+			have = true;
+		}
+		off += es.len;
+	}
+	if (r == 0 && have) {
+		if (c->json)
+			json_array_append_new(arr, json_pack("{s:I, s:I, s:s, s:i}", "offset", (json_int_t)start,
+				"length", (json_int_t)(off - start), "state", prev.status == VDISK_DATA ? "data" : "zero",
+				"depth", (int)prev.depth));
+		else
+			printf("%-16llu %-16llu %-6s %u\n", (unsigned long long)start, (unsigned long long)(off - start),
+			       prev.status == VDISK_DATA ? "data" : "zero", prev.depth);
+	}
+	vdisk_close(d);
+	if (r < 0) {
+		json_decref(arr);
+		return cli_fail(c, r);
+	}
+	if (c->json)
+		cli_print_json(arr);
+	json_decref(arr);
+	return 0;
+}
+
+static int print_done(const struct cli *c, const char *what, const char *path)
+{
+	if (c->json) {
+		json_t *j = json_pack("{s:b, s:s}", "ok", 1, what, path);
+		cli_print_json(j);
+		json_decref(j);
+	} else {
+		printf("%s\n", path);
+	}
+	return 0;
+}
+
+static int disk_check(const struct cli *c, const char *path)
+{
+	struct vdisk_check_report rep;
+	int r = vdisk_check(path, c->repair, &rep);
+	if (r < 0)
+		return cli_fail(c, r);
+	if (c->json) {
+		json_t *j = json_pack("{s:b, s:I, s:I, s:I, s:s?}", "ok", rep.errors == 0, "errors", (json_int_t)rep.errors,
+				      "leaks", (json_int_t)rep.leaks, "repaired", (json_int_t)rep.repaired,
+				      "first_problem", rep.first_problem);
+		cli_print_json(j);
+		json_decref(j);
+	} else {
+		printf("%s: %llu error%s, %llu leaked grain%s%s\n", path, (unsigned long long)rep.errors,
+		       rep.errors == 1 ? "" : "s", (unsigned long long)rep.leaks, rep.leaks == 1 ? "" : "s",
+		       rep.repaired ? " (repaired)" : "");
+		if (rep.first_problem)
+			printf("  %s\n", rep.first_problem);
+	}
+	/* Exit status as qemu-img check: 2 = corrupt metadata, 3 = leaked space only. */
+	uint64_t errors = rep.errors, unrepaired = rep.leaks - rep.repaired;
+	free(rep.first_problem);
+	return errors ? 2 : unrepaired ? 3 : 0;
+}
+
+int cmd_disk(const struct cli *c, const char *const *w, size_t n)
+{
+	struct vdisk_create_opts o;
+	int r;
+	if (n < 2)
+		return cli_usage_error("usage: vela disk create|info|map|convert|clone|check|addredo|commit ...%s", "");
+	const char *verb = w[1];
+	if (strcmp(verb, "create") == 0 && n == 3) {
+		if ((r = parse_create_opts(c, &o, true)) < 0 || (r = vdisk_create(w[2], &o)) < 0)
+			return cli_fail(c, r);
+		return print_done(c, "created", w[2]);
+	}
+	if (strcmp(verb, "info") == 0 && n == 3)
+		return disk_info(c, w[2]);
+	if (strcmp(verb, "map") == 0 && n == 3)
+		return disk_map(c, w[2]);
+	if (strcmp(verb, "convert") == 0 && n == 4) {
+		if ((r = parse_create_opts(c, &o, false)) < 0 ||
+		    (r = vdisk_convert(w[2], w[3], &o, progress_line, (void *)c)) < 0)
+			return cli_fail(c, r);
+		return print_done(c, "created", w[3]);
+	}
+	if (strcmp(verb, "clone") == 0 && n == 4) {
+		if ((r = parse_create_opts(c, &o, false)) < 0)
+			return cli_fail(c, r);
+		if (c->linked) {
+			/* A linked clone is a child of the (now read-only) source. */
+			o.type = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE;
+			o.parent = w[2];
+			r = vdisk_create(w[3], &o);
+		} else {
+			r = vdisk_convert(w[2], w[3], &o, progress_line, (void *)c);
+		}
+		if (r < 0)
+			return cli_fail(c, r);
+		return print_done(c, "created", w[3]);
+	}
+	if (strcmp(verb, "check") == 0 && n == 3)
+		return disk_check(c, w[2]);
+	if (strcmp(verb, "addredo") == 0 && n == 3) {
+		CLEANUP_FREE char *child = NULL;
+		if ((r = vdisk_addredo(w[2], &child)) < 0)
+			return cli_fail(c, r);
+		return print_done(c, "child", child);
+	}
+	if (strcmp(verb, "commit") == 0 && n == 3) {
+		if ((r = vdisk_commit(w[2], !c->keep, progress_line, (void *)c)) < 0)
+			return cli_fail(c, r);
+		return print_done(c, "committed", w[2]);
+	}
+	return cli_usage_error("usage: vela disk create|info|map|convert|clone|check|addredo|commit ... (see vela --help)%s", "");
+}

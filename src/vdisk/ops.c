@@ -1,0 +1,276 @@
+/* ops.c - format-independent operations: create, convert, addredo, commit, check. */
+#include "common.h"
+#include "vdisk-format.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const char *const type_names[VDISK_TYPE__COUNT] = {
+	[VDISK_TYPE_RAW] = "raw",
+	[VDISK_TYPE_VMDK_MONOLITHIC_SPARSE] = "monolithicSparse",
+	[VDISK_TYPE_VMDK_MONOLITHIC_FLAT] = "monolithicFlat",
+	[VDISK_TYPE_VMDK_2GB_SPARSE] = "twoGbMaxExtentSparse",
+	[VDISK_TYPE_VMDK_2GB_FLAT] = "twoGbMaxExtentFlat",
+};
+
+int vdisk_type_parse(const char *name, enum vdisk_type *out)
+{
+	for (int i = 0; i < VDISK_TYPE__COUNT; i++) {
+		if (str_ieq(name, type_names[i])) {
+			*out = (enum vdisk_type)i;
+			return 0;
+		}
+	}
+	if (str_ieq(name, "vmdk")) {
+		*out = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE;
+		return 0;
+	}
+	return vela_error(VELA_E_INVAL, "unknown disk type \"%s\" (raw, monolithicSparse, monolithicFlat, "
+			  "twoGbMaxExtentSparse, twoGbMaxExtentFlat)", name);
+}
+
+const char *vdisk_type_name(enum vdisk_type t)
+{
+	return (unsigned)t < VDISK_TYPE__COUNT ? type_names[t] : "unknown";
+}
+
+int vdisk_adapter_parse(const char *name, enum vdisk_adapter *out)
+{
+	static const char *const names[] = { "ide", "lsilogic", "buslogic", "virtio" };
+	for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
+		if (str_ieq(name, names[i])) {
+			*out = (enum vdisk_adapter)i;
+			return 0;
+		}
+	}
+	return vela_error(VELA_E_INVAL, "unknown adapter type \"%s\" (ide, lsilogic, buslogic, virtio)", name);
+}
+
+void vdisk_geometry(uint64_t sectors, enum vdisk_adapter a, uint32_t *c, uint32_t *h, uint32_t *s)
+{
+	if (a == VDISK_ADAPTER_IDE) {
+		*h = 16;
+		*s = 63;
+	} else if (sectors <= (1ull << 30) / VDISK_SECTOR) {
+		*h = 64;
+		*s = 32;
+	} else if (sectors <= (2ull << 30) / VDISK_SECTOR) {
+		*h = 128;
+		*s = 32;
+	} else {
+		*h = 255;
+		*s = 63;
+	}
+	uint64_t cyl = sectors / (*h * *s);
+	if (a == VDISK_ADAPTER_IDE && cyl > 16383)
+		cyl = 16383;
+	if (cyl > 65535)
+		cyl = 65535;
+	*c = (uint32_t)cyl;
+}
+
+static const struct vdisk_format *format_of(enum vdisk_type t)
+{
+	return t == VDISK_TYPE_RAW ? &vdisk_format_raw : &vdisk_format_vmdk;
+}
+
+/* How a child names its parent: relative when both share a folder. */
+static char *parent_name_for(const char *child, const char *parent)
+{
+	CLEANUP_FREE char *cd = path_dirname(child);
+	CLEANUP_FREE char *pd = path_dirname(parent);
+	char rc[PATH_MAX], rp[PATH_MAX];
+	if (realpath(cd, rc) && realpath(pd, rp) && strcmp(rc, rp) == 0)
+		return path_basename(parent);
+	if (parent[0] == '/')
+		return xstrdup(parent);
+	return realpath(parent, rp) ? xstrdup(rp) : xstrdup(parent);
+}
+
+int vdisk_create(const char *path, const struct vdisk_create_opts *o)
+{
+	struct vdisk_create_opts opts = *o;
+	struct vdisk_image *parent = NULL;
+	CLEANUP_FREE char *pname = NULL;
+	struct stat st;
+	if ((unsigned)o->type >= VDISK_TYPE__COUNT)
+		return vela_error(VELA_E_INVAL, "create %s: unknown type", path);
+	if (stat(path, &st) == 0)
+		return vela_error(VELA_E_EXISTS, "create %s: the file already exists", path);
+	if (o->parent) {
+		int r = vdisk_image_open(o->parent, true, &parent);
+		if (r < 0)
+			return vela_error_context(r, "create %s", path);
+		opts.size = parent->size;
+		pname = parent_name_for(path, o->parent);
+	} else {
+		if (o->size == 0)
+			return vela_error(VELA_E_INVAL, "create %s: the size must be above 0", path);
+		if (o->size > VDISK_MAX_SIZE)
+			return vela_error(VELA_E_LIMIT, "create %s: %llu bytes is above the %llu-byte limit", path,
+					  (unsigned long long)o->size, (unsigned long long)VDISK_MAX_SIZE);
+		opts.size = (o->size + VDISK_SECTOR - 1) / VDISK_SECTOR * VDISK_SECTOR;
+	}
+	int r = format_of(o->type)->create(path, &opts, parent, pname);
+	vdisk_image_close(parent);
+	return r;
+}
+
+int vdisk_convert(const char *src, const char *dst, const struct vdisk_create_opts *o,
+		  vdisk_progress_cb progress, void *opaque)
+{
+	struct vdisk *in = NULL, *out = NULL;
+	int r = vdisk_open(src, VDISK_OPEN_RDONLY, &in);
+	if (r < 0)
+		return vela_error_context(r, "convert");
+	struct vdisk_create_opts opts = *o;
+	opts.size = vdisk_size(in);
+	opts.parent = NULL;
+	if ((r = vdisk_create(dst, &opts)) < 0)
+		goto out;
+	if ((r = vdisk_open(dst, 0, &out)) < 0)
+		goto out;
+	const size_t chunk = 1u << 20;
+	char *buf = xcalloc(1, chunk);
+	uint64_t size = vdisk_size(in), off = 0;
+	while (off < size && r == 0) {
+		struct vdisk_extent_status es;
+		uint64_t want = size - off < chunk ? size - off : chunk;
+		if ((r = vdisk_block_status(in, off, want, &es)) < 0)
+			break;
+		uint64_t n = es.len;
+		if (es.status == VDISK_DATA) {
+			if ((r = vdisk_pread(in, buf, (size_t)n, off)) < 0)
+				break;
+			/* Only non-zero data is written: the new image stays sparse. */
+			uint32_t step = vdisk_granularity(out) > 4096 ? vdisk_granularity(out) : 4096;
+			for (uint64_t k = 0; k < n && r == 0; ) {
+				uint64_t piece = step - ((off + k) % step);
+				if (piece > n - k)
+					piece = n - k;
+				if (!vdisk_buf_is_zero(buf + k, (size_t)piece))
+					r = vdisk_pwrite(out, buf + k, (size_t)piece, off + k);
+				k += piece;
+			}
+		}
+		off += n;
+		if (progress)
+			progress(off, size, opaque);
+	}
+	free(buf);
+	if (r == 0)
+		r = vdisk_flush(out);
+out:
+	if (out) {
+		int cr = vdisk_close(out);
+		if (r == 0)
+			r = cr;
+	}
+	vdisk_close(in);
+	if (r < 0)
+		return vela_error_context(r, "convert %s to %s", src, dst);
+	return 0;
+}
+
+int vdisk_addredo(const char *path, char **child)
+{
+	CLEANUP_FREE char *dir = path_dirname(path);
+	CLEANUP_FREE char *base = path_basename(path);
+	size_t bl = strlen(base);
+	CLEANUP_FREE char *stem = xstrndup(base, bl > 5 && str_ieq(base + bl - 5, ".vmdk") ? bl - 5 : bl);
+	/* Strip an earlier "-000001" so names stay stem-00000N.vmdk. */
+	size_t sl = strlen(stem);
+	if (sl > 7 && stem[sl - 7] == '-' && strspn(stem + sl - 6, "0123456789") == 6)
+		stem[sl - 7] = '\0';
+	struct stat st;
+	for (unsigned n = 1; n < 1000000; n++) {
+		/* Name the child as the parent was named: bare when it had no folder. */
+		char *cand = strchr(path, '/') ? xasprintf("%s/%s-%06u.vmdk", dir, stem, n)
+					       : xasprintf("%s-%06u.vmdk", stem, n);
+		if (stat(cand, &st) == 0) {
+			free(cand);
+			continue;
+		}
+		struct vdisk_create_opts o = { .type = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE, .parent = path };
+		int r = vdisk_create(cand, &o);
+		if (r < 0) {
+			free(cand);
+			return vela_error_context(r, "addredo %s", path);
+		}
+		*child = cand;
+		return 0;
+	}
+	return vela_error(VELA_E_LIMIT, "addredo %s: no free child file name", path);
+}
+
+int vdisk_commit(const char *path, bool remove_child, vdisk_progress_cb progress, void *opaque)
+{
+	struct vdisk *child = NULL, *parent = NULL;
+	int r = vdisk_open(path, VDISK_OPEN_RDONLY, &child);
+	if (r < 0)
+		return vela_error_context(r, "commit");
+	if (!child->top->parent_path) {
+		vdisk_close(child);
+		return vela_error(VELA_E_INVAL, "commit %s: the disk has no parent to commit into", path);
+	}
+	CLEANUP_FREE char *ppath = xstrdup(child->top->parent_path);
+	/* The parent opens writable with its own chain below (reads for
+	 * partial units during the merge come from there). */
+	if ((r = vdisk_open(ppath, 0, &parent)) < 0) {
+		vdisk_close(child);
+		return vela_error_context(r, "commit %s into %s", path, ppath);
+	}
+	const size_t chunk = 1u << 20;
+	char *buf = xcalloc(1, chunk);
+	uint64_t size = vdisk_size(child), off = 0;
+	/* Idempotent: a commit interrupted by a crash is simply run again; the
+	 * child stays until the parent is flushed. */
+	while (off < size && r == 0) {
+		struct vdisk_extent_status es;
+		uint64_t want = size - off < chunk ? size - off : chunk;
+		if ((r = vdisk_block_status(child, off, want, &es)) < 0)
+			break;
+		if (es.depth == 0 && off < vdisk_size(parent)) {
+			uint64_t n = es.len;
+			if (off + n > vdisk_size(parent))
+				n = vdisk_size(parent) - off;
+			if (es.status == VDISK_DATA)
+				r = vdisk_pread(child, buf, (size_t)n, off);
+			else
+				memset(buf, 0, (size_t)n);
+			if (r == 0)
+				r = vdisk_pwrite(parent, buf, (size_t)n, off);
+		}
+		off += es.len;
+		if (progress)
+			progress(off, size, opaque);
+	}
+	free(buf);
+	if (r == 0)
+		r = vdisk_flush(parent);
+	int cr = vdisk_close(parent);
+	if (r == 0)
+		r = cr;
+	vdisk_close(child);
+	if (r < 0)
+		return vela_error_context(r, "commit %s into %s", path, ppath);
+	if (remove_child && unlink(path) < 0)
+		return vela_error_errno(errno, "commit %s: remove the merged child", path);
+	return 0;
+}
+
+int vdisk_check(const char *path, bool repair, struct vdisk_check_report *report)
+{
+	struct vdisk_image *img = NULL;
+	memset(report, 0, sizeof *report);
+	int r = vdisk_image_open(path, !repair, &img);
+	if (r < 0)
+		return vela_error_context(r, "check");
+	r = img->fmt->check(img, repair, report);
+	vdisk_image_close(img);
+	if (r < 0)
+		return vela_error_context(r, "check %s", path);
+	return 0;
+}

@@ -1,0 +1,101 @@
+/*
+ * vdisk-format.h - the backend interface of libvdisk (private to src/vdisk).
+ *
+ * Each image format is a struct vdisk_format registered in image.c.  The
+ * chain, commit, convert and server code only ever call through this table,
+ * so adding a format touches nothing else.  Members are append-only;
+ * struct_size tells which ones a backend knows.
+ */
+#ifndef VELA_VDISK_FORMAT_H
+#define VELA_VDISK_FORMAT_H
+
+#include <pthread.h>
+
+#include "vdisk.h"
+
+/* Status of a range in one image (not the chain). */
+enum img_status { IMG_UNALLOC, IMG_DATA, IMG_ZERO };
+
+struct vdisk_image {
+	char *path;                 /* as given */
+	char *dir;                  /* folder: base of relative names inside the image */
+	bool read_only;
+	const struct vdisk_format *fmt;
+	void *priv;                 /* the backend's state */
+	uint64_t size;              /* virtual bytes */
+	uint32_t granularity;       /* bytes of one allocation unit */
+	char *parent_path;          /* resolved parent file named by the image, or NULL */
+	struct vdisk_image *parent; /* opened parent, or NULL */
+	pthread_mutex_t lock;       /* the backend's metadata */
+	bool written;               /* a write happened since open */
+};
+
+/* An open chain (the public struct vdisk). */
+struct vdisk {
+	struct vdisk_image *top;
+	unsigned depth;
+};
+
+struct vdisk_format {
+	uint32_t struct_size;
+	const char *name;
+	/* > 0 if the file looks like this format (higher wins); head is the
+	 * first bytes of the file (up to 4096). */
+	int (*probe)(const uint8_t *head, size_t len, uint64_t file_size);
+	/* Fill size, granularity, parent_path, priv. */
+	int (*open)(struct vdisk_image *img);
+	void (*close)(struct vdisk_image *img);
+	/* Status of [off, off+len) in this image; *pnum = bytes it holds for. */
+	int (*block_status)(struct vdisk_image *img, uint64_t off, uint64_t len, enum img_status *st, uint64_t *pnum);
+	/* Read a range the image holds as IMG_DATA. */
+	int (*pread)(struct vdisk_image *img, void *buf, size_t len, uint64_t off);
+	/* Write; the backend allocates and copies partial units up from the
+	 * parent with vdisk_image_read_below(). */
+	int (*pwrite)(struct vdisk_image *img, const void *buf, size_t len, uint64_t off);
+	/* Data durable first, then metadata. */
+	int (*flush)(struct vdisk_image *img);
+	/* Create.  parent is the opened parent for a child image, else NULL;
+	 * parent_name is how the child refers to it (relative if possible). */
+	int (*create)(const char *path, const struct vdisk_create_opts *o,
+		      struct vdisk_image *parent, const char *parent_name);
+	int (*info)(struct vdisk_image *img, struct vdisk_info *info);
+	int (*check)(struct vdisk_image *img, bool repair, struct vdisk_check_report *r);
+	/* Is parent still the image this child was made on?  0 or VELA_E_PARENT. */
+	int (*check_parent)(struct vdisk_image *img, struct vdisk_image *parent);
+};
+
+extern const struct vdisk_format vdisk_format_raw;
+extern const struct vdisk_format vdisk_format_vmdk;
+
+/* Open one image (no parent).  Used by the chain code and by create. */
+int vdisk_image_open(const char *path, bool read_only, struct vdisk_image **out);
+void vdisk_image_close(struct vdisk_image *img);
+/* Read [off, off+len) as the image's parent chain sees it (zeros at the bottom). */
+int vdisk_image_read_below(struct vdisk_image *img, void *buf, size_t len, uint64_t off);
+/* Read through the chain starting at img. */
+int vdisk_image_read(struct vdisk_image *img, void *buf, size_t len, uint64_t off);
+
+/* Helpers for backends. */
+int vdisk_pread_full(int fd, void *buf, size_t len, uint64_t off, const char *what);
+int vdisk_pwrite_full(int fd, const void *buf, size_t len, uint64_t off, const char *what);
+bool vdisk_buf_is_zero(const void *buf, size_t len);
+
+static inline uint32_t le32_get(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static inline uint64_t le64_get(const uint8_t *p)
+{
+	return (uint64_t)le32_get(p) | (uint64_t)le32_get(p + 4) << 32;
+}
+static inline void le32_put(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+static inline void le64_put(uint8_t *p, uint64_t v)
+{
+	le32_put(p, (uint32_t)v);
+	le32_put(p + 4, (uint32_t)(v >> 32));
+}
+
+#endif /* VELA_VDISK_FORMAT_H */
