@@ -35,9 +35,43 @@ int vdisk_pread_full(int fd, void *buf, size_t len, uint64_t off, const char *wh
 	return 0;
 }
 
+static struct {
+	long left;      /* writes still allowed, < 0 = no injection */
+	long count;
+	pthread_mutex_t lock;
+} fault = { -1, 0, PTHREAD_MUTEX_INITIALIZER };
+
+void vdisk_test_fail_writes_after(long n)
+{
+	pthread_mutex_lock(&fault.lock);
+	fault.left = n;
+	fault.count = 0;
+	pthread_mutex_unlock(&fault.lock);
+}
+
+long vdisk_test_write_count(void)
+{
+	return fault.count;
+}
+
+static bool fault_injected(void)
+{
+	bool fail = false;
+	pthread_mutex_lock(&fault.lock);
+	fault.count++;
+	if (fault.left == 0)
+		fail = true;
+	else if (fault.left > 0)
+		fault.left--;
+	pthread_mutex_unlock(&fault.lock);
+	return fail;
+}
+
 int vdisk_pwrite_full(int fd, const void *buf, size_t len, uint64_t off, const char *what)
 {
 	const char *p = buf;
+	if (fault_injected())
+		return vela_error(VELA_E_WRITE, "write %s at %llu: injected fault", what, (unsigned long long)off);
 	while (len > 0) {
 		ssize_t n = pwrite(fd, p, len, (off_t)off);
 		if (n < 0) {

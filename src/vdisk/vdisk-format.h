@@ -75,6 +75,13 @@ int vdisk_image_read_below(struct vdisk_image *img, void *buf, size_t len, uint6
 /* Read through the chain starting at img. */
 int vdisk_image_read(struct vdisk_image *img, void *buf, size_t len, uint64_t off);
 
+/* Fault injection for crash-consistency tests (a singleton owned by
+ * image.c): after n more writes through vdisk_pwrite_full, every write fails
+ * as if the machine had stopped.  n < 0 turns it off (the default).
+ * vdisk_test_write_count() counts writes since the last arm. */
+void vdisk_test_fail_writes_after(long n);
+long vdisk_test_write_count(void);
+
 /* Helpers for backends. */
 int vdisk_pread_full(int fd, void *buf, size_t len, uint64_t off, const char *what);
 int vdisk_pwrite_full(int fd, const void *buf, size_t len, uint64_t off, const char *what);

@@ -94,6 +94,10 @@ static int vmdk_probe(const uint8_t *head, size_t len, uint64_t file_size)
 		return 100;
 	if (len >= 4 && memcmp(head, "COWD", 4) == 0)
 		return 100;   /* vmfsSparse: refused at open with a clear message */
+	/* The header line claims a descriptor at any size (a huge one is then
+	 * refused at open rather than read as a raw disk). */
+	if (len >= 21 && memcmp(head, "# Disk DescriptorFile", 21) == 0)
+		return 100;
 	if (file_size <= DESC_MAX && looks_like_descriptor(head, len))
 		return 100;
 	return 0;
