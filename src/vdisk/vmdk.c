@@ -499,7 +499,10 @@ static int vmdk_open(struct vdisk_image *img)
 		m->desc = xcalloc(1, (size_t)st.st_size + 1);
 		r = vdisk_pread_full(fd, m->desc, (size_t)st.st_size, 0, img->path);
 		m->desc_fd = fd;
-		if (r == 0 && memchr(m->desc, '\0', (size_t)st.st_size))
+		/* Some tools pad the descriptor file with NULs to a sector: fine.
+		 * NULs followed by more text are not. */
+		char *nul = r == 0 ? memchr(m->desc, '\0', (size_t)st.st_size) : NULL;
+		if (nul && !vdisk_buf_is_zero(nul, (size_t)st.st_size - (size_t)(nul - m->desc)))
 			r = vela_error(VELA_E_CORRUPT, "%s: descriptor contains binary data", img->path);
 		if (r == 0)
 			r = parse_descriptor(m, m->desc, img->dir, img->path);
