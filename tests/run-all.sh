@@ -57,6 +57,13 @@ if part fuzz; then
 		name=${f##*/fuzz-}
 		corpus=$(mktemp -d)
 		cp tests/fuzz/corpus/"$name"/* "$corpus"/ 2>/dev/null
+		if [ "$name" = vmdk ]; then
+			# Binary seeds are made by rules, not checked in.
+			qemu-img create -q -f vmdk "$corpus/qemu.vmdk" 3M &&
+				qemu-io -c 'write -P 0x41 0 64k' -c 'write -P 0x42 2M 512' "$corpus/qemu.vmdk" >/dev/null
+			build/bin/vela disk create -s 1m "$corpus/vela.vmdk" >/dev/null
+			printf 'KDMV' > "$corpus/magic-only.vmdk"
+		fi
 		if (cd "$logdir" && timeout $(( ${FUZZ_SECONDS:-30} + 60 )) "$top/$f" -max_total_time="${FUZZ_SECONDS:-30}" \
 			-rss_limit_mb=2048 "$corpus" > "$logdir/fuzz-$name.log" 2>&1); then
 			ok "fuzz-$name: $(grep -o 'Done [0-9]* runs' "$logdir/fuzz-$name.log") without a finding"
