@@ -9,6 +9,7 @@
 
 static const struct vdisk_format *const formats[] = {
 	&vdisk_format_vmdk,
+	&vdisk_format_vhd,
 	&vdisk_format_raw,     /* last: accepts anything */
 };
 
@@ -118,6 +119,14 @@ static int probe(const char *path, const struct vdisk_format **out)
 		if (score > best) {
 			best = score;
 			*out = formats[i];
+		}
+	}
+	for (size_t i = 0; best <= 1 && i < ARRAY_SIZE(formats); i++) {
+		const struct vdisk_format *f = formats[i];
+		if (f->struct_size >= offsetof(struct vdisk_format, probe_tail) + sizeof f->probe_tail && f->probe_tail &&
+		    f->probe_tail(fd, (uint64_t)st.st_size) > best) {
+			best = f->probe_tail(fd, (uint64_t)st.st_size);
+			*out = f;
 		}
 	}
 	if (!best)

@@ -13,6 +13,8 @@ static const char *const type_names[VDISK_TYPE__COUNT] = {
 	[VDISK_TYPE_VMDK_MONOLITHIC_FLAT] = "monolithicFlat",
 	[VDISK_TYPE_VMDK_2GB_SPARSE] = "twoGbMaxExtentSparse",
 	[VDISK_TYPE_VMDK_2GB_FLAT] = "twoGbMaxExtentFlat",
+	[VDISK_TYPE_VHD_DYNAMIC] = "vhd-dynamic",
+	[VDISK_TYPE_VHD_FIXED] = "vhd-fixed",
 };
 
 int vdisk_type_parse(const char *name, enum vdisk_type *out)
@@ -27,8 +29,12 @@ int vdisk_type_parse(const char *name, enum vdisk_type *out)
 		*out = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE;
 		return 0;
 	}
+	if (str_ieq(name, "vhd") || str_ieq(name, "vpc")) {
+		*out = VDISK_TYPE_VHD_DYNAMIC;
+		return 0;
+	}
 	return vela_error(VELA_E_INVAL, "unknown disk type \"%s\" (raw, monolithicSparse, monolithicFlat, "
-			  "twoGbMaxExtentSparse, twoGbMaxExtentFlat)", name);
+			  "twoGbMaxExtentSparse, twoGbMaxExtentFlat, vhd-dynamic, vhd-fixed)", name);
 }
 
 const char *vdisk_type_name(enum vdisk_type t)
@@ -73,7 +79,12 @@ void vdisk_geometry(uint64_t sectors, enum vdisk_adapter a, uint32_t *c, uint32_
 
 static const struct vdisk_format *format_of(enum vdisk_type t)
 {
-	return t == VDISK_TYPE_RAW ? &vdisk_format_raw : &vdisk_format_vmdk;
+	switch (t) {
+	case VDISK_TYPE_RAW: return &vdisk_format_raw;
+	case VDISK_TYPE_VHD_DYNAMIC:
+	case VDISK_TYPE_VHD_FIXED: return &vdisk_format_vhd;
+	default: return &vdisk_format_vmdk;
+	}
 }
 
 /* How a child names its parent: relative when both share a folder. */
@@ -105,6 +116,11 @@ int vdisk_create(const char *path, const struct vdisk_create_opts *o)
 			return vela_error_context(r, "create %s", path);
 		opts.size = parent->size;
 		pname = parent_name_for(path, o->parent);
+		/* A redo log is written in its parent's format. */
+		if (parent->fmt == &vdisk_format_vhd)
+			opts.type = VDISK_TYPE_VHD_DYNAMIC;
+		else
+			opts.type = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE;
 	} else {
 		if (o->size == 0)
 			return vela_error(VELA_E_INVAL, "create %s: the size must be above 0", path);
@@ -113,7 +129,7 @@ int vdisk_create(const char *path, const struct vdisk_create_opts *o)
 					  (unsigned long long)o->size, (unsigned long long)VDISK_MAX_SIZE);
 		opts.size = (o->size + VDISK_SECTOR - 1) / VDISK_SECTOR * VDISK_SECTOR;
 	}
-	int r = format_of(o->type)->create(path, &opts, parent, pname);
+	int r = format_of(opts.type)->create(path, &opts, parent, pname);
 	vdisk_image_close(parent);
 	return r;
 }
@@ -179,7 +195,9 @@ int vdisk_addredo(const char *path, char **child)
 	CLEANUP_FREE char *dir = path_dirname(path);
 	CLEANUP_FREE char *base = path_basename(path);
 	size_t bl = strlen(base);
-	CLEANUP_FREE char *stem = xstrndup(base, bl > 5 && str_ieq(base + bl - 5, ".vmdk") ? bl - 5 : bl);
+	const char *dot = strrchr(base, '.');
+	const char *ext = dot && (str_ieq(dot, ".vhd") || str_ieq(dot, ".vmdk")) ? dot : ".vmdk";
+	CLEANUP_FREE char *stem = xstrndup(base, dot && (str_ieq(dot, ".vhd") || str_ieq(dot, ".vmdk")) ? (size_t)(dot - base) : bl);
 	/* Strip an earlier "-000001" so names stay stem-00000N.vmdk. */
 	size_t sl = strlen(stem);
 	if (sl > 7 && stem[sl - 7] == '-' && strspn(stem + sl - 6, "0123456789") == 6)
@@ -187,8 +205,8 @@ int vdisk_addredo(const char *path, char **child)
 	struct stat st;
 	for (unsigned n = 1; n < 1000000; n++) {
 		/* Name the child as the parent was named: bare when it had no folder. */
-		char *cand = strchr(path, '/') ? xasprintf("%s/%s-%06u.vmdk", dir, stem, n)
-					       : xasprintf("%s-%06u.vmdk", stem, n);
+		char *cand = strchr(path, '/') ? xasprintf("%s/%s-%06u%s", dir, stem, n, ext)
+					       : xasprintf("%s-%06u%s", stem, n, ext);
 		if (stat(cand, &st) == 0) {
 			free(cand);
 			continue;

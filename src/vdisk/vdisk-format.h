@@ -62,10 +62,14 @@ struct vdisk_format {
 	int (*check)(struct vdisk_image *img, bool repair, struct vdisk_check_report *r);
 	/* Is parent still the image this child was made on?  0 or VELA_E_PARENT. */
 	int (*check_parent)(struct vdisk_image *img, struct vdisk_image *parent);
+	/* Formats recognised by their last bytes (fixed VHD): > 0 if this
+	 * format; called when no head probe scored above raw. */
+	int (*probe_tail)(int fd, uint64_t file_size);
 };
 
 extern const struct vdisk_format vdisk_format_raw;
 extern const struct vdisk_format vdisk_format_vmdk;
+extern const struct vdisk_format vdisk_format_vhd;
 
 /* Open one image (no parent).  Used by the chain code and by create. */
 int vdisk_image_open(const char *path, bool read_only, struct vdisk_image **out);

@@ -91,6 +91,8 @@ enum vdisk_type {
 	VDISK_TYPE_VMDK_MONOLITHIC_FLAT,
 	VDISK_TYPE_VMDK_2GB_SPARSE,
 	VDISK_TYPE_VMDK_2GB_FLAT,
+	VDISK_TYPE_VHD_DYNAMIC,
+	VDISK_TYPE_VHD_FIXED,
 	VDISK_TYPE__COUNT,
 };
 
@@ -100,7 +102,8 @@ struct vdisk_create_opts {
 	enum vdisk_type type;
 	uint64_t size;               /* bytes; rounded up to 512 */
 	enum vdisk_adapter adapter;  /* VMDK geometry and ddb.adapterType */
-	const char *parent;          /* create a child (redo log) of this disk */
+	const char *parent;          /* create a child (redo log) of this disk; the
+	                              * child's format follows the parent's */
 };
 
 int vdisk_type_parse(const char *name, enum vdisk_type *out);
