@@ -62,6 +62,12 @@ if part fuzz; then
 			qemu-img create -q -f vmdk "$corpus/qemu.vmdk" 3M &&
 				qemu-io -c 'write -P 0x41 0 64k' -c 'write -P 0x42 2M 512' "$corpus/qemu.vmdk" >/dev/null
 			build/bin/vela disk create -s 1m "$corpus/vela.vmdk" >/dev/null
+			qemu-img create -q -f qcow2 "$corpus/qemu.qcow2" 2M &&
+				qemu-io -c 'write -P 0x43 64k 64k' "$corpus/qemu.qcow2" >/dev/null
+			qemu-img convert -c -O qcow2 "$corpus/qemu.qcow2" "$corpus/compressed.qcow2"
+			qemu-img create -q -f vpc "$corpus/qemu.vhd" 2M &&
+				qemu-io -f vpc -c 'write -P 0x44 0 4k' "$corpus/qemu.vhd" >/dev/null
+			build/bin/vela disk create -s 1m -t vhd-fixed "$corpus/fixed.vhd" >/dev/null
 			printf 'KDMV' > "$corpus/magic-only.vmdk"
 		fi
 		if (cd "$logdir" && timeout $(( ${FUZZ_SECONDS:-30} + 60 )) "$top/$f" -max_total_time="${FUZZ_SECONDS:-30}" \

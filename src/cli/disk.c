@@ -203,8 +203,10 @@ int cmd_disk(const struct cli *c, const char *const *w, size_t n)
 		if ((r = parse_create_opts(c, &o, false)) < 0)
 			return cli_fail(c, r);
 		if (c->linked) {
-			/* A linked clone is a child of the (now read-only) source. */
-			o.type = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE;
+			/* A linked clone is a child of the (now read-only) source, in the
+			 * source's format unless -t qcow2 asks for a qcow2 child. */
+			if (!c->type)
+				o.type = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE;
 			o.parent = w[2];
 			r = vdisk_create(w[3], &o);
 		} else {

@@ -10,6 +10,7 @@
 static const struct vdisk_format *const formats[] = {
 	&vdisk_format_vmdk,
 	&vdisk_format_vhd,
+	&vdisk_format_qcow2,
 	&vdisk_format_raw,     /* last: accepts anything */
 };
 

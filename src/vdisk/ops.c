@@ -15,6 +15,7 @@ static const char *const type_names[VDISK_TYPE__COUNT] = {
 	[VDISK_TYPE_VMDK_2GB_FLAT] = "twoGbMaxExtentFlat",
 	[VDISK_TYPE_VHD_DYNAMIC] = "vhd-dynamic",
 	[VDISK_TYPE_VHD_FIXED] = "vhd-fixed",
+	[VDISK_TYPE_QCOW2] = "qcow2",
 };
 
 int vdisk_type_parse(const char *name, enum vdisk_type *out)
@@ -34,7 +35,7 @@ int vdisk_type_parse(const char *name, enum vdisk_type *out)
 		return 0;
 	}
 	return vela_error(VELA_E_INVAL, "unknown disk type \"%s\" (raw, monolithicSparse, monolithicFlat, "
-			  "twoGbMaxExtentSparse, twoGbMaxExtentFlat, vhd-dynamic, vhd-fixed)", name);
+			  "twoGbMaxExtentSparse, twoGbMaxExtentFlat, vhd-dynamic, vhd-fixed, qcow2)", name);
 }
 
 const char *vdisk_type_name(enum vdisk_type t)
@@ -83,6 +84,7 @@ static const struct vdisk_format *format_of(enum vdisk_type t)
 	case VDISK_TYPE_RAW: return &vdisk_format_raw;
 	case VDISK_TYPE_VHD_DYNAMIC:
 	case VDISK_TYPE_VHD_FIXED: return &vdisk_format_vhd;
+	case VDISK_TYPE_QCOW2: return &vdisk_format_qcow2;
 	default: return &vdisk_format_vmdk;
 	}
 }
@@ -116,8 +118,12 @@ int vdisk_create(const char *path, const struct vdisk_create_opts *o)
 			return vela_error_context(r, "create %s", path);
 		opts.size = parent->size;
 		pname = parent_name_for(path, o->parent);
-		/* A redo log is written in its parent's format. */
-		if (parent->fmt == &vdisk_format_vhd)
+		/* A redo log is written in its parent's format (VMDK under VMDK,
+		 * VHD under VHD: what the classic tools expect); a qcow2 child can sit
+		 * on any parent, and is what a raw disk gets. */
+		if (o->type == VDISK_TYPE_QCOW2 || parent->fmt == &vdisk_format_qcow2 || parent->fmt == &vdisk_format_raw)
+			opts.type = VDISK_TYPE_QCOW2;
+		else if (parent->fmt == &vdisk_format_vhd)
 			opts.type = VDISK_TYPE_VHD_DYNAMIC;
 		else
 			opts.type = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE;
@@ -195,9 +201,15 @@ int vdisk_addredo(const char *path, char **child)
 	CLEANUP_FREE char *dir = path_dirname(path);
 	CLEANUP_FREE char *base = path_basename(path);
 	size_t bl = strlen(base);
+	/* The child's format follows the parent's (see vdisk_create): name it so. */
+	struct vdisk_image *pimg = NULL;
+	int pr = vdisk_image_open(path, true, &pimg);
+	if (pr < 0)
+		return vela_error_context(pr, "addredo");
+	const char *ext = pimg->fmt == &vdisk_format_vmdk ? ".vmdk" : pimg->fmt == &vdisk_format_vhd ? ".vhd" : ".qcow2";
+	vdisk_image_close(pimg);
 	const char *dot = strrchr(base, '.');
-	const char *ext = dot && (str_ieq(dot, ".vhd") || str_ieq(dot, ".vmdk")) ? dot : ".vmdk";
-	CLEANUP_FREE char *stem = xstrndup(base, dot && (str_ieq(dot, ".vhd") || str_ieq(dot, ".vmdk")) ? (size_t)(dot - base) : bl);
+	CLEANUP_FREE char *stem = xstrndup(base, dot && dot != base ? (size_t)(dot - base) : bl);
 	/* Strip an earlier "-000001" so names stay stem-00000N.vmdk. */
 	size_t sl = strlen(stem);
 	if (sl > 7 && stem[sl - 7] == '-' && strspn(stem + sl - 6, "0123456789") == 6)

@@ -70,6 +70,7 @@ struct vdisk_format {
 extern const struct vdisk_format vdisk_format_raw;
 extern const struct vdisk_format vdisk_format_vmdk;
 extern const struct vdisk_format vdisk_format_vhd;
+extern const struct vdisk_format vdisk_format_qcow2;
 
 /* Open one image (no parent).  Used by the chain code and by create. */
 int vdisk_image_open(const char *path, bool read_only, struct vdisk_image **out);

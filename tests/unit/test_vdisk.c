@@ -127,6 +127,7 @@ static void io_2gb_sparse(void **s) { (void)s; random_io(VDISK_TYPE_VMDK_2GB_SPA
 static void io_2gb_flat(void **s) { (void)s; random_io(VDISK_TYPE_VMDK_2GB_FLAT, 24 * MIB); }
 static void io_vhd_dynamic(void **s) { (void)s; random_io(VDISK_TYPE_VHD_DYNAMIC, 24 * MIB); }
 static void io_vhd_fixed(void **s) { (void)s; random_io(VDISK_TYPE_VHD_FIXED, 24 * MIB); }
+static void io_qcow2(void **s) { (void)s; random_io(VDISK_TYPE_QCOW2, 24 * MIB + 512); }
 
 static void errors_of_io_and_create(void **s)
 {
@@ -172,6 +173,14 @@ static void geometry_rules(void **s)
 	assert_int_equal(h, 255);
 	assert_int_equal(sec, 63);
 	assert_int_equal(c, 522);
+}
+
+static uint64_t be64(const char *p)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < 8; i++)
+		v = v << 8 | (uint8_t)p[i];
+	return v;
 }
 
 static uint64_t file_hash(const char *p)
@@ -513,6 +522,73 @@ static void crash_consistency(const char *name, enum vdisk_type type)
 
 static void crash_consistency_vmdk(void **s) { (void)s; crash_consistency("crash-base.vmdk", VDISK_TYPE_VMDK_MONOLITHIC_SPARSE); }
 static void crash_consistency_vhd(void **s) { (void)s; crash_consistency("crash-base.vhd", VDISK_TYPE_VHD_DYNAMIC); }
+static void crash_consistency_qcow2(void **s) { (void)s; crash_consistency("crash-base.qcow2", VDISK_TYPE_QCOW2); }
+
+static void hostile_qcow2(void **s)
+{
+	(void)s;
+	char *good = tmp("hq.qcow2");
+	create(good, VDISK_TYPE_QCOW2, 8 * MIB);
+	char *data;
+	size_t len;
+	assert_int_equal(read_file(good, 64 * MIB, &data, &len), 0);
+	struct { size_t at; int width; uint64_t value; int code; } mods[] = {
+		{ 4, 4, 7, -VELA_E_VERSION },                     /* version */
+		{ 20, 4, 40, -VELA_E_CORRUPT },                   /* cluster_bits */
+		{ 24, 8, UINT64_MAX, -VELA_E_CORRUPT },           /* size near 2^64 */
+		{ 32, 4, 1, -VELA_E_NOTSUP },                     /* encrypted */
+		{ 36, 4, 0, -VELA_E_CORRUPT },                    /* L1 too small for the size */
+		{ 40, 8, 1ull << 50, -VELA_E_CORRUPT },           /* L1 beyond the file */
+		{ 48, 8, 12345, -VELA_E_CORRUPT },                /* refcount table unaligned */
+		{ 56, 4, 0x7fffffff, -VELA_E_CORRUPT },           /* refcount table huge */
+		{ 72, 8, 1ull << 4, -VELA_E_NOTSUP },             /* unknown incompatible feature */
+		{ 72, 8, 2, -VELA_E_CORRUPT },                    /* marked corrupt, opened writable */
+		{ 8, 8, 65000, -VELA_E_CORRUPT },                 /* backing name beyond 4 KiB */
+		{ 100, 4, 1, -VELA_E_CORRUPT },                   /* header length */
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(mods); i++) {
+		uint8_t *c = xcalloc(1, len);
+		memcpy(c, data, len);
+		for (int b = 0; b < mods[i].width; b++)
+			c[mods[i].at + (size_t)b] = (uint8_t)(mods[i].value >> (8 * (mods[i].width - 1 - b)));
+		if (mods[i].at == 8)
+			c[19] = 10;   /* backing name length */
+		char *bad = xasprintf("%s/badq%zu.qcow2", dir, i);
+		assert_int_equal(write_file_atomic(bad, c, len), 0);
+		struct vdisk *d = NULL;
+		int r = vdisk_open(bad, 0, &d);
+		if (r != mods[i].code)
+			fail_msg("case %zu: got %d (%s)", i, r, vela_errmsg());
+		free(bad);
+		free(c);
+	}
+	/* An L2 entry pointing into the header cluster: caught on access. */
+	{
+		struct vdisk *d = open_rw(good);
+		char buf[512] = "x";
+		assert_int_equal(vdisk_pwrite(d, buf, 512, 0), 0);
+		vdisk_close(d);
+		assert_int_equal(read_file(good, 64 * MIB, &data, &len) == 0 ? 0 : -1, 0);
+		uint64_t l1 = be64(data + 40);
+		uint64_t l2 = be64(data + l1) & 0x00fffffffffffe00ull;
+		for (int b = 0; b < 8; b++)
+			data[l2 + (uint64_t)b] = (char)(b == 0 ? 0x80 : b == 7 ? 0x00 : 0);   /* COPIED | offset 0 */
+		char *bad = tmp("l2hdr.qcow2");
+		assert_int_equal(write_file_atomic(bad, data, len), 0);
+		assert_int_equal(vdisk_open(bad, 0, &d), 0);
+		assert_int_equal(vdisk_pread(d, buf, 512, 0), 0);          /* offset 0 with no flags = unallocated */
+		data[l2 + 6] = 0x02;                                        /* offset 512: unaligned, in the header */
+		vdisk_close(d);
+		assert_int_equal(write_file_atomic(bad, data, len), 0);
+		assert_int_equal(vdisk_open(bad, 0, &d), 0);
+		assert_int_equal(vdisk_pread(d, buf, 512, 0), -VELA_E_CORRUPT);
+		assert_int_equal(vdisk_pwrite(d, buf, 512, 0), -VELA_E_CORRUPT);
+		vdisk_close(d);
+		free(bad);
+	}
+	free(data);
+	free(good);
+}
 
 /* A differencing VHD chain: writes, parent untouched, commit, parent check. */
 static void vhd_chain(void **s)
@@ -680,6 +756,9 @@ int main(void)
 		cmocka_unit_test(io_vhd_fixed),
 		cmocka_unit_test(vhd_chain),
 		cmocka_unit_test(hostile_vhd),
+		cmocka_unit_test(io_qcow2),
+		cmocka_unit_test(crash_consistency_qcow2),
+		cmocka_unit_test(hostile_qcow2),
 		cmocka_unit_test(convert_is_sparse_aware),
 	};
 	return cmocka_run_group_tests_name("vdisk", tests, setup, teardown);
