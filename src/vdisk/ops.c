@@ -16,6 +16,7 @@ static const char *const type_names[VDISK_TYPE__COUNT] = {
 	[VDISK_TYPE_VHD_DYNAMIC] = "vhd-dynamic",
 	[VDISK_TYPE_VHD_FIXED] = "vhd-fixed",
 	[VDISK_TYPE_QCOW2] = "qcow2",
+	[VDISK_TYPE_VMDK_STREAM] = "streamOptimized",
 };
 
 int vdisk_type_parse(const char *name, enum vdisk_type *out)
@@ -35,7 +36,7 @@ int vdisk_type_parse(const char *name, enum vdisk_type *out)
 		return 0;
 	}
 	return vela_error(VELA_E_INVAL, "unknown disk type \"%s\" (raw, monolithicSparse, monolithicFlat, "
-			  "twoGbMaxExtentSparse, twoGbMaxExtentFlat, vhd-dynamic, vhd-fixed, qcow2)", name);
+			  "twoGbMaxExtentSparse, twoGbMaxExtentFlat, vhd-dynamic, vhd-fixed, qcow2, streamOptimized)", name);
 }
 
 const char *vdisk_type_name(enum vdisk_type t)

@@ -2,9 +2,15 @@
  * vmdk.c - VMDK: text descriptor + extents (hosted sparse "KDMV", flat, zero).
  *
  * Covers monolithicSparse, monolithicFlat, twoGbMaxExtentSparse,
- * twoGbMaxExtentFlat, vmfs (flat) and sparse child disks (parentCID +
- * parentFileNameHint).  streamOptimized and vmfsSparse (COWD) are recognised
- * and refused with a clear error for now.
+ * twoGbMaxExtentFlat, vmfs (flat), sparse child disks (parentCID +
+ * parentFileNameHint) and streamOptimized (deflate-compressed grains behind
+ * markers; grain directory either in front, as QEMU writes it, or at the end
+ * behind a footer, as the classic tools and Vela write it).  vmfsSparse (COWD)
+ * is recognised and refused with a clear error for now.
+ *
+ * streamOptimized is an export format: new grains are appended where the
+ * tail (grain tables, directory, footer) was, and the tail is rewritten at
+ * flush, so it is not crash-safe while being written.
  *
  * Crash consistency: new grains (and grain tables) are appended to the file
  * and referenced only from memory until flush.  Flush makes the data durable
@@ -19,6 +25,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <zlib.h>
 
 #define VMDK_MAGIC 0x564d444bu           /* "KDMV" little-endian */
 #define VMDK_FLAG_NL_TEST (1u << 0)
@@ -36,6 +43,10 @@
 #define MAX_EXTENTS 10000
 #define TWOGB_EXTENT_SECTORS 4192256ull  /* 2047 MiB, as the classic tools split */
 #define MAX_DIRTY_GTS 256
+#define MARKER_EOS 0
+#define MARKER_GT 1
+#define MARKER_GD 2
+#define MARKER_FOOTER 3
 
 enum ext_type { EXT_FLAT, EXT_SPARSE, EXT_ZERO };
 
@@ -52,6 +63,10 @@ struct sparse {
 	bool gd_dirty;
 	uint64_t next_free;          /* sector where the next grain or table goes */
 	uint64_t file_sectors;       /* size of the file when opened */
+	bool compressed;             /* streamOptimized: grains are deflated behind markers */
+	bool tail_gd;                /* directory at the end, behind a footer */
+	bool tail_dirty;             /* the tail must be rewritten at flush */
+	uint8_t header[512];         /* the header as read (the footer copies it) */
 };
 
 struct extent {
@@ -225,8 +240,6 @@ static int parse_descriptor(struct vmdk *m, const char *text, const char *dir, c
 		return vela_error(VELA_E_CORRUPT, "%s: not a VMDK descriptor (no version line)", what);
 	if (m->n_ext == 0)
 		return vela_error(VELA_E_CORRUPT, "%s: the descriptor lists no extents", what);
-	if (m->create_type && (strcmp(m->create_type, "streamOptimized") == 0))
-		return vela_error(VELA_E_NOTSUP, "%s: streamOptimized VMDK is not supported yet", what);
 	return 0;
 }
 
@@ -279,10 +292,35 @@ static int sparse_open(int fd, const char *path, struct sparse **out)
 	sp->file_sectors = ((uint64_t)st.st_size + VDISK_SECTOR - 1) / VDISK_SECTOR;
 	*out = sp;
 
-	if (version == 3 || (sp->flags & VMDK_FLAG_COMPRESSED) || sp->gd_sector == VMDK_GD_AT_END)
-		return vela_error(VELA_E_NOTSUP, "%s: compressed (streamOptimized) VMDK extents are not supported yet", path);
-	if (version < 1 || version > 2)
+	memcpy(sp->header, h, sizeof h);
+	if (version < 1 || version > 3)
 		return vela_error(VELA_E_VERSION, "%s: sparse extent version %u is not supported", path, version);
+	if (sp->flags & VMDK_FLAG_COMPRESSED) {
+		uint16_t algo = (uint16_t)(h[77] | h[78] << 8);
+		if (algo != 1)
+			return vela_error(VELA_E_NOTSUP, "%s: compression algorithm %u is not supported (deflate only)", path, algo);
+		if (!(sp->flags & VMDK_FLAG_MARKERS))
+			return vela_error(VELA_E_NOTSUP, "%s: compressed grains without markers are not supported", path);
+		sp->compressed = true;
+	}
+	if (sp->gd_sector == VMDK_GD_AT_END) {
+		/* The directory's place is in the footer: footer marker, footer
+		 * (a copy of the header), end-of-stream marker. */
+		uint8_t tail[1536];
+		if ((uint64_t)st.st_size < sizeof tail + 512)
+			return vela_error(VELA_E_CORRUPT, "%s: too short for a streamOptimized footer", path);
+		int rr = vdisk_pread_full(fd, tail, sizeof tail, (uint64_t)st.st_size - sizeof tail, path);
+		if (rr < 0)
+			return rr;
+		if (le32_get(tail + 8) != 0 || le32_get(tail + 12) != MARKER_FOOTER || le32_get(tail + 512) != VMDK_MAGIC ||
+		    le64_get(tail + 1024) != 0 || le32_get(tail + 1024 + 8) != 0 || le32_get(tail + 1024 + 12) != MARKER_EOS)
+			return vela_error(VELA_E_CORRUPT, "%s: the streamOptimized footer is missing or damaged", path);
+		sp->gd_sector = le64_get(tail + 512 + 56);
+		sp->rgd_sector = le64_get(tail + 512 + 48);
+		if (sp->gd_sector == VMDK_GD_AT_END)
+			return vela_error(VELA_E_CORRUPT, "%s: the footer does not say where the grain directory is", path);
+		sp->tail_gd = true;
+	}
 	if (sp->grain == 0 || sp->grain > MAX_GRAIN || (sp->grain & (sp->grain - 1)))
 		return vela_error(VELA_E_CORRUPT, "%s: grain size %llu sectors is not a power of two up to %u", path,
 				  (unsigned long long)sp->grain, MAX_GRAIN);
@@ -335,6 +373,17 @@ static int sparse_open(int fd, const char *path, struct sparse **out)
 	sp->gt = xcalloc(sp->n_gdes, sizeof *sp->gt);
 	sp->gt_dirty = xcalloc(sp->n_gdes, 1);
 	sp->next_free = sp->file_sectors > sp->overhead ? sp->file_sectors : sp->overhead;
+	if (sp->tail_gd) {
+		/* New grains go where the tail starts: the first marker before a
+		 * grain table or the directory. */
+		uint64_t tail = sp->gd_sector - 1;
+		for (uint32_t i = 0; i < sp->n_gdes; i++)
+			if (sp->gd[i] && sp->gd[i] - 1 < tail)
+				tail = sp->gd[i] - 1;
+		if (tail < sp->overhead)
+			tail = sp->overhead;
+		sp->next_free = tail;
+	}
 	return 0;
 }
 
@@ -374,6 +423,14 @@ static int get_gte(struct extent *e, uint64_t g, uint32_t *gte)
 	if (r < 0)
 		return r;
 	uint32_t v = gt[g % sp->gtes];
+	if (sp->compressed) {
+		uint64_t limit = sp->file_sectors > sp->next_free ? sp->file_sectors : sp->next_free;
+		if (v > GTE_ZERO && ((uint64_t)v < sp->overhead || (uint64_t)v >= limit))
+			return vela_error(VELA_E_CORRUPT, "%s: grain %llu points to sector %u, outside the data area", e->path,
+					  (unsigned long long)g, v);
+		*gte = v;
+		return 0;
+	}
 	if (v > GTE_ZERO && ((uint64_t)v < sp->overhead || (uint64_t)v + sp->grain > sp->next_free + sp->grain))
 		return vela_error(VELA_E_CORRUPT, "%s: grain %llu points to sector %u, outside the data area", e->path,
 				  (unsigned long long)g, v);
@@ -429,6 +486,14 @@ static int open_extents(struct vdisk_image *img, struct vmdk *m, int first_fd)
 			int r = sparse_open(e->fd, e->path, &e->sp);
 			if (r < 0)
 				return r;
+			if (e->sp->compressed && e->sp->tail_gd && !img->read_only) {
+				/* New grains overwrite the old tail: hold every table first. */
+				uint32_t *gt;
+				for (uint32_t g = 0; g < e->sp->n_gdes && r == 0; g++)
+					r = load_gt(e, g, &gt);
+				if (r < 0)
+					return r;
+			}
 			if (e->sp->capacity < e->sectors)
 				return vela_error(VELA_E_CORRUPT, "%s: extent %s holds %llu sectors, the descriptor says %llu",
 						  img->path, e->path, (unsigned long long)e->sp->capacity,
@@ -601,6 +666,123 @@ static int vmdk_block_status(struct vdisk_image *img, uint64_t off, uint64_t len
 	return 0;
 }
 
+static int write_u32_table(int fd, const uint32_t *t, uint32_t n, uint64_t sector, const char *path);
+
+/* Read and inflate the compressed grain whose marker is at sector `at`. */
+static int read_compressed_grain(struct extent *e, uint32_t at, uint8_t *out)
+{
+	struct sparse *sp = e->sp;
+	uint64_t gbytes = sp->grain * VDISK_SECTOR;
+	uint8_t m[12];
+	struct stat st;
+	int r = vdisk_pread_full(e->fd, m, sizeof m, (uint64_t)at * VDISK_SECTOR, e->path);
+	if (r < 0)
+		return r;
+	if (fstat(e->fd, &st) < 0)
+		return vela_error_errno(errno, "stat %s", e->path);
+	uint32_t size = le32_get(m + 8);
+	if (size == 0 || size > gbytes + 4096 || (uint64_t)at * VDISK_SECTOR + 12 + size > (uint64_t)st.st_size)
+		return vela_error(VELA_E_CORRUPT, "%s: compressed grain at sector %u has a bad size (%u)", e->path, at, size);
+	uint8_t *in = xcalloc(1, size);
+	r = vdisk_pread_full(e->fd, in, size, (uint64_t)at * VDISK_SECTOR + 12, e->path);
+	if (r == 0) {
+		uLongf outlen = (uLongf)gbytes;
+		int zr = uncompress(out, &outlen, in, size);
+		if (zr != Z_OK && zr != Z_BUF_ERROR)
+			r = vela_error(VELA_E_CORRUPT, "%s: compressed grain at sector %u does not inflate (zlib %d)", e->path, at, zr);
+		else if (outlen < gbytes)
+			memset(out + outlen, 0, gbytes - outlen);
+	}
+	free(in);
+	return r;
+}
+
+/* Deflate a whole grain and append it behind a marker; *at = its sector. */
+static int append_compressed_grain(struct extent *e, uint64_t g, const uint8_t *grain, uint32_t *at)
+{
+	struct sparse *sp = e->sp;
+	uint64_t gbytes = sp->grain * VDISK_SECTOR;
+	uLongf clen = compressBound((uLong)gbytes);
+	size_t cap = (12 + clen + VDISK_SECTOR - 1) / VDISK_SECTOR * VDISK_SECTOR;
+	uint8_t *buf = xcalloc(1, cap);
+	if (compress2(buf + 12, &clen, grain, (uLong)gbytes, Z_DEFAULT_COMPRESSION) != Z_OK) {
+		free(buf);
+		return vela_error(VELA_E_INTERNAL, "%s: deflate failed", e->path);
+	}
+	le64_put(buf, g * sp->grain);
+	le32_put(buf + 8, (uint32_t)clen);
+	size_t total = (12 + clen + VDISK_SECTOR - 1) / VDISK_SECTOR * VDISK_SECTOR;
+	if (sp->next_free + total / VDISK_SECTOR > UINT32_MAX) {
+		free(buf);
+		return vela_error(VELA_E_LIMIT, "%s: the file is full (32-bit sector numbers)", e->path);
+	}
+	int r = vdisk_pwrite_full(e->fd, buf, total, sp->next_free * VDISK_SECTOR, e->path);
+	free(buf);
+	if (r < 0)
+		return r;
+	*at = (uint32_t)sp->next_free;
+	sp->next_free += total / VDISK_SECTOR;
+	sp->tail_dirty = true;
+	return 0;
+}
+
+/* The end of a streamOptimized file: a marker and table per used grain
+ * table, the directory, the footer (a copy of the header that says where the
+ * directory is) and the end-of-stream marker.  Written from sector pos. */
+static int write_stream_tail(int fd, const char *path, const uint8_t *header, struct sparse *sp, uint64_t pos)
+{
+	uint8_t sec[512];
+	uint64_t gts = gt_sectors(sp);
+	int r = 0;
+	for (uint32_t i = 0; i < sp->n_gdes && r == 0; i++) {
+		bool used = false;
+		for (uint32_t k = 0; sp->gt[i] && k < sp->gtes; k++)
+			used |= sp->gt[i][k] != 0;
+		if (!used) {
+			sp->gd[i] = 0;
+			continue;
+		}
+		memset(sec, 0, sizeof sec);
+		le64_put(sec, gts);
+		le32_put(sec + 12, MARKER_GT);
+		r = vdisk_pwrite_full(fd, sec, sizeof sec, pos * VDISK_SECTOR, path);
+		if (r == 0)
+			r = write_u32_table(fd, sp->gt[i], sp->gtes, pos + 1, path);
+		sp->gd[i] = (uint32_t)(pos + 1);
+		pos += 1 + gts;
+	}
+	uint64_t gd_secs = ((uint64_t)sp->n_gdes * 4 + VDISK_SECTOR - 1) / VDISK_SECTOR;
+	memset(sec, 0, sizeof sec);
+	le64_put(sec, gd_secs);
+	le32_put(sec + 12, MARKER_GD);
+	if (r == 0)
+		r = vdisk_pwrite_full(fd, sec, sizeof sec, pos * VDISK_SECTOR, path);
+	if (r == 0) {
+		/* Pad the directory to whole sectors. */
+		uint32_t *padded = xcalloc(gd_secs * 128, 4);
+		memcpy(padded, sp->gd, (size_t)sp->n_gdes * 4);
+		r = write_u32_table(fd, padded, (uint32_t)(gd_secs * 128), pos + 1, path);
+		free(padded);
+	}
+	sp->gd_sector = pos + 1;
+	pos += 1 + gd_secs;
+	memset(sec, 0, sizeof sec);
+	le64_put(sec, 1);
+	le32_put(sec + 12, MARKER_FOOTER);
+	if (r == 0)
+		r = vdisk_pwrite_full(fd, sec, sizeof sec, pos * VDISK_SECTOR, path);
+	memcpy(sec, header, sizeof sec);
+	le64_put(sec + 56, sp->gd_sector);
+	if (r == 0)
+		r = vdisk_pwrite_full(fd, sec, sizeof sec, (pos + 1) * VDISK_SECTOR, path);
+	memset(sec, 0, sizeof sec);
+	if (r == 0)
+		r = vdisk_pwrite_full(fd, sec, sizeof sec, (pos + 2) * VDISK_SECTOR, path);
+	if (r == 0 && ftruncate(fd, (off_t)((pos + 3) * VDISK_SECTOR)) < 0)
+		r = vela_error_errno(errno, "%s: set size", path);
+	return r;
+}
+
 static int vmdk_pread(struct vdisk_image *img, void *buf, size_t len, uint64_t off)
 {
 	struct vmdk *m = img->priv;
@@ -628,10 +810,17 @@ static int vmdk_pread(struct vdisk_image *img, void *buf, size_t len, uint64_t o
 			pthread_mutex_unlock(&img->lock);
 			if (r < 0)
 				return r;
-			if (gte <= GTE_ZERO)
-				memset(p, 0, n);   /* raced with nothing: callers read DATA ranges only */
-			else
+			if (gte <= GTE_ZERO) {
+				memset(p, 0, n);   /* callers read DATA ranges only */
+			} else if (e->sp->compressed) {
+				uint8_t *g = xcalloc(1, gbytes);
+				r = read_compressed_grain(e, gte, g);
+				if (r == 0)
+					memcpy(p, g + in, n);
+				free(g);
+			} else {
 				r = vdisk_pread_full(e->fd, p, n, (uint64_t)gte * VDISK_SECTOR + in, e->path);
+			}
 		}
 		if (r < 0)
 			return r;
@@ -725,6 +914,31 @@ static int write_grain(struct vdisk_image *img, struct extent *e, const char *sr
 	int r = get_gte(e, g, &gte);
 	if (r < 0)
 		return r;
+	if (sp->compressed) {
+		/* Grains are never rewritten in place: merge, deflate, append. */
+		uint8_t *grain = xcalloc(1, gbytes);
+		uint64_t vstart = e->start * VDISK_SECTOR + g * gbytes;
+		if (n < gbytes) {
+			if (gte > GTE_ZERO)
+				r = read_compressed_grain(e, gte, grain);
+			else if (gte == 0)
+				r = vdisk_image_read_below(img, grain, gbytes, vstart);
+		}
+		uint32_t at = 0;
+		if (r == 0 && (r = load_gt(e, i, &gt)) == 0) {
+			memcpy(grain + in, src, n);
+			r = append_compressed_grain(e, g, grain, &at);
+		}
+		free(grain);
+		if (r < 0)
+			return r;
+		gt[g % sp->gtes] = at;
+		if (!sp->gt_dirty[i]) {
+			sp->gt_dirty[i] = 1;
+			sp->n_dirty++;
+		}
+		return 0;
+	}
 	if (gte > GTE_ZERO)
 		return vdisk_pwrite_full(e->fd, src, n, (uint64_t)gte * VDISK_SECTOR + in, e->path);
 
@@ -829,6 +1043,17 @@ static int vmdk_flush_locked(struct vdisk_image *img)
 		/* 1. the data the new metadata will point to */
 		if (fdatasync(e->fd) < 0)
 			return vela_error_errno(errno, "flush %s", e->path);
+		if (sp && sp->compressed && sp->tail_gd) {
+			if (!sp->tail_dirty && !meta)
+				continue;
+			r = write_stream_tail(e->fd, e->path, sp->header, sp, sp->next_free);
+			if (r == 0 && fdatasync(e->fd) < 0)
+				r = vela_error_errno(errno, "flush %s", e->path);
+			memset(sp->gt_dirty, 0, sp->n_gdes);
+			sp->n_dirty = 0;
+			sp->gd_dirty = sp->tail_dirty = false;
+			continue;
+		}
 		if (!meta)
 			continue;
 		/* 2. grain tables, then directories (a new table is referenced only
@@ -956,6 +1181,53 @@ static int create_sparse_file(const char *path, uint64_t capacity, const char *d
 	return r;
 }
 
+static int create_stream_file(const char *path, uint64_t capacity, const char *desc)
+{
+	uint8_t h[512] = { 0 };
+	uint64_t overhead = DEFAULT_GRAIN;
+	le32_put(h, VMDK_MAGIC);
+	le32_put(h + 4, 3);
+	le32_put(h + 8, VMDK_FLAG_NL_TEST | VMDK_FLAG_COMPRESSED | VMDK_FLAG_MARKERS);
+	le64_put(h + 12, capacity);
+	le64_put(h + 20, DEFAULT_GRAIN);
+	le64_put(h + 28, 1);
+	le64_put(h + 36, DESC_EMBED_SECTORS);
+	le32_put(h + 44, GTES_PER_GT);
+	le64_put(h + 48, 0);
+	le64_put(h + 56, VMDK_GD_AT_END);
+	le64_put(h + 64, overhead);
+	h[73] = '\n';
+	h[74] = ' ';
+	h[75] = '\r';
+	h[76] = '\n';
+	h[77] = 1;   /* deflate */
+	if (strlen(desc) >= DESC_EMBED_SECTORS * VDISK_SECTOR)
+		return vela_error(VELA_E_TOOBIG, "create %s: descriptor too long", path);
+	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return vela_error_errno(errno, "create %s", path);
+	int r = vdisk_pwrite_full(fd, h, sizeof h, 0, path);
+	if (r == 0)
+		r = vdisk_pwrite_full(fd, desc, strlen(desc), VDISK_SECTOR, path);
+	if (r == 0) {
+		/* An empty stream: no grains, an all-zero directory. */
+		struct sparse sp = { .capacity = capacity, .grain = DEFAULT_GRAIN, .gtes = GTES_PER_GT };
+		uint64_t per = sp.grain * sp.gtes;
+		sp.n_gdes = (uint32_t)((capacity + per - 1) / per);
+		sp.gd = xcalloc(sp.n_gdes, 4);
+		sp.gt = xcalloc(sp.n_gdes, sizeof *sp.gt);
+		r = write_stream_tail(fd, path, h, &sp, overhead);
+		free(sp.gd);
+		free(sp.gt);
+	}
+	if (r == 0 && fsync(fd) < 0)
+		r = vela_error_errno(errno, "create %s: sync", path);
+	close(fd);
+	if (r < 0)
+		unlink(path);
+	return r;
+}
+
 static int create_flat_file(const char *path, uint64_t sectors)
 {
 	int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
@@ -995,6 +1267,16 @@ static int vmdk_create(const char *path, const struct vdisk_create_opts *o, stru
 		strbuf_printf(&ext, "RW %llu SPARSE \"%s\"\n", (unsigned long long)sectors, base);
 		CLEANUP_FREE char *desc = make_descriptor(cid, parent_cid, type, parent_name, ext.data, sectors, o->adapter);
 		r = create_sparse_file(path, sectors, desc);
+		strbuf_free(&ext);
+		return r;
+	}
+	case VDISK_TYPE_VMDK_STREAM: {
+		if (parent)
+			return vela_error(VELA_E_NOTSUP, "create %s: a streamOptimized disk cannot be a child", path);
+		type = "streamOptimized";
+		strbuf_printf(&ext, "RW %llu SPARSE \"%s\"\n", (unsigned long long)sectors, base);
+		CLEANUP_FREE char *desc = make_descriptor(cid, parent_cid, type, NULL, ext.data, sectors, o->adapter);
+		r = create_stream_file(path, sectors, desc);
 		strbuf_free(&ext);
 		return r;
 	}
@@ -1080,8 +1362,8 @@ static int vmdk_check(struct vdisk_image *img, bool repair, struct vdisk_check_r
 	for (size_t x = 0; x < m->n_ext && r == 0; x++) {
 		struct extent *e = &m->ext[x];
 		struct sparse *sp = e->sp;
-		if (!sp)
-			continue;
+		if (!sp || sp->compressed)
+			continue;   /* compressed grains are variable-sized: no leak accounting */
 		uint64_t gts = gt_sectors(sp), max_end = sp->overhead;
 		size_t n_used = 0, cap = 1024;
 		uint32_t *used = xcalloc(cap, sizeof *used);

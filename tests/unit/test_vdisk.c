@@ -128,6 +128,7 @@ static void io_2gb_flat(void **s) { (void)s; random_io(VDISK_TYPE_VMDK_2GB_FLAT,
 static void io_vhd_dynamic(void **s) { (void)s; random_io(VDISK_TYPE_VHD_DYNAMIC, 24 * MIB); }
 static void io_vhd_fixed(void **s) { (void)s; random_io(VDISK_TYPE_VHD_FIXED, 24 * MIB); }
 static void io_qcow2(void **s) { (void)s; random_io(VDISK_TYPE_QCOW2, 24 * MIB + 512); }
+static void io_stream(void **s) { (void)s; random_io(VDISK_TYPE_VMDK_STREAM, 8 * MIB); }
 
 static void errors_of_io_and_create(void **s)
 {
@@ -309,7 +310,7 @@ static void hostile_images(void **s)
 		{ 48, 1ull << 40, 8, -VELA_E_CORRUPT },        /* RGD beyond the file */
 		{ 28, 1ull << 40, 8, -VELA_E_CORRUPT },        /* descriptor beyond the file */
 		{ 4, 9, 4, -VELA_E_VERSION },                  /* unknown version */
-		{ 4, 3, 4, -VELA_E_NOTSUP },                   /* streamOptimized */
+		{ 8, (1u << 16) | (1u << 17) | 1, 4, -VELA_E_NOTSUP },   /* compressed, algorithm 0 */
 	};
 	for (size_t i = 0; i < ARRAY_SIZE(mods); i++) {
 		char *bad = xasprintf("%s/bad%zu.vmdk", dir, i);
@@ -758,6 +759,7 @@ int main(void)
 		cmocka_unit_test(vhd_chain),
 		cmocka_unit_test(hostile_vhd),
 		cmocka_unit_test(io_qcow2),
+		cmocka_unit_test(io_stream),
 		cmocka_unit_test(crash_consistency_qcow2),
 		cmocka_unit_test(hostile_qcow2),
 		cmocka_unit_test(convert_is_sparse_aware),
