@@ -13,7 +13,8 @@ struct cli {
 	const char *size;     /* -s */
 	const char *type;     /* -t */
 	const char *adapter;  /* -a */
-	bool linked, repair, keep;
+	bool linked, repair, keep, force;
+	const char *level;    /* --level N */
 };
 
 /* Print the current error (text or JSON) and return the exit status 1. */

@@ -225,9 +225,17 @@ int cmd_disk(const struct cli *c, const char *const *w, size_t n)
 		return print_done(c, "child", child);
 	}
 	if (strcmp(verb, "commit") == 0 && n == 3) {
-		if ((r = vdisk_commit(w[2], !c->keep, progress_line, (void *)c)) < 0)
+		uint64_t level = 0;
+		if (c->level && (r = parse_u64(c->level, VDISK_MAX_CHAIN, &level)) < 0)
+			return cli_fail(c, vela_error_context(r, "--level"));
+		if ((r = vdisk_commit_level(w[2], (unsigned)level, !c->keep, progress_line, (void *)c)) < 0)
 			return cli_fail(c, r);
 		return print_done(c, "committed", w[2]);
+	}
+	if (strcmp(verb, "relink") == 0 && n == 4) {
+		if ((r = vdisk_relink(w[2], w[3], c->force)) < 0)
+			return cli_fail(c, r);
+		return print_done(c, "relinked", w[2]);
 	}
 	return cli_usage_error("usage: vela disk create|info|map|convert|clone|check|addredo|commit ... (see vela --help)%s", "");
 }

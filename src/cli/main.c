@@ -406,7 +406,8 @@ static void usage(FILE *f)
 		"  vela disk clone SRC DST [--linked]   full copy, or a child of SRC\n"
 		"  vela disk check [--repair] FILE      verify metadata, trim leaked space\n"
 		"  vela disk addredo FILE               add an empty redo log; prints the new top\n"
-		"  vela disk commit [--keep] FILE       merge FILE into its parent, then remove it\n"
+		"  vela disk commit [--level N] [--keep] FILE  merge FILE (or level N below it) into its parent\n"
+		"  vela disk relink [--force] FILE PARENT  point FILE at its moved parent\n"
 		"\n"
 		"Options:\n"
 		"  --json             machine-readable output\n"
@@ -422,6 +423,8 @@ static void usage(FILE *f)
 		"  --linked           (disk clone) make a child of SRC instead of a copy\n"
 		"  --repair           (disk check) trim leaked space\n"
 		"  --keep             (disk commit) keep the merged child file\n"
+		"  --level N          (disk commit) merge the image N levels below FILE\n"
+		"  --force            (disk relink) accept a parent whose content ID differs\n"
 		"  -h, --help         this text\n"
 		"  -V, --version      print the version\n"
 		"\n"
@@ -478,6 +481,10 @@ int main(int argc, char **argv)
 			c.repair = true;
 		} else if (strcmp(a, "--keep") == 0) {
 			c.keep = true;
+		} else if (strcmp(a, "--force") == 0) {
+			c.force = true;
+		} else if (strcmp(a, "--level") == 0 && has_val) {
+			c.level = argv[++i];
 		} else if (strcmp(a, "--send") == 0 && has_val) {
 			send = argv[++i];
 		} else if (strcmp(a, "--wait") == 0 && has_val) {

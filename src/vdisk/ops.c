@@ -305,3 +305,61 @@ int vdisk_check(const char *path, bool repair, struct vdisk_check_report *report
 		return vela_error_context(r, "check %s", path);
 	return 0;
 }
+
+int vdisk_relink(const char *child, const char *parent, bool force)
+{
+	struct vdisk_image *c = NULL, *p = NULL;
+	int r = vdisk_image_open(child, false, &c);
+	if (r < 0)
+		return vela_error_context(r, "relink");
+	if ((r = vdisk_image_open(parent, true, &p)) < 0) {
+		vdisk_image_close(c);
+		return vela_error_context(r, "relink %s", child);
+	}
+	if (!c->fmt->set_parent) {
+		r = vela_error(VELA_E_NOTSUP, "relink %s: %s images have no parent", child, c->fmt->name);
+	} else if (!c->parent_path && !force) {
+		r = vela_error(VELA_E_INVAL, "relink %s: the disk has no parent (use --force to give it one)", child);
+	} else {
+		if (c->fmt->check_parent && !force && (r = c->fmt->check_parent(c, p)) < 0)
+			vela_error_context(r, "relink %s (use --force if %s really holds the parent's content)", child, parent);
+		if (r == 0) {
+			CLEANUP_FREE char *name = parent_name_for(child, parent);
+			r = c->fmt->set_parent(c, p, name);
+		}
+	}
+	vdisk_image_close(p);
+	vdisk_image_close(c);
+	return r;
+}
+
+int vdisk_commit_level(const char *path, unsigned level, bool remove_child, vdisk_progress_cb progress, void *opaque)
+{
+	if (level == 0)
+		return vdisk_commit(path, remove_child, progress, opaque);
+	struct vdisk *d = NULL;
+	int r = vdisk_open(path, VDISK_OPEN_RDONLY, &d);
+	if (r < 0)
+		return vela_error_context(r, "commit");
+	struct vdisk_image *above = d->top;
+	for (unsigned i = 1; i < level && above; i++)
+		above = above->parent;
+	if (!above || !above->parent || !above->parent->parent_path) {
+		vdisk_close(d);
+		return vela_error(VELA_E_RANGE, "commit %s --level %u: the chain has no level %u with a parent below it",
+				  path, level, level);
+	}
+	CLEANUP_FREE char *child = xstrdup(above->path);
+	CLEANUP_FREE char *target = xstrdup(above->parent->path);
+	CLEANUP_FREE char *grand = xstrdup(above->parent->parent_path);
+	vdisk_close(d);
+	/* Merge, re-point the child (the grandparent now holds what the target
+	 * held, under a new content ID), then drop the target. */
+	if ((r = vdisk_commit(target, false, progress, opaque)) < 0)
+		return r;
+	if ((r = vdisk_relink(child, grand, true)) < 0)
+		return vela_error_context(r, "commit %s --level %u: re-point %s", path, level, child);
+	if (remove_child && unlink(target) < 0)
+		return vela_error_errno(errno, "commit %s: remove the merged %s", path, target);
+	return 0;
+}

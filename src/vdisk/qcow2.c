@@ -794,6 +794,56 @@ static int qcow2_check(struct vdisk_image *img, bool repair, struct vdisk_check_
 	return r;
 }
 
+/* Rewrite the header's extensions and backing file name in cluster 0. */
+static int qcow2_set_parent(struct vdisk_image *img, struct vdisk_image *parent, const char *parent_name)
+{
+	struct qcow2 *q = img->priv;
+	uint8_t h[4096];
+	size_t n = strlen(parent_name), fl = strlen(parent->fmt->name);
+	int r = vdisk_pread_full(q->fd, h, sizeof h, 0, img->path);
+	if (r < 0)
+		return r;
+	uint64_t ext = q->header_len;
+	uint8_t keep[4096];
+	size_t kept = 0;
+	/* Keep every extension but the backing format. */
+	for (uint64_t off = q->header_len; off + 8 <= sizeof h; ) {
+		uint32_t type = be32g(h + off), len = be32g(h + off + 4);
+		if (type == EXT_END || len > sizeof h - off - 8)
+			break;
+		size_t total = 8 + ((len + 7) & ~7u);
+		if (type != EXT_BACKING_FORMAT && kept + total <= sizeof keep) {
+			memcpy(keep + kept, h + off, total);
+			kept += total;
+		}
+		off += total;
+	}
+	size_t need = ext + kept + 8 + ((fl + 7) & ~7u) + 8 + n;
+	if (need > sizeof h || need > q->cluster)
+		return vela_error(VELA_E_TOOBIG, "%s: the parent's name does not fit in the header", img->path);
+	memset(h + ext, 0, sizeof h - ext);
+	memcpy(h + ext, keep, kept);
+	ext += kept;
+	be32s(h + ext, EXT_BACKING_FORMAT);
+	be32s(h + ext + 4, (uint32_t)fl);
+	memcpy(h + ext + 8, parent->fmt->name, fl);
+	ext += 8 + ((fl + 7) & ~7u);
+	be32s(h + ext, EXT_END);
+	be32s(h + ext + 4, 0);
+	ext += 8;
+	memcpy(h + ext, parent_name, n);
+	be64s(h + 8, ext);
+	be32s(h + 16, (uint32_t)n);
+	r = vdisk_pwrite_full(q->fd, h, sizeof h, 0, img->path);
+	if (r == 0 && fdatasync(q->fd) < 0)
+		r = vela_error_errno(errno, "%s: sync", img->path);
+	if (r == 0) {
+		free(q->backing);
+		q->backing = xstrdup(parent_name);
+	}
+	return r;
+}
+
 const struct vdisk_format vdisk_format_qcow2 = {
 	.struct_size = sizeof(struct vdisk_format),
 	.name = "qcow2",
@@ -807,4 +857,5 @@ const struct vdisk_format vdisk_format_qcow2 = {
 	.create = qcow2_create,
 	.info = qcow2_info,
 	.check = qcow2_check,
+	.set_parent = qcow2_set_parent,
 };

@@ -65,6 +65,9 @@ struct vdisk_format {
 	/* Formats recognised by their last bytes (fixed VHD): > 0 if this
 	 * format; called when no head probe scored above raw. */
 	int (*probe_tail)(int fd, uint64_t file_size);
+	/* Point this child at another parent (moved, or after a middle level was
+	 * committed): name as the child should record it, identity from parent. */
+	int (*set_parent)(struct vdisk_image *img, struct vdisk_image *parent, const char *parent_name);
 };
 
 extern const struct vdisk_format vdisk_format_raw;

@@ -136,6 +136,15 @@ int vdisk_addredo(const char *path, char **child);
  * only if remove_child.  Only what the child allocated is copied. */
 int vdisk_commit(const char *path, bool remove_child, vdisk_progress_cb progress, void *opaque);
 
+/* Merge the image `level` steps below path (0 = path itself) into its
+ * parent; the image above it is then re-pointed at that parent. */
+int vdisk_commit_level(const char *path, unsigned level, bool remove_child, vdisk_progress_cb progress, void *opaque);
+
+/* Point the child disk at parent (e.g. after the parent moved).  Refused with
+ * VELA_E_PARENT when parent is not the disk the child was made from, unless
+ * force. */
+int vdisk_relink(const char *child, const char *parent, bool force);
+
 struct vdisk_check_report {
 	uint64_t errors;         /* metadata pointing where it must not */
 	uint64_t leaks;          /* allocated space nothing points to */

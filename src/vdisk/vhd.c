@@ -749,6 +749,56 @@ static int vhd_check_parent(struct vdisk_image *img, struct vdisk_image *parent)
 	return 0;
 }
 
+static int vhd_set_parent(struct vdisk_image *img, struct vdisk_image *parent, const char *parent_name)
+{
+	struct vhd *v = img->priv;
+	if (v->type != VHD_DIFF)
+		return vela_error(VELA_E_NOTSUP, "%s: only a differencing VHD has a parent", img->path);
+	if (parent->fmt != &vdisk_format_vhd)
+		return vela_error(VELA_E_NOTSUP, "%s: the parent of a differencing VHD must be a VHD", img->path);
+	struct vhd *pv = parent->priv;
+	uint64_t dh_off = be64_get(v->footer + 16);
+	uint8_t dh[DYN_HEADER_SIZE];
+	int r = vdisk_pread_full(v->fd, dh, sizeof dh, dh_off, img->path);
+	if (r < 0)
+		return r;
+	memcpy(dh + 40, pv->uuid, 16);
+	be32_put(dh + 56, be32_get(pv->footer + 24));
+	memset(dh + 64, 0, 512);
+	CLEANUP_FREE char *pbase = path_basename(parent->path);
+	utf8_to_utf16(pbase, dh + 64, 512, false);
+	char absbuf[4096];
+	const char *absp = realpath(parent->path, absbuf) ? absbuf : parent->path;
+	CLEANUP_FREE char *relp = xasprintf("%s%s", parent_name[0] == '/' ? "" : ".\\", parent_name);
+	/* Rewrite the two locators in the space they already have. */
+	for (int i = 0; i < 8 && r == 0; i++) {
+		uint8_t *e = dh + 576 + 24 * i;
+		bool is_rel = memcmp(e, "W2ru", 4) == 0, is_abs = memcmp(e, "W2ku", 4) == 0;
+		if (!is_rel && !is_abs)
+			continue;
+		uint32_t space = be32_get(e + 4);
+		/* The space field is in sectors by the specification; some writers
+		 * put bytes there.  Either way at least one sector is there. */
+		uint32_t cap = space >= 512 ? space : space * 512;
+		if (cap == 0 || cap > 65536)
+			cap = 512;
+		uint8_t *buf = xcalloc(1, cap);
+		size_t len = utf8_to_utf16(is_rel ? relp : absp, buf, cap, true);
+		be32_put(e + 8, (uint32_t)len);
+		r = vdisk_pwrite_full(v->fd, buf, cap, be64_get(e + 16), img->path);
+		free(buf);
+	}
+	be32_put(dh + 36, 0);
+	be32_put(dh + 36, checksum(dh, DYN_HEADER_SIZE, 36));
+	if (r == 0)
+		r = vdisk_pwrite_full(v->fd, dh, sizeof dh, dh_off, img->path);
+	if (r == 0 && fdatasync(v->fd) < 0)
+		r = vela_error_errno(errno, "%s: sync", img->path);
+	if (r == 0)
+		memcpy(v->parent_uuid, pv->uuid, 16);
+	return r;
+}
+
 /* Fixed VHDs have no header at the start: recognise them by the tail. */
 static int vhd_probe_tail(int fd, uint64_t file_size)
 {
@@ -773,4 +823,5 @@ const struct vdisk_format vdisk_format_vhd = {
 	.check = vhd_check,
 	.check_parent = vhd_check_parent,
 	.probe_tail = vhd_probe_tail,
+	.set_parent = vhd_set_parent,
 };

@@ -1438,6 +1438,41 @@ static int vmdk_check_parent(struct vdisk_image *img, struct vdisk_image *parent
 	return 0;
 }
 
+static int vmdk_set_parent(struct vdisk_image *img, struct vdisk_image *parent, const char *parent_name)
+{
+	struct vmdk *m = img->priv;
+	if (!m->desc)
+		return vela_error(VELA_E_NOTSUP, "%s: a bare sparse extent has no descriptor to record a parent in", img->path);
+	if (parent->fmt != &vdisk_format_vmdk)
+		return vela_error(VELA_E_NOTSUP, "%s: a VMDK child needs a VMDK parent, not %s", img->path, parent->fmt->name);
+	if (strchr(parent_name, '"'))
+		return vela_error(VELA_E_BADNAME, "%s: the parent's name contains a quote", img->path);
+	char cid[16];
+	snprintf(cid, sizeof cid, "%08x", ((struct vmdk *)parent->priv)->cid);
+	pthread_mutex_lock(&img->lock);
+	desc_set(m, "parentCID", cid);
+	CLEANUP_FREE char *quoted = xasprintf("\"%s\"", parent_name);
+	if (strstr(m->desc, "\nparentFileNameHint="))
+		desc_set(m, "parentFileNameHint", quoted);
+	else {
+		/* Insert it after the createType line. */
+		char *ct = strstr(m->desc, "createType=");
+		char *nl = ct ? strchr(ct, '\n') : NULL;
+		size_t at = nl ? (size_t)(nl - m->desc) + 1 : strlen(m->desc);
+		char *nd = xasprintf("%.*sparentFileNameHint=%s\n%s", (int)at, m->desc, quoted, m->desc + at);
+		free(m->desc);
+		m->desc = nd;
+	}
+	int r = write_descriptor(img, m);
+	if (r == 0) {
+		m->parent_cid = ((struct vmdk *)parent->priv)->cid;
+		free(m->parent_hint);
+		m->parent_hint = xstrdup(parent_name);
+	}
+	pthread_mutex_unlock(&img->lock);
+	return r;
+}
+
 const struct vdisk_format vdisk_format_vmdk = {
 	.struct_size = sizeof(struct vdisk_format),
 	.name = "vmdk",
@@ -1452,4 +1487,5 @@ const struct vdisk_format vdisk_format_vmdk = {
 	.info = vmdk_info,
 	.check = vmdk_check,
 	.check_parent = vmdk_check_parent,
+	.set_parent = vmdk_set_parent,
 };

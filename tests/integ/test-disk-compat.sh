@@ -136,6 +136,26 @@ expect_error VELA_E_PARENT "a parent changed under its child is detected" "$VELA
 check "linked clone: a child of a read-only base" sh -c "'$VELA' disk clone --linked base.vmdk linked.vmdk >/dev/null && qemu-img info linked.vmdk | grep -q 'backing file: base.vmdk'"
 check "full clone copies the content" sh -c "'$VELA' disk clone base.vmdk full.vmdk >/dev/null && qemu-img compare -q full.vmdk base.vmdk"
 
+# Relink after a move, commit of a middle level: QEMU follows the result.
+for t in monolithicSparse qcow2; do
+	e=vmdk; [ $t = qcow2 ] && e=qcow2
+	mkdir -p rl-$t && cd rl-$t
+	"$VELA" disk create -s 16m -t $t b.$e >/dev/null
+	qemu-io -f $e -c 'write -P 0x11 0 1M' b.$e >/dev/null
+	c1=$("$VELA" disk addredo b.$e); qemu-io -f $e -c 'write -P 0x22 1M 1M' "$c1" >/dev/null
+	c2=$("$VELA" disk addredo "$c1"); qemu-io -f $e -c 'write -P 0x33 2M 1M' "$c2" >/dev/null
+	c3=$("$VELA" disk addredo "$c2"); qemu-io -f $e -c 'write -P 0x44 3M 1M' "$c3" >/dev/null
+	qemu-img convert -O raw "$c3" flat.raw
+	mkdir -p moved && mv b.$e moved/
+	check "$t: relink a child to its moved parent" "$VELA" disk relink "$c1" moved/b.$e
+	check "$t: QEMU follows the relinked chain" sh -c "qemu-img convert -O raw $c3 after.raw && cmp -s flat.raw after.raw"
+	check "$t: commit --level 1 merges the middle level" "$VELA" disk commit --level 1 "$c3"
+	check "$t: QEMU reads the shortened chain the same" sh -c "qemu-img convert -O raw $c3 after2.raw && cmp -s flat.raw after2.raw"
+	check "$t: the shortened chain passes qemu-img check" qemu-img check -q "$c3"
+	check "$t: the merged file is gone" test ! -e "$c2"
+	cd ..
+done
+
 # Leaked space after a crash: check finds it, --repair trims it.
 "$VELA" disk create -s 16M leak.vmdk >/dev/null
 qemu-io -c 'write -P 0x66 0 1M' leak.vmdk >/dev/null

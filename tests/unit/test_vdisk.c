@@ -643,6 +643,73 @@ static void vhd_chain(void **s)
 	free(base);
 }
 
+/* Relink after a move; commit a middle level; content never changes. */
+static void relink_and_commit_level(enum vdisk_type t, const char *ext)
+{
+	const uint64_t size = 8 * MIB;
+	char *base = xasprintf("%s/rl-base.%s", dir, ext);
+	create(base, t, size);
+	struct vdisk *d = open_rw(base);
+	uint64_t vsize = vdisk_size(d);
+	uint8_t *model = xcalloc(1, vsize);
+	uint8_t buf[50000];
+	char *lv[4];
+	lv[0] = xstrdup(base);
+	for (int level = 0; level < 4; level++) {
+		if (level > 0) {
+			vdisk_close(d);
+			assert_int_equal(vdisk_addredo(lv[level - 1], &lv[level]), 0);
+			d = open_rw(lv[level]);
+		}
+		memset(buf, 0x40 + level, sizeof buf);
+		uint64_t off = (uint64_t)level * 1500000 + 777;
+		assert_int_equal(vdisk_pwrite(d, buf, sizeof buf, off), 0);
+		memcpy(model + off, buf, sizeof buf);
+	}
+	vdisk_close(d);
+	(void)size;
+	/* Move the base: the chain breaks, relink mends it. */
+	char *moved_dir = xasprintf("%s/rl-moved-%s", dir, ext);
+	mkdir(moved_dir, 0755);
+	char *moved = xasprintf("%s/rl-base.%s", moved_dir, ext);
+	assert_int_equal(rename(base, moved), 0);
+	assert_int_equal(vdisk_open(lv[3], 0, &d), -VELA_E_CHAIN);
+	assert_int_equal(vdisk_relink(lv[1], moved, false), 0);
+	d = open_rw(lv[3]);
+	assert_content(d, model, vsize);
+	vdisk_close(d);
+	/* Another disk is not the parent (content IDs differ): refused unless forced. */
+	if (t != VDISK_TYPE_QCOW2) {
+		char *other = xasprintf("%s/rl-other.%s", dir, ext);
+		create(other, t, 8 * MIB);
+		assert_int_equal(vdisk_relink(lv[1], other, false), -VELA_E_PARENT);
+		unlink(other);
+		free(other);
+	}
+	/* Commit level 1 (lv[2] into lv[1]), then level 1 again (lv[1] into base). */
+	assert_int_equal(vdisk_commit_level(lv[3], 1, true, NULL, NULL), 0);
+	d = open_rw(lv[3]);
+	assert_int_equal(vdisk_depth(d), 3);
+	assert_content(d, model, vsize);
+	vdisk_close(d);
+	assert_int_equal(vdisk_commit_level(lv[3], 1, true, NULL, NULL), 0);
+	d = open_rw(lv[3]);
+	assert_int_equal(vdisk_depth(d), 2);
+	assert_content(d, model, vsize);
+	vdisk_close(d);
+	assert_int_equal(vdisk_commit_level(lv[3], 5, true, NULL, NULL), -VELA_E_RANGE);
+	for (int i = 0; i < 4; i++)
+		free(lv[i]);
+	free(moved);
+	free(moved_dir);
+	free(model);
+	free(base);
+}
+
+static void relink_commit_level_vmdk(void **s) { (void)s; relink_and_commit_level(VDISK_TYPE_VMDK_MONOLITHIC_SPARSE, "vmdk"); }
+static void relink_commit_level_qcow2(void **s) { (void)s; relink_and_commit_level(VDISK_TYPE_QCOW2, "qcow2"); }
+static void relink_commit_level_vhd(void **s) { (void)s; relink_and_commit_level(VDISK_TYPE_VHD_DYNAMIC, "vhd"); }
+
 static void hostile_vhd(void **s)
 {
 	(void)s;
@@ -760,6 +827,9 @@ int main(void)
 		cmocka_unit_test(hostile_vhd),
 		cmocka_unit_test(io_qcow2),
 		cmocka_unit_test(io_stream),
+		cmocka_unit_test(relink_commit_level_vmdk),
+		cmocka_unit_test(relink_commit_level_qcow2),
+		cmocka_unit_test(relink_commit_level_vhd),
 		cmocka_unit_test(crash_consistency_qcow2),
 		cmocka_unit_test(hostile_qcow2),
 		cmocka_unit_test(convert_is_sparse_aware),
