@@ -232,6 +232,27 @@ int cmd_disk(const struct cli *c, const char *const *w, size_t n)
 			return cli_fail(c, r);
 		return print_done(c, "committed", w[2]);
 	}
+	if (strcmp(verb, "extend") == 0 && n == 3) {
+		uint64_t size;
+		if (!c->size)
+			return cli_fail(c, vela_error(VELA_E_INVAL, "extend needs the new size: -s SIZE"));
+		if ((r = parse_size(c->size, &size)) < 0 || (r = vdisk_extend(w[2], size)) < 0)
+			return cli_fail(c, r);
+		return print_done(c, "extended", w[2]);
+	}
+	if (strcmp(verb, "compact") == 0 && n == 3) {
+		uint64_t freed;
+		if ((r = vdisk_compact(w[2], &freed)) < 0)
+			return cli_fail(c, r);
+		if (c->json) {
+			json_t *j = json_pack("{s:b, s:s, s:I}", "ok", 1, "compacted", w[2], "reclaimed", (json_int_t)freed);
+			cli_print_json(j);
+			json_decref(j);
+		} else {
+			printf("%s: %llu bytes of zeroed data dropped\n", w[2], (unsigned long long)freed);
+		}
+		return 0;
+	}
 	if (strcmp(verb, "relink") == 0 && n == 4) {
 		if ((r = vdisk_relink(w[2], w[3], c->force)) < 0)
 			return cli_fail(c, r);

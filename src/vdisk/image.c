@@ -3,6 +3,7 @@
 #include "vdisk-format.h"
 
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -87,6 +88,12 @@ int vdisk_pwrite_full(int fd, const void *buf, size_t len, uint64_t off, const c
 		len -= (size_t)n;
 	}
 	return 0;
+}
+
+void vdisk_punch_hole(int fd, uint64_t off, uint64_t len)
+{
+	/* Not every file system can; the data is dropped from the tables anyway. */
+	(void)fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len);
 }
 
 bool vdisk_buf_is_zero(const void *buf, size_t len)

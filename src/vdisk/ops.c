@@ -363,3 +363,106 @@ int vdisk_commit_level(const char *path, unsigned level, bool remove_child, vdis
 		return vela_error_errno(errno, "commit %s: remove the merged %s", path, target);
 	return 0;
 }
+
+int vdisk_extend(const char *path, uint64_t new_size)
+{
+	struct vdisk_image *img = NULL;
+	int r = vdisk_image_open(path, false, &img);
+	if (r < 0)
+		return vela_error_context(r, "extend");
+	uint64_t want = (new_size + VDISK_SECTOR - 1) / VDISK_SECTOR * VDISK_SECTOR;
+	if (want < img->size)
+		r = vela_error(VELA_E_INVAL, "extend %s: %llu bytes is smaller than the disk (%llu); disks only grow", path,
+			       (unsigned long long)want, (unsigned long long)img->size);
+	else if (want > VDISK_MAX_SIZE)
+		r = vela_error(VELA_E_LIMIT, "extend %s: above the %llu-byte limit", path, (unsigned long long)VDISK_MAX_SIZE);
+	else if (want > img->size && !img->fmt->resize)
+		r = vela_error(VELA_E_NOTSUP, "extend %s: %s images cannot be extended", path, img->fmt->name);
+	else if (want > img->size)
+		r = img->fmt->resize(img, want);
+	if (r == 0)
+		r = img->fmt->flush(img);
+	vdisk_image_close(img);
+	return r;
+}
+
+/* Does the chain below img read zeros in [off, off+len)? */
+static int below_is_zero(struct vdisk_image *img, char *buf, uint64_t off, uint64_t len, bool *zero)
+{
+	if (!img->parent) {
+		*zero = true;
+		return 0;
+	}
+	int r = vdisk_image_read_below(img, buf, (size_t)len, off);
+	if (r == 0)
+		*zero = vdisk_buf_is_zero(buf, (size_t)len);
+	return r;
+}
+
+int vdisk_write_zeroes(struct vdisk *d, uint64_t off, uint64_t len)
+{
+	struct vdisk_image *img = d->top;
+	uint64_t end;
+	if (__builtin_add_overflow(off, len, &end) || end > img->size)
+		return vela_error(VELA_E_RANGE, "%s: range outside the disk", img->path);
+	if (img->read_only)
+		return vela_error(VELA_E_READONLY, "%s is open read-only", img->path);
+	uint64_t g = img->granularity;
+	char *buf = xcalloc(1, g);
+	int r = 0;
+	while (off < end && r == 0) {
+		uint64_t unit_end = (off / g + 1) * g;
+		uint64_t n = (unit_end < end ? unit_end : end) - off;
+		bool zero = false;
+		if (n == g && img->fmt->unmap && (r = below_is_zero(img, buf, off, g, &zero)) == 0 && zero) {
+			r = img->fmt->unmap(img, off, g);
+		} else if (r == 0) {
+			memset(buf, 0, (size_t)n);
+			r = img->fmt->pwrite(img, buf, (size_t)n, off);
+		}
+		off += n;
+	}
+	free(buf);
+	if (r == 0)
+		img->written = true;
+	return r;
+}
+
+int vdisk_compact(const char *path, uint64_t *reclaimed)
+{
+	struct vdisk *d = NULL;
+	*reclaimed = 0;
+	int r = vdisk_open(path, 0, &d);
+	if (r < 0)
+		return vela_error_context(r, "compact");
+	struct vdisk_image *img = d->top;
+	if (!img->fmt->unmap) {
+		vdisk_close(d);
+		return vela_error(VELA_E_NOTSUP, "compact %s: %s images cannot be compacted", path, img->fmt->name);
+	}
+	uint64_t g = img->granularity < 4096 ? 65536 : img->granularity;
+	char *buf = xcalloc(1, g), *below = xcalloc(1, g);
+	for (uint64_t off = 0; off + g <= img->size && r == 0; off += g) {
+		struct vdisk_extent_status es;
+		if ((r = vdisk_block_status(d, off, g, &es)) < 0)
+			break;
+		if (es.status != VDISK_DATA || es.depth != 0 || es.len < g)
+			continue;
+		if ((r = vdisk_pread(d, buf, (size_t)g, off)) < 0)
+			break;
+		bool zero = false;
+		if (!vdisk_buf_is_zero(buf, (size_t)g) || (r = below_is_zero(img, below, off, g, &zero)) < 0 || !zero)
+			continue;
+		if ((r = img->fmt->unmap(img, off, g)) < 0)
+			break;
+		/* Count what the map shows as gone, not what was asked for. */
+		if ((r = vdisk_block_status(d, off, g, &es)) == 0 && !(es.status == VDISK_DATA && es.depth == 0))
+			*reclaimed += g;
+	}
+	free(buf);
+	free(below);
+	int cr = vdisk_close(d);
+	if (r == 0)
+		r = cr;
+	return r < 0 ? vela_error_context(r, "compact %s", path) : 0;
+}

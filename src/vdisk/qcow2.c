@@ -844,6 +844,110 @@ static int qcow2_set_parent(struct vdisk_image *img, struct vdisk_image *parent,
 	return r;
 }
 
+static int qcow2_resize(struct vdisk_image *img, uint64_t new_size)
+{
+	struct qcow2 *q = img->priv;
+	pthread_mutex_lock(&img->lock);
+	int r = qcow2_flush_locked(img);
+	uint64_t need = (new_size + q->cluster * q->l2_entries - 1) / (q->cluster * q->l2_entries);
+	uint64_t cap = ((uint64_t)q->l1_size * 8 + q->cluster - 1) / q->cluster * q->cluster / 8;
+	uint64_t new_l1_off = q->l1_offset;
+	if (r == 0 && need > MAX_L1_ENTRIES)
+		r = vela_error(VELA_E_LIMIT, "extend %s: too large", img->path);
+	if (r == 0 && need > cap) {
+		/* A new, larger L1 at the end; the old one is given back after. */
+		uint64_t n = (need * 8 + q->cluster - 1) / q->cluster, first = 0;
+		for (uint64_t k = 0; k < n && r == 0; k++) {
+			uint64_t at;
+			r = alloc_cluster(img, q, &at);
+			if (k == 0)
+				first = at;
+		}
+		uint64_t *l1 = xcalloc(need, 8);
+		memcpy(l1, q->l1, (size_t)q->l1_size * 8);
+		if (r == 0)
+			r = write_be64_table(q->fd, l1, need, first, img->path);
+		if (r == 0)
+			r = qcow2_flush_locked(img);   /* refcounts of the new table */
+		if (r == 0) {
+			for (uint64_t k = 0; k < cap * 8 / q->cluster && r == 0; k++)
+				r = refcount_add(img, q, q->l1_offset + k * q->cluster, -1);
+			free(q->l1);
+			q->l1 = l1;
+			new_l1_off = first;
+		} else {
+			free(l1);
+		}
+	}
+	if (r == 0 && need > q->l1_size) {
+		q->l2 = xrealloc(q->l2, need * sizeof *q->l2);
+		for (uint64_t i = q->l1_size; i < need; i++)
+			q->l2[i] = NULL;
+		if (new_l1_off == q->l1_offset) {
+			uint64_t *l1 = xcalloc(need, 8);
+			memcpy(l1, q->l1, (size_t)q->l1_size * 8);
+			free(q->l1);
+			q->l1 = l1;
+		}
+	}
+	if (r == 0) {
+		uint8_t h[48];
+		if ((r = vdisk_pread_full(q->fd, h, sizeof h, 0, img->path)) == 0) {
+			be64s(h + 24, new_size);
+			if (need > q->l1_size)
+				be32s(h + 36, (uint32_t)need);
+			be64s(h + 40, new_l1_off);
+			r = vdisk_pwrite_full(q->fd, h, sizeof h, 0, img->path);
+		}
+		if (r == 0 && fdatasync(q->fd) < 0)
+			r = vela_error_errno(errno, "extend %s", img->path);
+	}
+	if (r == 0) {
+		if (need > q->l1_size)
+			q->l1_size = (uint32_t)need;
+		q->l1_offset = new_l1_off;
+		q->size = new_size;
+		img->size = new_size;
+		r = qcow2_flush_locked(img);   /* the old L1's refcounts */
+	}
+	pthread_mutex_unlock(&img->lock);
+	return r;
+}
+
+static int qcow2_unmap(struct vdisk_image *img, uint64_t off, uint64_t len)
+{
+	struct qcow2 *q = img->priv;
+	int r = 0;
+	pthread_mutex_lock(&img->lock);
+	for (uint64_t c = (off + q->cluster - 1) >> q->cluster_bits; ((c + 1) << q->cluster_bits) <= off + len && r == 0; c++) {
+		uint64_t e, *slot;
+		if ((r = get_l2e(img, q, c, &e, &slot)) < 0 || !slot || !e)
+			continue;
+		if (e & QCOW_OFLAG_COMPRESSED) {
+			unsigned x = 62 - (q->cluster_bits - 8);
+			uint64_t coff = e & ((1ull << x) - 1);
+			uint64_t sectors = ((e & ~QCOW_OFLAG_COPIED & ~QCOW_OFLAG_COMPRESSED) >> x) + 1;
+			for (uint64_t hc = coff & ~(q->cluster - 1); hc <= ((coff + sectors * 512 - 1) & ~(q->cluster - 1)) && r == 0; hc += q->cluster)
+				r = refcount_add(img, q, hc, -1);
+		} else if (e & L2E_OFFSET_MASK) {
+			uint64_t host = e & L2E_OFFSET_MASK;
+			uint32_t rc = 0;
+			if ((r = refcount_add(img, q, host, -1)) == 0 && (r = refcount_get(img, q, host, &rc)) == 0 && rc == 0)
+				vdisk_punch_hole(q->fd, host, q->cluster);
+		}
+		if (r < 0)
+			break;
+		*slot = 0;
+		uint32_t i = (uint32_t)(c / q->l2_entries);
+		if (!q->l2[i]->dirty) {
+			q->l2[i]->dirty = true;
+			q->n_dirty_l2++;
+		}
+	}
+	pthread_mutex_unlock(&img->lock);
+	return r;
+}
+
 const struct vdisk_format vdisk_format_qcow2 = {
 	.struct_size = sizeof(struct vdisk_format),
 	.name = "qcow2",
@@ -858,4 +962,6 @@ const struct vdisk_format vdisk_format_qcow2 = {
 	.info = qcow2_info,
 	.check = qcow2_check,
 	.set_parent = qcow2_set_parent,
+	.resize = qcow2_resize,
+	.unmap = qcow2_unmap,
 };

@@ -134,6 +134,22 @@ static int raw_check(struct vdisk_image *img, bool repair, struct vdisk_check_re
 	return 0;   /* no metadata */
 }
 
+static int raw_resize(struct vdisk_image *img, uint64_t new_size)
+{
+	struct raw *r = img->priv;
+	if (ftruncate(r->fd, (off_t)new_size) < 0)
+		return vela_error_errno(errno, "extend %s", img->path);
+	img->size = new_size;
+	return 0;
+}
+
+static int raw_unmap(struct vdisk_image *img, uint64_t off, uint64_t len)
+{
+	struct raw *r = img->priv;
+	vdisk_punch_hole(r->fd, off, len);
+	return 0;
+}
+
 const struct vdisk_format vdisk_format_raw = {
 	.struct_size = sizeof(struct vdisk_format),
 	.name = "raw",
@@ -147,4 +163,6 @@ const struct vdisk_format vdisk_format_raw = {
 	.create = raw_create,
 	.info = raw_info,
 	.check = raw_check,
+	.resize = raw_resize,
+	.unmap = raw_unmap,
 };

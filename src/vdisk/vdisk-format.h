@@ -68,6 +68,11 @@ struct vdisk_format {
 	/* Point this child at another parent (moved, or after a middle level was
 	 * committed): name as the child should record it, identity from parent. */
 	int (*set_parent)(struct vdisk_image *img, struct vdisk_image *parent, const char *parent_name);
+	/* Grow the virtual size to new_size bytes (never shrinks). */
+	int (*resize)(struct vdisk_image *img, uint64_t new_size);
+	/* Drop the allocation of every whole unit inside [off, off+len) so it
+	 * reads from below again, and give its space back to the host. */
+	int (*unmap)(struct vdisk_image *img, uint64_t off, uint64_t len);
 };
 
 extern const struct vdisk_format vdisk_format_raw;
@@ -94,6 +99,8 @@ long vdisk_test_write_count(void);
 int vdisk_pread_full(int fd, void *buf, size_t len, uint64_t off, const char *what);
 int vdisk_pwrite_full(int fd, const void *buf, size_t len, uint64_t off, const char *what);
 bool vdisk_buf_is_zero(const void *buf, size_t len);
+/* Give [off, off+len) of a file back to the host (hole punch); best effort. */
+void vdisk_punch_hole(int fd, uint64_t off, uint64_t len);
 
 static inline uint32_t le32_get(const uint8_t *p)
 {

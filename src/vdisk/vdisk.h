@@ -47,6 +47,9 @@ unsigned vdisk_depth(const struct vdisk *d);
 /* I/O at any offset and length inside the disk. */
 int vdisk_pread(struct vdisk *d, void *buf, size_t len, uint64_t off);
 int vdisk_pwrite(struct vdisk *d, const void *buf, size_t len, uint64_t off);
+/* Make [off, off+len) read as zeros; whole allocation units whose parent
+ * chain reads zero there too are dropped (space goes back to the host). */
+int vdisk_write_zeroes(struct vdisk *d, uint64_t off, uint64_t len);
 /* Make every completed write durable (data first, then metadata). */
 int vdisk_flush(struct vdisk *d);
 
@@ -144,6 +147,14 @@ int vdisk_commit_level(const char *path, unsigned level, bool remove_child, vdis
  * VELA_E_PARENT when parent is not the disk the child was made from, unless
  * force. */
 int vdisk_relink(const char *child, const char *parent, bool force);
+
+/* Grow the disk to new_size bytes (VHD sizes round up to their geometry). */
+int vdisk_extend(const char *path, uint64_t new_size);
+
+/* Drop allocation units of the top image that read all-zero (where the
+ * chain below reads zero too) and give their space back; *reclaimed gets
+ * the bytes dropped. */
+int vdisk_compact(const char *path, uint64_t *reclaimed);
 
 struct vdisk_check_report {
 	uint64_t errors;         /* metadata pointing where it must not */

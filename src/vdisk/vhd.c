@@ -333,6 +333,7 @@ static int vhd_open(struct vdisk_image *img)
 	if (v->end == 0 || v->end < max_end)
 		v->end = max_end;   /* append point: after the last block */
 	v->bitmap_cache = xcalloc(1, v->bitmap_bytes);
+	img->granularity = v->block_size;
 	memcpy(v->parent_uuid, dh + 40, 16);
 	if (v->type == VHD_DIFF)
 		return read_parent_locators(img, v, dh);
@@ -799,6 +800,73 @@ static int vhd_set_parent(struct vdisk_image *img, struct vdisk_image *parent, c
 	return r;
 }
 
+static int vhd_resize(struct vdisk_image *img, uint64_t new_size)
+{
+	struct vhd *v = img->priv;
+	uint64_t size = chs_size(new_size);
+	if (size > VHD_MAX_SIZE)
+		return vela_error(VELA_E_LIMIT, "extend %s: VHD disks hold at most 2040 GiB", img->path);
+	if (v->type != VHD_FIXED && (size + v->block_size - 1) / v->block_size > v->n_bat)
+		return vela_error(VELA_E_NOTSUP, "extend %s: the block table of this dynamic VHD has room for %llu bytes; "
+				  "convert it to a larger disk", img->path, (unsigned long long)v->n_bat * v->block_size);
+	pthread_mutex_lock(&img->lock);
+	uint16_t c;
+	uint8_t h, s;
+	vhd_chs(size / VDISK_SECTOR, &c, &h, &s);
+	be64_put(v->footer + 48, size);
+	be16_put(v->footer + 56, c);
+	v->footer[58] = h;
+	v->footer[59] = s;
+	refresh_footer(v->footer);
+	int r;
+	if (v->type == VHD_FIXED) {
+		/* The new footer first, past the grown data; then the old one goes. */
+		r = vdisk_pwrite_full(v->fd, v->footer, FOOTER_SIZE, size, img->path);
+		if (r == 0 && fdatasync(v->fd) < 0)
+			r = vela_error_errno(errno, "extend %s", img->path);
+		if (r == 0) {
+			uint8_t zero[FOOTER_SIZE] = { 0 };
+			r = vdisk_pwrite_full(v->fd, zero, FOOTER_SIZE, v->end, img->path);
+		}
+		if (r == 0)
+			v->end = size;
+	} else {
+		r = vdisk_pwrite_full(v->fd, v->footer, FOOTER_SIZE, v->end, img->path);
+		if (r == 0)
+			r = vdisk_pwrite_full(v->fd, v->footer, FOOTER_SIZE, 0, img->path);
+	}
+	if (r == 0 && fdatasync(v->fd) < 0)
+		r = vela_error_errno(errno, "extend %s", img->path);
+	if (r == 0) {
+		v->size = size;
+		img->size = size;
+	}
+	pthread_mutex_unlock(&img->lock);
+	return r;
+}
+
+static int vhd_unmap(struct vdisk_image *img, uint64_t off, uint64_t len)
+{
+	struct vhd *v = img->priv;
+	if (v->type == VHD_FIXED) {
+		vdisk_punch_hole(v->fd, off, len);
+		return 0;
+	}
+	pthread_mutex_lock(&img->lock);
+	for (uint64_t b = (off + v->block_size - 1) / v->block_size; (b + 1) * v->block_size <= off + len && b < v->n_bat; b++) {
+		if (v->bat[b] == BAT_FREE)
+			continue;
+		vdisk_punch_hole(v->fd, (uint64_t)v->bat[b] * 512, v->bitmap_bytes + v->block_size);
+		v->bat[b] = BAT_FREE;
+		v->bat_dirty[b * 4 / 512] = 1;
+		v->any_dirty = true;
+		if (v->bitmap_block == b)
+			v->bitmap_block = BAT_FREE;
+	}
+	pthread_mutex_unlock(&img->lock);
+	return 0;
+}
+
 /* Fixed VHDs have no header at the start: recognise them by the tail. */
 static int vhd_probe_tail(int fd, uint64_t file_size)
 {
@@ -824,4 +892,6 @@ const struct vdisk_format vdisk_format_vhd = {
 	.check_parent = vhd_check_parent,
 	.probe_tail = vhd_probe_tail,
 	.set_parent = vhd_set_parent,
+	.resize = vhd_resize,
+	.unmap = vhd_unmap,
 };

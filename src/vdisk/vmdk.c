@@ -1473,6 +1473,199 @@ static int vmdk_set_parent(struct vdisk_image *img, struct vdisk_image *parent, 
 	return r;
 }
 
+/* Rewrite a "key = \"value\"" ddb line of the descriptor. */
+static void desc_set_ddb(struct vmdk *m, const char *key, const char *value)
+{
+	struct strbuf sb = { 0 };
+	size_t kl = strlen(key);
+	for (const char *line = m->desc; *line; ) {
+		const char *nl = strchr(line, '\n');
+		size_t n = nl ? (size_t)(nl - line + 1) : strlen(line);
+		if (strncmp(line, key, kl) == 0 && (line[kl] == ' ' || line[kl] == '='))
+			strbuf_printf(&sb, "%s = \"%s\"\n", key, value);
+		else
+			strbuf_append(&sb, line, n);
+		line += n;
+	}
+	free(m->desc);
+	m->desc = strbuf_steal(&sb);
+}
+
+/* The one extent line's sector count. */
+static void desc_set_extent_sectors(struct vmdk *m, uint64_t sectors)
+{
+	struct strbuf sb = { 0 };
+	for (const char *line = m->desc; *line; ) {
+		const char *nl = strchr(line, '\n');
+		size_t n = nl ? (size_t)(nl - line + 1) : strlen(line);
+		if (str_starts_with(line, "RW ") || str_starts_with(line, "RDONLY ")) {
+			const char *sp1 = strchr(line, ' ');
+			const char *sp2 = sp1 ? strchr(sp1 + 1, ' ') : NULL;
+			if (sp2 && sp2 < line + n) {
+				strbuf_append(&sb, line, (size_t)(sp1 - line + 1));
+				strbuf_printf(&sb, "%llu", (unsigned long long)sectors);
+				strbuf_append(&sb, sp2, n - (size_t)(sp2 - line));
+				line += n;
+				continue;
+			}
+		}
+		strbuf_append(&sb, line, n);
+		line += n;
+	}
+	free(m->desc);
+	m->desc = strbuf_steal(&sb);
+}
+
+static int grow_sparse(struct extent *e, uint64_t new_secs)
+{
+	struct sparse *sp = e->sp;
+	uint64_t per = sp->grain * sp->gtes, gts = gt_sectors(sp);
+	uint64_t new_n = (new_secs + per - 1) / per;
+	if (new_n > UINT32_MAX / 4)
+		return vela_error(VELA_E_LIMIT, "%s: too large for a sparse extent", e->path);
+	uint32_t *gd = xcalloc(new_n, 4), *rgd = sp->rgd ? xcalloc(new_n, 4) : NULL;
+	memcpy(gd, sp->gd, (size_t)sp->n_gdes * 4);
+	if (rgd)
+		memcpy(rgd, sp->rgd, (size_t)sp->n_gdes * 4);
+	/* New grain tables (zeros: a hole in the file) and a new directory at
+	 * the end; the header points at them last. */
+	uint64_t pos = sp->next_free;
+	for (uint64_t i = sp->n_gdes; i < new_n; i++) {
+		gd[i] = (uint32_t)pos;
+		pos += gts;
+		if (rgd) {
+			rgd[i] = (uint32_t)pos;
+			pos += gts;
+		}
+	}
+	uint64_t gd_secs = (new_n * 4 + VDISK_SECTOR - 1) / VDISK_SECTOR;
+	uint64_t new_gd = pos, new_rgd = 0;
+	pos += gd_secs;
+	if (rgd) {
+		new_rgd = pos;
+		pos += gd_secs;
+	}
+	int r = 0;
+	if (pos > UINT32_MAX)
+		r = vela_error(VELA_E_LIMIT, "%s: too large for a sparse extent", e->path);
+	if (r == 0 && ftruncate(e->fd, (off_t)(pos * VDISK_SECTOR)) < 0)
+		r = vela_error_errno(errno, "extend %s", e->path);
+	if (r == 0)
+		r = write_u32_table(e->fd, gd, (uint32_t)new_n, new_gd, e->path);
+	if (r == 0 && rgd)
+		r = write_u32_table(e->fd, rgd, (uint32_t)new_n, new_rgd, e->path);
+	if (r == 0 && fdatasync(e->fd) < 0)
+		r = vela_error_errno(errno, "extend %s", e->path);
+	if (r == 0) {
+		le64_put(sp->header + 12, new_secs);
+		le64_put(sp->header + 56, new_gd);
+		le64_put(sp->header + 48, new_rgd);
+		r = vdisk_pwrite_full(e->fd, sp->header, 512, 0, e->path);
+	}
+	if (r < 0) {
+		free(gd);
+		free(rgd);
+		return r;
+	}
+	sp->gt = xrealloc(sp->gt, new_n * sizeof *sp->gt);
+	sp->gt_dirty = xrealloc(sp->gt_dirty, new_n);
+	for (uint64_t i = sp->n_gdes; i < new_n; i++) {
+		sp->gt[i] = NULL;
+		sp->gt_dirty[i] = 0;
+	}
+	free(sp->gd);
+	free(sp->rgd);
+	sp->gd = gd;
+	sp->rgd = rgd;
+	sp->n_gdes = (uint32_t)new_n;
+	sp->gd_sector = new_gd;
+	sp->rgd_sector = new_rgd;
+	sp->capacity = new_secs;
+	sp->next_free = pos;
+	sp->file_sectors = pos;
+	return 0;
+}
+
+static int vmdk_resize(struct vdisk_image *img, uint64_t new_size)
+{
+	struct vmdk *m = img->priv;
+	uint64_t new_secs = new_size / VDISK_SECTOR;
+	if (m->n_ext != 1)
+		return vela_error(VELA_E_NOTSUP, "extend %s: disks split over several files cannot be extended yet "
+				  "(convert to monolithicSparse first)", img->path);
+	struct extent *e = &m->ext[0];
+	pthread_mutex_lock(&img->lock);
+	int r = vmdk_flush_locked(img);
+	if (r == 0) {
+		if (e->type == EXT_FLAT) {
+			if (ftruncate(e->fd, (off_t)((e->offset + new_secs) * VDISK_SECTOR)) < 0)
+				r = vela_error_errno(errno, "extend %s", e->path);
+		} else if (e->type == EXT_SPARSE && !e->sp->compressed) {
+			r = grow_sparse(e, new_secs);
+		} else {
+			r = vela_error(VELA_E_NOTSUP, "extend %s: this kind of extent cannot be extended", img->path);
+		}
+	}
+	if (r == 0 && m->desc) {
+		desc_set_extent_sectors(m, new_secs);
+		enum vdisk_adapter a = m->adapter && str_ieq(m->adapter, "ide") ? VDISK_ADAPTER_IDE : VDISK_ADAPTER_LSILOGIC;
+		uint32_t c, h, sec;
+		vdisk_geometry(new_secs, a, &c, &h, &sec);
+		char buf[32];
+		snprintf(buf, sizeof buf, "%u", c);
+		desc_set_ddb(m, "ddb.geometry.cylinders", buf);
+		snprintf(buf, sizeof buf, "%u", h);
+		desc_set_ddb(m, "ddb.geometry.heads", buf);
+		snprintf(buf, sizeof buf, "%u", sec);
+		desc_set_ddb(m, "ddb.geometry.sectors", buf);
+		r = write_descriptor(img, m);
+	}
+	if (r == 0) {
+		e->sectors = new_secs;
+		img->size = new_secs * VDISK_SECTOR;
+	}
+	pthread_mutex_unlock(&img->lock);
+	return r;
+}
+
+static int vmdk_unmap(struct vdisk_image *img, uint64_t off, uint64_t len)
+{
+	struct vmdk *m = img->priv;
+	int r = 0;
+	pthread_mutex_lock(&img->lock);
+	uint64_t end = off + len;
+	while (off < end && r == 0) {
+		struct extent *e = find_extent(m, off / VDISK_SECTOR);
+		if (!e)
+			break;
+		uint64_t rel = off - e->start * VDISK_SECTOR, ext_end = (e->start + e->sectors) * VDISK_SECTOR;
+		uint64_t stop = end < ext_end ? end : ext_end;
+		if (e->type == EXT_FLAT) {
+			vdisk_punch_hole(e->fd, e->offset * VDISK_SECTOR + rel, stop - off);
+		} else if (e->type == EXT_SPARSE && !e->sp->compressed) {
+			struct sparse *sp = e->sp;
+			uint64_t gbytes = sp->grain * VDISK_SECTOR;
+			for (uint64_t g = (rel + gbytes - 1) / gbytes; (g + 1) * gbytes + e->start * VDISK_SECTOR <= stop && r == 0; g++) {
+				uint32_t gte, *gt, i = (uint32_t)(g / sp->gtes);
+				if ((r = get_gte(e, g, &gte)) < 0 || gte == 0)
+					continue;
+				if ((r = load_gt(e, i, &gt)) < 0)
+					break;
+				if (gte > GTE_ZERO)
+					vdisk_punch_hole(e->fd, (uint64_t)gte * VDISK_SECTOR, gbytes);
+				gt[g % sp->gtes] = 0;
+				if (!sp->gt_dirty[i]) {
+					sp->gt_dirty[i] = 1;
+					sp->n_dirty++;
+				}
+			}
+		}
+		off = stop;
+	}
+	pthread_mutex_unlock(&img->lock);
+	return r;
+}
+
 const struct vdisk_format vdisk_format_vmdk = {
 	.struct_size = sizeof(struct vdisk_format),
 	.name = "vmdk",
@@ -1488,4 +1681,6 @@ const struct vdisk_format vdisk_format_vmdk = {
 	.check = vmdk_check,
 	.check_parent = vmdk_check_parent,
 	.set_parent = vmdk_set_parent,
+	.resize = vmdk_resize,
+	.unmap = vmdk_unmap,
 };

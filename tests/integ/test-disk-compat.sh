@@ -156,6 +156,33 @@ for t in monolithicSparse qcow2; do
 	cd ..
 done
 
+# Extend and compact, as QEMU sees them.
+for t in monolithicSparse monolithicFlat qcow2 vhd-fixed raw; do
+	f=vmdk; case $t in qcow2) f=qcow2 ;; vhd*) f=vpc ;; raw) f=raw ;; esac
+	rm -f ec.img ec-flat.img
+	"$VELA" disk create -s 10m -t $t ec.img >/dev/null
+	qemu-io -f $f -c 'write -P 0x31 9M 1M' ec.img >/dev/null
+	check "$t: extend to 100 MiB" "$VELA" disk extend -s 100m ec.img
+	check "$t: QEMU sees the new size" sh -c "qemu-img info -f $f ec.img | grep -q 'virtual size: 100 MiB'"
+	check "$t: QEMU reads the old data and writes at the new end" \
+		sh -c "qemu-io -f $f -c 'read -P 0x31 9M 1M' -c 'write -P 0x32 99M 1M' -c 'read -P 0x32 99M 1M' ec.img | grep -c '^read' | grep -qx 2"
+	[ $f = vmdk ] || [ $f = qcow2 ] && check "$t: the extended image passes qemu-img check" qemu-img check -q ec.img
+done
+for t in monolithicSparse qcow2 vhd-dynamic; do
+	f=vmdk; case $t in qcow2) f=qcow2 ;; vhd*) f=vpc ;; esac
+	rm -f cz.img
+	"$VELA" disk create -s 64m -t $t cz.img >/dev/null
+	qemu-io -f $f -c 'write -P 0x31 0 32M' -c 'write -P 0 4M 20M' cz.img >/dev/null
+	qemu-img convert -f $f -O raw cz.img cz-before.raw
+	before=$(du -k cz.img | cut -f1)
+	check "$t: compact drops the zeroed data" sh -c "'$VELA' disk compact cz.img | grep -q '[1-9][0-9]* bytes of zeroed data dropped'"
+	after=$(du -k cz.img | cut -f1)
+	check "$t: compact gives the space back (${before}K -> ${after}K)" test "$after" -lt "$((before - 10000))"
+	check "$t: compact keeps the content (qemu-img compare)" qemu-img compare -q -f $f -F raw cz.img cz-before.raw
+	[ $f != vpc ] && check "$t: the compacted image passes qemu-img check" qemu-img check -q cz.img
+done
+rm -f ./*.raw
+
 # Leaked space after a crash: check finds it, --repair trims it.
 "$VELA" disk create -s 16M leak.vmdk >/dev/null
 qemu-io -c 'write -P 0x66 0 1M' leak.vmdk >/dev/null

@@ -710,6 +710,92 @@ static void relink_commit_level_vmdk(void **s) { (void)s; relink_and_commit_leve
 static void relink_commit_level_qcow2(void **s) { (void)s; relink_and_commit_level(VDISK_TYPE_QCOW2, "qcow2"); }
 static void relink_commit_level_vhd(void **s) { (void)s; relink_and_commit_level(VDISK_TYPE_VHD_DYNAMIC, "vhd"); }
 
+static void extend_compact_write_zeroes(void **s)
+{
+	(void)s;
+	static const struct { enum vdisk_type t; const char *ext; } types[] = {
+		{ VDISK_TYPE_RAW, "raw" }, { VDISK_TYPE_VMDK_MONOLITHIC_SPARSE, "vmdk" },
+		{ VDISK_TYPE_VMDK_MONOLITHIC_FLAT, "flat.vmdk" }, { VDISK_TYPE_QCOW2, "qcow2" },
+		{ VDISK_TYPE_VHD_FIXED, "fixed.vhd" }, { VDISK_TYPE_VHD_DYNAMIC, "vhd" },
+	};
+	for (size_t k = 0; k < ARRAY_SIZE(types); k++) {
+		char *p = xasprintf("%s/ext.%s", dir, types[k].ext);
+		create(p, types[k].t, 6 * MIB);
+		struct vdisk *d = open_rw(p);
+		uint64_t small = vdisk_size(d);
+		uint8_t *buf = xcalloc(1, 4 * MIB);
+		memset(buf, 0x5a, 4 * MIB);
+		assert_int_equal(vdisk_pwrite(d, buf, 4 * MIB, 0), 0);
+		vdisk_close(d);
+		int r = vdisk_extend(p, 40 * MIB);
+		if (types[k].t == VDISK_TYPE_VHD_DYNAMIC) {
+			assert_int_equal(r, -VELA_E_NOTSUP);   /* its block table is sized at creation */
+		} else {
+			if (r < 0)
+				fail_msg("%s: %s", p, vela_errmsg());
+			d = open_rw(p);
+			assert_true(vdisk_size(d) >= 40 * MIB);
+			assert_int_equal(vdisk_pread(d, buf, 4 * MIB, 0), 0);
+			for (size_t b = 0; b < 4 * MIB; b++)
+				if (buf[b] != 0x5a)
+					fail_msg("%s: old data lost at %zu", p, b);
+			memset(buf, 0x6b, 512);
+			assert_int_equal(vdisk_pwrite(d, buf, 512, vdisk_size(d) - 512), 0);   /* the new end */
+			vdisk_close(d);
+			d = open_rw(p);
+			assert_int_equal(vdisk_pread(d, buf, 512, vdisk_size(d) - 512), 0);
+			assert_int_equal(buf[0], 0x6b);
+			vdisk_close(d);
+		}
+		assert_int_equal(vdisk_extend(p, small / 2), -VELA_E_INVAL);   /* never shrinks */
+		/* Zero most of the data; compact gives it back; content unchanged. */
+		d = open_rw(p);
+		assert_int_equal(vdisk_write_zeroes(d, 1 * MIB, 3 * MIB), 0);
+		assert_int_equal(vdisk_pread(d, buf, 4 * MIB, 0), 0);
+		assert_int_equal(buf[MIB - 1], 0x5a);
+		assert_true(vdisk_buf_is_zero(buf + MIB, 3 * MIB));
+		vdisk_close(d);
+		uint64_t freed = 99;
+		assert_int_equal(vdisk_compact(p, &freed), 0);
+		assert_int_equal(freed, 0);          /* write_zeroes already dropped what it could */
+		struct vdisk_check_report rep;
+		assert_int_equal(vdisk_check(p, false, &rep), 0);
+		assert_int_equal(rep.errors, 0);
+		free(rep.first_problem);
+		free(buf);
+		free(p);
+	}
+	/* Compact of explicit zero data; a child keeps zeros that hide its parent. */
+	char *base = tmp("cz.vmdk");
+	create(base, VDISK_TYPE_VMDK_MONOLITHIC_SPARSE, 4 * MIB);
+	struct vdisk *d = open_rw(base);
+	uint8_t *buf = xcalloc(1, 2 * MIB);
+	memset(buf, 0x11, MIB);
+	assert_int_equal(vdisk_pwrite(d, buf, 2 * MIB, 0), 0);   /* 1 MiB data, 1 MiB zeros */
+	vdisk_close(d);
+	uint64_t freed = 0;
+	assert_int_equal(vdisk_compact(base, &freed), 0);
+	assert_int_equal(freed, MIB);
+	char *child = NULL;
+	assert_int_equal(vdisk_addredo(base, &child), 0);
+	d = open_rw(child);
+	memset(buf, 0, 2 * MIB);
+	assert_int_equal(vdisk_pwrite(d, buf, 2 * MIB, 0), 0);    /* zeros over the parent's data */
+	vdisk_close(d);
+	assert_int_equal(vdisk_compact(child, &freed), 0);
+	assert_int_equal(freed, MIB);                             /* only where the parent is zero too */
+	d = open_rw(child);
+	assert_int_equal(vdisk_pread(d, buf, 2 * MIB, 0), 0);
+	assert_true(vdisk_buf_is_zero(buf, 2 * MIB));             /* the parent's data stays hidden */
+	assert_int_equal(vdisk_write_zeroes(d, 0, 2 * MIB), 0);
+	assert_int_equal(vdisk_pread(d, buf, 2 * MIB, 0), 0);
+	assert_true(vdisk_buf_is_zero(buf, 2 * MIB));
+	vdisk_close(d);
+	free(child);
+	free(buf);
+	free(base);
+}
+
 static void hostile_vhd(void **s)
 {
 	(void)s;
@@ -830,6 +916,7 @@ int main(void)
 		cmocka_unit_test(relink_commit_level_vmdk),
 		cmocka_unit_test(relink_commit_level_qcow2),
 		cmocka_unit_test(relink_commit_level_vhd),
+		cmocka_unit_test(extend_compact_write_zeroes),
 		cmocka_unit_test(crash_consistency_qcow2),
 		cmocka_unit_test(hostile_qcow2),
 		cmocka_unit_test(convert_is_sparse_aware),
