@@ -15,6 +15,10 @@ struct cli {
 	const char *adapter;  /* -a */
 	bool linked, repair, keep, force;
 	const char *level;    /* --level N */
+	/* vela disk bench */
+	const char *bs, *step, *depth;
+	unsigned count;
+	bool write;
 };
 
 /* Print the current error (text or JSON) and return the exit status 1. */

@@ -3,6 +3,8 @@
 #include "cli.h"
 #include "vdisk.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 static void progress_line(uint64_t done, uint64_t total, void *opaque)
@@ -177,6 +179,94 @@ static int disk_check(const struct cli *c, const char *path)
 	return errors ? 2 : unrepaired ? 3 : 0;
 }
 
+/* ------------------------------------------------------------- bench */
+
+struct bench {
+	struct vdisk *d;
+	uint64_t size, bs, step, count;
+	bool write;
+	atomic_ullong next;
+	atomic_int failed;
+};
+
+/* Request i goes to (i * step) mod size, as qemu-img bench walks a disk. */
+static void *bench_worker(void *arg)
+{
+	struct bench *b = arg;
+	void *buf;
+	if (posix_memalign(&buf, 4096, b->bs) != 0)
+		return NULL;
+	memset(buf, 0xa5, b->bs);
+	for (;;) {
+		unsigned long long i = atomic_fetch_add(&b->next, 1);
+		if (i >= b->count)
+			break;
+		uint64_t off = (uint64_t)((unsigned __int128)i * b->step % b->size);
+		if (off + b->bs > b->size)
+			off = b->size - b->bs;
+		int r = b->write ? vdisk_pwrite(b->d, buf, b->bs, off) : vdisk_pread(b->d, buf, b->bs, off);
+		if (r < 0) {
+			atomic_store(&b->failed, r);
+			break;
+		}
+	}
+	free(buf);
+	return NULL;
+}
+
+static int disk_bench(const struct cli *c, const char *path)
+{
+	struct bench b = { .count = c->count ? c->count : 100000, .write = c->write };
+	uint64_t depth = 32;
+	int r = 0;
+	b.bs = 4096;
+	if (c->bs && (r = parse_size(c->bs, &b.bs)) < 0)
+		return cli_fail(c, vela_error_context(r, "--bs"));
+	b.step = b.bs;
+	if (c->step && (r = parse_size(c->step, &b.step)) < 0)
+		return cli_fail(c, vela_error_context(r, "--step"));
+	if (c->depth && (r = parse_u64(c->depth, 1024, &depth)) < 0)
+		return cli_fail(c, vela_error_context(r, "--depth"));
+	if (b.bs == 0 || b.bs > (64u << 20) || depth == 0)
+		return cli_fail(c, vela_error(VELA_E_INVAL, "bench: --bs from 1 byte to 64 MiB and --depth above 0"));
+	if ((r = vdisk_open(path, c->write ? 0 : VDISK_OPEN_RDONLY, &b.d)) < 0)
+		return cli_fail(c, r);
+	b.size = vdisk_size(b.d);
+	if (b.bs > b.size) {
+		vdisk_close(b.d);
+		return cli_fail(c, vela_error(VELA_E_INVAL, "bench: --bs is larger than the disk"));
+	}
+	pthread_t *t = xcalloc(depth, sizeof *t);
+	int64_t t0 = time_mono_ms();
+	for (uint64_t i = 0; i < depth; i++)
+		pthread_create(&t[i], NULL, bench_worker, &b);
+	for (uint64_t i = 0; i < depth; i++)
+		pthread_join(t[i], NULL);
+	if (c->write && atomic_load(&b.failed) == 0)
+		r = vdisk_flush(b.d);   /* writes count once they are durable */
+	int64_t ms = time_mono_ms() - t0;
+	free(t);
+	int cr = vdisk_close(b.d);
+	if (atomic_load(&b.failed) < 0)
+		return cli_fail(c, atomic_load(&b.failed));
+	if (r < 0 || cr < 0)
+		return cli_fail(c, r < 0 ? r : cr);
+	double secs = ms > 0 ? ms / 1000.0 : 0.001;
+	double mib = (double)b.count * (double)b.bs / (1024.0 * 1024.0);
+	if (c->json) {
+		json_t *j = json_pack("{s:b, s:s, s:I, s:I, s:I, s:I, s:f, s:f, s:f}", "ok", 1, "mode", c->write ? "write" : "read",
+				      "requests", (json_int_t)b.count, "bs", (json_int_t)b.bs, "step", (json_int_t)b.step,
+				      "depth", (json_int_t)depth, "seconds", secs, "iops", b.count / secs, "mib_per_s", mib / secs);
+		cli_print_json(j);
+		json_decref(j);
+	} else {
+		printf("%s: %llu %s requests of %llu bytes, depth %llu: %.3f s, %.0f IOPS, %.1f MiB/s\n", path,
+		       (unsigned long long)b.count, c->write ? "write" : "read", (unsigned long long)b.bs,
+		       (unsigned long long)depth, secs, b.count / secs, mib / secs);
+	}
+	return 0;
+}
+
 int cmd_disk(const struct cli *c, const char *const *w, size_t n)
 {
 	struct vdisk_create_opts o;
@@ -232,6 +322,8 @@ int cmd_disk(const struct cli *c, const char *const *w, size_t n)
 			return cli_fail(c, r);
 		return print_done(c, "committed", w[2]);
 	}
+	if (strcmp(verb, "bench") == 0 && n == 3)
+		return disk_bench(c, w[2]);
 	if (strcmp(verb, "extend") == 0 && n == 3) {
 		uint64_t size;
 		if (!c->size)

@@ -408,6 +408,7 @@ static void usage(FILE *f)
 		"  vela disk extend -s SIZE FILE        grow the disk\n"
 		"  vela disk compact FILE               drop zeroed grains, give the space back\n"
 		"  vela disk addredo FILE               add an empty redo log; prints the new top\n"
+		"  vela disk bench [-w] [--bs B] [--step S] [--count N] [--depth D] FILE  I/O benchmark\n"
 		"  vela disk commit [--level N] [--keep] FILE  merge FILE (or level N below it) into its parent\n"
 		"  vela disk relink [--force] FILE PARENT  point FILE at its moved parent\n"
 		"\n"
@@ -417,7 +418,8 @@ static void usage(FILE *f)
 		"  --dump             (console) print the scrollback and exit\n"
 		"  --send TEXT        (console) type TEXT (C escapes: \\n \\r \\t \\xHH) and exit\n"
 		"  --wait TEXT        (console) wait until TEXT appears on the console\n"
-		"  --count N          (console --wait) wait for the Nth appearance\n"
+		"  --count N          (console --wait) wait for the Nth appearance;\n"
+		"                     (disk bench) number of requests (default 100000)\n"
 		"  -s, --size SIZE    (disk) size with k, m, g, t suffixes\n"
 		"  -t, --type TYPE    (disk) raw, monolithicSparse (default), monolithicFlat,\n"
 		"                     twoGbMaxExtentSparse, twoGbMaxExtentFlat, streamOptimized,\n"
@@ -428,6 +430,10 @@ static void usage(FILE *f)
 		"  --keep             (disk commit) keep the merged child file\n"
 		"  --level N          (disk commit) merge the image N levels below FILE\n"
 		"  --force            (disk relink) accept a parent whose content ID differs\n"
+		"  --bs SIZE          (disk bench) request size (default 4k)\n"
+		"  --step SIZE        (disk bench) distance between requests (default: --bs)\n"
+		"  --depth N          (disk bench) requests in flight (default 32)\n"
+		"  -w, --write        (disk bench) write instead of read\n"
 		"  -h, --help         this text\n"
 		"  -V, --version      print the version\n"
 		"\n"
@@ -472,6 +478,7 @@ int main(int argc, char **argv)
 			if (parse_value(a, argv[++i], 1000000, &v) < 0)
 				return 2;
 			count = (unsigned)v;
+			c.count = count;
 		} else if ((strcmp(a, "-s") == 0 || strcmp(a, "--size") == 0) && has_val) {
 			c.size = argv[++i];
 		} else if ((strcmp(a, "-t") == 0 || strcmp(a, "--type") == 0) && has_val) {
@@ -484,6 +491,14 @@ int main(int argc, char **argv)
 			c.repair = true;
 		} else if (strcmp(a, "--keep") == 0) {
 			c.keep = true;
+		} else if (strcmp(a, "--bs") == 0 && has_val) {
+			c.bs = argv[++i];
+		} else if (strcmp(a, "--step") == 0 && has_val) {
+			c.step = argv[++i];
+		} else if (strcmp(a, "--depth") == 0 && has_val) {
+			c.depth = argv[++i];
+		} else if (strcmp(a, "-w") == 0 || strcmp(a, "--write") == 0) {
+			c.write = true;
 		} else if (strcmp(a, "--force") == 0) {
 			c.force = true;
 		} else if (strcmp(a, "--level") == 0 && has_val) {

@@ -268,6 +268,10 @@ int vdisk_image_read(struct vdisk_image *img, void *buf, size_t len, uint64_t of
 		memset(buf, 0, len);
 		return 0;
 	}
+	if (!img->parent && off + len <= img->size &&
+	    img->fmt->struct_size >= offsetof(struct vdisk_format, flags) + sizeof img->fmt->flags &&
+	    (img->fmt->flags & VDISK_FMT_READ_ANY))
+		return img->fmt->pread(img, buf, len, off);
 	while (len > 0) {
 		if (off >= img->size) {
 			/* A parent smaller than its child reads as zeros beyond its end. */

@@ -559,6 +559,46 @@ static int qcow2_pwrite(struct vdisk_image *img, const void *buf, size_t len, ui
 	struct qcow2 *q = img->priv;
 	const char *p = buf;
 	int r = 0;
+	/* Clusters that are ours alone: look them up under the lock, write
+	 * outside it, host-contiguous runs in one request. */
+	{
+		uint64_t first = off >> q->cluster_bits, last = (off + len - 1) >> q->cluster_bits;
+		uint64_t run_host = 0, run_off = off;
+		size_t run_len = 0;
+		bool fast = last - first < 256;
+		uint64_t hosts[256];
+		pthread_mutex_lock(&img->lock);
+		for (uint64_t c = first; fast && c <= last; c++) {
+			uint64_t e;
+			if (get_l2e(img, q, c, &e, NULL) < 0 || (e & QCOW_OFLAG_COMPRESSED) || !(e & L2E_OFFSET_MASK) ||
+			    !(e & QCOW_OFLAG_COPIED) || (e & QCOW_OFLAG_ZERO))
+				fast = false;
+			else
+				hosts[c - first] = e & L2E_OFFSET_MASK;
+		}
+		pthread_mutex_unlock(&img->lock);
+		if (fast) {
+			for (uint64_t c = first; c <= last && r == 0; c++) {
+				uint64_t in = c == first ? (off & (q->cluster - 1)) : 0;
+				size_t n = (size_t)(q->cluster - in);
+				if (n > len - (size_t)(run_off + run_len - off))
+					n = len - (size_t)(run_off + run_len - off);
+				uint64_t h = hosts[c - first] + in;
+				if (run_len && run_host + run_len == h) {
+					run_len += n;
+					continue;
+				}
+				if (run_len)
+					r = vdisk_pwrite_full(q->fd, p + (run_off - off), run_len, run_host, img->path);
+				run_off += run_len;
+				run_host = h;
+				run_len = n;
+			}
+			if (r == 0 && run_len)
+				r = vdisk_pwrite_full(q->fd, p + (run_off - off), run_len, run_host, img->path);
+			return r;
+		}
+	}
 	pthread_mutex_lock(&img->lock);
 	while (len > 0 && r == 0) {
 		uint64_t in = off & (q->cluster - 1);

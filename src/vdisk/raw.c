@@ -165,4 +165,5 @@ const struct vdisk_format vdisk_format_raw = {
 	.check = raw_check,
 	.resize = raw_resize,
 	.unmap = raw_unmap,
+	.flags = VDISK_FMT_READ_ANY,
 };

@@ -73,7 +73,13 @@ struct vdisk_format {
 	/* Drop the allocation of every whole unit inside [off, off+len) so it
 	 * reads from below again, and give its space back to the host. */
 	int (*unmap)(struct vdisk_image *img, uint64_t off, uint64_t len);
+	/* VDISK_FMT_*: what the chain code may rely on. */
+	uint32_t flags;
 };
+
+/* pread works on any range and unallocated space reads as zeros: an image
+ * without a parent can be read without asking for its allocation first. */
+#define VDISK_FMT_READ_ANY (1u << 0)
 
 extern const struct vdisk_format vdisk_format_raw;
 extern const struct vdisk_format vdisk_format_vmdk;

@@ -977,11 +977,34 @@ static int write_grain(struct vdisk_image *img, struct extent *e, const char *sr
 
 static int vmdk_flush_locked(struct vdisk_image *img);
 
+/* Overwrite of grains that are already allocated: look up under the lock,
+ * write outside it (grains never move while the image is open).  Returns 1
+ * if it wrote everything, 0 if the slow path must run. */
+static int pwrite_allocated(struct vdisk_image *img, struct vmdk *m, const char *p, size_t len, uint64_t off)
+{
+	struct extent *e = find_extent(m, off / VDISK_SECTOR);
+	if (!e || e->type != EXT_SPARSE || e->sp->compressed || !e->writable)
+		return 0;
+	uint64_t rel = off - e->start * VDISK_SECTOR, gbytes = e->sp->grain * VDISK_SECTOR;
+	if (rel % gbytes + len > gbytes)
+		return 0;   /* crosses a grain: let the general path split it */
+	uint32_t gte;
+	pthread_mutex_lock(&img->lock);
+	int r = m->cid_bumped ? get_gte(e, rel / gbytes, &gte) : -1;
+	pthread_mutex_unlock(&img->lock);
+	if (r < 0 || gte <= GTE_ZERO)
+		return 0;
+	r = vdisk_pwrite_full(e->fd, p, len, (uint64_t)gte * VDISK_SECTOR + rel % gbytes, e->path);
+	return r < 0 ? r : 1;
+}
+
 static int vmdk_pwrite(struct vdisk_image *img, const void *buf, size_t len, uint64_t off)
 {
 	struct vmdk *m = img->priv;
 	const char *p = buf;
-	int r = 0;
+	int r = pwrite_allocated(img, m, p, len, off);
+	if (r != 0)
+		return r < 0 ? r : 0;
 	pthread_mutex_lock(&img->lock);
 	if ((r = bump_cid(img, m)) < 0)
 		goto out;
