@@ -322,6 +322,16 @@ int cmd_disk(const struct cli *c, const char *const *w, size_t n)
 			return cli_fail(c, r);
 		return print_done(c, "committed", w[2]);
 	}
+	if (strcmp(verb, "delete") == 0 && n == 3) {
+		if ((r = vdisk_delete(w[2], c->force)) < 0)
+			return cli_fail(c, r);
+		return print_done(c, "deleted", w[2]);
+	}
+	if (strcmp(verb, "rename") == 0 && n == 4) {
+		if ((r = vdisk_rename(w[2], w[3])) < 0)
+			return cli_fail(c, r);
+		return print_done(c, "renamed", w[3]);
+	}
 	if (strcmp(verb, "bench") == 0 && n == 3)
 		return disk_bench(c, w[2]);
 	if (strcmp(verb, "extend") == 0 && n == 3) {

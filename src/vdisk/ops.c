@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/stat.h>
 
 static const char *const type_names[VDISK_TYPE__COUNT] = {
@@ -465,4 +466,162 @@ int vdisk_compact(const char *path, uint64_t *reclaimed)
 	if (r == 0)
 		r = cr;
 	return r < 0 ? vela_error_context(r, "compact %s", path) : 0;
+}
+
+static int image_files(struct vdisk_image *img, char ***files, size_t *n)
+{
+	if (img->fmt->struct_size >= offsetof(struct vdisk_format, list_files) + sizeof img->fmt->list_files &&
+	    img->fmt->list_files)
+		return img->fmt->list_files(img, files, n);
+	*files = xcalloc(1, sizeof **files);
+	(*files)[0] = xstrdup(img->path);
+	*n = 1;
+	return 0;
+}
+
+static void free_files(char **files, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(files[i]);
+	free(files);
+}
+
+/* Disks in path's folder whose parent is path (newline-separated names). */
+static int children_in_folder(const char *path, struct strbuf *out)
+{
+	char real[PATH_MAX], cand[PATH_MAX];
+	if (!realpath(path, real))
+		return vela_error_errno(errno, "%s", path);
+	CLEANUP_FREE char *dir = path_dirname(real);
+	DIR *dp = opendir(dir);
+	if (!dp)
+		return vela_error_errno(errno, "open folder %s", dir);
+	struct dirent *de;
+	while ((de = readdir(dp))) {
+		if (de->d_name[0] == '.')
+			continue;
+		CLEANUP_FREE char *p = path_join(dir, de->d_name);
+		struct stat st;
+		if (stat(p, &st) < 0 || !S_ISREG(st.st_mode) || strcmp(p, real) == 0)
+			continue;
+		struct vdisk_image *img = NULL;
+		if (vdisk_image_open(p, true, &img) < 0)
+			continue;   /* not a disk, or not one we can read: not a child we know */
+		if (img->parent_path && realpath(img->parent_path, cand) && strcmp(cand, real) == 0)
+			strbuf_printf(out, "%s%s", out->len ? ", " : "", de->d_name);
+		vdisk_image_close(img);
+	}
+	closedir(dp);
+	vela_error_clear();
+	return 0;
+}
+
+int vdisk_delete(const char *path, bool force)
+{
+	struct vdisk_image *img = NULL;
+	struct strbuf kids = { 0 };
+	int r = vdisk_image_open(path, true, &img);
+	if (r < 0)
+		return vela_error_context(r, "delete");
+	if (!force && (r = children_in_folder(path, &kids)) == 0 && kids.len)
+		r = vela_error(VELA_E_BUSY, "delete %s: it is the parent of %s (delete or commit them first, or --force)",
+			       path, kids.data);
+	char **files = NULL;
+	size_t n = 0;
+	if (r == 0)
+		r = image_files(img, &files, &n);
+	vdisk_image_close(img);
+	strbuf_free(&kids);
+	for (size_t i = n; r == 0 && i > 0; i--)   /* extents first, the named file last */
+		if (unlink(files[i - 1]) < 0 && errno != ENOENT)
+			r = vela_error_errno(errno, "delete %s", files[i - 1]);
+	free_files(files, n);
+	return r;
+}
+
+int vdisk_rename(const char *from, const char *to)
+{
+	struct stat st;
+	if (stat(to, &st) == 0)
+		return vela_error(VELA_E_EXISTS, "rename %s: %s already exists", from, to);
+	struct vdisk_image *img = NULL;
+	int r = vdisk_image_open(from, true, &img);
+	if (r < 0)
+		return vela_error_context(r, "rename");
+	struct strbuf kids = { 0 };
+	char **files = NULL;
+	size_t n = 0;
+	r = children_in_folder(from, &kids);
+	if (r == 0)
+		r = image_files(img, &files, &n);
+	vdisk_image_close(img);
+	if (r < 0) {
+		strbuf_free(&kids);
+		return r;
+	}
+	CLEANUP_FREE char *text = NULL;
+	CLEANUP_FREE char *new_text = NULL;
+	char **new_names = xcalloc(n, sizeof *new_names);
+	if (n > 1) {
+		/* Separate extent files: new names from the new stem, the descriptor
+		 * rewritten to name them.  Hard links first, so that a crash leaves
+		 * one complete set of names at every point. */
+		CLEANUP_FREE char *ob = path_basename(from);
+		CLEANUP_FREE char *nb = path_basename(to);
+		CLEANUP_FREE char *ndir = path_dirname(to);
+		size_t obl = strlen(ob), nbl = strlen(nb);
+		CLEANUP_FREE char *ostem = xstrndup(ob, obl > 5 && str_ieq(ob + obl - 5, ".vmdk") ? obl - 5 : obl);
+		CLEANUP_FREE char *nstem = xstrndup(nb, nbl > 5 && str_ieq(nb + nbl - 5, ".vmdk") ? nbl - 5 : nbl);
+		size_t len;
+		if ((r = read_file(from, 1u << 20, &text, &len)) < 0)
+			goto out;
+		new_text = xstrdup(text);
+		for (size_t i = 1; i < n && r == 0; i++) {
+			CLEANUP_FREE char *eb = path_basename(files[i]);
+			char *suffix = str_starts_with(eb, ostem) ? eb + strlen(ostem) : NULL;
+			if (!suffix) {
+				r = vela_error(VELA_E_NOTSUP, "rename %s: extent %s is not named after the disk", from, eb);
+				break;
+			}
+			new_names[i] = xasprintf("%s%s", nstem, suffix);
+			CLEANUP_FREE char *np = path_join(ndir, new_names[i]);
+			if (link(files[i], np) < 0)
+				r = vela_error_errno(errno, "rename %s: link %s", from, np);
+			/* Rewrite "eb" to the new name inside quotes. */
+			CLEANUP_FREE char *oq = xasprintf("\"%s\"", eb);
+			CLEANUP_FREE char *nq = xasprintf("\"%s\"", new_names[i]);
+			char *at = strstr(new_text, oq);
+			if (r == 0 && at) {
+				char *t2 = xasprintf("%.*s%s%s", (int)(at - new_text), new_text, nq, at + strlen(oq));
+				free(new_text);
+				new_text = t2;
+			}
+		}
+		if (r == 0)
+			r = write_file_atomic(to, new_text, strlen(new_text));
+	} else if (rename(from, to) < 0) {
+		r = vela_error_errno(errno, "rename %s to %s", from, to);
+	}
+	/* Children in the folder follow the new name. */
+	if (r == 0 && kids.len) {
+		CLEANUP_FREE char *dir = path_dirname(from);
+		CLEANUP_FREE char *list = xstrdup(kids.data);
+		char *save = NULL;
+		for (char *k = strtok_r(list, ", ", &save); k && r == 0; k = strtok_r(NULL, ", ", &save)) {
+			CLEANUP_FREE char *kp = path_join(dir, k);
+			r = vdisk_relink(kp, to, false);
+		}
+	}
+	if (r == 0 && n > 1) {
+		for (size_t i = 1; i < n; i++)
+			unlink(files[i]);
+		unlink(from);
+	}
+out:
+	for (size_t i = 0; i < n; i++)
+		free(new_names[i]);
+	free(new_names);
+	free_files(files, n);
+	strbuf_free(&kids);
+	return r < 0 ? vela_error_context(r, "rename %s", from) : 0;
 }

@@ -75,6 +75,9 @@ struct vdisk_format {
 	int (*unmap)(struct vdisk_image *img, uint64_t off, uint64_t len);
 	/* VDISK_FMT_*: what the chain code may rely on. */
 	uint32_t flags;
+	/* Every file the image is made of, the one named by img->path first
+	 * (caller frees the array and the strings).  NULL = just img->path. */
+	int (*list_files)(struct vdisk_image *img, char ***files, size_t *n);
 };
 
 /* pread works on any range and unallocated space reads as zeros: an image

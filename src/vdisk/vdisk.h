@@ -156,6 +156,14 @@ int vdisk_extend(const char *path, uint64_t new_size);
  * the bytes dropped. */
 int vdisk_compact(const char *path, uint64_t *reclaimed);
 
+/* Delete a disk: every file it is made of.  Refused with VELA_E_BUSY when a
+ * disk in the same folder uses it as its parent, unless force. */
+int vdisk_delete(const char *path, bool force);
+
+/* Rename a disk (and, for a VMDK with separate extent files, its extents);
+ * children in the same folder are re-pointed at the new name. */
+int vdisk_rename(const char *from, const char *to);
+
 struct vdisk_check_report {
 	uint64_t errors;         /* metadata pointing where it must not */
 	uint64_t leaks;          /* allocated space nothing points to */

@@ -1689,6 +1689,26 @@ static int vmdk_unmap(struct vdisk_image *img, uint64_t off, uint64_t len)
 	return r;
 }
 
+static int vmdk_list_files(struct vdisk_image *img, char ***files, size_t *n)
+{
+	struct vmdk *m = img->priv;
+	char **v = xcalloc(m->n_ext + 1, sizeof *v);
+	size_t k = 0;
+	v[k++] = xstrdup(img->path);
+	for (size_t i = 0; i < m->n_ext; i++) {
+		if (!m->ext[i].path || strcmp(m->ext[i].path, img->path) == 0)
+			continue;
+		bool dup = false;
+		for (size_t j = 0; j < k; j++)
+			dup |= strcmp(v[j], m->ext[i].path) == 0;
+		if (!dup)
+			v[k++] = xstrdup(m->ext[i].path);
+	}
+	*files = v;
+	*n = k;
+	return 0;
+}
+
 const struct vdisk_format vdisk_format_vmdk = {
 	.struct_size = sizeof(struct vdisk_format),
 	.name = "vmdk",
@@ -1706,4 +1726,5 @@ const struct vdisk_format vdisk_format_vmdk = {
 	.set_parent = vmdk_set_parent,
 	.resize = vmdk_resize,
 	.unmap = vmdk_unmap,
+	.list_files = vmdk_list_files,
 };

@@ -183,6 +183,22 @@ for t in monolithicSparse qcow2 vhd-dynamic; do
 done
 rm -f ./*.raw
 
+# Rename and delete know about extents and children.
+mkdir -p rn && cd rn
+"$VELA" disk create -s 5g -t twoGbMaxExtentFlat big.vmdk >/dev/null
+qemu-io -c 'write -P 0x61 4G 1M' big.vmdk >/dev/null
+"$VELA" disk clone --linked big.vmdk kid.vmdk >/dev/null
+expect_error VELA_E_BUSY "delete of a disk that is a parent is refused" "$VELA" disk delete big.vmdk
+check "the refused delete removed nothing" test -e big-f003.vmdk
+check "rename of a split disk" "$VELA" disk rename big.vmdk renamed.vmdk
+check "its extents were renamed" sh -c "test -e renamed-f001.vmdk && test -e renamed-f003.vmdk && test ! -e big-f001.vmdk && test ! -e big.vmdk"
+check "the child follows the new name (QEMU sees it)" sh -c "qemu-img info kid.vmdk | grep -q 'backing file: renamed.vmdk'"
+check "the child still reads the parent's data" sh -c "qemu-io -c 'read -P 0x61 4G 1M' kid.vmdk | grep -q ^read"
+check "delete the child, then the parent" sh -c "'$VELA' disk delete kid.vmdk >/dev/null && '$VELA' disk delete renamed.vmdk >/dev/null"
+check "nothing is left" test -z "$(ls)"
+expect_error VELA_E_EXISTS "rename onto an existing file is refused" sh -c "touch a b; '$VELA' disk create -s 1m c.vmdk >/dev/null; '$VELA' disk rename c.vmdk a"
+cd ..
+
 # Leaked space after a crash: check finds it, --repair trims it.
 "$VELA" disk create -s 16M leak.vmdk >/dev/null
 qemu-io -c 'write -P 0x66 0 1M' leak.vmdk >/dev/null
