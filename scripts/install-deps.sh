@@ -5,7 +5,7 @@ set -euo pipefail
 what=${1:-test}
 build_pkgs="meson ninja-build pkg-config gcc libjansson-dev zlib1g-dev"
 run_pkgs="qemu-system-x86 qemu-utils busybox-static cpio kmod"
-test_pkgs="libcmocka-dev clang libclang-rt-14-dev"
+test_pkgs="libcmocka-dev clang libclang-rt-14-dev libnbd-bin"
 case $what in
 	build) pkgs="$build_pkgs" ;;
 	run) pkgs="$build_pkgs $run_pkgs" ;;

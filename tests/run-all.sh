@@ -57,6 +57,7 @@ if part fuzz; then
 		name=${f##*/fuzz-}
 		corpus=$(mktemp -d)
 		cp tests/fuzz/corpus/"$name"/* "$corpus"/ 2>/dev/null
+		[ "$name" = nbd ] && tests/fuzz/nbd-seed.sh "$corpus/session.bin"
 		if [ "$name" = vmdk ]; then
 			# Binary seeds are made by rules, not checked in.
 			qemu-img create -q -f vmdk "$corpus/qemu.vmdk" 3M &&

@@ -19,6 +19,9 @@ struct cli {
 	const char *bs, *step, *depth;
 	unsigned count;
 	bool write;
+	/* vela disk serve */
+	const char *nbd, *name;
+	bool read_only;
 };
 
 /* Print the current error (text or JSON) and return the exit status 1. */

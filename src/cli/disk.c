@@ -2,6 +2,9 @@
 #include "common.h"
 #include "cli.h"
 #include "vdisk.h"
+#include "blk.h"
+
+#include <signal.h>
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -267,6 +270,42 @@ static int disk_bench(const struct cli *c, const char *path)
 	return 0;
 }
 
+/* ------------------------------------------------------------- serve */
+
+static volatile bool serve_stop;
+static void on_stop_signal(int sig)
+{
+	(void)sig;
+	serve_stop = true;
+}
+
+static void serve_ready(const char *where, void *opaque)
+{
+	const char *path = opaque;
+	printf("serving %s over NBD on %s\n", path, where);
+	fflush(stdout);
+}
+
+static int disk_serve(const struct cli *c, const char *path)
+{
+	struct vdisk *d = NULL;
+	int r = vdisk_open(path, c->read_only ? VDISK_OPEN_RDONLY : 0, &d);
+	if (r < 0)
+		return cli_fail(c, r);
+	CLEANUP_FREE char *base = path_basename(path);
+	struct blk_export exp = { .disk = d, .name = c->name ? c->name : base, .read_only = c->read_only,
+				  .description = path };
+	struct sigaction sa = { .sa_handler = on_stop_signal };
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	r = blk_nbd_listen(c->nbd ? c->nbd : ":10809", &exp, &serve_stop, serve_ready, (void *)path);
+	int cr = vdisk_close(d);
+	if (r < 0 || cr < 0)
+		return cli_fail(c, r < 0 ? r : cr);
+	return 0;
+}
+
 int cmd_disk(const struct cli *c, const char *const *w, size_t n)
 {
 	struct vdisk_create_opts o;
@@ -332,6 +371,8 @@ int cmd_disk(const struct cli *c, const char *const *w, size_t n)
 			return cli_fail(c, r);
 		return print_done(c, "renamed", w[3]);
 	}
+	if (strcmp(verb, "serve") == 0 && n == 3)
+		return disk_serve(c, w[2]);
 	if (strcmp(verb, "bench") == 0 && n == 3)
 		return disk_bench(c, w[2]);
 	if (strcmp(verb, "extend") == 0 && n == 3) {

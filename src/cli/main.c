@@ -411,6 +411,7 @@ static void usage(FILE *f)
 		"  vela disk delete [--force] FILE      delete a disk's files (not a parent in use)\n"
 		"  vela disk addredo FILE               add an empty redo log; prints the new top\n"
 		"  vela disk bench [-w] [--bs B] [--step S] [--count N] [--depth D] FILE  I/O benchmark\n"
+		"  vela disk serve [--nbd ADDR] [--readonly] [--name N] FILE  export over NBD\n"
 		"  vela disk commit [--level N] [--keep] FILE  merge FILE (or level N below it) into its parent\n"
 		"  vela disk relink [--force] FILE PARENT  point FILE at its moved parent\n"
 		"\n"
@@ -437,6 +438,10 @@ static void usage(FILE *f)
 		"  --step SIZE        (disk bench) distance between requests (default: --bs)\n"
 		"  --depth N          (disk bench) requests in flight (default 32)\n"
 		"  -w, --write        (disk bench) write instead of read\n"
+		"  --nbd ADDR         (disk serve) HOST:PORT, :PORT (loopback) or a socket path;\n"
+		"                     default :10809\n"
+		"  --readonly         (disk serve) refuse writes\n"
+		"  --name N           (disk serve) export name (default: the file's name)\n"
 		"  -h, --help         this text\n"
 		"  -V, --version      print the version\n"
 		"\n"
@@ -494,6 +499,12 @@ int main(int argc, char **argv)
 			c.repair = true;
 		} else if (strcmp(a, "--keep") == 0) {
 			c.keep = true;
+		} else if (strcmp(a, "--nbd") == 0 && has_val) {
+			c.nbd = argv[++i];
+		} else if (strcmp(a, "--name") == 0 && has_val) {
+			c.name = argv[++i];
+		} else if (strcmp(a, "--readonly") == 0) {
+			c.read_only = true;
 		} else if (strcmp(a, "--bs") == 0 && has_val) {
 			c.bs = argv[++i];
 		} else if (strcmp(a, "--step") == 0 && has_val) {

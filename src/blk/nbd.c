@@ -1,0 +1,637 @@
+/*
+ * nbd.c - NBD server: fixed newstyle handshake, options (EXPORT_NAME, LIST,
+ * ABORT, INFO, GO, STRUCTURED_REPLY, LIST/SET_META_CONTEXT), and the
+ * transmission phase (READ, WRITE, FLUSH, TRIM, WRITE_ZEROES, CACHE,
+ * BLOCK_STATUS for base:allocation, DISC).  All numbers big-endian.
+ * Every length and offset from the wire is checked before use.
+ */
+#include "common.h"
+#include "blk.h"
+#include "vdisk.h"
+
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define NBDMAGIC 0x4e42444d41474943ull
+#define IHAVEOPT 0x49484156454f5054ull
+#define OPT_REPLY_MAGIC 0x3e889045565a9ull
+#define REQUEST_MAGIC 0x25609513u
+#define SIMPLE_REPLY_MAGIC 0x67446698u
+#define STRUCTURED_REPLY_MAGIC 0x668e33efu
+
+enum { FLAG_FIXED_NEWSTYLE = 1, FLAG_NO_ZEROES = 2 };
+enum {
+	OPT_EXPORT_NAME = 1, OPT_ABORT = 2, OPT_LIST = 3, OPT_STARTTLS = 5, OPT_INFO = 6, OPT_GO = 7,
+	OPT_STRUCTURED_REPLY = 8, OPT_LIST_META_CONTEXT = 9, OPT_SET_META_CONTEXT = 10,
+};
+enum { REP_ACK = 1, REP_SERVER = 2, REP_INFO = 3, REP_META_CONTEXT = 4 };
+#define REP_ERR_UNSUP (0x80000000u | 1)
+#define REP_ERR_POLICY (0x80000000u | 2)
+#define REP_ERR_INVALID (0x80000000u | 3)
+#define REP_ERR_UNKNOWN (0x80000000u | 6)
+#define REP_ERR_TOO_BIG (0x80000000u | 9)
+enum { INFO_EXPORT = 0, INFO_NAME = 1, INFO_DESCRIPTION = 2, INFO_BLOCK_SIZE = 3 };
+enum {
+	TFLAG_HAS_FLAGS = 1 << 0, TFLAG_READ_ONLY = 1 << 1, TFLAG_SEND_FLUSH = 1 << 2, TFLAG_SEND_FUA = 1 << 3,
+	TFLAG_SEND_TRIM = 1 << 5, TFLAG_SEND_WRITE_ZEROES = 1 << 6, TFLAG_SEND_DF = 1 << 7, TFLAG_CAN_MULTI_CONN = 1 << 8,
+	TFLAG_SEND_CACHE = 1 << 10, TFLAG_SEND_FAST_ZERO = 1 << 11,
+};
+enum { CMD_READ = 0, CMD_WRITE = 1, CMD_DISC = 2, CMD_FLUSH = 3, CMD_TRIM = 4, CMD_CACHE = 5, CMD_WRITE_ZEROES = 6, CMD_BLOCK_STATUS = 7 };
+enum { CMDF_FUA = 1, CMDF_NO_HOLE = 2, CMDF_DF = 4, CMDF_REQ_ONE = 8, CMDF_FAST_ZERO = 16 };
+enum { REPLY_FLAG_DONE = 1 };
+enum { REPLY_NONE = 0, REPLY_OFFSET_DATA = 1, REPLY_OFFSET_HOLE = 2, REPLY_BLOCK_STATUS = 5, REPLY_ERROR = 32769 };
+enum { NBD_EPERM = 1, NBD_EIO = 5, NBD_ENOMEM = 12, NBD_EINVAL = 22, NBD_ENOSPC = 28, NBD_EOVERFLOW = 75, NBD_ENOTSUP = 95 };
+#define STATE_HOLE 1u
+#define STATE_ZERO 2u
+#define META_ALLOCATION_ID 1u
+#define MAX_OPTION_LEN 65536u
+#define MAX_OPTIONS 64u
+#define MAX_STATUS_EXTENTS 1024u
+
+static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)(v >> 16)); put16(p + 2, (uint16_t)v); }
+static void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)(v >> 32)); put32(p + 4, (uint32_t)v); }
+static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static uint32_t get32(const uint8_t *p) { return (uint32_t)get16(p) << 16 | get16(p + 2); }
+static uint64_t get64(const uint8_t *p) { return (uint64_t)get32(p) << 32 | get32(p + 4); }
+
+struct conn {
+	int fd;
+	const struct blk_export *exp;
+	bool structured, meta_allocation, no_zeroes;
+};
+
+static int recv_all(int fd, void *buf, size_t len)
+{
+	char *p = buf;
+	while (len > 0) {
+		ssize_t n = recv(fd, p, len, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return vela_error_errno(errno, "nbd: receive");
+		if (n == 0)
+			return vela_error(VELA_E_CONNRESET, "nbd: the client closed the connection");
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Read and drop len bytes (an option or payload we refuse). */
+static int skip(int fd, uint64_t len)
+{
+	char buf[4096];
+	while (len > 0) {
+		size_t n = len < sizeof buf ? (size_t)len : sizeof buf;
+		int r = recv_all(fd, buf, n);
+		if (r < 0)
+			return r;
+		len -= n;
+	}
+	return 0;
+}
+
+static int opt_reply(struct conn *c, uint32_t opt, uint32_t type, const void *data, uint32_t len)
+{
+	uint8_t h[20];
+	put64(h, OPT_REPLY_MAGIC);
+	put32(h + 8, opt);
+	put32(h + 12, type);
+	put32(h + 16, len);
+	int r = send_all(c->fd, h, sizeof h);
+	if (r == 0 && len)
+		r = send_all(c->fd, data, len);
+	return r;
+}
+
+static int opt_error(struct conn *c, uint32_t opt, uint32_t type, const char *msg)
+{
+	return opt_reply(c, opt, type, msg, (uint32_t)strlen(msg));
+}
+
+static uint16_t transmission_flags(const struct blk_export *e)
+{
+	uint16_t f = TFLAG_HAS_FLAGS | TFLAG_SEND_FLUSH | TFLAG_SEND_FUA | TFLAG_SEND_DF | TFLAG_CAN_MULTI_CONN |
+		     TFLAG_SEND_CACHE;
+	if (e->read_only)
+		f |= TFLAG_READ_ONLY;
+	else
+		f |= TFLAG_SEND_TRIM | TFLAG_SEND_WRITE_ZEROES;
+	return f;
+}
+
+static bool name_matches(const struct blk_export *e, const char *name)
+{
+	return name[0] == '\0' || (e->name && strcmp(e->name, name) == 0);
+}
+
+/* INFO/GO payload: u32 name length, name, u16 count, u16 requests. */
+static int handle_info(struct conn *c, uint32_t opt, const uint8_t *d, uint32_t len, bool *go)
+{
+	if (len < 6)
+		return opt_error(c, opt, REP_ERR_INVALID, "option payload too short");
+	uint32_t nl = get32(d);
+	if (nl > len - 6)
+		return opt_error(c, opt, REP_ERR_INVALID, "name length beyond the option");
+	uint16_t nreq = get16(d + 4 + nl);
+	if ((uint64_t)nreq * 2 != len - 6 - nl)
+		return opt_error(c, opt, REP_ERR_INVALID, "information request count does not match the length");
+	char *name = xstrndup((const char *)d + 4, nl);
+	bool ok = strlen(name) == nl && name_matches(c->exp, name);
+	free(name);
+	if (!ok)
+		return opt_error(c, opt, REP_ERR_UNKNOWN, "no such export");
+	uint8_t info[12];
+	put16(info, INFO_EXPORT);
+	put64(info + 2, vdisk_size(c->exp->disk));
+	put16(info + 10, transmission_flags(c->exp));
+	int r = opt_reply(c, opt, REP_INFO, info, 12);
+	uint8_t bs[14];
+	put16(bs, INFO_BLOCK_SIZE);
+	put32(bs + 2, 1);
+	put32(bs + 6, 4096);
+	put32(bs + 10, BLK_NBD_MAX_REQUEST);
+	if (r == 0)
+		r = opt_reply(c, opt, REP_INFO, bs, sizeof bs);
+	for (uint16_t i = 0; r == 0 && i < nreq; i++) {
+		uint16_t want = get16(d + 4 + nl + 2 + 2 * i);
+		if (want == INFO_DESCRIPTION && c->exp->description) {
+			size_t dl = strlen(c->exp->description);
+			uint8_t *buf = xcalloc(1, 2 + dl);
+			put16(buf, INFO_DESCRIPTION);
+			memcpy(buf + 2, c->exp->description, dl);
+			r = opt_reply(c, opt, REP_INFO, buf, (uint32_t)(2 + dl));
+			free(buf);
+		}
+	}
+	if (r == 0)
+		r = opt_reply(c, opt, REP_ACK, NULL, 0);
+	if (r == 0 && opt == OPT_GO)
+		*go = true;
+	return r;
+}
+
+/* LIST/SET_META_CONTEXT: u32 name length, name, u32 count, (u32 len, query)*. */
+static int handle_meta(struct conn *c, uint32_t opt, const uint8_t *d, uint32_t len)
+{
+	if (!c->structured)
+		return opt_error(c, opt, REP_ERR_INVALID, "structured replies must be negotiated first");
+	if (len < 8)
+		return opt_error(c, opt, REP_ERR_INVALID, "option payload too short");
+	uint32_t nl = get32(d);
+	if (nl > len - 8)
+		return opt_error(c, opt, REP_ERR_INVALID, "name length beyond the option");
+	char *name = xstrndup((const char *)d + 4, nl);
+	bool ok = strlen(name) == nl && name_matches(c->exp, name);
+	free(name);
+	if (!ok)
+		return opt_error(c, opt, REP_ERR_UNKNOWN, "no such export");
+	uint32_t nq = get32(d + 4 + nl);
+	uint64_t pos = 8 + (uint64_t)nl;
+	bool want_alloc = nq == 0 && opt == OPT_LIST_META_CONTEXT;   /* empty list query = all */
+	for (uint32_t i = 0; i < nq; i++) {
+		if (pos + 4 > len)
+			return opt_error(c, opt, REP_ERR_INVALID, "query beyond the option");
+		uint32_t ql = get32(d + pos);
+		if (ql > len - pos - 4)
+			return opt_error(c, opt, REP_ERR_INVALID, "query length beyond the option");
+		const char *q = (const char *)d + pos + 4;
+		if ((ql == 16 && memcmp(q, "base:allocation", 15) == 0 && q[15] == 0) ||
+		    (ql == 15 && memcmp(q, "base:allocation", 15) == 0) ||
+		    (opt == OPT_LIST_META_CONTEXT && ql == 5 && memcmp(q, "base:", 5) == 0))
+			want_alloc = true;
+		pos += 4 + ql;
+	}
+	if (pos != len)
+		return opt_error(c, opt, REP_ERR_INVALID, "trailing bytes in the option");
+	int r = 0;
+	if (opt == OPT_SET_META_CONTEXT)
+		c->meta_allocation = want_alloc;
+	if (want_alloc) {
+		uint8_t rep[4 + 15];
+		put32(rep, META_ALLOCATION_ID);
+		memcpy(rep + 4, "base:allocation", 15);
+		r = opt_reply(c, opt, REP_META_CONTEXT, rep, sizeof rep);
+	}
+	if (r == 0)
+		r = opt_reply(c, opt, REP_ACK, NULL, 0);
+	return r;
+}
+
+/* Option haggling; returns 1 when transmission starts, 0 on a clean abort. */
+static int negotiate(struct conn *c)
+{
+	uint8_t greet[18];
+	put64(greet, NBDMAGIC);
+	put64(greet + 8, IHAVEOPT);
+	put16(greet + 16, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
+	int r = send_all(c->fd, greet, sizeof greet);
+	uint8_t cf[4];
+	if (r == 0)
+		r = recv_all(c->fd, cf, 4);
+	if (r < 0)
+		return r;
+	uint32_t flags = get32(cf);
+	if (!(flags & FLAG_FIXED_NEWSTYLE) || (flags & ~(uint32_t)(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)))
+		return vela_error(VELA_E_PROTOCOL, "nbd: client flags 0x%x are not fixed newstyle", flags);
+	c->no_zeroes = flags & FLAG_NO_ZEROES;
+	for (unsigned n = 0; n < MAX_OPTIONS; n++) {
+		uint8_t h[16];
+		if ((r = recv_all(c->fd, h, sizeof h)) < 0)
+			return r;
+		if (get64(h) != IHAVEOPT)
+			return vela_error(VELA_E_PROTOCOL, "nbd: bad option magic");
+		uint32_t opt = get32(h + 8), len = get32(h + 12);
+		if (len > MAX_OPTION_LEN) {
+			/* Read it away in pieces rather than trusting an allocation. */
+			if ((r = skip(c->fd, len)) < 0 || (r = opt_error(c, opt, REP_ERR_TOO_BIG, "option too long")) < 0)
+				return r;
+			continue;
+		}
+		uint8_t *d = xcalloc(1, len + 1);
+		if ((r = recv_all(c->fd, d, len)) < 0) {
+			free(d);
+			return r;
+		}
+		bool go = false;
+		switch (opt) {
+		case OPT_EXPORT_NAME: {
+			d[len] = 0;
+			if (strlen((char *)d) != len || !name_matches(c->exp, (char *)d)) {
+				free(d);
+				return vela_error(VELA_E_NOTFOUND, "nbd: the client asked for an unknown export");
+			}
+			uint8_t reply[10 + 124] = { 0 };
+			put64(reply, vdisk_size(c->exp->disk));
+			put16(reply + 8, transmission_flags(c->exp));
+			r = send_all(c->fd, reply, c->no_zeroes ? 10 : sizeof reply);
+			go = true;
+			break;
+		}
+		case OPT_ABORT:
+			opt_reply(c, opt, REP_ACK, NULL, 0);
+			free(d);
+			return 0;
+		case OPT_LIST:
+			if (len) {
+				r = opt_error(c, opt, REP_ERR_INVALID, "LIST takes no data");
+			} else {
+				const char *name = c->exp->name ? c->exp->name : "";
+				size_t nl = strlen(name);
+				uint8_t *rep = xcalloc(1, 4 + nl);
+				put32(rep, (uint32_t)nl);
+				memcpy(rep + 4, name, nl);
+				r = opt_reply(c, opt, REP_SERVER, rep, (uint32_t)(4 + nl));
+				free(rep);
+				if (r == 0)
+					r = opt_reply(c, opt, REP_ACK, NULL, 0);
+			}
+			break;
+		case OPT_STRUCTURED_REPLY:
+			if (len)
+				r = opt_error(c, opt, REP_ERR_INVALID, "STRUCTURED_REPLY takes no data");
+			else {
+				c->structured = true;
+				r = opt_reply(c, opt, REP_ACK, NULL, 0);
+			}
+			break;
+		case OPT_INFO:
+		case OPT_GO:
+			r = handle_info(c, opt, d, len, &go);
+			break;
+		case OPT_LIST_META_CONTEXT:
+		case OPT_SET_META_CONTEXT:
+			r = handle_meta(c, opt, d, len);
+			break;
+		case OPT_STARTTLS:
+			r = opt_error(c, opt, REP_ERR_POLICY, "TLS is not offered on this export");
+			break;
+		default:
+			r = opt_error(c, opt, REP_ERR_UNSUP, "option not supported");
+			break;
+		}
+		free(d);
+		if (r < 0)
+			return r;
+		if (go)
+			return 1;
+	}
+	return vela_error(VELA_E_PROTOCOL, "nbd: more than %u options", MAX_OPTIONS);
+}
+
+static int simple_reply(struct conn *c, uint64_t handle, uint32_t err, const void *data, size_t len)
+{
+	uint8_t h[16];
+	put32(h, SIMPLE_REPLY_MAGIC);
+	put32(h + 4, err);
+	put64(h + 8, handle);
+	int r = send_all(c->fd, h, sizeof h);
+	if (r == 0 && len)
+		r = send_all(c->fd, data, len);
+	return r;
+}
+
+static int chunk_header(struct conn *c, uint16_t flags, uint16_t type, uint64_t handle, uint32_t len)
+{
+	uint8_t h[20];
+	put32(h, STRUCTURED_REPLY_MAGIC);
+	put16(h + 4, flags);
+	put16(h + 6, type);
+	put64(h + 8, handle);
+	put32(h + 16, len);
+	return send_all(c->fd, h, sizeof h);
+}
+
+static int error_reply(struct conn *c, uint64_t handle, uint32_t err)
+{
+	if (!c->structured)
+		return simple_reply(c, handle, err, NULL, 0);
+	uint8_t p[6];
+	put32(p, err);
+	put16(p + 4, 0);
+	int r = chunk_header(c, REPLY_FLAG_DONE, REPLY_ERROR, handle, sizeof p);
+	return r == 0 ? send_all(c->fd, p, sizeof p) : r;
+}
+
+static int done_reply(struct conn *c, uint64_t handle)
+{
+	return c->structured ? chunk_header(c, REPLY_FLAG_DONE, REPLY_NONE, handle, 0) : simple_reply(c, handle, 0, NULL, 0);
+}
+
+static uint32_t nbd_errno(int r)
+{
+	switch (-r) {
+	case VELA_E_READONLY: case VELA_E_PERM: return NBD_EPERM;
+	case VELA_E_NOMEM: return NBD_ENOMEM;
+	case VELA_E_RANGE: case VELA_E_INVAL: return NBD_EINVAL;
+	case VELA_E_DISKFULL: return NBD_ENOSPC;
+	case VELA_E_NOTSUP: return NBD_ENOTSUP;
+	default: return NBD_EIO;
+	}
+}
+
+/* A read: structured replies send holes as holes. */
+static int do_read(struct conn *c, uint64_t handle, uint64_t off, uint32_t len, uint16_t flags)
+{
+	struct vdisk *d = c->exp->disk;
+	char *buf = xcalloc(1, len ? len : 1);
+	int r = 0;
+	if (!c->structured || (flags & CMDF_DF)) {
+		r = vdisk_pread(d, buf, len, off);
+		if (r < 0) {
+			free(buf);
+			return error_reply(c, handle, nbd_errno(r));
+		}
+		if (!c->structured) {
+			r = simple_reply(c, handle, 0, buf, len);
+		} else {
+			r = chunk_header(c, REPLY_FLAG_DONE, REPLY_OFFSET_DATA, handle, 8 + len);
+			uint8_t o[8];
+			put64(o, off);
+			if (r == 0)
+				r = send_all(c->fd, o, 8);
+			if (r == 0)
+				r = send_all(c->fd, buf, len);
+		}
+		free(buf);
+		return r;
+	}
+	/* Chunks per allocation run; all chunks first, then NONE with DONE. */
+	uint64_t pos = off, end = off + len;
+	while (pos < end && r == 0) {
+		struct vdisk_extent_status es;
+		int rr = vdisk_block_status(d, pos, end - pos, &es);
+		if (rr < 0) {
+			free(buf);
+			return error_reply(c, handle, nbd_errno(rr));
+		}
+		uint32_t n = (uint32_t)es.len;
+		uint8_t o[12];
+		put64(o, pos);
+		if (es.status == VDISK_ZERO) {
+			put32(o + 8, n);
+			r = chunk_header(c, 0, REPLY_OFFSET_HOLE, handle, 12);
+			if (r == 0)
+				r = send_all(c->fd, o, 12);
+		} else {
+			rr = vdisk_pread(d, buf, n, pos);
+			if (rr < 0) {
+				free(buf);
+				return error_reply(c, handle, nbd_errno(rr));
+			}
+			r = chunk_header(c, 0, REPLY_OFFSET_DATA, handle, 8 + n);
+			if (r == 0)
+				r = send_all(c->fd, o, 8);
+			if (r == 0)
+				r = send_all(c->fd, buf, n);
+		}
+		pos += n;
+	}
+	free(buf);
+	return r == 0 ? done_reply(c, handle) : r;
+}
+
+static int do_block_status(struct conn *c, uint64_t handle, uint64_t off, uint32_t len, uint16_t flags)
+{
+	if (!c->structured || !c->meta_allocation)
+		return error_reply(c, handle, NBD_EINVAL);
+	uint8_t *p = xcalloc(1, 4 + 8 * MAX_STATUS_EXTENTS);
+	uint32_t n = 0;
+	uint64_t pos = off, end = off + len;
+	put32(p, META_ALLOCATION_ID);
+	while (pos < end && n < MAX_STATUS_EXTENTS) {
+		struct vdisk_extent_status es;
+		int r = vdisk_block_status(c->exp->disk, pos, end - pos, &es);
+		if (r < 0) {
+			free(p);
+			return error_reply(c, handle, nbd_errno(r));
+		}
+		uint32_t state = es.status == VDISK_ZERO ? (STATE_HOLE | STATE_ZERO) : 0;
+		if (n > 0 && get32(p + 4 + 8 * (n - 1) + 4) == state &&
+		    (uint64_t)get32(p + 4 + 8 * (n - 1)) + es.len <= UINT32_MAX) {
+			put32(p + 4 + 8 * (n - 1), get32(p + 4 + 8 * (n - 1)) + (uint32_t)es.len);
+		} else {
+			put32(p + 4 + 8 * n, (uint32_t)es.len);
+			put32(p + 4 + 8 * n + 4, state);
+			n++;
+		}
+		pos += es.len;
+		if (flags & CMDF_REQ_ONE)
+			break;
+	}
+	int r = chunk_header(c, REPLY_FLAG_DONE, REPLY_BLOCK_STATUS, handle, 4 + 8 * n);
+	if (r == 0)
+		r = send_all(c->fd, p, 4 + 8 * n);
+	free(p);
+	return r;
+}
+
+static int transmission(struct conn *c)
+{
+	struct vdisk *d = c->exp->disk;
+	for (;;) {
+		uint8_t h[28];
+		int r = recv_all(c->fd, h, sizeof h);
+		if (r < 0)
+			return r == -VELA_E_CONNRESET ? 0 : r;   /* a client that just goes is fine */
+		if (get32(h) != REQUEST_MAGIC)
+			return vela_error(VELA_E_PROTOCOL, "nbd: bad request magic");
+		uint16_t flags = get16(h + 4), type = get16(h + 6);
+		uint64_t handle = get64(h + 8), off = get64(h + 16);
+		uint32_t len = get32(h + 24);
+		uint64_t size = vdisk_size(d);
+		bool range_ok = off <= size && len <= size - off;
+		switch (type) {
+		case CMD_READ:
+			if (!range_ok || len > BLK_NBD_MAX_REQUEST)
+				r = error_reply(c, handle, range_ok ? NBD_EOVERFLOW : NBD_EINVAL);
+			else
+				r = do_read(c, handle, off, len, flags);
+			break;
+		case CMD_WRITE: {
+			if (len > BLK_NBD_MAX_REQUEST)
+				return vela_error(VELA_E_PROTOCOL, "nbd: write of %u bytes is over the limit", len);
+			char *buf = xcalloc(1, len ? len : 1);
+			if ((r = recv_all(c->fd, buf, len)) < 0) {
+				free(buf);
+				return r;
+			}
+			int wr = c->exp->read_only ? -VELA_E_READONLY : !range_ok ? -VELA_E_RANGE : vdisk_pwrite(d, buf, len, off);
+			if (wr == 0 && (flags & CMDF_FUA))
+				wr = vdisk_flush(d);
+			free(buf);
+			r = wr < 0 ? error_reply(c, handle, nbd_errno(wr)) : done_reply(c, handle);
+			break;
+		}
+		case CMD_DISC:
+			return 0;
+		case CMD_FLUSH: {
+			int fr = c->exp->read_only ? 0 : vdisk_flush(d);
+			r = fr < 0 ? error_reply(c, handle, nbd_errno(fr)) : done_reply(c, handle);
+			break;
+		}
+		case CMD_TRIM:
+		case CMD_WRITE_ZEROES: {
+			int zr = c->exp->read_only ? -VELA_E_READONLY : !range_ok ? -VELA_E_RANGE : vdisk_write_zeroes(d, off, len);
+			if (zr == 0 && (flags & CMDF_FUA))
+				zr = vdisk_flush(d);
+			r = zr < 0 ? error_reply(c, handle, nbd_errno(zr)) : done_reply(c, handle);
+			break;
+		}
+		case CMD_CACHE:
+			r = range_ok ? done_reply(c, handle) : error_reply(c, handle, NBD_EINVAL);
+			break;
+		case CMD_BLOCK_STATUS:
+			r = range_ok && len ? do_block_status(c, handle, off, len, flags) : error_reply(c, handle, NBD_EINVAL);
+			break;
+		default:
+			r = error_reply(c, handle, NBD_EINVAL);
+			break;
+		}
+		if (r < 0)
+			return r;
+	}
+}
+
+int blk_nbd_serve_fd(int fd, const struct blk_export *exp)
+{
+	struct conn c = { .fd = fd, .exp = exp };
+	int r = negotiate(&c);
+	if (r <= 0)
+		return r;
+	return transmission(&c);
+}
+
+/* ------------------------------------------------------------ listening */
+
+struct client {
+	int fd;
+	const struct blk_export *exp;
+};
+
+static void *client_thread(void *arg)
+{
+	struct client *cl = arg;
+	int r = blk_nbd_serve_fd(cl->fd, cl->exp);
+	if (r < 0)
+		log_info("nbd: connection ended: %s", vela_errmsg());
+	close(cl->fd);
+	free(cl);
+	return NULL;
+}
+
+static int listen_tcp(const char *addr)
+{
+	CLEANUP_FREE char *host = NULL;
+	const char *colon = strrchr(addr, ':');
+	if (!colon)
+		return vela_error(VELA_E_INVAL, "nbd: address \"%s\" is not HOST:PORT or a socket path", addr);
+	host = colon == addr ? xstrdup("127.0.0.1") : xstrndup(addr, (size_t)(colon - addr));
+	if (host[0] == '[') {
+		size_t n = strlen(host);
+		if (n >= 2 && host[n - 1] == ']') {
+			memmove(host, host + 1, n - 2);
+			host[n - 2] = '\0';
+		}
+	}
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE };
+	struct addrinfo *res = NULL;
+	int gr = getaddrinfo(host, colon + 1, &hints, &res);
+	if (gr != 0)
+		return vela_error(VELA_E_INVAL, "nbd: address %s: %s", addr, gai_strerror(gr));
+	int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int one = 1;
+	int r = 0;
+	if (fd < 0)
+		r = vela_error_errno(errno, "nbd: socket");
+	else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+		 bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 64) < 0)
+		r = vela_error_errno(errno, "nbd: listen on %s", addr);
+	freeaddrinfo(res);
+	if (r < 0) {
+		if (fd >= 0)
+			close(fd);
+		return r;
+	}
+	return fd;
+}
+
+int blk_nbd_listen(const char *addr, const struct blk_export *exp, volatile bool *stop,
+		   void (*ready)(const char *where, void *opaque), void *opaque)
+{
+	int lfd = strchr(addr, '/') ? unix_listen(addr, 64) : listen_tcp(addr);
+	if (lfd < 0)
+		return lfd;
+	if (ready)
+		ready(addr, opaque);
+	while (!*stop) {
+		struct pollfd p = { .fd = lfd, .events = POLLIN };
+		if (poll(&p, 1, 200) <= 0)
+			continue;
+		int cfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+		if (cfd < 0)
+			continue;
+		int one = 1;
+		setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+		struct client *cl = xcalloc(1, sizeof *cl);
+		cl->fd = cfd;
+		cl->exp = exp;
+		pthread_t t;
+		if (pthread_create(&t, NULL, client_thread, cl) != 0) {
+			close(cfd);
+			free(cl);
+			continue;
+		}
+		pthread_detach(t);
+	}
+	close(lfd);
+	if (strchr(addr, '/'))
+		unlink(addr);
+	return 0;
+}
