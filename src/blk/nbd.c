@@ -53,13 +53,6 @@ enum { NBD_EPERM = 1, NBD_EIO = 5, NBD_ENOMEM = 12, NBD_EINVAL = 22, NBD_ENOSPC 
 #define MAX_OPTIONS 64u
 #define MAX_STATUS_EXTENTS 1024u
 
-static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
-static void put32(uint8_t *p, uint32_t v) { put16(p, (uint16_t)(v >> 16)); put16(p + 2, (uint16_t)v); }
-static void put64(uint8_t *p, uint64_t v) { put32(p, (uint32_t)(v >> 32)); put32(p + 4, (uint32_t)v); }
-static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static uint32_t get32(const uint8_t *p) { return (uint32_t)get16(p) << 16 | get16(p + 2); }
-static uint64_t get64(const uint8_t *p) { return (uint64_t)get32(p) << 32 | get32(p + 4); }
-
 struct conn {
 	int fd;
 	const struct blk_export *exp;
@@ -100,10 +93,10 @@ static int skip(int fd, uint64_t len)
 static int opt_reply(struct conn *c, uint32_t opt, uint32_t type, const void *data, uint32_t len)
 {
 	uint8_t h[20];
-	put64(h, OPT_REPLY_MAGIC);
-	put32(h + 8, opt);
-	put32(h + 12, type);
-	put32(h + 16, len);
+	be64_put(h, OPT_REPLY_MAGIC);
+	be32_put(h + 8, opt);
+	be32_put(h + 12, type);
+	be32_put(h + 16, len);
 	int r = send_all(c->fd, h, sizeof h);
 	if (r == 0 && len)
 		r = send_all(c->fd, data, len);
@@ -136,10 +129,10 @@ static int handle_info(struct conn *c, uint32_t opt, const uint8_t *d, uint32_t 
 {
 	if (len < 6)
 		return opt_error(c, opt, REP_ERR_INVALID, "option payload too short");
-	uint32_t nl = get32(d);
+	uint32_t nl = be32_get(d);
 	if (nl > len - 6)
 		return opt_error(c, opt, REP_ERR_INVALID, "name length beyond the option");
-	uint16_t nreq = get16(d + 4 + nl);
+	uint16_t nreq = be16_get(d + 4 + nl);
 	if ((uint64_t)nreq * 2 != len - 6 - nl)
 		return opt_error(c, opt, REP_ERR_INVALID, "information request count does not match the length");
 	char *name = xstrndup((const char *)d + 4, nl);
@@ -148,23 +141,23 @@ static int handle_info(struct conn *c, uint32_t opt, const uint8_t *d, uint32_t 
 	if (!ok)
 		return opt_error(c, opt, REP_ERR_UNKNOWN, "no such export");
 	uint8_t info[12];
-	put16(info, INFO_EXPORT);
-	put64(info + 2, vdisk_size(c->exp->disk));
-	put16(info + 10, transmission_flags(c->exp));
+	be16_put(info, INFO_EXPORT);
+	be64_put(info + 2, vdisk_size(c->exp->disk));
+	be16_put(info + 10, transmission_flags(c->exp));
 	int r = opt_reply(c, opt, REP_INFO, info, 12);
 	uint8_t bs[14];
-	put16(bs, INFO_BLOCK_SIZE);
-	put32(bs + 2, 1);
-	put32(bs + 6, 4096);
-	put32(bs + 10, BLK_NBD_MAX_REQUEST);
+	be16_put(bs, INFO_BLOCK_SIZE);
+	be32_put(bs + 2, 1);
+	be32_put(bs + 6, 4096);
+	be32_put(bs + 10, BLK_NBD_MAX_REQUEST);
 	if (r == 0)
 		r = opt_reply(c, opt, REP_INFO, bs, sizeof bs);
 	for (uint16_t i = 0; r == 0 && i < nreq; i++) {
-		uint16_t want = get16(d + 4 + nl + 2 + 2 * i);
+		uint16_t want = be16_get(d + 4 + nl + 2 + 2 * i);
 		if (want == INFO_DESCRIPTION && c->exp->description) {
 			size_t dl = strlen(c->exp->description);
 			uint8_t *buf = xcalloc(1, 2 + dl);
-			put16(buf, INFO_DESCRIPTION);
+			be16_put(buf, INFO_DESCRIPTION);
 			memcpy(buf + 2, c->exp->description, dl);
 			r = opt_reply(c, opt, REP_INFO, buf, (uint32_t)(2 + dl));
 			free(buf);
@@ -184,7 +177,7 @@ static int handle_meta(struct conn *c, uint32_t opt, const uint8_t *d, uint32_t 
 		return opt_error(c, opt, REP_ERR_INVALID, "structured replies must be negotiated first");
 	if (len < 8)
 		return opt_error(c, opt, REP_ERR_INVALID, "option payload too short");
-	uint32_t nl = get32(d);
+	uint32_t nl = be32_get(d);
 	if (nl > len - 8)
 		return opt_error(c, opt, REP_ERR_INVALID, "name length beyond the option");
 	char *name = xstrndup((const char *)d + 4, nl);
@@ -192,13 +185,13 @@ static int handle_meta(struct conn *c, uint32_t opt, const uint8_t *d, uint32_t 
 	free(name);
 	if (!ok)
 		return opt_error(c, opt, REP_ERR_UNKNOWN, "no such export");
-	uint32_t nq = get32(d + 4 + nl);
+	uint32_t nq = be32_get(d + 4 + nl);
 	uint64_t pos = 8 + (uint64_t)nl;
 	bool want_alloc = nq == 0 && opt == OPT_LIST_META_CONTEXT;   /* empty list query = all */
 	for (uint32_t i = 0; i < nq; i++) {
 		if (pos + 4 > len)
 			return opt_error(c, opt, REP_ERR_INVALID, "query beyond the option");
-		uint32_t ql = get32(d + pos);
+		uint32_t ql = be32_get(d + pos);
 		if (ql > len - pos - 4)
 			return opt_error(c, opt, REP_ERR_INVALID, "query length beyond the option");
 		const char *q = (const char *)d + pos + 4;
@@ -215,7 +208,7 @@ static int handle_meta(struct conn *c, uint32_t opt, const uint8_t *d, uint32_t 
 		c->meta_allocation = want_alloc;
 	if (want_alloc) {
 		uint8_t rep[4 + 15];
-		put32(rep, META_ALLOCATION_ID);
+		be32_put(rep, META_ALLOCATION_ID);
 		memcpy(rep + 4, "base:allocation", 15);
 		r = opt_reply(c, opt, REP_META_CONTEXT, rep, sizeof rep);
 	}
@@ -228,16 +221,16 @@ static int handle_meta(struct conn *c, uint32_t opt, const uint8_t *d, uint32_t 
 static int negotiate(struct conn *c)
 {
 	uint8_t greet[18];
-	put64(greet, NBDMAGIC);
-	put64(greet + 8, IHAVEOPT);
-	put16(greet + 16, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
+	be64_put(greet, NBDMAGIC);
+	be64_put(greet + 8, IHAVEOPT);
+	be16_put(greet + 16, FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
 	int r = send_all(c->fd, greet, sizeof greet);
 	uint8_t cf[4];
 	if (r == 0)
 		r = recv_all(c->fd, cf, 4);
 	if (r < 0)
 		return r;
-	uint32_t flags = get32(cf);
+	uint32_t flags = be32_get(cf);
 	if (!(flags & FLAG_FIXED_NEWSTYLE) || (flags & ~(uint32_t)(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES)))
 		return vela_error(VELA_E_PROTOCOL, "nbd: client flags 0x%x are not fixed newstyle", flags);
 	c->no_zeroes = flags & FLAG_NO_ZEROES;
@@ -245,9 +238,9 @@ static int negotiate(struct conn *c)
 		uint8_t h[16];
 		if ((r = recv_all(c->fd, h, sizeof h)) < 0)
 			return r;
-		if (get64(h) != IHAVEOPT)
+		if (be64_get(h) != IHAVEOPT)
 			return vela_error(VELA_E_PROTOCOL, "nbd: bad option magic");
-		uint32_t opt = get32(h + 8), len = get32(h + 12);
+		uint32_t opt = be32_get(h + 8), len = be32_get(h + 12);
 		if (len > MAX_OPTION_LEN) {
 			/* Read it away in pieces rather than trusting an allocation. */
 			if ((r = skip(c->fd, len)) < 0 || (r = opt_error(c, opt, REP_ERR_TOO_BIG, "option too long")) < 0)
@@ -268,8 +261,8 @@ static int negotiate(struct conn *c)
 				return vela_error(VELA_E_NOTFOUND, "nbd: the client asked for an unknown export");
 			}
 			uint8_t reply[10 + 124] = { 0 };
-			put64(reply, vdisk_size(c->exp->disk));
-			put16(reply + 8, transmission_flags(c->exp));
+			be64_put(reply, vdisk_size(c->exp->disk));
+			be16_put(reply + 8, transmission_flags(c->exp));
 			r = send_all(c->fd, reply, c->no_zeroes ? 10 : sizeof reply);
 			go = true;
 			break;
@@ -285,7 +278,7 @@ static int negotiate(struct conn *c)
 				const char *name = c->exp->name ? c->exp->name : "";
 				size_t nl = strlen(name);
 				uint8_t *rep = xcalloc(1, 4 + nl);
-				put32(rep, (uint32_t)nl);
+				be32_put(rep, (uint32_t)nl);
 				memcpy(rep + 4, name, nl);
 				r = opt_reply(c, opt, REP_SERVER, rep, (uint32_t)(4 + nl));
 				free(rep);
@@ -328,9 +321,9 @@ static int negotiate(struct conn *c)
 static int simple_reply(struct conn *c, uint64_t handle, uint32_t err, const void *data, size_t len)
 {
 	uint8_t h[16];
-	put32(h, SIMPLE_REPLY_MAGIC);
-	put32(h + 4, err);
-	put64(h + 8, handle);
+	be32_put(h, SIMPLE_REPLY_MAGIC);
+	be32_put(h + 4, err);
+	be64_put(h + 8, handle);
 	int r = send_all(c->fd, h, sizeof h);
 	if (r == 0 && len)
 		r = send_all(c->fd, data, len);
@@ -340,11 +333,11 @@ static int simple_reply(struct conn *c, uint64_t handle, uint32_t err, const voi
 static int chunk_header(struct conn *c, uint16_t flags, uint16_t type, uint64_t handle, uint32_t len)
 {
 	uint8_t h[20];
-	put32(h, STRUCTURED_REPLY_MAGIC);
-	put16(h + 4, flags);
-	put16(h + 6, type);
-	put64(h + 8, handle);
-	put32(h + 16, len);
+	be32_put(h, STRUCTURED_REPLY_MAGIC);
+	be16_put(h + 4, flags);
+	be16_put(h + 6, type);
+	be64_put(h + 8, handle);
+	be32_put(h + 16, len);
 	return send_all(c->fd, h, sizeof h);
 }
 
@@ -353,8 +346,8 @@ static int error_reply(struct conn *c, uint64_t handle, uint32_t err)
 	if (!c->structured)
 		return simple_reply(c, handle, err, NULL, 0);
 	uint8_t p[6];
-	put32(p, err);
-	put16(p + 4, 0);
+	be32_put(p, err);
+	be16_put(p + 4, 0);
 	int r = chunk_header(c, REPLY_FLAG_DONE, REPLY_ERROR, handle, sizeof p);
 	return r == 0 ? send_all(c->fd, p, sizeof p) : r;
 }
@@ -393,7 +386,7 @@ static int do_read(struct conn *c, uint64_t handle, uint64_t off, uint32_t len, 
 		} else {
 			r = chunk_header(c, REPLY_FLAG_DONE, REPLY_OFFSET_DATA, handle, 8 + len);
 			uint8_t o[8];
-			put64(o, off);
+			be64_put(o, off);
 			if (r == 0)
 				r = send_all(c->fd, o, 8);
 			if (r == 0)
@@ -413,9 +406,9 @@ static int do_read(struct conn *c, uint64_t handle, uint64_t off, uint32_t len, 
 		}
 		uint32_t n = (uint32_t)es.len;
 		uint8_t o[12];
-		put64(o, pos);
+		be64_put(o, pos);
 		if (es.status == VDISK_ZERO) {
-			put32(o + 8, n);
+			be32_put(o + 8, n);
 			r = chunk_header(c, 0, REPLY_OFFSET_HOLE, handle, 12);
 			if (r == 0)
 				r = send_all(c->fd, o, 12);
@@ -444,7 +437,7 @@ static int do_block_status(struct conn *c, uint64_t handle, uint64_t off, uint32
 	uint8_t *p = xcalloc(1, 4 + 8 * MAX_STATUS_EXTENTS);
 	uint32_t n = 0;
 	uint64_t pos = off, end = off + len;
-	put32(p, META_ALLOCATION_ID);
+	be32_put(p, META_ALLOCATION_ID);
 	while (pos < end && n < MAX_STATUS_EXTENTS) {
 		struct vdisk_extent_status es;
 		int r = vdisk_block_status(c->exp->disk, pos, end - pos, &es);
@@ -453,12 +446,12 @@ static int do_block_status(struct conn *c, uint64_t handle, uint64_t off, uint32
 			return error_reply(c, handle, nbd_errno(r));
 		}
 		uint32_t state = es.status == VDISK_ZERO ? (STATE_HOLE | STATE_ZERO) : 0;
-		if (n > 0 && get32(p + 4 + 8 * (n - 1) + 4) == state &&
-		    (uint64_t)get32(p + 4 + 8 * (n - 1)) + es.len <= UINT32_MAX) {
-			put32(p + 4 + 8 * (n - 1), get32(p + 4 + 8 * (n - 1)) + (uint32_t)es.len);
+		if (n > 0 && be32_get(p + 4 + 8 * (n - 1) + 4) == state &&
+		    (uint64_t)be32_get(p + 4 + 8 * (n - 1)) + es.len <= UINT32_MAX) {
+			be32_put(p + 4 + 8 * (n - 1), be32_get(p + 4 + 8 * (n - 1)) + (uint32_t)es.len);
 		} else {
-			put32(p + 4 + 8 * n, (uint32_t)es.len);
-			put32(p + 4 + 8 * n + 4, state);
+			be32_put(p + 4 + 8 * n, (uint32_t)es.len);
+			be32_put(p + 4 + 8 * n + 4, state);
 			n++;
 		}
 		pos += es.len;
@@ -480,11 +473,11 @@ static int transmission(struct conn *c)
 		int r = recv_all(c->fd, h, sizeof h);
 		if (r < 0)
 			return r == -VELA_E_CONNRESET ? 0 : r;   /* a client that just goes is fine */
-		if (get32(h) != REQUEST_MAGIC)
+		if (be32_get(h) != REQUEST_MAGIC)
 			return vela_error(VELA_E_PROTOCOL, "nbd: bad request magic");
-		uint16_t flags = get16(h + 4), type = get16(h + 6);
-		uint64_t handle = get64(h + 8), off = get64(h + 16);
-		uint32_t len = get32(h + 24);
+		uint16_t flags = be16_get(h + 4), type = be16_get(h + 6);
+		uint64_t handle = be64_get(h + 8), off = be64_get(h + 16);
+		uint32_t len = be32_get(h + 24);
 		uint64_t size = vdisk_size(d);
 		bool range_ok = off <= size && len <= size - off;
 		switch (type) {

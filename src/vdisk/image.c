@@ -90,6 +90,16 @@ int vdisk_pwrite_full(int fd, const void *buf, size_t len, uint64_t off, const c
 	return 0;
 }
 
+int vdisk_finish_create(int fd, const char *path, int r)
+{
+	if (r == 0 && fsync(fd) < 0)
+		r = vela_error_errno(errno, "create %s: sync", path);
+	close(fd);
+	if (r < 0)
+		unlink(path);
+	return r;
+}
+
 void vdisk_punch_hole(int fd, uint64_t off, uint64_t len)
 {
 	/* Not every file system can; the data is dropped from the tables anyway. */

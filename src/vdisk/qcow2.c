@@ -33,17 +33,6 @@
 #define MAX_REFTABLE_ENTRIES (8u << 20)
 #define MAX_DIRTY_L2 512
 
-static inline uint32_t be32g(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static inline uint64_t be64g(const uint8_t *p) { return (uint64_t)be32g(p) << 32 | be32g(p + 4); }
-static inline void be32s(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
-}
-static inline void be64s(uint8_t *p, uint64_t v) { be32s(p, (uint32_t)(v >> 32)); be32s(p + 4, (uint32_t)v); }
-
 struct l2 {
 	uint64_t *e;           /* entries, host order */
 	bool dirty;
@@ -77,7 +66,7 @@ struct qcow2 {
 static int qcow2_probe(const uint8_t *head, size_t len, uint64_t file_size)
 {
 	(void)file_size;
-	return len >= 4 && be32g(head) == QCOW_MAGIC ? 100 : 0;
+	return len >= 4 && be32_get(head) == QCOW_MAGIC ? 100 : 0;
 }
 
 static void qcow2_free(struct qcow2 *q)
@@ -128,25 +117,25 @@ static int qcow2_open(struct vdisk_image *img)
 	int r = vdisk_pread_full(q->fd, h, sizeof h, 0, img->path);
 	if (r < 0)
 		return r;
-	q->version = be32g(h + 4);
+	q->version = be32_get(h + 4);
 	if (q->version != 2 && q->version != 3)
 		return vela_error(VELA_E_VERSION, "%s: qcow2 version %u is not supported", img->path, q->version);
-	uint64_t bf_off = be64g(h + 8);
-	uint32_t bf_len = be32g(h + 16);
-	q->cluster_bits = be32g(h + 20);
-	q->size = be64g(h + 24);
-	uint32_t crypt = be32g(h + 32);
-	q->l1_size = be32g(h + 36);
-	q->l1_offset = be64g(h + 40);
-	q->rt_offset = be64g(h + 48);
-	q->rt_clusters = be32g(h + 56);
-	q->nb_snapshots = be32g(h + 60);
+	uint64_t bf_off = be64_get(h + 8);
+	uint32_t bf_len = be32_get(h + 16);
+	q->cluster_bits = be32_get(h + 20);
+	q->size = be64_get(h + 24);
+	uint32_t crypt = be32_get(h + 32);
+	q->l1_size = be32_get(h + 36);
+	q->l1_offset = be64_get(h + 40);
+	q->rt_offset = be64_get(h + 48);
+	q->rt_clusters = be32_get(h + 56);
+	q->nb_snapshots = be32_get(h + 60);
 	q->refcount_order = 4;
 	q->header_len = 72;
 	if (q->version == 3) {
-		q->incompat = be64g(h + 72);
-		q->refcount_order = be32g(h + 96);
-		q->header_len = be32g(h + 100);
+		q->incompat = be64_get(h + 72);
+		q->refcount_order = be32_get(h + 96);
+		q->header_len = be32_get(h + 100);
 		if (q->header_len < 104 || q->header_len > 4096)
 			return vela_error(VELA_E_CORRUPT, "%s: header length %u is out of range", img->path, q->header_len);
 	}
@@ -184,7 +173,7 @@ static int qcow2_open(struct vdisk_image *img)
 
 	/* Header extensions: the backing file's format. */
 	for (uint64_t off = q->header_len; off + 8 <= sizeof h; ) {
-		uint32_t type = be32g(h + off), len = be32g(h + off + 4);
+		uint32_t type = be32_get(h + off), len = be32_get(h + off + 4);
 		if (type == EXT_END)
 			break;
 		if (len > sizeof h - off - 8)
@@ -206,7 +195,7 @@ static int qcow2_open(struct vdisk_image *img)
 	r = vdisk_pread_full(q->fd, raw, (size_t)q->l1_size * 8, q->l1_offset, img->path);
 	q->l1 = xcalloc(q->l1_size ? q->l1_size : 1, 8);
 	for (uint32_t i = 0; r == 0 && i < q->l1_size; i++) {
-		q->l1[i] = be64g(raw + 8 * (size_t)i);
+		q->l1[i] = be64_get(raw + 8 * (size_t)i);
 		uint64_t l2off = q->l1[i] & L1E_OFFSET_MASK;
 		if (l2off && ((l2off & (q->cluster - 1)) || !in_file(q, l2off, q->cluster)))
 			r = vela_error(VELA_E_CORRUPT, "%s: L2 table %u at %llu lies outside the file", img->path, i,
@@ -221,7 +210,7 @@ static int qcow2_open(struct vdisk_image *img)
 	r = vdisk_pread_full(q->fd, raw, (size_t)q->rt_entries * 8, q->rt_offset, img->path);
 	q->rt = xcalloc(q->rt_entries, 8);
 	for (uint32_t i = 0; r == 0 && i < q->rt_entries; i++) {
-		q->rt[i] = be64g(raw + 8 * (size_t)i) & ~(q->cluster - 1);
+		q->rt[i] = be64_get(raw + 8 * (size_t)i) & ~(q->cluster - 1);
 		if (q->rt[i] && !in_file(q, q->rt[i], q->cluster))
 			r = vela_error(VELA_E_CORRUPT, "%s: refcount block %u lies outside the file", img->path, i);
 	}
@@ -257,7 +246,7 @@ static int load_l2(struct vdisk_image *img, struct qcow2 *q, uint32_t i, struct 
 				return r;
 			}
 			for (uint32_t k = 0; k < q->l2_entries; k++)
-				t->e[k] = be64g(raw + 8 * (size_t)k);
+				t->e[k] = be64_get(raw + 8 * (size_t)k);
 			free(raw);
 		}
 		q->l2[i] = t;
@@ -618,7 +607,7 @@ static int write_be64_table(int fd, const uint64_t *t, size_t n, uint64_t off, c
 {
 	uint8_t *raw = xcalloc(n ? n : 1, 8);
 	for (size_t k = 0; k < n; k++)
-		be64s(raw + 8 * k, t[k]);
+		be64_put(raw + 8 * k, t[k]);
 	int r = vdisk_pwrite_full(fd, raw, n * 8, off, path);
 	free(raw);
 	return r;
@@ -700,33 +689,33 @@ static int qcow2_create(const char *path, const struct vdisk_create_opts *o, str
 		return vela_error(VELA_E_LIMIT, "create %s: too large for one refcount block of metadata", path);
 
 	uint8_t *h = xcalloc(1, cluster);
-	be32s(h, QCOW_MAGIC);
-	be32s(h + 4, 3);
-	be32s(h + 20, 16);
-	be64s(h + 24, size);
-	be32s(h + 36, (uint32_t)l1_entries);
-	be64s(h + 40, l1_off);
-	be64s(h + 48, rt_off);
-	be32s(h + 56, (uint32_t)rt_clusters);
-	be32s(h + 96, 4);
-	be32s(h + 100, 104);
+	be32_put(h, QCOW_MAGIC);
+	be32_put(h + 4, 3);
+	be32_put(h + 20, 16);
+	be64_put(h + 24, size);
+	be32_put(h + 36, (uint32_t)l1_entries);
+	be64_put(h + 40, l1_off);
+	be64_put(h + 48, rt_off);
+	be32_put(h + 56, (uint32_t)rt_clusters);
+	be32_put(h + 96, 4);
+	be32_put(h + 100, 104);
 	uint64_t ext = 104;
 	if (parent) {
 		const char *fmt = parent->fmt->name;
-		be32s(h + ext, EXT_BACKING_FORMAT);
-		be32s(h + ext + 4, (uint32_t)strlen(fmt));
+		be32_put(h + ext, EXT_BACKING_FORMAT);
+		be32_put(h + ext + 4, (uint32_t)strlen(fmt));
 		memcpy(h + ext + 8, fmt, strlen(fmt));
 		ext += 8 + ((strlen(fmt) + 7) & ~7u);
 	}
-	be32s(h + ext, EXT_END);
+	be32_put(h + ext, EXT_END);
 	ext += 8;
 	if (parent) {
 		size_t n = strlen(parent_name);
 		if (ext + n > cluster)
 			n = 0;
 		memcpy(h + ext, parent_name, n);
-		be64s(h + 8, ext);
-		be32s(h + 16, (uint32_t)n);
+		be64_put(h + 8, ext);
+		be32_put(h + 16, (uint32_t)n);
 	}
 	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 	if (fd < 0) {
@@ -739,7 +728,7 @@ static int qcow2_create(const char *path, const struct vdisk_create_opts *o, str
 	/* Refcount table -> one block; the block counts every metadata cluster. */
 	if (r == 0) {
 		uint8_t e[8];
-		be64s(e, rb_off);
+		be64_put(e, rb_off);
 		r = vdisk_pwrite_full(fd, e, 8, rt_off, path);
 	}
 	if (r == 0) {
@@ -749,13 +738,8 @@ static int qcow2_create(const char *path, const struct vdisk_create_opts *o, str
 		r = vdisk_pwrite_full(fd, rb, cluster, rb_off, path);
 		free(rb);
 	}
-	if (r == 0 && fsync(fd) < 0)
-		r = vela_error_errno(errno, "create %s: sync", path);
-	close(fd);
 	free(h);
-	if (r < 0)
-		unlink(path);
-	return r;
+	return vdisk_finish_create(fd, path, r);
 }
 
 static int qcow2_info(struct vdisk_image *img, struct vdisk_info *info)
@@ -848,7 +832,7 @@ static int qcow2_set_parent(struct vdisk_image *img, struct vdisk_image *parent,
 	size_t kept = 0;
 	/* Keep every extension but the backing format. */
 	for (uint64_t off = q->header_len; off + 8 <= sizeof h; ) {
-		uint32_t type = be32g(h + off), len = be32g(h + off + 4);
+		uint32_t type = be32_get(h + off), len = be32_get(h + off + 4);
 		if (type == EXT_END || len > sizeof h - off - 8)
 			break;
 		size_t total = 8 + ((len + 7) & ~7u);
@@ -864,16 +848,16 @@ static int qcow2_set_parent(struct vdisk_image *img, struct vdisk_image *parent,
 	memset(h + ext, 0, sizeof h - ext);
 	memcpy(h + ext, keep, kept);
 	ext += kept;
-	be32s(h + ext, EXT_BACKING_FORMAT);
-	be32s(h + ext + 4, (uint32_t)fl);
+	be32_put(h + ext, EXT_BACKING_FORMAT);
+	be32_put(h + ext + 4, (uint32_t)fl);
 	memcpy(h + ext + 8, parent->fmt->name, fl);
 	ext += 8 + ((fl + 7) & ~7u);
-	be32s(h + ext, EXT_END);
-	be32s(h + ext + 4, 0);
+	be32_put(h + ext, EXT_END);
+	be32_put(h + ext + 4, 0);
 	ext += 8;
 	memcpy(h + ext, parent_name, n);
-	be64s(h + 8, ext);
-	be32s(h + 16, (uint32_t)n);
+	be64_put(h + 8, ext);
+	be32_put(h + 16, (uint32_t)n);
 	r = vdisk_pwrite_full(q->fd, h, sizeof h, 0, img->path);
 	if (r == 0 && fdatasync(q->fd) < 0)
 		r = vela_error_errno(errno, "%s: sync", img->path);
@@ -933,10 +917,10 @@ static int qcow2_resize(struct vdisk_image *img, uint64_t new_size)
 	if (r == 0) {
 		uint8_t h[48];
 		if ((r = vdisk_pread_full(q->fd, h, sizeof h, 0, img->path)) == 0) {
-			be64s(h + 24, new_size);
+			be64_put(h + 24, new_size);
 			if (need > q->l1_size)
-				be32s(h + 36, (uint32_t)need);
-			be64s(h + 40, new_l1_off);
+				be32_put(h + 36, (uint32_t)need);
+			be64_put(h + 40, new_l1_off);
 			r = vdisk_pwrite_full(q->fd, h, sizeof h, 0, img->path);
 		}
 		if (r == 0 && fdatasync(q->fd) < 0)

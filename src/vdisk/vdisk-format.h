@@ -108,25 +108,10 @@ long vdisk_test_write_count(void);
 int vdisk_pread_full(int fd, void *buf, size_t len, uint64_t off, const char *what);
 int vdisk_pwrite_full(int fd, const void *buf, size_t len, uint64_t off, const char *what);
 bool vdisk_buf_is_zero(const void *buf, size_t len);
+/* End of creating a file: sync it if all went well (r == 0), close it, and
+ * remove it if not.  Returns r or the sync error. */
+int vdisk_finish_create(int fd, const char *path, int r);
 /* Give [off, off+len) of a file back to the host (hole punch); best effort. */
 void vdisk_punch_hole(int fd, uint64_t off, uint64_t len);
-
-static inline uint32_t le32_get(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-static inline uint64_t le64_get(const uint8_t *p)
-{
-	return (uint64_t)le32_get(p) | (uint64_t)le32_get(p + 4) << 32;
-}
-static inline void le32_put(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
-}
-static inline void le64_put(uint8_t *p, uint64_t v)
-{
-	le32_put(p, (uint32_t)v);
-	le32_put(p + 4, (uint32_t)(v >> 32));
-}
 
 #endif /* VELA_VDISK_FORMAT_H */

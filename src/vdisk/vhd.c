@@ -32,19 +32,6 @@
 #define MAX_BAT_ENTRIES (1u << 24)
 #define LOCATOR_SPACE 512         /* bytes reserved per parent locator */
 
-static inline uint16_t be16_get(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static inline uint32_t be32_get(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static inline uint64_t be64_get(const uint8_t *p) { return (uint64_t)be32_get(p) << 32 | be32_get(p + 4); }
-static inline void be16_put(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
-static inline void be32_put(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
-}
-static inline void be64_put(uint8_t *p, uint64_t v) { be32_put(p, (uint32_t)(v >> 32)); be32_put(p + 4, (uint32_t)v); }
-
 struct vhd {
 	int fd;
 	uint8_t footer[FOOTER_SIZE];
@@ -670,12 +657,7 @@ static int vhd_create(const char *path, const struct vdisk_create_opts *o, struc
 			r = vdisk_pwrite_full(fd, f, FOOTER_SIZE, end, path);
 		free(bat);
 	}
-	if (r == 0 && fsync(fd) < 0)
-		r = vela_error_errno(errno, "create %s: sync", path);
-	close(fd);
-	if (r < 0)
-		unlink(path);
-	return r;
+	return vdisk_finish_create(fd, path, r);
 }
 
 static int vhd_info(struct vdisk_image *img, struct vdisk_info *info)

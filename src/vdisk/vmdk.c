@@ -1196,12 +1196,7 @@ static int create_sparse_file(const char *path, uint64_t capacity, const char *d
 			r = write_u32_table(fd, t, (uint32_t)n_gdes, gd, path);
 		free(t);
 	}
-	if (r == 0 && fsync(fd) < 0)
-		r = vela_error_errno(errno, "create %s: sync", path);
-	close(fd);
-	if (r < 0)
-		unlink(path);
-	return r;
+	return vdisk_finish_create(fd, path, r);
 }
 
 static int create_stream_file(const char *path, uint64_t capacity, const char *desc)
@@ -1243,12 +1238,7 @@ static int create_stream_file(const char *path, uint64_t capacity, const char *d
 		free(sp.gd);
 		free(sp.gt);
 	}
-	if (r == 0 && fsync(fd) < 0)
-		r = vela_error_errno(errno, "create %s: sync", path);
-	close(fd);
-	if (r < 0)
-		unlink(path);
-	return r;
+	return vdisk_finish_create(fd, path, r);
 }
 
 static int create_flat_file(const char *path, uint64_t sectors)
