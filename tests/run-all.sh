@@ -58,7 +58,7 @@ if part fuzz; then
 		corpus=$(mktemp -d)
 		cp tests/fuzz/corpus/"$name"/* "$corpus"/ 2>/dev/null
 		[ "$name" = nbd ] && tests/fuzz/nbd-seed.sh "$corpus/session.bin"
-		if [ "$name" = vmdk ]; then
+		if [ "$name" = vdisk ]; then
 			# Binary seeds are made by rules, not checked in.
 			qemu-img create -q -f vmdk "$corpus/qemu.vmdk" 3M &&
 				qemu-io -c 'write -P 0x41 0 64k' -c 'write -P 0x42 2M 512' "$corpus/qemu.vmdk" >/dev/null

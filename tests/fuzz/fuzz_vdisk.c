@@ -1,4 +1,4 @@
-/* libFuzzer target: opening a disk image (VMDK sparse header, grain
+/* libFuzzer target: opening a disk image of any format (VMDK sparse header, grain
  * directory and tables, text descriptor; raw as the fallback), then reading
  * all of it and walking its allocation map.  The input becomes a file. */
 #include <fcntl.h>
@@ -14,7 +14,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static char path[64];
 	if (!path[0])
-		snprintf(path, sizeof path, "/tmp/vela-fuzz-vmdk-%d.vmdk", (int)getpid());
+		snprintf(path, sizeof path, "/tmp/vela-fuzz-vdisk-%d.img", (int)getpid());
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	if (fd < 0)
 		return 0;
