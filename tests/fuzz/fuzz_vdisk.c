@@ -1,6 +1,9 @@
-/* libFuzzer target: opening a disk image of any format (VMDK sparse header, grain
- * directory and tables, text descriptor; raw as the fallback), then reading
- * all of it and walking its allocation map.  The input becomes a file. */
+/* libFuzzer target: opening a disk image of any format (VMDK sparse and
+ * streamOptimized headers, grain directories and tables, text descriptors;
+ * VHD footers, dynamic headers and BATs; qcow2 headers, extensions, L1/L2
+ * tables and refcounts; raw as the fallback), then reading it and walking
+ * its allocation map.  The seeds (one image per format) are made by rule in
+ * tests/run-all.sh.  The input becomes a file. */
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
