@@ -19,9 +19,15 @@ trap 'rm -rf "$work"' EXIT
 cd "$work"
 
 # linux-image-cloud-amd64 is a metapackage: find the real image package.
-pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-[ -n "$pkg" ] || { echo "build-guest: cannot resolve linux-image-cloud-amd64 (run apt-get update)" >&2; exit 1; }
-apt-get download "$pkg" >/dev/null 2>&1 || { echo "build-guest: apt-get download $pkg failed" >&2; exit 1; }
+resolve() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
+pkg=$(resolve)
+if [ -z "$pkg" ] || ! apt-get download "$pkg" >/dev/null 2>&1; then
+	# Package lists missing or stale (a fresh machine): refresh once and retry.
+	apt-get update -qq >/dev/null 2>&1 || true
+	pkg=$(resolve)
+	[ -n "$pkg" ] || { echo "build-guest: cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
+	apt-get download "$pkg" >/dev/null 2>&1 || { echo "build-guest: apt-get download $pkg failed" >&2; exit 1; }
+fi
 dpkg-deb -x ./*.deb kroot
 kver=$(ls kroot/lib/modules | head -n1)
 depmod -b kroot "$kver"
