@@ -40,13 +40,15 @@ check "guest is up" wait_console "$vmx" VELA-GUEST-READY 1 60
 check "guest writes to both disks" run_in_guest "$vmx" \
 	"printf WRITTEN-BY-GUEST | dd of=/dev/sda conv=notrunc 2>/dev/null; printf WRITTEN-BY-GUEST | dd of=/dev/sdb conv=notrunc 2>/dev/null; sync"
 check "guest reads its write back from the nonpersistent disk" run_in_guest "$vmx" \
-	"dd if=/dev/sdb bs=16 count=1 2>/dev/null | grep -q WRITTEN-BY-GUEST && echo NP-READBACK-OK"
+	"for b in /sys/block/sd*; do [ \$(cat \$b/size) = 32768 ] && dd if=/dev/\${b##*/} bs=16 count=1 2>/dev/null | grep -q WRITTEN-BY-GUEST && echo NP-READBACK-OK; done"
 check "nonpersistent disk serves the guest's own writes while on" console_has "$vmx" "^NP-READBACK-OK"
 check "stop soft" "$VELA" vm stop soft "$vmx"
 check "power cycle" "$VELA" vm start "$vmx"
 check "guest is up again" wait_console "$vmx" VELA-GUEST-READY 1 60
-check "persistent disk kept the guest's write across the power cycle" console_has "$vmx" "VELA-GUEST-DISK: sda .*first64=WRITTEN-BY-GUEST"
-check "nonpersistent disk lost the guest's write at power-off" console_has "$vmx" "VELA-GUEST-DISK: sdb .*first64=VELA-NONPERSISTENT"
+# Disks are told apart by size (64 MiB persistent, 16 MiB nonpersistent): the
+# guest may name two virtio-scsi disks in either order.
+check "persistent disk kept the guest's write across the power cycle" console_has "$vmx" "VELA-GUEST-DISK: sd. sectors=131072 first64=WRITTEN-BY-GUEST"
+check "nonpersistent disk lost the guest's write at power-off" console_has "$vmx" "VELA-GUEST-DISK: sd. sectors=32768 first64=VELA-NONPERSISTENT"
 check "stop" "$VELA" vm stop hard "$vmx"
 check "nonpersistent disk file is unchanged on the host" sh -c "head -c 18 '$dir/np.img' | grep -q VELA-NONPERSISTENT"
 
