@@ -9,7 +9,7 @@ FUZZ    := $(BUILD)/fuzz
 BIN     := $(BUILD)/bin
 PROGRAMS := vela vela-vmx
 
-.PHONY: all build deps deps-test run test unit integ fuzz asan clang guest clean
+.PHONY: all build deps deps-test run test unit integ fuzz asan tsan clang guest clean
 
 all: build
 
@@ -34,6 +34,13 @@ $(ASAN)/build.ninja:
 asan: $(ASAN)/build.ninja
 	ninja -C $(ASAN)
 
+TSAN    := $(BUILD)/tsan
+$(TSAN)/build.ninja:
+	CC=clang meson setup $(TSAN) --buildtype=debug -Db_sanitize=thread -Db_lundef=false
+
+tsan: $(TSAN)/build.ninja
+	ninja -C $(TSAN) tests/unit/test-vdisk tests/unit/test-blk
+
 CLANG   := $(BUILD)/clang
 $(CLANG)/build.ninja:
 	CC=clang meson setup $(CLANG) --buildtype=debugoptimized
@@ -53,7 +60,7 @@ guest:
 run: deps build guest
 	scripts/run-demo.sh
 
-test: deps-test build asan clang fuzz guest
+test: deps-test build asan tsan clang fuzz guest
 	tests/run-all.sh
 
 clean:

@@ -42,6 +42,10 @@ if part unit; then
 	for t in build/asan/tests/unit/test-*; do
 		[ -f "$t" ] && [ -x "$t" ] && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 run_cmocka asan "$t"
 	done
+	echo "== multi-threaded libraries under ThreadSanitizer"
+	for t in build/tsan/tests/unit/test-vdisk build/tsan/tests/unit/test-blk; do
+		[ -f "$t" ] && [ -x "$t" ] && TSAN_OPTIONS=halt_on_error=1 run_cmocka tsan "$t"
+	done
 	echo "== clang build"
 	if ninja -C build/clang > "$logdir/clang-build.log" 2>&1; then
 		ok "clang -Wall -Wextra -Werror build"

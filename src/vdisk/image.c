@@ -336,10 +336,7 @@ int vdisk_pwrite(struct vdisk *d, const void *buf, size_t len, uint64_t off)
 		return vela_error(VELA_E_READONLY, "%s is open read-only", d->top->path);
 	if (len == 0)
 		return 0;
-	r = d->top->fmt->pwrite(d->top, buf, len, off);
-	if (r == 0)
-		d->top->written = true;
-	return r;
+	return d->top->fmt->pwrite(d->top, buf, len, off);
 }
 
 int vdisk_flush(struct vdisk *d)

@@ -424,8 +424,6 @@ int vdisk_write_zeroes(struct vdisk *d, uint64_t off, uint64_t len)
 		off += n;
 	}
 	free(buf);
-	if (r == 0)
-		img->written = true;
 	return r;
 }
 

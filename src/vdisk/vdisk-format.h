@@ -27,7 +27,6 @@ struct vdisk_image {
 	char *parent_path;          /* resolved parent file named by the image, or NULL */
 	struct vdisk_image *parent; /* opened parent, or NULL */
 	pthread_mutex_t lock;       /* the backend's metadata */
-	bool written;               /* a write happened since open */
 };
 
 /* An open chain (the public struct vdisk). */

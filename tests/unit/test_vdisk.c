@@ -5,6 +5,7 @@
 #include <cmocka.h>
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -796,6 +797,68 @@ static void extend_compact_write_zeroes(void **s)
 	free(base);
 }
 
+/* Several threads writing and reading their own regions at once, with new
+ * units being allocated concurrently: every region reads back exactly. */
+struct conc_arg {
+	struct vdisk *d;
+	int id;
+	int failures;
+};
+
+#define CONC_THREADS 8
+#define CONC_REGION (1536u * 1024u)
+
+static void *conc_worker(void *p)
+{
+	struct conc_arg *a = p;
+	uint8_t *buf = xcalloc(1, 70000), *back = xcalloc(1, 70000);
+	uint64_t base = (uint64_t)a->id * CONC_REGION;
+	for (int i = 0; i < 60; i++) {
+		uint64_t off = base + (uint64_t)((i * 37 + a->id * 11) % 20) * 70000;
+		memset(buf, (a->id << 4) | (i & 15), 70000);
+		if (vdisk_pwrite(a->d, buf, 70000, off) < 0 || vdisk_pread(a->d, back, 70000, off) < 0 ||
+		    memcmp(buf, back, 70000) != 0)
+			a->failures++;
+		if (i % 20 == 19 && vdisk_flush(a->d) < 0)
+			a->failures++;
+	}
+	free(buf);
+	free(back);
+	return NULL;
+}
+
+static void concurrent_io(void **s)
+{
+	(void)s;
+	static const struct { enum vdisk_type t; const char *name; } types[] = {
+		{ VDISK_TYPE_VMDK_MONOLITHIC_SPARSE, "conc.vmdk" }, { VDISK_TYPE_QCOW2, "conc.qcow2" },
+		{ VDISK_TYPE_VHD_DYNAMIC, "conc.vhd" }, { VDISK_TYPE_RAW, "conc.raw" },
+	};
+	for (size_t k = 0; k < ARRAY_SIZE(types); k++) {
+		char *p = tmp(types[k].name);
+		create(p, types[k].t, CONC_THREADS * CONC_REGION);
+		struct vdisk *d = open_rw(p);
+		pthread_t t[CONC_THREADS];
+		struct conc_arg a[CONC_THREADS];
+		for (int i = 0; i < CONC_THREADS; i++) {
+			a[i] = (struct conc_arg){ .d = d, .id = i };
+			pthread_create(&t[i], NULL, conc_worker, &a[i]);
+		}
+		for (int i = 0; i < CONC_THREADS; i++) {
+			pthread_join(t[i], NULL);
+			if (a[i].failures)
+				fail_msg("%s: thread %d saw %d failures", p, i, a[i].failures);
+		}
+		assert_int_equal(vdisk_close(d), 0);
+		struct vdisk_check_report rep;
+		assert_int_equal(vdisk_check(p, false, &rep), 0);
+		assert_int_equal(rep.errors, 0);
+		assert_int_equal(rep.leaks, 0);
+		free(rep.first_problem);
+		free(p);
+	}
+}
+
 static void hostile_vhd(void **s)
 {
 	(void)s;
@@ -917,6 +980,7 @@ int main(void)
 		cmocka_unit_test(relink_commit_level_qcow2),
 		cmocka_unit_test(relink_commit_level_vhd),
 		cmocka_unit_test(extend_compact_write_zeroes),
+		cmocka_unit_test(concurrent_io),
 		cmocka_unit_test(crash_consistency_qcow2),
 		cmocka_unit_test(hostile_qcow2),
 		cmocka_unit_test(convert_is_sparse_aware),
