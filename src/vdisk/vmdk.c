@@ -1417,6 +1417,28 @@ static int vmdk_check(struct vdisk_image *img, bool repair, struct vdisk_check_r
 					rep->first_problem = xasprintf("%s: two grains overlap at sector %u", e->path, used[k]);
 			}
 		}
+		/* No grain may lie over a grain table or directory placed after the
+		 * overhead (tables added later live in the data area). */
+		for (uint32_t i = 0; i < sp->n_gdes && n_used; i++) {
+			uint64_t starts[2] = { sp->gd[i], sp->rgd ? sp->rgd[i] : 0 };
+			for (int w = 0; w < 2; w++) {
+				uint64_t t0 = starts[w], t1 = t0 + gts;
+				if (!t0 || t0 < sp->overhead)
+					continue;
+				/* the first grain that ends after t0 */
+				size_t lo = 0, hi = n_used;
+				while (lo < hi) {
+					size_t mid = (lo + hi) / 2;
+					if ((uint64_t)used[mid] + sp->grain <= t0)
+						lo = mid + 1;
+					else
+						hi = mid;
+				}
+				if (lo < n_used && used[lo] < t1 && !rep->errors++)
+					rep->first_problem = xasprintf("%s: the grain at sector %u lies over grain table %u", e->path,
+								       used[lo], i);
+			}
+		}
 		free(used);
 		if (r < 0)
 			break;

@@ -352,6 +352,30 @@ static void hostile_images(void **s)
 		free(copy);
 		free(bad);
 	}
+	/* A grain over a grain table that extend placed in the data area. */
+	{
+		char *bad = tmp("over-gt.vmdk");
+		create(bad, VDISK_TYPE_VMDK_MONOLITHIC_SPARSE, MIB);
+		assert_int_equal(vdisk_extend(bad, 64 * MIB), 0);     /* new tables go after the overhead */
+		struct vdisk *d = open_rw(bad);
+		char buf[512] = "x";
+		assert_int_equal(vdisk_pwrite(d, buf, 512, 0), 0);
+		vdisk_close(d);
+		char *img;
+		size_t ilen;
+		assert_int_equal(read_file(bad, 64 * MIB, &img, &ilen), 0);
+		uint64_t gd = le64_get((uint8_t *)img + 56);
+		uint32_t gt0 = le32_get((uint8_t *)img + gd * 512), gt1 = le32_get((uint8_t *)img + gd * 512 + 4);
+		le32_put((uint8_t *)img + (uint64_t)gt0 * 512, gt1);  /* grain 0 -> grain table 1 */
+		assert_int_equal(write_file_atomic(bad, img, ilen), 0);
+		struct vdisk_check_report rep;
+		assert_int_equal(vdisk_check(bad, false, &rep), 0);
+		assert_true(rep.errors > 0);
+		assert_non_null(strstr(rep.first_problem, "lies over grain table 1"));
+		free(rep.first_problem);
+		free(img);
+		free(bad);
+	}
 	/* Truncated file: the grain directory is gone. */
 	{
 		char *bad = tmp("trunc.vmdk");
