@@ -311,7 +311,7 @@ int cmd_disk(const struct cli *c, const char *const *w, size_t n)
 	struct vdisk_create_opts o;
 	int r;
 	if (n < 2)
-		return cli_usage_error("usage: vela disk create|info|map|convert|clone|check|addredo|commit ...%s", "");
+		return cli_usage_error("usage: vela disk create|info|map|convert|clone|check|extend|compact|addredo|commit|relink|rename|delete|bench|serve ...%s", "");
 	const char *verb = w[1];
 	if (strcmp(verb, "create") == 0 && n == 3) {
 		if ((r = parse_create_opts(c, &o, true)) < 0 || (r = vdisk_create(w[2], &o)) < 0)
@@ -401,5 +401,5 @@ int cmd_disk(const struct cli *c, const char *const *w, size_t n)
 			return cli_fail(c, r);
 		return print_done(c, "relinked", w[2]);
 	}
-	return cli_usage_error("usage: vela disk create|info|map|convert|clone|check|addredo|commit ... (see vela --help)%s", "");
+	return cli_usage_error("usage: vela disk create|info|map|convert|clone|check|extend|compact|addredo|commit|relink|rename|delete|bench|serve ... (see vela --help)%s", "");
 }
