@@ -43,7 +43,7 @@ if part unit; then
 		[ -f "$t" ] && [ -x "$t" ] && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 run_cmocka asan "$t"
 	done
 	echo "== multi-threaded libraries under ThreadSanitizer"
-	for t in build/tsan/tests/unit/test-vdisk build/tsan/tests/unit/test-blk; do
+	for t in build/tsan/tests/unit/test-vdisk build/tsan/tests/unit/test-blk build/tsan/tests/unit/test-vhost; do
 		[ -f "$t" ] && [ -x "$t" ] && TSAN_OPTIONS=halt_on_error=1 run_cmocka tsan "$t"
 	done
 	echo "== clang build"
@@ -62,6 +62,7 @@ if part fuzz; then
 		corpus=$(mktemp -d)
 		cp tests/fuzz/corpus/"$name"/* "$corpus"/ 2>/dev/null
 		[ "$name" = nbd ] && tests/fuzz/nbd-seed.sh "$corpus/session.bin"
+		[ "$name" = vhost ] && tests/fuzz/vhost-seed.sh "$corpus/start-and-read.bin"
 		if [ "$name" = vdisk ]; then
 			# Binary seeds are made by rules, not checked in.
 			qemu-img create -q -f vmdk "$corpus/qemu.vmdk" 3M &&

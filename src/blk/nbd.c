@@ -142,7 +142,7 @@ static int handle_info(struct conn *c, uint32_t opt, const uint8_t *d, uint32_t 
 		return opt_error(c, opt, REP_ERR_UNKNOWN, "no such export");
 	uint8_t info[12];
 	be16_put(info, INFO_EXPORT);
-	be64_put(info + 2, vdisk_size(c->exp->disk));
+	be64_put(info + 2, blk_disk_size(c->exp->disk));
 	be16_put(info + 10, transmission_flags(c->exp));
 	int r = opt_reply(c, opt, REP_INFO, info, 12);
 	uint8_t bs[14];
@@ -261,7 +261,7 @@ static int negotiate(struct conn *c)
 				return vela_error(VELA_E_NOTFOUND, "nbd: the client asked for an unknown export");
 			}
 			uint8_t reply[10 + 124] = { 0 };
-			be64_put(reply, vdisk_size(c->exp->disk));
+			be64_put(reply, blk_disk_size(c->exp->disk));
 			be16_put(reply + 8, transmission_flags(c->exp));
 			r = send_all(c->fd, reply, c->no_zeroes ? 10 : sizeof reply);
 			go = true;
@@ -372,11 +372,11 @@ static uint32_t nbd_errno(int r)
 /* A read: structured replies send holes as holes. */
 static int do_read(struct conn *c, uint64_t handle, uint64_t off, uint32_t len, uint16_t flags)
 {
-	struct vdisk *d = c->exp->disk;
+	struct blk_disk *d = c->exp->disk;
 	char *buf = xcalloc(1, len ? len : 1);
 	int r = 0;
 	if (!c->structured || (flags & CMDF_DF)) {
-		r = vdisk_pread(d, buf, len, off);
+		r = blk_disk_pread(d, buf, len, off);
 		if (r < 0) {
 			free(buf);
 			return error_reply(c, handle, nbd_errno(r));
@@ -399,7 +399,7 @@ static int do_read(struct conn *c, uint64_t handle, uint64_t off, uint32_t len, 
 	uint64_t pos = off, end = off + len;
 	while (pos < end && r == 0) {
 		struct vdisk_extent_status es;
-		int rr = vdisk_block_status(d, pos, end - pos, &es);
+		int rr = blk_disk_block_status(d, pos, end - pos, &es);
 		if (rr < 0) {
 			free(buf);
 			return error_reply(c, handle, nbd_errno(rr));
@@ -413,7 +413,7 @@ static int do_read(struct conn *c, uint64_t handle, uint64_t off, uint32_t len, 
 			if (r == 0)
 				r = send_all(c->fd, o, 12);
 		} else {
-			rr = vdisk_pread(d, buf, n, pos);
+			rr = blk_disk_pread(d, buf, n, pos);
 			if (rr < 0) {
 				free(buf);
 				return error_reply(c, handle, nbd_errno(rr));
@@ -440,7 +440,7 @@ static int do_block_status(struct conn *c, uint64_t handle, uint64_t off, uint32
 	be32_put(p, META_ALLOCATION_ID);
 	while (pos < end && n < MAX_STATUS_EXTENTS) {
 		struct vdisk_extent_status es;
-		int r = vdisk_block_status(c->exp->disk, pos, end - pos, &es);
+		int r = blk_disk_block_status(c->exp->disk, pos, end - pos, &es);
 		if (r < 0) {
 			free(p);
 			return error_reply(c, handle, nbd_errno(r));
@@ -467,7 +467,7 @@ static int do_block_status(struct conn *c, uint64_t handle, uint64_t off, uint32
 
 static int transmission(struct conn *c)
 {
-	struct vdisk *d = c->exp->disk;
+	struct blk_disk *d = c->exp->disk;
 	for (;;) {
 		uint8_t h[28];
 		int r = recv_all(c->fd, h, sizeof h);
@@ -478,7 +478,7 @@ static int transmission(struct conn *c)
 		uint16_t flags = be16_get(h + 4), type = be16_get(h + 6);
 		uint64_t handle = be64_get(h + 8), off = be64_get(h + 16);
 		uint32_t len = be32_get(h + 24);
-		uint64_t size = vdisk_size(d);
+		uint64_t size = blk_disk_size(d);
 		bool range_ok = off <= size && len <= size - off;
 		switch (type) {
 		case CMD_READ:
@@ -495,9 +495,9 @@ static int transmission(struct conn *c)
 				free(buf);
 				return r;
 			}
-			int wr = c->exp->read_only ? -VELA_E_READONLY : !range_ok ? -VELA_E_RANGE : vdisk_pwrite(d, buf, len, off);
+			int wr = c->exp->read_only ? -VELA_E_READONLY : !range_ok ? -VELA_E_RANGE : blk_disk_pwrite(d, buf, len, off);
 			if (wr == 0 && (flags & CMDF_FUA))
-				wr = vdisk_flush(d);
+				wr = blk_disk_flush(d);
 			free(buf);
 			r = wr < 0 ? error_reply(c, handle, nbd_errno(wr)) : done_reply(c, handle);
 			break;
@@ -505,15 +505,15 @@ static int transmission(struct conn *c)
 		case CMD_DISC:
 			return 0;
 		case CMD_FLUSH: {
-			int fr = c->exp->read_only ? 0 : vdisk_flush(d);
+			int fr = c->exp->read_only ? 0 : blk_disk_flush(d);
 			r = fr < 0 ? error_reply(c, handle, nbd_errno(fr)) : done_reply(c, handle);
 			break;
 		}
 		case CMD_TRIM:
 		case CMD_WRITE_ZEROES: {
-			int zr = c->exp->read_only ? -VELA_E_READONLY : !range_ok ? -VELA_E_RANGE : vdisk_write_zeroes(d, off, len);
+			int zr = c->exp->read_only ? -VELA_E_READONLY : !range_ok ? -VELA_E_RANGE : blk_disk_write_zeroes(d, off, len);
 			if (zr == 0 && (flags & CMDF_FUA))
-				zr = vdisk_flush(d);
+				zr = blk_disk_flush(d);
 			r = zr < 0 ? error_reply(c, handle, nbd_errno(zr)) : done_reply(c, handle);
 			break;
 		}

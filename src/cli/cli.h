@@ -21,6 +21,8 @@ struct cli {
 	bool write;
 	/* vela disk serve */
 	const char *nbd, *name;
+	const char *vhost_user;   /* --vhost-user SOCKET */
+	unsigned queues;          /* --queues N */
 	bool read_only;
 };
 

@@ -286,10 +286,37 @@ static void serve_ready(const char *where, void *opaque)
 	fflush(stdout);
 }
 
+static void serve_vhost_ready(const char *where, void *opaque)
+{
+	printf("serving %s over vhost-user-blk on %s\n", (const char *)opaque, where);
+	fflush(stdout);
+}
+
+static int disk_serve_vhost(const struct cli *c, const char *path)
+{
+	struct blk_disk *d = NULL;
+	int r = blk_disk_open(path, c->read_only, &d);
+	if (r < 0)
+		return cli_fail(c, r);
+	struct sigaction sa = { .sa_handler = on_stop_signal };
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	CLEANUP_FREE char *serial = path_basename(path);
+	struct blk_vhost_opts o = { .num_queues = c->queues ? c->queues : 1, .serial = serial };
+	r = blk_vhost_listen(c->vhost_user, d, &o, &serve_stop, serve_vhost_ready, (void *)path);
+	int cr = blk_disk_close(d);
+	if (r < 0 || cr < 0)
+		return cli_fail(c, r < 0 ? r : cr);
+	return 0;
+}
+
 static int disk_serve(const struct cli *c, const char *path)
 {
-	struct vdisk *d = NULL;
-	int r = vdisk_open(path, c->read_only ? VDISK_OPEN_RDONLY : 0, &d);
+	if (c->vhost_user)
+		return disk_serve_vhost(c, path);
+	struct blk_disk *d = NULL;
+	int r = blk_disk_open(path, c->read_only, &d);
 	if (r < 0)
 		return cli_fail(c, r);
 	CLEANUP_FREE char *base = path_basename(path);
@@ -300,7 +327,7 @@ static int disk_serve(const struct cli *c, const char *path)
 	sigaction(SIGTERM, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	r = blk_nbd_listen(c->nbd ? c->nbd : ":10809", &exp, &serve_stop, serve_ready, (void *)path);
-	int cr = vdisk_close(d);
+	int cr = blk_disk_close(d);
 	if (r < 0 || cr < 0)
 		return cli_fail(c, r < 0 ? r : cr);
 	return 0;

@@ -412,6 +412,7 @@ static void usage(FILE *f)
 		"  vela disk addredo FILE               add an empty redo log; prints the new top\n"
 		"  vela disk bench [-w] [--bs B] [--step S] [--count N] [--depth D] FILE  I/O benchmark\n"
 		"  vela disk serve [--nbd ADDR] [--readonly] [--name N] FILE  export over NBD\n"
+		"  vela disk serve --vhost-user SOCKET [--queues N] [--readonly] FILE  serve a VM's virtio disk\n"
 		"  vela disk commit [--level N] [--keep] FILE  merge FILE (or level N below it) into its parent\n"
 		"  vela disk relink [--force] FILE PARENT  point FILE at its moved parent\n"
 		"\n"
@@ -440,6 +441,8 @@ static void usage(FILE *f)
 		"  -w, --write        (disk bench) write instead of read\n"
 		"  --nbd ADDR         (disk serve) HOST:PORT, :PORT (loopback) or a socket path;\n"
 		"                     default :10809\n"
+		"  --vhost-user SOCKET  (disk serve) be a vhost-user-blk back-end on SOCKET\n"
+		"  --queues N         (disk serve --vhost-user) request queues offered (default 1)\n"
 		"  --readonly         (disk serve) refuse writes\n"
 		"  --name N           (disk serve) export name (default: the file's name)\n"
 		"  -h, --help         this text\n"
@@ -501,6 +504,12 @@ int main(int argc, char **argv)
 			c.keep = true;
 		} else if (strcmp(a, "--nbd") == 0 && has_val) {
 			c.nbd = argv[++i];
+		} else if (strcmp(a, "--vhost-user") == 0 && has_val) {
+			c.vhost_user = argv[++i];
+		} else if (strcmp(a, "--queues") == 0 && has_val) {
+			if (parse_value(a, argv[++i], 16, &v) < 0)
+				return 2;
+			c.queues = (unsigned)v;
 		} else if (strcmp(a, "--name") == 0 && has_val) {
 			c.name = argv[++i];
 		} else if (strcmp(a, "--readonly") == 0) {

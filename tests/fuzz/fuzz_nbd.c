@@ -38,7 +38,7 @@ static void *client(void *arg)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	static struct vdisk *disk;
+	static struct blk_disk *disk;
 	if (!disk) {
 		char path[64];
 		snprintf(path, sizeof path, "/tmp/vela-fuzz-nbd-%d.raw", (int)getpid());
@@ -46,7 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (fd < 0 || ftruncate(fd, 1 << 20) < 0 || pwrite(fd, "data", 4, 4096) != 4)
 			abort();
 		close(fd);
-		if (vdisk_open(path, 0, &disk) < 0)
+		if (blk_disk_open(path, false, &disk) < 0)
 			abort();
 	}
 	int sv[2];

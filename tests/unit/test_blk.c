@@ -14,7 +14,7 @@
 #include "vdisk.h"
 
 static char path[64];
-static struct vdisk *disk;
+static struct blk_disk *disk;
 
 static int setup(void **state)
 {
@@ -24,13 +24,13 @@ static int setup(void **state)
 	if (fd < 0 || ftruncate(fd, 1 << 20) < 0 || pwrite(fd, "hello", 5, 4096) != 5)
 		return -1;
 	close(fd);
-	return vdisk_open(path, 0, &disk);
+	return blk_disk_open(path, false, &disk);
 }
 
 static int teardown(void **state)
 {
 	(void)state;
-	vdisk_close(disk);
+	blk_disk_close(disk);
 	unlink(path);
 	return 0;
 }
@@ -145,7 +145,7 @@ static void reads_writes_and_refusals(void **state)
 	close(c);
 
 	char buf[3];
-	assert_int_equal(vdisk_pread(disk, buf, 3, 8192), 0);
+	assert_int_equal(blk_disk_pread(disk, buf, 3, 8192), 0);
 	assert_memory_equal(buf, "xyz", 3);
 }
 
