@@ -158,15 +158,32 @@ static void add_scsi_controllers(struct argv_builder *a, const struct vmx_model 
 }
 
 static int add_disk(struct argv_builder *a, const struct vmx_model *m, const struct vmx_disk *d,
-		    int bootindex, struct strbuf *notes)
+		    int bootindex, const char *served, struct strbuf *notes)
 {
 	char id[32];
 	bool cdrom = d->type != VMX_DEV_DISK;
 	snprintf(id, sizeof id, "%s%u-%u", vmx_bus_name(d->bus), d->ctrl, d->unit);
 
+	char boot[32] = "";
+	if (bootindex > 0)
+		snprintf(boot, sizeof boot, ",bootindex=%d", bootindex);
+	if (served && !cdrom && d->bus == VMX_BUS_VIRTIO) {
+		/* Vela's engine in the supervisor serves it, straight from guest RAM. */
+		CLEANUP_FREE char *p = qesc(served);
+		opt(a, "-chardev", "socket,id=vhost-%s,path=%s", id, p);
+		opt(a, "-device", "vhost-user-blk-pci,chardev=vhost-%s,id=%s,num-queues=%u%s", id, id,
+		    m->vcpus < 16 ? m->vcpus : 16, boot);
+		return 0;
+	}
+
 	struct strbuf drive = { 0 };
 	strbuf_printf(&drive, "if=none,id=drive-%s", id);
-	if (cdrom) {
+	if (served && !cdrom) {
+		/* The emulated controller stays; its data comes from Vela's engine. */
+		CLEANUP_FREE char *p = qesc(served);
+		strbuf_printf(&drive, ",driver=raw,file.driver=nbd,file.server.type=unix,file.server.path=%s,"
+			      "file.export=%s,discard=unmap", p, id);
+	} else if (cdrom) {
 		strbuf_puts(&drive, ",media=cdrom,readonly=on");
 		if (d->path && d->start_connected) {
 			CLEANUP_FREE char *p = qesc(d->path);
@@ -199,10 +216,6 @@ static int add_disk(struct argv_builder *a, const struct vmx_model *m, const str
 	}
 	push(a, xstrdup("-drive"));
 	push(a, strbuf_steal(&drive));
-
-	char boot[32] = "";
-	if (bootindex > 0)
-		snprintf(boot, sizeof boot, ",bootindex=%d", bootindex);
 
 	switch (d->bus) {
 	case VMX_BUS_SCSI: {
@@ -299,7 +312,17 @@ int engine_build_argv(const struct vmx_model *m, const struct engine_runtime *rt
 	/* Guest power-off stops the VM instead of exiting QEMU, so a soft reset
 	 * (power button, clean shutdown, reset) can continue the same process. */
 	push(&a, xstrdup("-no-shutdown"));
-	opt(&a, "-machine", "%s", m->chipset == VMX_CHIPSET_Q35 ? "q35" : "pc");
+	bool shared_ram = false;
+	for (size_t i = 0; rt->disk_sockets && i < m->n_disks; i++)
+		if (rt->disk_sockets[i] && m->disks[i].bus == VMX_BUS_VIRTIO && m->disks[i].type == VMX_DEV_DISK)
+			shared_ram = true;
+	if (shared_ram) {
+		opt(&a, "-object", "memory-backend-memfd,id=ram0,size=%lluM,share=on",
+		    (unsigned long long)m->memsize_mb);
+		opt(&a, "-machine", "%s,memory-backend=ram0", m->chipset == VMX_CHIPSET_Q35 ? "q35" : "pc");
+	} else {
+		opt(&a, "-machine", "%s", m->chipset == VMX_CHIPSET_Q35 ? "q35" : "pc");
+	}
 	opt(&a, "-accel", "%s", rt->accel == ENGINE_ACCEL_KVM ? "kvm" : "tcg");
 	if (rt->accel == ENGINE_ACCEL_KVM)
 		opt(&a, "-cpu", "host");
@@ -353,7 +376,8 @@ int engine_build_argv(const struct vmx_model *m, const struct engine_runtime *rt
 
 	add_scsi_controllers(&a, m, notes);
 	for (size_t i = 0; i < m->n_disks; i++) {
-		r = add_disk(&a, m, &m->disks[i], i < ARRAY_SIZE(disk_boot) ? disk_boot[i] : 0, notes);
+		r = add_disk(&a, m, &m->disks[i], i < ARRAY_SIZE(disk_boot) ? disk_boot[i] : 0,
+			     rt->disk_sockets ? rt->disk_sockets[i] : NULL, notes);
 		if (r < 0)
 			goto err;
 	}

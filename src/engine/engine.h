@@ -47,6 +47,14 @@ struct engine_runtime {
 	int console_fd;           /* connected socket for the serial console, or -1 */
 	const char *vnc_socket;   /* UNIX socket path for the graphical console, or NULL */
 	const char *name;         /* -name, e.g. the display name */
+	/*
+	 * Disks the supervisor serves, indexed like the model's disks (NULL
+	 * entry or array: QEMU opens the file itself; CD-ROMs always are):
+	 * a virtio disk becomes vhost-user-blk on that socket; a disk on an
+	 * emulated controller (IDE, SCSI, SATA) keeps its controller and
+	 * reads and writes through an NBD client on it (export = disk id).
+	 */
+	char *const *disk_sockets;
 };
 
 /* Disk image format by content: "raw", "vmdk", "qcow2", "vpc" (VHD). */
@@ -57,8 +65,8 @@ int engine_probe_format(const char *path, const char **format);
  * QEMU cannot emulate exactly are mapped to the closest one and a line per
  * approximation is appended to notes.
  *
- * Disks are opened by QEMU's block layer for now; the disk data-path work
- * replaces this with Vela's own engine over vhost-user-blk.
+ * Guest RAM is a shared memfd when a disk is served over vhost-user-blk
+ * (the back-end reads and writes it directly).
  */
 int engine_build_argv(const struct vmx_model *m, const struct engine_runtime *rt,
 		      char ***argv, struct strbuf *notes);

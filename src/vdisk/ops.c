@@ -198,35 +198,51 @@ out:
 	return 0;
 }
 
-int vdisk_addredo(const char *path, char **child)
+/* "<dir>/<stem>-<tag><ext>" for a child of parent: the extension follows
+ * the parent's format (a child has its parent's format, see vdisk_create),
+ * an earlier "-00000N" is dropped from the stem so names stay stem-00000N. */
+static int child_name(const char *parent, const char *dir, const char *tag, char **out)
 {
-	CLEANUP_FREE char *dir = path_dirname(path);
-	CLEANUP_FREE char *base = path_basename(path);
-	size_t bl = strlen(base);
-	/* The child's format follows the parent's (see vdisk_create): name it so. */
 	struct vdisk_image *pimg = NULL;
-	int pr = vdisk_image_open(path, true, &pimg);
-	if (pr < 0)
-		return vela_error_context(pr, "addredo");
+	int r = vdisk_image_open(parent, true, &pimg);
+	if (r < 0)
+		return r;
 	const char *ext = pimg->fmt == &vdisk_format_vmdk ? ".vmdk" : pimg->fmt == &vdisk_format_vhd ? ".vhd" : ".qcow2";
 	vdisk_image_close(pimg);
+	CLEANUP_FREE char *base = path_basename(parent);
 	const char *dot = strrchr(base, '.');
-	CLEANUP_FREE char *stem = xstrndup(base, dot && dot != base ? (size_t)(dot - base) : bl);
-	/* Strip an earlier "-000001" so names stay stem-00000N.vmdk. */
+	CLEANUP_FREE char *stem = xstrndup(base, dot && dot != base ? (size_t)(dot - base) : strlen(base));
 	size_t sl = strlen(stem);
 	if (sl > 7 && stem[sl - 7] == '-' && strspn(stem + sl - 6, "0123456789") == 6)
 		stem[sl - 7] = '\0';
+	*out = dir ? xasprintf("%s/%s-%s%s", dir, stem, tag, ext) : xasprintf("%s-%s%s", stem, tag, ext);
+	return 0;
+}
+
+int vdisk_child_name(const char *parent, const char *dir, const char *tag, char **out)
+{
+	int r = child_name(parent, dir, tag, out);
+	return r < 0 ? vela_error_context(r, "name a child of %s", parent) : 0;
+}
+
+int vdisk_addredo(const char *path, char **child)
+{
+	CLEANUP_FREE char *dir = strchr(path, '/') ? path_dirname(path) : NULL;
 	struct stat st;
 	for (unsigned n = 1; n < 1000000; n++) {
+		char tag[16];
+		snprintf(tag, sizeof tag, "%06u", n);
 		/* Name the child as the parent was named: bare when it had no folder. */
-		char *cand = strchr(path, '/') ? xasprintf("%s/%s-%06u%s", dir, stem, n, ext)
-					       : xasprintf("%s-%06u%s", stem, n, ext);
+		char *cand;
+		int r = child_name(path, dir, tag, &cand);
+		if (r < 0)
+			return vela_error_context(r, "addredo");
 		if (stat(cand, &st) == 0) {
 			free(cand);
 			continue;
 		}
 		struct vdisk_create_opts o = { .type = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE, .parent = path };
-		int r = vdisk_create(cand, &o);
+		r = vdisk_create(cand, &o);
 		if (r < 0) {
 			free(cand);
 			return vela_error_context(r, "addredo %s", path);

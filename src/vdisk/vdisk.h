@@ -135,6 +135,10 @@ int vdisk_convert(const char *src, const char *dst, const struct vdisk_create_op
  * *child (caller frees).  O(1) in the disk's size. */
 int vdisk_addredo(const char *path, char **child);
 
+/* The name a child of parent gets: "<dir>/<stem>-<tag>.<ext>", the extension
+ * following the parent's format; dir NULL = no folder part. */
+int vdisk_child_name(const char *parent, const char *dir, const char *tag, char **out);
+
 /* Merge the top image of path into its parent, then remove the child file
  * only if remove_child.  Only what the child allocated is copied. */
 int vdisk_commit(const char *path, bool remove_child, vdisk_progress_cb progress, void *opaque);

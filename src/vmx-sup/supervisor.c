@@ -3,6 +3,7 @@
 #include "engine.h"
 #include "vmx.h"
 #include "vmx-sup.h"
+#include "disks.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -69,6 +70,8 @@ struct sup {
 
 	int inotify_fd;             /* watches the VM folder for edits of the .vmx */
 	char question[1024];
+	enum { Q_MOVED, Q_UNDOABLE } question_kind;
+	struct sup_disks *disks;    /* served while QEMU runs */
 	enum engine_accel accel;
 	char accel_why[384];
 	int64_t on_since_ms;
@@ -145,7 +148,10 @@ static json_t *status_json(struct sup *s)
 		json_object_set_new(j, "qemu_pid", json_integer(s->qemu_pid));
 	if (s->on_since_ms)
 		json_object_set_new(j, "uptime_s", json_integer((time_mono_ms() - s->on_since_ms) / 1000));
-	if (s->state == VM_STUCK)
+	if (s->state == VM_STUCK && s->question_kind == Q_UNDOABLE)
+		json_object_set_new(j, "question", json_pack("{s:s, s:[s,s,s]}", "text", s->question,
+							     "choices", "commit", "discard", "keep"));
+	else if (s->state == VM_STUCK)
 		json_object_set_new(j, "question", json_pack("{s:s, s:[s,s,s]}", "text", s->question,
 							     "choices", "keep", "create", "cancel"));
 	if (s->state != VM_STUCK && s->state != VM_OFF) {
@@ -510,8 +516,25 @@ static void qemu_exited(struct sup *s, int status)
 			  s->qemu_last_err[0] ? ": " : "", s->qemu_last_err);
 		s->exit_code = 1;
 	}
-	set_state(s, VM_OFF);
 	s->on_since_ms = 0;
+	if (s->disks) {
+		char *question = NULL;
+		if (sup_disks_power_off(s->disks, &question) < 0) {
+			log_error("event: disk error at power-off: %s", vela_errmsg());
+			s->exit_code = 1;
+		}
+		if (question) {
+			/* Undoable disks: the VM stays stuck until somebody answers. */
+			snprintf(s->question, sizeof s->question, "%s", question);
+			free(question);
+			s->question_kind = Q_UNDOABLE;
+			set_state(s, VM_STUCK);
+			log_info("event: question: %s", s->question);
+			finish_op(s, 0);
+			return;
+		}
+	}
+	set_state(s, VM_OFF);
 	release_run_dir(s);
 	if (s->op == OP_RESET)
 		finish_op(s, vela_error(VELA_E_ENGINE, "the VM powered off during the reset"));
@@ -672,10 +695,15 @@ static int power_on(struct sup *s)
 		goto out;
 	}
 	vnc = xasprintf("%s/vnc.sock", s->run_dir);
+	/* Vela's engine serves the disks: they must be listening before QEMU connects. */
+	r = sup_disks_open(s->model, s->vm_dir, s->run_dir, &s->disks);
+	if (r < 0)
+		goto out;
 	struct engine_runtime rt = {
 		.qemu_binary = s->opts->qemu_binary, .accel = s->accel,
 		.qmp_fd = qmp_sv[1], .console_fd = has_console(s->model) ? con_sv[1] : -1,
 		.vnc_socket = vnc, .name = s->model->display_name,
+		.disk_sockets = sup_disks_sockets(s->disks),
 	};
 	r = engine_build_argv(s->model, &rt, &argv, &notes);
 	if (r < 0)
@@ -740,6 +768,16 @@ out:
 		kill(s->qemu_pid, SIGKILL);
 		waitpid(s->qemu_pid, NULL, 0);
 		s->qemu_pid = 0;
+	}
+	if (r < 0 && s->disks) {
+		/* Never powered on: temporary redo logs go, nothing is asked. */
+		char *msg = xstrdup(vela_errmsg()), *question = NULL;
+		sup_disks_power_off(s->disks, &question);
+		free(question);
+		sup_disks_free(s->disks);
+		s->disks = NULL;
+		vela_error(r, "%s", msg);
+		free(msg);
 	}
 	return r;
 }
@@ -823,8 +861,11 @@ static int req_stop(struct sup *s, struct ctl_client *c, enum vm_power_mode mode
 			quit_qemu(s);
 			return 0;
 		case VM_STUCK:
-			/* Cancel a power-on that waits for an answer. */
-			log_info("event: power-on canceled while a question was pending");
+			/* Cancel a power-on that waits for an answer; at an undoable
+			 * power-off, leave the redo logs as they are (= keep). */
+			log_info("event: %s", s->question_kind == Q_UNDOABLE
+						      ? "question left unanswered; undoable redo logs kept"
+						      : "power-on canceled while a question was pending");
 			set_state(s, VM_OFF);
 			release_run_dir(s);
 			vela_loop_stop(s->loop);
@@ -880,6 +921,18 @@ static int req_answer(struct sup *s, struct ctl_client *c, const char *choice)
 		return vela_error(VELA_E_BADSTATE, "no question is pending: the VM is %s", vm_state_name(s->state));
 	if (!choice)
 		return vela_error(VELA_E_INVAL, "answer needs a choice: keep, create or cancel");
+	if (s->question_kind == Q_UNDOABLE) {
+		int r = sup_disks_answer(s->disks, choice);
+		if (r == -VELA_E_INVAL)
+			return r;   /* not a choice: the question stays */
+		log_info("event: answer \"%s\" to: %s", choice, s->question);
+		set_state(s, VM_OFF);
+		release_run_dir(s);
+		if (r < 0)
+			s->exit_code = 1;
+		vela_loop_stop(s->loop);
+		return r;
+	}
 	log_info("event: answer \"%s\" to: %s", choice, s->question);
 	if (str_ieq(choice, "cancel"))
 		return req_stop(s, c, VM_POWER_HARD, 0);
@@ -1110,6 +1163,7 @@ static void sup_free(struct sup *s)
 	if (s->inotify_fd >= 0) close(s->inotify_fd);
 	if (s->lock_fd >= 0) close(s->lock_fd);
 	if (s->ready_fd >= 0) close(s->ready_fd);
+	sup_disks_free(s->disks);
 	vela_loop_free(s->loop);
 	vmx_model_free(s->model);
 	vmx_file_free(s->file);

@@ -52,9 +52,7 @@ check "nonpersistent disk lost the guest's write at power-off" console_has "$vmx
 check "stop" "$VELA" vm stop hard "$vmx"
 check "nonpersistent disk file is unchanged on the host" sh -c "head -c 18 '$dir/np.img' | grep -q VELA-NONPERSISTENT"
 
-vmx=$(make_vm undo "$CMDLINE" "${SCSI_DISK[@]}" 'scsi0:0.mode = "undoable"')
-expect_error VELA_E_NOTSUP "undoable mode is refused until redo logs exist (not silently persistent)" "$VELA" vm start "$vmx"
-check "the refused VM is off" test "$(state_of "$vmx")" = off
+# undoable and append modes: test-disk-modes.sh
 
 # ---- every device model maps to something QEMU accepts (the guest has no
 # drivers for most of these; what is checked is that QEMU runs the VM)

@@ -1,0 +1,549 @@
+/*
+ * disks.c - the VM's disks, served by the supervisor through Vela's disk
+ * engine (see disks.h).  One blk_disk per hard disk and one server thread
+ * per disk (vhost-user-blk for virtio disks, NBD for disks behind an
+ * emulated controller); the disk modes decide which chain top is served.
+ */
+#include "common.h"
+#include "blk.h"
+#include "vdisk.h"
+#include "disks.h"
+
+#include <limits.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SERVER_READY_TIMEOUT_S 10
+
+struct sup_disk {
+	char id[32];              /* "scsi0-0": socket and NBD export name */
+	char addr[16];            /* "scsi0:0" */
+	enum vmx_disk_mode mode;
+	bool vhost;
+	unsigned queues;
+	char *base;               /* the file the .vmx names */
+	char *redo;               /* the mode's redo log, or NULL */
+	char *sock;
+	struct blk_disk *disk;
+	struct blk_export exp;
+	pthread_t thread;
+	bool running;
+	volatile bool stop;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool ready, ended;
+	int result;
+	char error[512];
+};
+
+struct sup_disks {
+	struct sup_disk *d;
+	size_t n;
+	char **sockets;           /* indexed like the model's disks */
+	size_t n_model;
+	char *vm_dir;
+	bool closed;
+};
+
+static bool mode_has_redo(enum vmx_disk_mode m)
+{
+	return m == VMX_MODE_NONPERSISTENT || m == VMX_MODE_INDEPENDENT_NONPERSISTENT || m == VMX_MODE_UNDOABLE ||
+	       m == VMX_MODE_APPEND;
+}
+
+static bool mode_is_temporary(enum vmx_disk_mode m)
+{
+	return m == VMX_MODE_NONPERSISTENT || m == VMX_MODE_INDEPENDENT_NONPERSISTENT;
+}
+
+/* Decide the chain top for the disk's mode, creating its redo log. */
+static int prepare_mode(struct sup_disk *d, const char *vm_dir, const char **top)
+{
+	*top = d->base;
+	if (!mode_has_redo(d->mode))
+		return 0;
+	bool temporary = mode_is_temporary(d->mode);
+	int r = vdisk_child_name(d->base, vm_dir, temporary ? "TEMP" : "REDO", &d->redo);
+	if (r < 0)
+		return r;
+	struct stat st;
+	if (stat(d->redo, &st) == 0) {
+		if (!temporary) {
+			/* undoable "keep" and append: the log grows on. */
+			vela_log(VELA_LOG_INFO, "%s: continuing the redo log %s (%s mode)", d->addr, d->redo,
+				 vmx_disk_mode_name(d->mode));
+			*top = d->redo;
+			return 0;
+		}
+		/* A temporary log a crash left behind: its writes were never to be kept. */
+		vela_log(VELA_LOG_INFO, "%s: removing the stale temporary redo log %s", d->addr, d->redo);
+		if (vdisk_delete(d->redo, true) < 0 && unlink(d->redo) < 0)
+			return vela_error_errno(errno, "%s: remove the stale redo log %s", d->addr, d->redo);
+	}
+	struct vdisk_create_opts o = { .type = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE, .parent = d->base };
+	r = vdisk_create(d->redo, &o);
+	if (r < 0)
+		return vela_error_context(r, "%s: redo log for %s mode", d->addr, vmx_disk_mode_name(d->mode));
+	vela_log(VELA_LOG_INFO, "%s: writes go to the redo log %s (%s mode)", d->addr, d->redo,
+		 vmx_disk_mode_name(d->mode));
+	*top = d->redo;
+	return 0;
+}
+
+static void server_ready(const char *where, void *opaque)
+{
+	(void)where;
+	struct sup_disk *d = opaque;
+	pthread_mutex_lock(&d->lock);
+	d->ready = true;
+	pthread_cond_broadcast(&d->cond);
+	pthread_mutex_unlock(&d->lock);
+}
+
+static void *server_thread(void *opaque)
+{
+	struct sup_disk *d = opaque;
+	int r;
+	if (d->vhost) {
+		struct blk_vhost_opts o = { .num_queues = d->queues, .serial = d->id };
+		r = blk_vhost_listen(d->sock, d->disk, &o, &d->stop, server_ready, d);
+	} else {
+		r = blk_nbd_listen(d->sock, &d->exp, &d->stop, server_ready, d);
+	}
+	pthread_mutex_lock(&d->lock);
+	d->result = r;
+	if (r < 0)
+		snprintf(d->error, sizeof d->error, "%s", vela_errmsg());
+	d->ended = true;
+	pthread_cond_broadcast(&d->cond);
+	pthread_mutex_unlock(&d->lock);
+	return NULL;
+}
+
+static int start_server(struct sup_disk *d)
+{
+	/* The supervisor blocks its signals for its signalfd: the thread
+	 * inherits the mask, so signals keep going to the loop. */
+	int e = pthread_create(&d->thread, NULL, server_thread, d);
+	if (e)
+		return vela_error_errno(e, "%s: start the disk server", d->addr);
+	d->running = true;
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += SERVER_READY_TIMEOUT_S;
+	pthread_mutex_lock(&d->lock);
+	while (!d->ready && !d->ended)
+		if (pthread_cond_timedwait(&d->cond, &d->lock, &until) != 0)
+			break;
+	bool ok = d->ready && !d->ended;
+	int res = d->result;
+	pthread_mutex_unlock(&d->lock);
+	if (!ok)
+		return vela_error(res < 0 ? res : -VELA_E_TIMEOUT, "%s: the disk server did not start: %s", d->addr,
+				  d->error[0] ? d->error : "no answer");
+	return 0;
+}
+
+static void stop_server(struct sup_disk *d)
+{
+	if (!d->running)
+		return;
+	d->stop = true;
+	pthread_join(d->thread, NULL);
+	d->running = false;
+}
+
+int sup_disks_open(const struct vmx_model *m, const char *vm_dir, const char *run_dir, struct sup_disks **out)
+{
+	struct sup_disks *ds = xcalloc(1, sizeof(*ds));
+	ds->d = xcalloc(m->n_disks ? m->n_disks : 1, sizeof(*ds->d));
+	ds->sockets = xcalloc(m->n_disks + 1, sizeof(char *));
+	ds->n_model = m->n_disks;
+	ds->vm_dir = xstrdup(vm_dir);
+	int r = 0;
+	for (size_t i = 0; i < m->n_disks; i++) {
+		const struct vmx_disk *md = &m->disks[i];
+		if (md->type != VMX_DEV_DISK || !md->path)
+			continue;
+		struct sup_disk *d = &ds->d[ds->n++];
+		pthread_mutex_init(&d->lock, NULL);
+		pthread_cond_init(&d->cond, NULL);
+		snprintf(d->id, sizeof d->id, "%s%u-%u", vmx_bus_name(md->bus), md->ctrl, md->unit);
+		snprintf(d->addr, sizeof d->addr, "%s", md->addr);
+		d->mode = md->mode;
+		d->vhost = md->bus == VMX_BUS_VIRTIO;
+		d->queues = m->vcpus < BLK_VHOST_MAX_QUEUES ? m->vcpus : BLK_VHOST_MAX_QUEUES;
+		if (d->queues == 0)
+			d->queues = 1;
+		d->base = xstrdup(md->path);
+		d->sock = xasprintf("%s/disk-%s.sock", run_dir, d->id);
+		unlink(d->sock);
+		const char *top;
+		if ((r = prepare_mode(d, vm_dir, &top)) < 0)
+			break;
+		if ((r = blk_disk_open(top, false, &d->disk)) < 0) {
+			vela_error_context(r, "%s", d->addr);
+			break;
+		}
+		d->exp = (struct blk_export){ .disk = d->disk, .name = d->id, .description = d->addr };
+		if ((r = start_server(d)) < 0)
+			break;
+		ds->sockets[i] = d->sock;
+		vela_log(VELA_LOG_INFO, "%s: %s served over %s on %s", d->addr, top, d->vhost ? "vhost-user-blk" : "NBD",
+			 d->sock);
+	}
+	if (r < 0) {
+		char *msg = xstrdup(vela_errmsg());
+		char *q = NULL;
+		sup_disks_power_off(ds, &q);   /* undo what was opened; temporary logs go */
+		free(q);
+		sup_disks_free(ds);
+		vela_error(r, "%s", msg);
+		free(msg);
+		return r;
+	}
+	*out = ds;
+	return 0;
+}
+
+char *const *sup_disks_sockets(struct sup_disks *ds)
+{
+	return ds->sockets;
+}
+
+/* Delete the images from top down to (and with) stop_at. */
+static int delete_down_to(const char *top, const char *stop_at)
+{
+	char real_stop[PATH_MAX];
+	if (!realpath(stop_at, real_stop))
+		return vela_error_errno(errno, "%s", stop_at);
+	CLEANUP_FREE char *cur = xstrdup(top);
+	for (unsigned depth = 0; depth < VDISK_MAX_CHAIN; depth++) {
+		char real[PATH_MAX];
+		if (!realpath(cur, real))
+			return vela_error_errno(errno, "%s", cur);
+		struct vdisk *vd;
+		int r = vdisk_open(cur, VDISK_OPEN_RDONLY | VDISK_OPEN_NO_PARENT, &vd);
+		if (r < 0)
+			return r;
+		struct vdisk_info *info = NULL;
+		r = vdisk_get_info(vd, &info);
+		vdisk_close(vd);
+		if (r < 0)
+			return r;
+		char *parent = info->parent ? xstrdup(info->parent) : NULL;
+		vdisk_info_free(info);
+		r = vdisk_delete(cur, true);
+		if (r < 0) {
+			free(parent);
+			return r;
+		}
+		if (strcmp(real, real_stop) == 0 || !parent) {
+			free(parent);
+			return 0;
+		}
+		free(cur);
+		cur = parent;
+	}
+	return vela_error(VELA_E_LOOP, "%s: no end to the chain", top);
+}
+
+int sup_disks_power_off(struct sup_disks *ds, char **question)
+{
+	*question = NULL;
+	int err = 0;
+	struct strbuf q = { 0 };
+	for (size_t i = 0; i < ds->n; i++) {
+		struct sup_disk *d = &ds->d[i];
+		stop_server(d);
+		if (d->sock)
+			unlink(d->sock);
+		CLEANUP_FREE char *top = d->disk ? blk_disk_top(d->disk) : NULL;
+		if (d->disk) {
+			int r = blk_disk_close(d->disk);
+			d->disk = NULL;
+			if (r < 0) {
+				vela_log(VELA_LOG_ERROR, "%s: closing the disk: %s", d->addr, vela_errmsg());
+				err = err ? err : r;
+			}
+		}
+		if (!d->redo || ds->closed)
+			continue;
+		if (mode_is_temporary(d->mode)) {
+			struct stat st;
+			if (stat(d->redo, &st) < 0)
+				continue;
+			int r = delete_down_to(top ? top : d->redo, d->redo);
+			if (r < 0) {
+				vela_log(VELA_LOG_ERROR, "%s: discard the temporary redo log: %s", d->addr, vela_errmsg());
+				err = err ? err : r;
+			} else {
+				vela_log(VELA_LOG_INFO, "%s: nonpersistent: the session's writes were discarded", d->addr);
+			}
+		} else if (d->mode == VMX_MODE_APPEND) {
+			vela_log(VELA_LOG_INFO, "%s: append: the redo log %s is kept", d->addr, d->redo);
+		} else if (d->mode == VMX_MODE_UNDOABLE) {
+			if (!q.len)
+				strbuf_puts(&q, "The VM used undoable disks:");
+			strbuf_printf(&q, " %s (%s)", d->addr, d->redo);
+		}
+	}
+	ds->closed = true;
+	if (q.len) {
+		strbuf_puts(&q, ". Commit the changes to the disks, discard them, or keep them in the redo log?");
+		*question = strbuf_steal(&q);
+	}
+	strbuf_free(&q);
+	return err;
+}
+
+int sup_disks_answer(struct sup_disks *ds, const char *choice)
+{
+	bool commit = str_ieq(choice, "commit"), discard = str_ieq(choice, "discard"), keep = str_ieq(choice, "keep");
+	if (!commit && !discard && !keep)
+		return vela_error(VELA_E_INVAL, "the choices are commit, discard and keep, not \"%s\"", choice);
+	int err = 0;
+	for (size_t i = 0; i < ds->n; i++) {
+		struct sup_disk *d = &ds->d[i];
+		if (d->mode != VMX_MODE_UNDOABLE || !d->redo)
+			continue;
+		int r = 0;
+		if (commit)
+			r = vdisk_commit(d->redo, true, NULL, NULL);
+		else if (discard)
+			r = vdisk_delete(d->redo, true);
+		if (r < 0) {
+			vela_log(VELA_LOG_ERROR, "%s: %s the redo log: %s", d->addr, choice, vela_errmsg());
+			err = err ? err : r;
+		} else {
+			vela_log(VELA_LOG_INFO, "%s: undoable: %s %s", d->addr,
+				 commit ? "committed" : discard ? "discarded" : "kept", d->redo);
+		}
+	}
+	return err;
+}
+
+static struct sup_disk *find(struct sup_disks *ds, const char *addr)
+{
+	for (size_t i = 0; ds && i < ds->n; i++)
+		if (str_ieq(ds->d[i].addr, addr) && ds->d[i].disk)
+			return &ds->d[i];
+	vela_error(VELA_E_NOTFOUND, "the VM has no hard disk %s being served", addr);
+	return NULL;
+}
+
+static int refuse_mode(struct sup_disk *d, const char *what)
+{
+	return vela_error(VELA_E_NOTSUP, "%s: %s is for persistent disks; a %s disk keeps its own redo log", d->addr,
+			  what, vmx_disk_mode_name(d->mode));
+}
+
+int sup_disks_addredo(struct sup_disks *ds, const char *addr, char **new_top)
+{
+	struct sup_disk *d = find(ds, addr);
+	if (!d)
+		return -VELA_E_NOTFOUND;
+	if (mode_has_redo(d->mode))
+		return refuse_mode(d, "addredo");
+	int r = blk_disk_addredo(d->disk, new_top);
+	return r < 0 ? vela_error_context(r, "%s: addredo", d->addr) : 0;
+}
+
+/* The chain of the served disk, top first: paths[0] = top. */
+static int chain_paths(struct sup_disk *d, char ***paths, size_t *n)
+{
+	CLEANUP_FREE char *top = blk_disk_top(d->disk);
+	struct vdisk *vd;
+	int r = vdisk_open(top, VDISK_OPEN_RDONLY, &vd);
+	if (r < 0)
+		return r;
+	struct vdisk_info *info = NULL;
+	r = vdisk_get_info(vd, &info);
+	vdisk_close(vd);
+	if (r < 0)
+		return r;
+	size_t k = 0;
+	for (struct vdisk_info *i = info; i; i = i->backing)
+		k++;
+	*paths = xcalloc(k + 1, sizeof(char *));
+	k = 0;
+	for (struct vdisk_info *i = info; i; i = i->backing)
+		(*paths)[k++] = xstrdup(i->path);
+	*n = k;
+	vdisk_info_free(info);
+	return 0;
+}
+
+static void free_paths(char **p)
+{
+	for (size_t i = 0; p && p[i]; i++)
+		free(p[i]);
+	free(p);
+}
+
+struct relink_step {
+	const char *child, *grand, *target;
+};
+
+/* With I/O held: the child above the merged image points at the grandparent. */
+static int relink_between(void *opaque, char **new_top)
+{
+	(void)new_top;
+	struct relink_step *st = opaque;
+	int r = vdisk_relink(st->child, st->grand, true);
+	if (r < 0)
+		return r;
+	if (unlink(st->target) < 0)
+		vela_log(VELA_LOG_WARN, "remove the merged %s: %s", st->target, strerror(errno));
+	return 0;
+}
+
+/* With I/O held: merge the (small) top into its parent, which becomes the top. */
+static int final_merge_between(void *opaque, char **new_top)
+{
+	(void)new_top;
+	return vdisk_commit(opaque, true, NULL, NULL);
+}
+
+/*
+ * Merge the image `level` below the top (0 = the top) into its parent while
+ * the guest runs.  Level >= 1: the target is read-only under the guest, so
+ * it merges live; only re-pointing the image above it holds I/O.  Level 0:
+ * a helper redo log takes the guest's writes first, the former top merges
+ * live, and at the end only the helper (what the guest wrote meanwhile)
+ * merges with I/O held.
+ */
+int sup_disks_commit(struct sup_disks *ds, const char *addr, unsigned level, char **new_top)
+{
+	struct sup_disk *d = find(ds, addr);
+	if (!d)
+		return -VELA_E_NOTFOUND;
+	if (mode_has_redo(d->mode))
+		return refuse_mode(d, "commit");
+	char **paths = NULL;
+	size_t n = 0;
+	int r = chain_paths(d, &paths, &n);
+	if (r < 0)
+		return vela_error_context(r, "%s: commit", d->addr);
+	CLEANUP_FREE char *helper = NULL;
+	if (level + 1 >= n) {
+		r = vela_error(VELA_E_RANGE, "%s: commit --level %u: the chain has %zu image(s), no parent below level %u",
+			       d->addr, level, n, level);
+		goto out;
+	}
+	if (level == 0) {
+		if ((r = blk_disk_addredo(d->disk, &helper)) < 0)
+			goto out;
+		free_paths(paths);
+		paths = NULL;
+		if ((r = chain_paths(d, &paths, &n)) < 0)
+			goto out;
+		level = 1;
+	}
+	/* paths[level] merges into paths[level + 1]; paths[level - 1] is above. */
+	vela_log(VELA_LOG_INFO, "%s: live commit of %s into %s", d->addr, paths[level], paths[level + 1]);
+	if ((r = vdisk_commit(paths[level], false, NULL, NULL)) < 0)
+		goto out;
+	struct relink_step st = { paths[level - 1], paths[level + 1], paths[level] };
+	if ((r = blk_disk_switch(d->disk, paths[0], relink_between, &st)) < 0)
+		goto out;
+	if (helper)
+		r = blk_disk_switch(d->disk, paths[2], final_merge_between, helper);
+out:
+	if (r < 0)
+		vela_error_context(r, "%s: commit", d->addr);
+	else if (new_top)
+		*new_top = blk_disk_top(d->disk);
+	free_paths(paths);
+	return r;
+}
+
+static int limit_of(json_t *l, const char *key, uint64_t *out)
+{
+	json_t *v = json_object_get(l, key);
+	if (!v)
+		return 0;
+	if (!json_is_integer(v) || json_integer_value(v) < 0)
+		return vela_error(VELA_E_INVAL, "limit %s: expected a number >= 0 (0 = unlimited)", key);
+	*out = (uint64_t)json_integer_value(v);
+	return 0;
+}
+
+int sup_disks_set_limits(struct sup_disks *ds, const char *addr, json_t *limits)
+{
+	struct sup_disk *d = find(ds, addr);
+	if (!d)
+		return -VELA_E_NOTFOUND;
+	struct blk_disk_limits l;
+	blk_disk_get_limits(d->disk, &l);
+	uint64_t iops = UINT64_MAX, bps = UINT64_MAX;
+	int r;
+	if ((r = limit_of(limits, "iops", &iops)) < 0 || (r = limit_of(limits, "bps", &bps)) < 0 ||
+	    (r = limit_of(limits, "iops_rd", &l.iops_rd)) < 0 || (r = limit_of(limits, "iops_wr", &l.iops_wr)) < 0 ||
+	    (r = limit_of(limits, "bps_rd", &l.bps_rd)) < 0 || (r = limit_of(limits, "bps_wr", &l.bps_wr)) < 0)
+		return r;
+	if (iops != UINT64_MAX)
+		l.iops_rd = l.iops_wr = iops;
+	if (bps != UINT64_MAX)
+		l.bps_rd = l.bps_wr = bps;
+	blk_disk_set_limits(d->disk, &l);
+	vela_log(VELA_LOG_INFO, "%s: limits: read %" PRIu64 " IOPS %" PRIu64 " B/s, write %" PRIu64 " IOPS %" PRIu64
+		 " B/s (0 = unlimited)", d->addr, l.iops_rd, l.bps_rd, l.iops_wr, l.bps_wr);
+	return 0;
+}
+
+json_t *sup_disks_stats(struct sup_disks *ds)
+{
+	json_t *all = json_object();
+	for (size_t i = 0; ds && i < ds->n; i++) {
+		struct sup_disk *d = &ds->d[i];
+		if (!d->disk)
+			continue;
+		struct blk_disk_stats st;
+		struct blk_disk_limits l;
+		blk_disk_get_stats(d->disk, &st);
+		blk_disk_get_limits(d->disk, &l);
+		CLEANUP_FREE char *top = blk_disk_top(d->disk);
+		json_t *hist = json_array();
+		for (unsigned b = 0; b < BLK_LAT_BUCKETS; b++)
+			json_array_append_new(hist, json_integer((json_int_t)st.lat_hist[b]));
+		json_object_set_new(all, d->addr, json_pack(
+			"{s:s, s:s, s:i, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:{s:I, s:I, s:I, s:I}}",
+			"file", top, "base", d->base, "depth", (int)blk_disk_depth(d->disk),
+			"mode", vmx_disk_mode_name(d->mode), "transport", d->vhost ? "vhost-user-blk" : "nbd",
+			"rd_ops", (json_int_t)st.rd_ops, "wr_ops", (json_int_t)st.wr_ops,
+			"rd_bytes", (json_int_t)st.rd_bytes, "wr_bytes", (json_int_t)st.wr_bytes,
+			"flush_ops", (json_int_t)st.flush_ops, "discard_ops", (json_int_t)st.discard_ops,
+			"errors", (json_int_t)st.errors,
+			"rd_lat_us_avg", (json_int_t)(st.rd_ops ? st.rd_lat_us / st.rd_ops : 0),
+			"wr_lat_us_avg", (json_int_t)(st.wr_ops ? st.wr_lat_us / st.wr_ops : 0),
+			"lat_hist_pow2_us", hist,
+			"limits", "iops_rd", (json_int_t)l.iops_rd, "iops_wr", (json_int_t)l.iops_wr,
+			"bps_rd", (json_int_t)l.bps_rd, "bps_wr", (json_int_t)l.bps_wr));
+	}
+	return all;
+}
+
+void sup_disks_free(struct sup_disks *ds)
+{
+	if (!ds)
+		return;
+	for (size_t i = 0; i < ds->n; i++) {
+		struct sup_disk *d = &ds->d[i];
+		stop_server(d);
+		if (d->disk)
+			blk_disk_close(d->disk);
+		free(d->base);
+		free(d->redo);
+		free(d->sock);
+		pthread_mutex_destroy(&d->lock);
+		pthread_cond_destroy(&d->cond);
+	}
+	free(ds->d);
+	free(ds->sockets);
+	free(ds->vm_dir);
+	free(ds);
+}

@@ -1,0 +1,45 @@
+/*
+ * disks.h - the VM's disks as the supervisor serves them (private to
+ * src/vmx-sup).  Every hard disk of the VM is opened here, through Vela's
+ * disk engine, with the redo log its mode asks for, and served to QEMU on a
+ * socket in the VM's runtime folder: vhost-user-blk for virtio disks, NBD
+ * for disks behind an emulated controller.
+ */
+#ifndef VELA_VMXSUP_DISKS_H
+#define VELA_VMXSUP_DISKS_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "vmx.h"
+
+struct sup_disks;
+
+/*
+ * Open and serve every hard disk of the model (CD-ROMs stay with QEMU).
+ * Disk modes: nonpersistent disks get a fresh temporary redo log, undoable
+ * and append disks continue (or start) their redo log; all in vm_dir.
+ * sockets(ds) then names the socket of each model disk (NULL for CD-ROMs).
+ */
+int sup_disks_open(const struct vmx_model *m, const char *vm_dir, const char *run_dir, struct sup_disks **out);
+char *const *sup_disks_sockets(struct sup_disks *ds);
+
+/*
+ * The VM is off: stop serving, flush and close every disk, then apply the
+ * modes that need nobody (nonpersistent: the redo log goes; append: it
+ * stays).  When an undoable disk has changes, *question gets the text to
+ * ask (commit, discard or keep) and the answer goes to sup_disks_answer.
+ */
+int sup_disks_power_off(struct sup_disks *ds, char **question);
+int sup_disks_answer(struct sup_disks *ds, const char *choice);
+
+/* Live operations on the disk at a .vmx address ("scsi0:0"). */
+int sup_disks_addredo(struct sup_disks *ds, const char *addr, char **new_top);
+int sup_disks_commit(struct sup_disks *ds, const char *addr, unsigned level, char **new_top);
+int sup_disks_set_limits(struct sup_disks *ds, const char *addr, json_t *limits);
+/* {addr: {file, depth, mode, rd_ops, ...}} for every disk. */
+json_t *sup_disks_stats(struct sup_disks *ds);
+
+void sup_disks_free(struct sup_disks *ds);
+
+#endif
