@@ -23,6 +23,9 @@ struct cli {
 	const char *nbd, *name;
 	const char *vhost_user;   /* --vhost-user SOCKET */
 	unsigned queues;          /* --queues N */
+	/* vela vm commit / disk-limit */
+	bool freeze;
+	const char *iops, *bps, *iops_rd, *iops_wr, *bps_rd, *bps_wr;
 	bool read_only;
 };
 
@@ -33,5 +36,7 @@ int cli_usage_error(const char *fmt, const char *arg);
 
 /* vela disk VERB ARGS... */
 int cmd_disk(const struct cli *c, const char *const *words, size_t n);
+/* vela vm addredo|commit|disk-stats|disk-limit FILE.vmx [DISK] */
+int cmd_vm_disk(const struct cli *c, const char *verb, const char *file, const char *disk);
 
 #endif

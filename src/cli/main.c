@@ -126,7 +126,13 @@ static void print_status(const struct cli *c, json_t *st)
 	json_t *q = json_object_get(st, "question");
 	if (q) {
 		printf("question: %s\n", json_string_value(json_object_get(q, "text")));
-		printf("answer with: vela vm answer FILE.vmx keep|create|cancel\n");
+		struct strbuf ch = { 0 };
+		size_t i;
+		json_t *v;
+		json_array_foreach(json_object_get(q, "choices"), i, v)
+			strbuf_printf(&ch, "%s%s", i ? "|" : "", json_string_value(v));
+		printf("answer with: vela vm answer FILE.vmx %s\n", ch.data ? ch.data : "");
+		strbuf_free(&ch);
 	}
 }
 
@@ -399,6 +405,10 @@ static void usage(FILE *f)
 		"  vela vm status FILE.vmx              print state, pids, accelerator, question\n"
 		"  vela vm answer FILE.vmx CHOICE       answer the pending question\n"
 		"  vela vm console FILE.vmx             attach to the serial console (^] detaches)\n"
+		"  vela vm addredo FILE.vmx DISK        live: new redo log on a running VM's disk\n"
+		"  vela vm commit [--level N] [--freeze] FILE.vmx DISK  live: merge a redo log\n"
+		"  vela vm disk-stats FILE.vmx          per-disk I/O counters, latency, limits\n"
+		"  vela vm disk-limit [--iops N] [--bps N] FILE.vmx DISK  live: cap a disk's I/O\n"
 		"  vela disk create -s SIZE [-t TYPE] [-a ADAPTER] FILE   create a disk\n"
 		"  vela disk info FILE                  format, size, allocation, chain\n"
 		"  vela disk map FILE                   allocated and zero ranges, by chain level\n"
@@ -444,6 +454,10 @@ static void usage(FILE *f)
 		"  --vhost-user SOCKET  (disk serve) be a vhost-user-blk back-end on SOCKET\n"
 		"  --queues N         (disk serve --vhost-user) request queues offered (default 1)\n"
 		"  --readonly         (disk serve) refuse writes\n"
+		"  --freeze           (vm commit) hold guest I/O for the whole merge\n"
+		"  --iops N, --bps N  (vm disk-limit) I/O per second, bytes per second, read and\n"
+		"                     write each; --iops-rd, --iops-wr, --bps-rd, --bps-wr set\n"
+		"                     one direction; 0 removes a limit\n"
 		"  --name N           (disk serve) export name (default: the file's name)\n"
 		"  -h, --help         this text\n"
 		"  -V, --version      print the version\n"
@@ -510,6 +524,20 @@ int main(int argc, char **argv)
 			if (parse_value(a, argv[++i], 16, &v) < 0)
 				return 2;
 			c.queues = (unsigned)v;
+		} else if (strcmp(a, "--freeze") == 0) {
+			c.freeze = true;
+		} else if (strcmp(a, "--iops") == 0 && has_val) {
+			c.iops = argv[++i];
+		} else if (strcmp(a, "--bps") == 0 && has_val) {
+			c.bps = argv[++i];
+		} else if (strcmp(a, "--iops-rd") == 0 && has_val) {
+			c.iops_rd = argv[++i];
+		} else if (strcmp(a, "--iops-wr") == 0 && has_val) {
+			c.iops_wr = argv[++i];
+		} else if (strcmp(a, "--bps-rd") == 0 && has_val) {
+			c.bps_rd = argv[++i];
+		} else if (strcmp(a, "--bps-wr") == 0 && has_val) {
+			c.bps_wr = argv[++i];
 		} else if (strcmp(a, "--name") == 0 && has_val) {
 			c.name = argv[++i];
 		} else if (strcmp(a, "--readonly") == 0) {
@@ -584,6 +612,10 @@ int main(int argc, char **argv)
 		enum vm_power_mode pm;
 		return cli_fail(&c, vm_power_mode_parse(bad, &pm));
 	}
+	static const char *const disk_verbs[] = { "addredo", "commit", "disk-stats", "disk-limit" };
+	for (size_t i = 0; i < ARRAY_SIZE(disk_verbs); i++)
+		if (strcmp(verb, disk_verbs[i]) == 0)
+			return cmd_vm_disk(&c, verb, file, extra);
 	if (extra && strcmp(verb, "answer") != 0)
 		return cli_usage_error("unexpected argument \"%s\"", extra);
 

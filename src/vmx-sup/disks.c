@@ -416,7 +416,7 @@ static int final_merge_between(void *opaque, char **new_top)
  * live, and at the end only the helper (what the guest wrote meanwhile)
  * merges with I/O held.
  */
-int sup_disks_commit(struct sup_disks *ds, const char *addr, unsigned level, char **new_top)
+int sup_disks_commit(struct sup_disks *ds, const char *addr, unsigned level, bool freeze, char **new_top)
 {
 	struct sup_disk *d = find(ds, addr);
 	if (!d)
@@ -432,6 +432,11 @@ int sup_disks_commit(struct sup_disks *ds, const char *addr, unsigned level, cha
 	if (level + 1 >= n) {
 		r = vela_error(VELA_E_RANGE, "%s: commit --level %u: the chain has %zu image(s), no parent below level %u",
 			       d->addr, level, n, level);
+		goto out;
+	}
+	if (level == 0 && freeze) {
+		/* The classic frozen commit: guest I/O waits for the whole merge. */
+		r = blk_disk_switch(d->disk, paths[1], final_merge_between, paths[0]);
 		goto out;
 	}
 	if (level == 0) {

@@ -35,7 +35,8 @@ int sup_disks_answer(struct sup_disks *ds, const char *choice);
 
 /* Live operations on the disk at a .vmx address ("scsi0:0"). */
 int sup_disks_addredo(struct sup_disks *ds, const char *addr, char **new_top);
-int sup_disks_commit(struct sup_disks *ds, const char *addr, unsigned level, char **new_top);
+/* freeze: hold guest I/O for the whole merge (no helper redo log). */
+int sup_disks_commit(struct sup_disks *ds, const char *addr, unsigned level, bool freeze, char **new_top);
 int sup_disks_set_limits(struct sup_disks *ds, const char *addr, json_t *limits);
 /* {addr: {file, depth, mode, rd_ops, ...}} for every disk. */
 json_t *sup_disks_stats(struct sup_disks *ds);

@@ -967,6 +967,73 @@ static int req_scrollback(struct sup *s, json_t **out)
 	return 0;
 }
 
+/*
+ * A live disk operation moved the disk's top: the .vmx names the new top
+ * from now on (so the next power-on continues where the guest left off),
+ * on disk and in the running configuration (so it is not "pending").
+ */
+static int record_disk_top(struct sup *s, const char *addr, const char *top)
+{
+	CLEANUP_FREE char *key = xasprintf("%s.fileName", addr);
+	CLEANUP_FREE char *dir = path_dirname(top);
+	CLEANUP_FREE char *name = path_basename(top);
+	char real_dir[PATH_MAX];
+	const char *value = realpath(dir, real_dir) && strcmp(real_dir, s->vm_dir) == 0 ? name : top;
+	struct vmx_file *now = NULL;
+	int r = vmx_file_load(s->config_path, &now);
+	if (r == 0)
+		r = vmx_set(now, key, value);
+	if (r == 0)
+		r = vmx_file_save(now, s->config_path);
+	vmx_file_free(now);
+	if (r < 0)
+		return vela_error_context(r, "record the new top of %s in %s", addr, s->config_path);
+	vmx_set(s->file, key, value);
+	log_info("%s = \"%s\" written to %s", key, value, s->config_path);
+	return 0;
+}
+
+static int req_disk(struct sup *s, const char *cmd, json_t *req, json_t **reply)
+{
+	const char *disk = json_string_value(json_object_get(req, "disk"));
+	if (s->state != VM_ON && s->state != VM_PAUSED)
+		return vela_error(VELA_E_BADSTATE, "%s: the VM is %s; offline disks are handled with vela disk", cmd,
+				  vm_state_name(s->state));
+	if (strcmp(cmd, "disk-stats") == 0) {
+		*reply = json_pack("{s:b, s:o}", "ok", 1, "disks", sup_disks_stats(s->disks));
+		return 0;
+	}
+	if (!disk)
+		return vela_error(VELA_E_INVAL, "%s needs a disk (e.g. scsi0:0)", cmd);
+	CLEANUP_FREE char *top = NULL;
+	int r;
+	int64_t t0 = time_mono_ms();
+	if (strcmp(cmd, "addredo") == 0) {
+		r = sup_disks_addredo(s->disks, disk, &top);
+	} else if (strcmp(cmd, "commit") == 0) {
+		json_t *lv = json_object_get(req, "level");
+		if (lv && (!json_is_integer(lv) || json_integer_value(lv) < 0 || json_integer_value(lv) > 255))
+			return vela_error(VELA_E_INVAL, "commit: level must be a number from 0 to 255");
+		r = sup_disks_commit(s->disks, disk, lv ? (unsigned)json_integer_value(lv) : 0,
+				     json_is_true(json_object_get(req, "freeze")), &top);
+	} else if (strcmp(cmd, "disk-limit") == 0) {
+		r = sup_disks_set_limits(s->disks, disk, req);
+		if (r == 0)
+			*reply = json_pack("{s:b, s:o}", "ok", 1, "disks", sup_disks_stats(s->disks));
+		return r;
+	} else {
+		return vela_error(VELA_E_NOTSUP, "unknown request \"%s\"", cmd);
+	}
+	if (r < 0)
+		return r;
+	int64_t ms = time_mono_ms() - t0;
+	log_info("event: %s %s done in %lld ms; the disk's top is now %s", cmd, disk, (long long)ms, top);
+	if ((r = record_disk_top(s, disk, top)) < 0)
+		return r;
+	*reply = json_pack("{s:b, s:s, s:s, s:I}", "ok", 1, "disk", disk, "top", top, "ms", (json_int_t)ms);
+	return 0;
+}
+
 static void handle_request(struct sup *s, struct ctl_client *c, const char *line)
 {
 	json_error_t jerr;
@@ -1005,6 +1072,9 @@ static void handle_request(struct sup *s, struct ctl_client *c, const char *line
 		r = req_answer(s, c, json_string_value(json_object_get(req, "choice")));
 	} else if (strcmp(cmd, "scrollback") == 0) {
 		r = req_scrollback(s, &reply);
+	} else if (strcmp(cmd, "addredo") == 0 || strcmp(cmd, "commit") == 0 || strcmp(cmd, "disk-stats") == 0 ||
+		   strcmp(cmd, "disk-limit") == 0) {
+		r = req_disk(s, cmd, req, &reply);
 	} else {
 		r = vela_error(VELA_E_NOTSUP, "unknown request \"%s\"", cmd);
 	}

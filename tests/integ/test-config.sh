@@ -35,12 +35,20 @@ printf 'memsize = "64\n' > "$dir/syntax.vmx"
 expect_error VELA_E_SYNTAX "a missing quote is a syntax error with file and line" "$VELA" vm start "$dir/syntax.vmx"
 check "the message names file and line" sh -c "'$VELA' vmx check '$dir/syntax.vmx' 2>&1 | grep -q 'syntax.vmx:1: key \"memsize\": missing closing'"
 
-# A disk that QEMU cannot open: the engine's reason reaches the user.
+# A disk Vela's engine cannot open: the reason, naming the file, reaches the user.
 vmx=$(make_vm qfail "$CMDLINE" 'scsi0.present = "TRUE"' 'scsi0:0.present = "TRUE"' 'scsi0:0.fileName = "disk.img"')
-chmod 000 "$(dirname "$vmx")/disk.img"
 printf 'KDMVgarbage' | dd of="$(dirname "$vmx")/disk.img" conv=notrunc status=none
 out=$("$VELA" vm start "$vmx" 2>&1)
-if echo "$out" | grep -q "VELA_E_ENGINE: QEMU failed to start: .*vmdk"; then pass "QEMU's refusal is reported"; else fail "QEMU's refusal is reported (got: $out)"; fi
+if echo "$out" | grep -q "VELA_E_VERSION: scsi0:0: .*qfail/disk.img"; then pass "a disk the engine refuses is reported with its address and file"; else fail "a disk the engine refuses is reported with its address and file (got: $out)"; fi
+check "off after the disk was refused" test "$(state_of "$vmx")" = off
+check "no socket or lock is left behind" sh -c "! ls '$VELA_HOME'/run/vm/*/disk-*.sock 2>/dev/null | grep -q ."
+
+# Something QEMU itself refuses (a kernel it cannot load): QEMU's reason reaches the user.
+vmx=$(make_vm kfail)
+printf 'garbage' > "$(dirname "$vmx")/bad-kernel"
+sed -i "s|^boot.kernel = .*|boot.kernel = \"$(dirname "$vmx")/bad-kernel\"|" "$vmx"
+out=$("$VELA" vm start "$vmx" 2>&1)
+if echo "$out" | grep -q "VELA_E_ENGINE: QEMU failed to start: .*kernel"; then pass "QEMU's refusal is reported"; else fail "QEMU's refusal is reported (got: $out)"; fi
 check "off after QEMU refused to start" test "$(state_of "$vmx")" = off
 
 # CLI surface

@@ -1,0 +1,83 @@
+#!/bin/bash
+# Live disk operations on a running VM whose disk Vela serves over
+# vhost-user-blk: redo logs added and committed (every level, frozen and
+# not) while the guest writes and verifies, statistics that match what the
+# guest did, and an IOPS limit the guest cannot exceed.  Checked from inside
+# the guest and with qemu-img on the host.
+. "$(dirname "$0")/lib.sh"
+
+vmx=$(make_vm live "$CMDLINE" 'virtio0:0.present = "TRUE"' 'virtio0:0.fileName = "live.vmdk"')
+dir=$(dirname "$vmx")
+"$VELA" disk create -s 64m "$dir/live.vmdk" >/dev/null
+check "start" "$VELA" vm start "$vmx"
+check "guest is up" wait_console "$vmx" VELA-GUEST-READY 1 60
+
+N=1500
+# The guest writes block i = "BLK<i>" with an fsync each, in the background.
+check "the guest starts a write loop" run_in_guest "$vmx" \
+	"( (i=1; while [ \$i -le $N ]; do printf BLK%05d \$i | dd of=/dev/vda bs=512 seek=\$i conv=notrunc,fsync 2>/dev/null; i=\$((i+1)); done; echo WRITER-\$((40+2))-DONE) & )"
+sleep 2
+vmx_file() { sed -n 's/^virtio0:0.fileName = "\(.*\)"$/\1/p' "$vmx"; }
+
+out=$("$VELA" vm addredo "$vmx" virtio0:0)
+check "live addredo while the guest writes" test $? -eq 0
+check "addredo reports its time" sh -c "echo '$out' | grep -q 'addredo done in [0-9]* ms'"
+echo "addredo: $out"
+check "the .vmx names the new top" test "$(vmx_file)" = live-000001.vmdk
+base_sum=$(md5sum < "$dir/live.vmdk")
+sleep 1
+check "the base does not change under the redo log" test "$(md5sum < "$dir/live.vmdk")" = "$base_sum"
+check "the base copies to a consistent image (qemu-img check)" sh -c "cp '$dir/live.vmdk' '$dir/copy.vmdk' && qemu-img check -q '$dir/copy.vmdk'"
+check "a second live addredo" "$VELA" vm addredo "$vmx" virtio0:0
+check "the .vmx names the second redo log" test "$(vmx_file)" = live-000002.vmdk
+check "disk-stats shows a chain of 3" sh -c "'$VELA' vm disk-stats --json '$vmx' | tr -d ' \n' | grep -q '\"depth\":3'"
+check "live commit --level 1 (the middle log into the base)" "$VELA" vm commit --level 1 "$vmx" virtio0:0
+check "the middle log is gone" test ! -e "$dir/live-000001.vmdk"
+check "disk-stats shows a chain of 2" sh -c "'$VELA' vm disk-stats --json '$vmx' | tr -d ' \n' | grep -q '\"depth\":2'"
+out=$("$VELA" vm commit "$vmx" virtio0:0)
+check "live commit of the top into the base" test $? -eq 0
+echo "commit: $out"
+check "the .vmx names the base again" test "$(vmx_file)" = live.vmdk
+check "the redo logs are gone" sh -c "! ls '$dir'/live-0*.vmdk 2>/dev/null | grep -q ."
+check "addredo again" "$VELA" vm addredo "$vmx" virtio0:0
+check "frozen commit" "$VELA" vm commit --freeze "$vmx" virtio0:0
+check "the .vmx names the base after the frozen commit" test "$(vmx_file)" = live.vmdk
+if console_has "$vmx" "WRITER-42-DONE"; then
+	fail "the operations ran while the guest was writing (the writer finished first)"
+else
+	pass "the operations ran while the guest was writing"
+fi
+check "the guest's writer finishes" wait_console "$vmx" "WRITER-42-DONE" 1 300
+check "the guest verifies every block after dropping its caches" run_in_guest "$vmx" \
+	"( (echo 3 > /proc/sys/vm/drop_caches; bad=0; i=1; while [ \$i -le $N ]; do [ \"\$(dd if=/dev/vda bs=512 skip=\$i count=1 2>/dev/null | head -c 8)\" = \"\$(printf BLK%05d \$i)\" ] || bad=\$((bad+1)); i=\$((i+1)); done; echo VERIFY-\$((40+2))-BAD=\$bad) & )"
+check "the verification finishes" wait_console "$vmx" "VERIFY-42-BAD=" 1 300
+bad=$("$VELA" vm console --dump "$vmx" | grep -a -o 'VERIFY-42-BAD=[0-9]*' | tail -n1)
+check "no block lost or mixed up across the live operations ($bad)" test "$bad" = VERIFY-42-BAD=0
+
+# ---- statistics match what the guest does (direct I/O: no cache in between)
+before=$("$VELA" vm disk-stats --json "$vmx" | tr -d ' \n' | grep -o '"wr_ops":[0-9]*' | cut -d: -f2)
+check "the guest writes 100 direct 4k blocks" run_in_guest "$vmx" "dd if=/dev/zero of=/dev/vda bs=4096 seek=2000 count=100 oflag=direct 2>/dev/null"
+after=$("$VELA" vm disk-stats --json "$vmx" | tr -d ' \n' | grep -o '"wr_ops":[0-9]*' | cut -d: -f2)
+check "disk-stats counts exactly the guest's 100 writes ($before -> $after)" test $((after - before)) -eq 100
+check "disk-stats prints a table" sh -c "'$VELA' vm disk-stats '$vmx' | grep -q '^virtio0:0 .*live.vmdk'"
+
+# ---- an IOPS limit holds under a saturating guest workload (4 readers)
+check "disk-limit --iops 50" "$VELA" vm disk-limit --iops 50 "$vmx" virtio0:0
+check "the guest starts 4 direct readers" run_in_guest "$vmx" \
+	"for k in 1 2 3 4; do dd if=/dev/vda of=/dev/null bs=4096 skip=\$((k*1000)) count=400 iflag=direct 2>/dev/null & done"
+sleep 1.5
+r0=$("$VELA" vm disk-stats --json "$vmx" | tr -d ' \n' | grep -o '"rd_ops":[0-9]*' | cut -d: -f2); t0=$(date +%s%N)
+sleep 5
+r1=$("$VELA" vm disk-stats --json "$vmx" | tr -d ' \n' | grep -o '"rd_ops":[0-9]*' | cut -d: -f2); t1=$(date +%s%N)
+iops=$(( (r1 - r0) * 1000000000 / (t1 - t0) ))
+echo "measured $iops IOPS under a limit of 50"
+check "the disk stays within 50 IOPS +-10% ($iops)" test "$iops" -ge 45 -a "$iops" -le 55
+check "disk-limit 0 removes the limit" "$VELA" vm disk-limit --iops 0 "$vmx" virtio0:0
+check "disk-limit refuses a disk the VM lacks" sh -c "! '$VELA' vm disk-limit --iops 5 '$vmx' scsi3:3"
+expect_error VELA_E_RANGE "commit without a redo log is refused" "$VELA" vm commit "$vmx" virtio0:0
+
+check "stop" "$VELA" vm stop hard "$vmx"
+check "the final image passes qemu-img check" qemu-img check -q "$dir/live.vmdk"
+check "qemu-img reads the guest's blocks from the final image" sh -c \
+	"qemu-img convert -O raw '$dir/live.vmdk' '$dir/final.raw' && for i in 1 2 777 $N; do dd if='$dir/final.raw' bs=512 skip=\$i count=1 2>/dev/null | head -c 8 | grep -q \$(printf BLK%05d \$i) || exit 1; done"
+finish
