@@ -409,6 +409,8 @@ static void usage(FILE *f)
 		"  vela vm commit [--level N] [--freeze] FILE.vmx DISK  live: merge a redo log\n"
 		"  vela vm disk-stats FILE.vmx          per-disk I/O counters, latency, limits\n"
 		"  vela vm disk-limit [--iops N] [--bps N] FILE.vmx DISK  live: cap a disk's I/O\n"
+		"  vela vm export-disk --nbd ADDR FILE.vmx DISK  live: read-only point-in-time export\n"
+		"  vela vm export-disk --end [--keep] FILE.vmx DISK  end it, fold the redo log back\n"
 		"  vela disk create -s SIZE [-t TYPE] [-a ADAPTER] FILE   create a disk\n"
 		"  vela disk info FILE                  format, size, allocation, chain\n"
 		"  vela disk map FILE                   allocated and zero ranges, by chain level\n"
@@ -441,7 +443,8 @@ static void usage(FILE *f)
 		"  -a, --adapter A    (disk) ide, lsilogic (default), buslogic, virtio\n"
 		"  --linked           (disk clone) make a child of SRC instead of a copy\n"
 		"  --repair           (disk check) trim leaked space\n"
-		"  --keep             (disk commit) keep the merged child file\n"
+		"  --keep             (disk commit) keep the merged child file;\n"
+		"                     (vm export-disk --end) keep the export's redo log\n"
 		"  --level N          (disk commit) merge the image N levels below FILE\n"
 		"  --force            (disk relink) accept a parent whose content ID differs;\n"
 		"                     (disk delete) delete a disk other disks depend on\n"
@@ -449,12 +452,14 @@ static void usage(FILE *f)
 		"  --step SIZE        (disk bench) distance between requests (default: --bs)\n"
 		"  --depth N          (disk bench) requests in flight (default 32)\n"
 		"  -w, --write        (disk bench) write instead of read\n"
-		"  --nbd ADDR         (disk serve) HOST:PORT, :PORT (loopback) or a socket path;\n"
+		"  --nbd ADDR         (disk serve, vm export-disk) HOST:PORT, :PORT (loopback) or a\n"
+		"                     socket path;\n"
 		"                     default :10809\n"
 		"  --vhost-user SOCKET  (disk serve) be a vhost-user-blk back-end on SOCKET\n"
 		"  --queues N         (disk serve --vhost-user) request queues offered (default 1)\n"
 		"  --readonly         (disk serve) refuse writes\n"
 		"  --freeze           (vm commit) hold guest I/O for the whole merge\n"
+		"  --end              (vm export-disk) end the export\n"
 		"  --iops N, --bps N  (vm disk-limit) I/O per second, bytes per second, read and\n"
 		"                     write each; --iops-rd, --iops-wr, --bps-rd, --bps-wr set\n"
 		"                     one direction; 0 removes a limit\n"
@@ -524,6 +529,8 @@ int main(int argc, char **argv)
 			if (parse_value(a, argv[++i], 16, &v) < 0)
 				return 2;
 			c.queues = (unsigned)v;
+		} else if (strcmp(a, "--end") == 0) {
+			c.end = true;
 		} else if (strcmp(a, "--freeze") == 0) {
 			c.freeze = true;
 		} else if (strcmp(a, "--iops") == 0 && has_val) {
@@ -612,7 +619,7 @@ int main(int argc, char **argv)
 		enum vm_power_mode pm;
 		return cli_fail(&c, vm_power_mode_parse(bad, &pm));
 	}
-	static const char *const disk_verbs[] = { "addredo", "commit", "disk-stats", "disk-limit" };
+	static const char *const disk_verbs[] = { "addredo", "commit", "disk-stats", "disk-limit", "export-disk" };
 	for (size_t i = 0; i < ARRAY_SIZE(disk_verbs); i++)
 		if (strcmp(verb, disk_verbs[i]) == 0)
 			return cmd_vm_disk(&c, verb, file, extra);

@@ -96,6 +96,17 @@ int cmd_vm_disk(const struct cli *c, const char *verb, const char *file, const c
 			json_decref(req);
 			return 1;
 		}
+	} else if (strcmp(verb, "export-disk") == 0) {
+		if (c->end) {
+			json_object_set_new(req, "end", json_true());
+			if (c->keep)
+				json_object_set_new(req, "keep", json_true());
+		} else if (c->nbd) {
+			json_object_set_new(req, "nbd", json_string(c->nbd));
+		} else {
+			json_decref(req);
+			return cli_usage_error("usage: vela vm export-disk --nbd ADDR | --end [--keep] FILE.vmx DISK%s", "");
+		}
 	} else if (strcmp(verb, "addredo") != 0) {
 		json_decref(req);
 		return cli_usage_error("unknown vm command \"%s\"", verb);
@@ -106,6 +117,10 @@ int cmd_vm_disk(const struct cli *c, const char *verb, const char *file, const c
 		cli_print_json(reply);
 	} else if (strcmp(verb, "disk-limit") == 0) {
 		print_stats(json_object_get(reply, "disks"));
+	} else if (strcmp(verb, "export-disk") == 0 && json_object_get(reply, "export")) {
+		printf("%s: exporting %s read-only over NBD on %s; the guest writes to %s\n", disk,
+		       json_string_value(json_object_get(reply, "export")), json_string_value(json_object_get(reply, "nbd")),
+		       json_string_value(json_object_get(reply, "top")));
 	} else {
 		printf("%s: %s done in %lld ms; the disk now runs on %s\n", disk, verb,
 		       (long long)json_integer_value(json_object_get(reply, "ms")),

@@ -18,6 +18,33 @@
 
 #define SERVER_READY_TIMEOUT_S 10
 
+/* A server thread (vhost-user-blk or NBD) and its start/stop handshake. */
+struct server {
+	char addr[16];            /* the disk it serves, for messages */
+	bool vhost;
+	const char *listen;       /* socket path or NBD address */
+	struct blk_disk *disk;
+	struct blk_export exp;
+	unsigned queues;
+	pthread_t thread;
+	bool running;
+	volatile bool stop;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool ready, ended;
+	int result;
+	char error[512];
+};
+
+/* A point-in-time, read-only NBD export of a running disk (backup). */
+struct disk_export {
+	struct server srv;
+	char *listen;
+	char *frozen;             /* the image under the export's redo log */
+	char *redo;               /* the redo log the guest writes meanwhile */
+	struct blk_disk *view;
+};
+
 struct sup_disk {
 	char id[32];              /* "scsi0-0": socket and NBD export name */
 	char addr[16];            /* "scsi0:0" */
@@ -28,15 +55,8 @@ struct sup_disk {
 	char *redo;               /* the mode's redo log, or NULL */
 	char *sock;
 	struct blk_disk *disk;
-	struct blk_export exp;
-	pthread_t thread;
-	bool running;
-	volatile bool stop;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	bool ready, ended;
-	int result;
-	char error[512];
+	struct server srv;
+	struct disk_export *export;
 };
 
 struct sup_disks {
@@ -96,64 +116,68 @@ static int prepare_mode(struct sup_disk *d, const char *vm_dir, const char **top
 static void server_ready(const char *where, void *opaque)
 {
 	(void)where;
-	struct sup_disk *d = opaque;
-	pthread_mutex_lock(&d->lock);
-	d->ready = true;
-	pthread_cond_broadcast(&d->cond);
-	pthread_mutex_unlock(&d->lock);
+	struct server *v = opaque;
+	pthread_mutex_lock(&v->lock);
+	v->ready = true;
+	pthread_cond_broadcast(&v->cond);
+	pthread_mutex_unlock(&v->lock);
 }
 
 static void *server_thread(void *opaque)
 {
-	struct sup_disk *d = opaque;
+	struct server *v = opaque;
 	int r;
-	if (d->vhost) {
-		struct blk_vhost_opts o = { .num_queues = d->queues, .serial = d->id };
-		r = blk_vhost_listen(d->sock, d->disk, &o, &d->stop, server_ready, d);
+	if (v->vhost) {
+		struct blk_vhost_opts o = { .num_queues = v->queues, .serial = v->exp.name };
+		r = blk_vhost_listen(v->listen, v->disk, &o, &v->stop, server_ready, v);
 	} else {
-		r = blk_nbd_listen(d->sock, &d->exp, &d->stop, server_ready, d);
+		r = blk_nbd_listen(v->listen, &v->exp, &v->stop, server_ready, v);
 	}
-	pthread_mutex_lock(&d->lock);
-	d->result = r;
+	pthread_mutex_lock(&v->lock);
+	v->result = r;
 	if (r < 0)
-		snprintf(d->error, sizeof d->error, "%s", vela_errmsg());
-	d->ended = true;
-	pthread_cond_broadcast(&d->cond);
-	pthread_mutex_unlock(&d->lock);
+		snprintf(v->error, sizeof v->error, "%s", vela_errmsg());
+	v->ended = true;
+	pthread_cond_broadcast(&v->cond);
+	pthread_mutex_unlock(&v->lock);
 	return NULL;
 }
 
-static int start_server(struct sup_disk *d)
+static int start_server(struct server *v)
 {
+	pthread_mutex_init(&v->lock, NULL);
+	pthread_cond_init(&v->cond, NULL);
 	/* The supervisor blocks its signals for its signalfd: the thread
 	 * inherits the mask, so signals keep going to the loop. */
-	int e = pthread_create(&d->thread, NULL, server_thread, d);
+	int e = pthread_create(&v->thread, NULL, server_thread, v);
 	if (e)
-		return vela_error_errno(e, "%s: start the disk server", d->addr);
-	d->running = true;
+		return vela_error_errno(e, "%s: start the disk server", v->addr);
+	v->running = true;
 	struct timespec until;
 	clock_gettime(CLOCK_REALTIME, &until);
 	until.tv_sec += SERVER_READY_TIMEOUT_S;
-	pthread_mutex_lock(&d->lock);
-	while (!d->ready && !d->ended)
-		if (pthread_cond_timedwait(&d->cond, &d->lock, &until) != 0)
+	pthread_mutex_lock(&v->lock);
+	while (!v->ready && !v->ended)
+		if (pthread_cond_timedwait(&v->cond, &v->lock, &until) != 0)
 			break;
-	bool ok = d->ready && !d->ended;
-	int res = d->result;
-	pthread_mutex_unlock(&d->lock);
+	bool ok = v->ready && !v->ended;
+	int res = v->result;
+	pthread_mutex_unlock(&v->lock);
 	if (!ok)
-		return vela_error(res < 0 ? res : -VELA_E_TIMEOUT, "%s: the disk server did not start: %s", d->addr,
-				  d->error[0] ? d->error : "no answer");
+		return vela_error(res < 0 ? res : -VELA_E_TIMEOUT, "%s: the disk server on %s did not start: %s", v->addr,
+				  v->listen, v->error[0] ? v->error : "no answer");
 	return 0;
 }
 
-static void stop_server(struct sup_disk *d)
+static void stop_server(struct server *v)
 {
-	if (!d->running)
+	if (!v->running)
 		return;
-	d->stop = true;
-	pthread_join(d->thread, NULL);
-	d->running = false;
+	v->stop = true;
+	pthread_join(v->thread, NULL);
+	v->running = false;
+	pthread_mutex_destroy(&v->lock);
+	pthread_cond_destroy(&v->cond);
 }
 
 int sup_disks_open(const struct vmx_model *m, const char *vm_dir, const char *run_dir, struct sup_disks **out)
@@ -169,15 +193,10 @@ int sup_disks_open(const struct vmx_model *m, const char *vm_dir, const char *ru
 		if (md->type != VMX_DEV_DISK || !md->path)
 			continue;
 		struct sup_disk *d = &ds->d[ds->n++];
-		pthread_mutex_init(&d->lock, NULL);
-		pthread_cond_init(&d->cond, NULL);
 		snprintf(d->id, sizeof d->id, "%s%u-%u", vmx_bus_name(md->bus), md->ctrl, md->unit);
 		snprintf(d->addr, sizeof d->addr, "%s", md->addr);
 		d->mode = md->mode;
 		d->vhost = md->bus == VMX_BUS_VIRTIO;
-		d->queues = m->vcpus < BLK_VHOST_MAX_QUEUES ? m->vcpus : BLK_VHOST_MAX_QUEUES;
-		if (d->queues == 0)
-			d->queues = 1;
 		d->base = xstrdup(md->path);
 		d->sock = xasprintf("%s/disk-%s.sock", run_dir, d->id);
 		unlink(d->sock);
@@ -188,8 +207,11 @@ int sup_disks_open(const struct vmx_model *m, const char *vm_dir, const char *ru
 			vela_error_context(r, "%s", d->addr);
 			break;
 		}
-		d->exp = (struct blk_export){ .disk = d->disk, .name = d->id, .description = d->addr };
-		if ((r = start_server(d)) < 0)
+		d->srv = (struct server){ .vhost = d->vhost, .listen = d->sock, .disk = d->disk,
+					  .queues = m->vcpus == 0 ? 1 : m->vcpus < BLK_VHOST_MAX_QUEUES ? m->vcpus : BLK_VHOST_MAX_QUEUES,
+					  .exp = { .disk = d->disk, .name = d->id, .description = d->addr } };
+		snprintf(d->srv.addr, sizeof d->srv.addr, "%s", d->addr);
+		if ((r = start_server(&d->srv)) < 0)
 			break;
 		ds->sockets[i] = d->sock;
 		vela_log(VELA_LOG_INFO, "%s: %s served over %s on %s", d->addr, top, d->vhost ? "vhost-user-blk" : "NBD",
@@ -212,6 +234,22 @@ int sup_disks_open(const struct vmx_model *m, const char *vm_dir, const char *ru
 char *const *sup_disks_sockets(struct sup_disks *ds)
 {
 	return ds->sockets;
+}
+
+/* Stop an export's server and close its view (the redo log stays). */
+static void end_export(struct sup_disk *d)
+{
+	struct disk_export *e = d->export;
+	if (!e)
+		return;
+	stop_server(&e->srv);
+	blk_disk_close(e->view);
+	vela_log(VELA_LOG_INFO, "%s: export of %s on %s ended", d->addr, e->frozen, e->listen);
+	free(e->listen);
+	free(e->frozen);
+	free(e->redo);
+	free(e);
+	d->export = NULL;
 }
 
 /* Delete the images from top down to (and with) stop_at. */
@@ -258,7 +296,8 @@ int sup_disks_power_off(struct sup_disks *ds, char **question)
 	struct strbuf q = { 0 };
 	for (size_t i = 0; i < ds->n; i++) {
 		struct sup_disk *d = &ds->d[i];
-		stop_server(d);
+		end_export(d);
+		stop_server(&d->srv);
 		if (d->sock)
 			unlink(d->sock);
 		CLEANUP_FREE char *top = d->disk ? blk_disk_top(d->disk) : NULL;
@@ -466,6 +505,72 @@ out:
 	return r;
 }
 
+int sup_disks_export(struct sup_disks *ds, const char *addr, const char *listen, char **frozen, char **new_top)
+{
+	struct sup_disk *d = find(ds, addr);
+	if (!d)
+		return -VELA_E_NOTFOUND;
+	if (d->export)
+		return vela_error(VELA_E_BUSY, "%s is already exported (%s on %s); end that export first", d->addr,
+				  d->export->frozen, d->export->listen);
+	if (mode_is_temporary(d->mode))
+		return refuse_mode(d, "export");
+	/* The current top becomes static under a fresh redo log: that is the
+	 * point in time the export shows, while the guest writes on. */
+	CLEANUP_FREE char *old_top = blk_disk_top(d->disk);
+	char *top = NULL;
+	int r = blk_disk_addredo(d->disk, &top);
+	if (r < 0)
+		return vela_error_context(r, "%s: export", d->addr);
+	struct disk_export *e = xcalloc(1, sizeof(*e));
+	e->frozen = xstrdup(old_top);
+	e->redo = top;
+	e->listen = xstrdup(listen);
+	r = blk_disk_open(e->frozen, true, &e->view);
+	if (r == 0) {
+		e->srv = (struct server){ .listen = e->listen, .disk = e->view,
+					  .exp = { .disk = e->view, .name = d->id, .read_only = true, .description = d->addr } };
+		snprintf(e->srv.addr, sizeof e->srv.addr, "%s", d->addr);
+		r = start_server(&e->srv);
+	}
+	d->export = e;
+	if (r < 0) {
+		char *msg = xstrdup(vela_errmsg());
+		end_export(d);
+		vela_error(r, "%s: export: %s", addr, msg);
+		free(msg);
+		/* The redo log stays: the guest already writes to it. */
+		*new_top = blk_disk_top(d->disk);
+		return r;
+	}
+	vela_log(VELA_LOG_INFO, "%s: exporting %s read-only over NBD on %s (export name %s)", d->addr, e->frozen,
+		 e->listen, d->id);
+	*frozen = xstrdup(e->frozen);
+	*new_top = xstrdup(top);
+	return 0;
+}
+
+int sup_disks_export_end(struct sup_disks *ds, const char *addr, bool consolidate, char **new_top)
+{
+	struct sup_disk *d = find(ds, addr);
+	if (!d)
+		return -VELA_E_NOTFOUND;
+	if (!d->export)
+		return vela_error(VELA_E_NOTFOUND, "%s is not exported", d->addr);
+	CLEANUP_FREE char *redo = xstrdup(d->export->redo);
+	end_export(d);
+	CLEANUP_FREE char *top = blk_disk_top(d->disk);
+	/* Fold the export's redo log back, unless somebody stacked more on it. */
+	if (consolidate && strcmp(top, redo) == 0) {
+		int r = sup_disks_commit(ds, addr, 0, false, new_top);
+		if (r < 0)
+			return r;
+	} else {
+		*new_top = xstrdup(top);
+	}
+	return 0;
+}
+
 static int limit_of(json_t *l, const char *key, uint64_t *out)
 {
 	json_t *v = json_object_get(l, key);
@@ -538,14 +643,13 @@ void sup_disks_free(struct sup_disks *ds)
 		return;
 	for (size_t i = 0; i < ds->n; i++) {
 		struct sup_disk *d = &ds->d[i];
-		stop_server(d);
+		end_export(d);
+		stop_server(&d->srv);
 		if (d->disk)
 			blk_disk_close(d->disk);
 		free(d->base);
 		free(d->redo);
 		free(d->sock);
-		pthread_mutex_destroy(&d->lock);
-		pthread_cond_destroy(&d->cond);
 	}
 	free(ds->d);
 	free(ds->sockets);

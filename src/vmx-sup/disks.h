@@ -37,6 +37,14 @@ int sup_disks_answer(struct sup_disks *ds, const char *choice);
 int sup_disks_addredo(struct sup_disks *ds, const char *addr, char **new_top);
 /* freeze: hold guest I/O for the whole merge (no helper redo log). */
 int sup_disks_commit(struct sup_disks *ds, const char *addr, unsigned level, bool freeze, char **new_top);
+/*
+ * Backup/file-level restore: a fresh redo log goes on the disk and the image
+ * under it (*frozen) is exported read-only over NBD on listen (HOST:PORT,
+ * :PORT or a socket path; export name = the disk id, e.g. scsi0-0).
+ * export_end stops it and, with consolidate, commits the redo log back.
+ */
+int sup_disks_export(struct sup_disks *ds, const char *addr, const char *listen, char **frozen, char **new_top);
+int sup_disks_export_end(struct sup_disks *ds, const char *addr, bool consolidate, char **new_top);
 int sup_disks_set_limits(struct sup_disks *ds, const char *addr, json_t *limits);
 /* {addr: {file, depth, mode, rd_ops, ...}} for every disk. */
 json_t *sup_disks_stats(struct sup_disks *ds);

@@ -1016,6 +1016,22 @@ static int req_disk(struct sup *s, const char *cmd, json_t *req, json_t **reply)
 			return vela_error(VELA_E_INVAL, "commit: level must be a number from 0 to 255");
 		r = sup_disks_commit(s->disks, disk, lv ? (unsigned)json_integer_value(lv) : 0,
 				     json_is_true(json_object_get(req, "freeze")), &top);
+	} else if (strcmp(cmd, "export-disk") == 0 && json_is_true(json_object_get(req, "end"))) {
+		r = sup_disks_export_end(s->disks, disk, !json_is_true(json_object_get(req, "keep")), &top);
+	} else if (strcmp(cmd, "export-disk") == 0) {
+		const char *listen = json_string_value(json_object_get(req, "nbd"));
+		if (!listen)
+			return vela_error(VELA_E_INVAL, "export-disk needs an NBD address (HOST:PORT, :PORT or a socket path)");
+		CLEANUP_FREE char *frozen = NULL;
+		r = sup_disks_export(s->disks, disk, listen, &frozen, &top);
+		if (top)
+			record_disk_top(s, disk, top);   /* the guest writes to the redo log either way */
+		if (r < 0)
+			return r;
+		log_info("event: export of %s (%s) on %s; the guest writes to %s", disk, frozen, listen, top);
+		*reply = json_pack("{s:b, s:s, s:s, s:s, s:s}", "ok", 1, "disk", disk, "export", frozen, "nbd", listen,
+				   "top", top);
+		return 0;
 	} else if (strcmp(cmd, "disk-limit") == 0) {
 		r = sup_disks_set_limits(s->disks, disk, req);
 		if (r == 0)
@@ -1073,7 +1089,7 @@ static void handle_request(struct sup *s, struct ctl_client *c, const char *line
 	} else if (strcmp(cmd, "scrollback") == 0) {
 		r = req_scrollback(s, &reply);
 	} else if (strcmp(cmd, "addredo") == 0 || strcmp(cmd, "commit") == 0 || strcmp(cmd, "disk-stats") == 0 ||
-		   strcmp(cmd, "disk-limit") == 0) {
+		   strcmp(cmd, "disk-limit") == 0 || strcmp(cmd, "export-disk") == 0) {
 		r = req_disk(s, cmd, req, &reply);
 	} else {
 		r = vela_error(VELA_E_NOTSUP, "unknown request \"%s\"", cmd);
