@@ -57,7 +57,16 @@ struct conn {
 	int fd;
 	const struct blk_export *exp;
 	bool structured, meta_allocation, no_zeroes;
+	struct strbuf *out;   /* transmission: a request's reply is built here, sent whole */
 };
+
+/* Send now (negotiation) or add to the reply being built (transmission). */
+static int conn_send(struct conn *c, const void *data, size_t len)
+{
+	if (c->out)
+		return strbuf_append(c->out, data, len);
+	return send_all(c->fd, data, len);
+}
 
 static int recv_all(int fd, void *buf, size_t len)
 {
@@ -324,9 +333,9 @@ static int simple_reply(struct conn *c, uint64_t handle, uint32_t err, const voi
 	be32_put(h, SIMPLE_REPLY_MAGIC);
 	be32_put(h + 4, err);
 	be64_put(h + 8, handle);
-	int r = send_all(c->fd, h, sizeof h);
+	int r = conn_send(c, h, sizeof h);
 	if (r == 0 && len)
-		r = send_all(c->fd, data, len);
+		r = conn_send(c, data, len);
 	return r;
 }
 
@@ -338,7 +347,7 @@ static int chunk_header(struct conn *c, uint16_t flags, uint16_t type, uint64_t 
 	be16_put(h + 6, type);
 	be64_put(h + 8, handle);
 	be32_put(h + 16, len);
-	return send_all(c->fd, h, sizeof h);
+	return conn_send(c, h, sizeof h);
 }
 
 static int error_reply(struct conn *c, uint64_t handle, uint32_t err)
@@ -349,7 +358,7 @@ static int error_reply(struct conn *c, uint64_t handle, uint32_t err)
 	be32_put(p, err);
 	be16_put(p + 4, 0);
 	int r = chunk_header(c, REPLY_FLAG_DONE, REPLY_ERROR, handle, sizeof p);
-	return r == 0 ? send_all(c->fd, p, sizeof p) : r;
+	return r == 0 ? conn_send(c, p, sizeof p) : r;
 }
 
 static int done_reply(struct conn *c, uint64_t handle)
@@ -388,9 +397,9 @@ static int do_read(struct conn *c, uint64_t handle, uint64_t off, uint32_t len, 
 			uint8_t o[8];
 			be64_put(o, off);
 			if (r == 0)
-				r = send_all(c->fd, o, 8);
+				r = conn_send(c, o, 8);
 			if (r == 0)
-				r = send_all(c->fd, buf, len);
+				r = conn_send(c, buf, len);
 		}
 		free(buf);
 		return r;
@@ -411,7 +420,7 @@ static int do_read(struct conn *c, uint64_t handle, uint64_t off, uint32_t len, 
 			be32_put(o + 8, n);
 			r = chunk_header(c, 0, REPLY_OFFSET_HOLE, handle, 12);
 			if (r == 0)
-				r = send_all(c->fd, o, 12);
+				r = conn_send(c, o, 12);
 		} else {
 			rr = blk_disk_pread(d, buf, n, pos);
 			if (rr < 0) {
@@ -420,9 +429,9 @@ static int do_read(struct conn *c, uint64_t handle, uint64_t off, uint32_t len, 
 			}
 			r = chunk_header(c, 0, REPLY_OFFSET_DATA, handle, 8 + n);
 			if (r == 0)
-				r = send_all(c->fd, o, 8);
+				r = conn_send(c, o, 8);
 			if (r == 0)
-				r = send_all(c->fd, buf, n);
+				r = conn_send(c, buf, n);
 		}
 		pos += n;
 	}
@@ -460,76 +469,194 @@ static int do_block_status(struct conn *c, uint64_t handle, uint64_t off, uint32
 	}
 	int r = chunk_header(c, REPLY_FLAG_DONE, REPLY_BLOCK_STATUS, handle, 4 + 8 * n);
 	if (r == 0)
-		r = send_all(c->fd, p, 4 + 8 * n);
+		r = conn_send(c, p, 4 + 8 * n);
 	free(p);
 	return r;
+}
+
+/*
+ * Transmission: this thread reads requests (and write payloads) and queues
+ * them; NBD_WORKERS threads serve them concurrently, so a client with
+ * several requests in flight keeps several disk operations going.  Each
+ * reply is built whole and sent under send_lock: replies may overtake each
+ * other (the protocol allows it; handles tell them apart) but never mix.
+ */
+#define NBD_WORKERS 4
+#define NBD_QUEUE_MAX 16
+
+struct nbd_req {
+	uint16_t flags, type;
+	uint64_t handle, off;
+	uint32_t len;
+	bool range_ok;
+	char *payload;
+	struct nbd_req *next;
+};
+
+struct xmit {
+	struct conn *c;
+	pthread_mutex_t lock, send_lock;
+	pthread_cond_t have_work, have_room;
+	struct nbd_req *head, *tail;
+	unsigned queued;
+	bool closing;
+	int error;              /* first send failure: the connection is over */
+};
+
+static int serve_request(struct conn *c, struct nbd_req *q)
+{
+	struct blk_disk *d = c->exp->disk;
+	int r;
+	switch (q->type) {
+	case CMD_READ:
+		if (!q->range_ok || q->len > BLK_NBD_MAX_REQUEST)
+			return error_reply(c, q->handle, q->range_ok ? NBD_EOVERFLOW : NBD_EINVAL);
+		return do_read(c, q->handle, q->off, q->len, q->flags);
+	case CMD_WRITE: {
+		int wr = c->exp->read_only ? -VELA_E_READONLY : !q->range_ok ? -VELA_E_RANGE
+									     : blk_disk_pwrite(d, q->payload, q->len, q->off);
+		if (wr == 0 && (q->flags & CMDF_FUA))
+			wr = blk_disk_flush(d);
+		return wr < 0 ? error_reply(c, q->handle, nbd_errno(wr)) : done_reply(c, q->handle);
+	}
+	case CMD_FLUSH:
+		r = c->exp->read_only ? 0 : blk_disk_flush(d);
+		return r < 0 ? error_reply(c, q->handle, nbd_errno(r)) : done_reply(c, q->handle);
+	case CMD_TRIM:
+	case CMD_WRITE_ZEROES:
+		r = c->exp->read_only ? -VELA_E_READONLY : !q->range_ok ? -VELA_E_RANGE
+									 : blk_disk_write_zeroes(d, q->off, q->len);
+		if (r == 0 && (q->flags & CMDF_FUA))
+			r = blk_disk_flush(d);
+		return r < 0 ? error_reply(c, q->handle, nbd_errno(r)) : done_reply(c, q->handle);
+	case CMD_CACHE:
+		return q->range_ok ? done_reply(c, q->handle) : error_reply(c, q->handle, NBD_EINVAL);
+	case CMD_BLOCK_STATUS:
+		return q->range_ok && q->len ? do_block_status(c, q->handle, q->off, q->len, q->flags)
+					     : error_reply(c, q->handle, NBD_EINVAL);
+	default:
+		return error_reply(c, q->handle, NBD_EINVAL);
+	}
+}
+
+static void *xmit_worker(void *arg)
+{
+	struct xmit *x = arg;
+	struct strbuf out = { 0 };
+	struct conn c = *x->c;
+	c.out = &out;
+	for (;;) {
+		pthread_mutex_lock(&x->lock);
+		while (!x->head && !x->closing)
+			pthread_cond_wait(&x->have_work, &x->lock);
+		struct nbd_req *q = x->head;
+		if (!q) {
+			pthread_mutex_unlock(&x->lock);
+			break;
+		}
+		x->head = q->next;
+		if (!x->head)
+			x->tail = NULL;
+		x->queued--;
+		pthread_cond_signal(&x->have_room);
+		pthread_mutex_unlock(&x->lock);
+
+		strbuf_reset(&out);
+		int r = serve_request(&c, q);
+		free(q->payload);
+		free(q);
+		pthread_mutex_lock(&x->send_lock);
+		if (r == 0 && x->error == 0)
+			r = send_all(c.fd, out.data, out.len);
+		if (r < 0 && x->error == 0) {
+			x->error = r;
+			shutdown(c.fd, SHUT_RDWR);   /* wakes the reader */
+		}
+		pthread_mutex_unlock(&x->send_lock);
+	}
+	strbuf_free(&out);
+	return NULL;
 }
 
 static int transmission(struct conn *c)
 {
 	struct blk_disk *d = c->exp->disk;
-	for (;;) {
+	struct xmit x = { .c = c };
+	pthread_mutex_init(&x.lock, NULL);
+	pthread_mutex_init(&x.send_lock, NULL);
+	pthread_cond_init(&x.have_work, NULL);
+	pthread_cond_init(&x.have_room, NULL);
+	pthread_t workers[NBD_WORKERS];
+	unsigned started = 0;
+	for (; started < NBD_WORKERS; started++)
+		if (pthread_create(&workers[started], NULL, xmit_worker, &x) != 0)
+			break;
+	int r = 0;
+	if (started == 0)
+		r = vela_error(VELA_E_NORES, "nbd: no thread to serve the connection");
+	while (r == 0) {
 		uint8_t h[28];
-		int r = recv_all(c->fd, h, sizeof h);
-		if (r < 0)
-			return r == -VELA_E_CONNRESET ? 0 : r;   /* a client that just goes is fine */
-		if (be32_get(h) != REQUEST_MAGIC)
-			return vela_error(VELA_E_PROTOCOL, "nbd: bad request magic");
-		uint16_t flags = be16_get(h + 4), type = be16_get(h + 6);
-		uint64_t handle = be64_get(h + 8), off = be64_get(h + 16);
-		uint32_t len = be32_get(h + 24);
+		r = recv_all(c->fd, h, sizeof h);
+		if (r < 0) {
+			if (r == -VELA_E_CONNRESET)
+				r = 0;   /* a client that just goes is fine */
+			break;
+		}
+		if (be32_get(h) != REQUEST_MAGIC) {
+			r = vela_error(VELA_E_PROTOCOL, "nbd: bad request magic");
+			break;
+		}
+		struct nbd_req *q = xcalloc(1, sizeof(*q));
+		q->flags = be16_get(h + 4);
+		q->type = be16_get(h + 6);
+		q->handle = be64_get(h + 8);
+		q->off = be64_get(h + 16);
+		q->len = be32_get(h + 24);
 		uint64_t size = blk_disk_size(d);
-		bool range_ok = off <= size && len <= size - off;
-		switch (type) {
-		case CMD_READ:
-			if (!range_ok || len > BLK_NBD_MAX_REQUEST)
-				r = error_reply(c, handle, range_ok ? NBD_EOVERFLOW : NBD_EINVAL);
-			else
-				r = do_read(c, handle, off, len, flags);
+		q->range_ok = q->off <= size && q->len <= size - q->off;
+		if (q->type == CMD_DISC) {
+			free(q);
 			break;
-		case CMD_WRITE: {
-			if (len > BLK_NBD_MAX_REQUEST)
-				return vela_error(VELA_E_PROTOCOL, "nbd: write of %u bytes is over the limit", len);
-			char *buf = xcalloc(1, len ? len : 1);
-			if ((r = recv_all(c->fd, buf, len)) < 0) {
-				free(buf);
-				return r;
+		}
+		if (q->type == CMD_WRITE) {
+			if (q->len > BLK_NBD_MAX_REQUEST) {
+				r = vela_error(VELA_E_PROTOCOL, "nbd: write of %u bytes is over the limit", q->len);
+				free(q);
+				break;
 			}
-			int wr = c->exp->read_only ? -VELA_E_READONLY : !range_ok ? -VELA_E_RANGE : blk_disk_pwrite(d, buf, len, off);
-			if (wr == 0 && (flags & CMDF_FUA))
-				wr = blk_disk_flush(d);
-			free(buf);
-			r = wr < 0 ? error_reply(c, handle, nbd_errno(wr)) : done_reply(c, handle);
-			break;
+			q->payload = xcalloc(1, q->len ? q->len : 1);
+			if ((r = recv_all(c->fd, q->payload, q->len)) < 0) {
+				free(q->payload);
+				free(q);
+				break;
+			}
 		}
-		case CMD_DISC:
-			return 0;
-		case CMD_FLUSH: {
-			int fr = c->exp->read_only ? 0 : blk_disk_flush(d);
-			r = fr < 0 ? error_reply(c, handle, nbd_errno(fr)) : done_reply(c, handle);
-			break;
-		}
-		case CMD_TRIM:
-		case CMD_WRITE_ZEROES: {
-			int zr = c->exp->read_only ? -VELA_E_READONLY : !range_ok ? -VELA_E_RANGE : blk_disk_write_zeroes(d, off, len);
-			if (zr == 0 && (flags & CMDF_FUA))
-				zr = blk_disk_flush(d);
-			r = zr < 0 ? error_reply(c, handle, nbd_errno(zr)) : done_reply(c, handle);
-			break;
-		}
-		case CMD_CACHE:
-			r = range_ok ? done_reply(c, handle) : error_reply(c, handle, NBD_EINVAL);
-			break;
-		case CMD_BLOCK_STATUS:
-			r = range_ok && len ? do_block_status(c, handle, off, len, flags) : error_reply(c, handle, NBD_EINVAL);
-			break;
-		default:
-			r = error_reply(c, handle, NBD_EINVAL);
-			break;
-		}
-		if (r < 0)
-			return r;
+		pthread_mutex_lock(&x.lock);
+		while (x.queued >= NBD_QUEUE_MAX)
+			pthread_cond_wait(&x.have_room, &x.lock);
+		if (x.tail)
+			x.tail->next = q;
+		else
+			x.head = q;
+		x.tail = q;
+		x.queued++;
+		pthread_cond_signal(&x.have_work);
+		pthread_mutex_unlock(&x.lock);
 	}
+	/* Finish what was asked before the end (a disconnect waits for it). */
+	pthread_mutex_lock(&x.lock);
+	x.closing = true;
+	pthread_cond_broadcast(&x.have_work);
+	pthread_mutex_unlock(&x.lock);
+	for (unsigned i = 0; i < started; i++)
+		pthread_join(workers[i], NULL);
+	if (r == 0 && x.error < 0 && x.error != -VELA_E_CONNRESET)
+		r = x.error;
+	pthread_mutex_destroy(&x.lock);
+	pthread_mutex_destroy(&x.send_lock);
+	pthread_cond_destroy(&x.have_work);
+	pthread_cond_destroy(&x.have_room);
+	return r;
 }
 
 int blk_nbd_serve_fd(int fd, const struct blk_export *exp)

@@ -66,6 +66,8 @@ struct sup_disks {
 	size_t n_model;
 	char *vm_dir;
 	bool closed;
+	sup_disks_top_fn on_top_changed;
+	void *cb_opaque;
 };
 
 static bool mode_has_redo(enum vmx_disk_mode m)
@@ -231,6 +233,12 @@ int sup_disks_open(const struct vmx_model *m, const char *vm_dir, const char *ru
 	return 0;
 }
 
+void sup_disks_on_top_changed(struct sup_disks *ds, sup_disks_top_fn fn, void *opaque)
+{
+	ds->on_top_changed = fn;
+	ds->cb_opaque = opaque;
+}
+
 char *const *sup_disks_sockets(struct sup_disks *ds)
 {
 	return ds->sockets;
@@ -374,6 +382,28 @@ static struct sup_disk *find(struct sup_disks *ds, const char *addr)
 	return NULL;
 }
 
+/* The disk's top changed: tell the supervisor before anything else happens,
+ * so that the .vmx never names a chain without the guest's latest writes. */
+static int top_changed(struct sup_disks *ds, struct sup_disk *d)
+{
+	if (!ds->on_top_changed)
+		return 0;
+	CLEANUP_FREE char *top = blk_disk_top(d->disk);
+	return ds->on_top_changed(d->addr, top, ds->cb_opaque);
+}
+
+/* After a merge and the switch away from it: record the new top, then drop
+ * the merged file. */
+static int drop_merged(struct sup_disks *ds, struct sup_disk *d, const char *merged)
+{
+	int r = top_changed(ds, d);
+	if (r < 0)
+		return r;
+	if (unlink(merged) < 0)
+		vela_log(VELA_LOG_WARN, "%s: remove the merged %s: %s", d->addr, merged, strerror(errno));
+	return 0;
+}
+
 static int refuse_mode(struct sup_disk *d, const char *what)
 {
 	return vela_error(VELA_E_NOTSUP, "%s: %s is for persistent disks; a %s disk keeps its own redo log", d->addr,
@@ -388,6 +418,8 @@ int sup_disks_addredo(struct sup_disks *ds, const char *addr, char **new_top)
 	if (mode_has_redo(d->mode))
 		return refuse_mode(d, "addredo");
 	int r = blk_disk_addredo(d->disk, new_top);
+	if (r == 0)
+		r = top_changed(ds, d);
 	return r < 0 ? vela_error_context(r, "%s: addredo", d->addr) : 0;
 }
 
@@ -440,11 +472,13 @@ static int relink_between(void *opaque, char **new_top)
 	return 0;
 }
 
-/* With I/O held: merge the (small) top into its parent, which becomes the top. */
+/* With I/O held: merge the (small) top into its parent, which becomes the
+ * top.  The merged file stays until the .vmx names the parent: a crash in
+ * between leaves the .vmx naming a chain that still reads right. */
 static int final_merge_between(void *opaque, char **new_top)
 {
 	(void)new_top;
-	return vdisk_commit(opaque, true, NULL, NULL);
+	return vdisk_commit(opaque, false, NULL, NULL);
 }
 
 /*
@@ -476,10 +510,12 @@ int sup_disks_commit(struct sup_disks *ds, const char *addr, unsigned level, boo
 	if (level == 0 && freeze) {
 		/* The classic frozen commit: guest I/O waits for the whole merge. */
 		r = blk_disk_switch(d->disk, paths[1], final_merge_between, paths[0]);
+		if (r == 0)
+			r = drop_merged(ds, d, paths[0]);
 		goto out;
 	}
 	if (level == 0) {
-		if ((r = blk_disk_addredo(d->disk, &helper)) < 0)
+		if ((r = blk_disk_addredo(d->disk, &helper)) < 0 || (r = top_changed(ds, d)) < 0)
 			goto out;
 		free_paths(paths);
 		paths = NULL;
@@ -494,8 +530,11 @@ int sup_disks_commit(struct sup_disks *ds, const char *addr, unsigned level, boo
 	struct relink_step st = { paths[level - 1], paths[level + 1], paths[level] };
 	if ((r = blk_disk_switch(d->disk, paths[0], relink_between, &st)) < 0)
 		goto out;
-	if (helper)
+	if (helper) {
 		r = blk_disk_switch(d->disk, paths[2], final_merge_between, helper);
+		if (r == 0)
+			r = drop_merged(ds, d, helper);
+	}
 out:
 	if (r < 0)
 		vela_error_context(r, "%s: commit", d->addr);
@@ -520,8 +559,12 @@ int sup_disks_export(struct sup_disks *ds, const char *addr, const char *listen,
 	CLEANUP_FREE char *old_top = blk_disk_top(d->disk);
 	char *top = NULL;
 	int r = blk_disk_addredo(d->disk, &top);
-	if (r < 0)
+	if (r == 0)
+		r = top_changed(ds, d);   /* the guest writes to the redo log from now on */
+	if (r < 0) {
+		free(top);
 		return vela_error_context(r, "%s: export", d->addr);
+	}
 	struct disk_export *e = xcalloc(1, sizeof(*e));
 	e->frozen = xstrdup(old_top);
 	e->redo = top;

@@ -24,6 +24,11 @@ struct sup_disks;
 int sup_disks_open(const struct vmx_model *m, const char *vm_dir, const char *run_dir, struct sup_disks **out);
 char *const *sup_disks_sockets(struct sup_disks *ds);
 
+/* Called whenever a live operation moves a disk's top (the supervisor
+ * records it in the .vmx at once); an error stops the operation there. */
+typedef int (*sup_disks_top_fn)(const char *addr, const char *top, void *opaque);
+void sup_disks_on_top_changed(struct sup_disks *ds, sup_disks_top_fn fn, void *opaque);
+
 /*
  * The VM is off: stop serving, flush and close every disk, then apply the
  * modes that need nobody (nonpersistent: the redo log goes; append: it

@@ -658,6 +658,8 @@ static void watch_config(struct sup *s)
 }
 
 /* Everything after identity: build argv, start QEMU paused, connect QMP, run. */
+static int on_disk_top_changed(const char *addr, const char *top, void *opaque);
+
 static int power_on(struct sup *s)
 {
 	struct engine_host_virt host;
@@ -699,6 +701,7 @@ static int power_on(struct sup *s)
 	r = sup_disks_open(s->model, s->vm_dir, s->run_dir, &s->disks);
 	if (r < 0)
 		goto out;
+	sup_disks_on_top_changed(s->disks, on_disk_top_changed, s);
 	struct engine_runtime rt = {
 		.qemu_binary = s->opts->qemu_binary, .accel = s->accel,
 		.qmp_fd = qmp_sv[1], .console_fd = has_console(s->model) ? con_sv[1] : -1,
@@ -993,6 +996,11 @@ static int record_disk_top(struct sup *s, const char *addr, const char *top)
 	return 0;
 }
 
+static int on_disk_top_changed(const char *addr, const char *top, void *opaque)
+{
+	return record_disk_top(opaque, addr, top);
+}
+
 static int req_disk(struct sup *s, const char *cmd, json_t *req, json_t **reply)
 {
 	const char *disk = json_string_value(json_object_get(req, "disk"));
@@ -1024,8 +1032,6 @@ static int req_disk(struct sup *s, const char *cmd, json_t *req, json_t **reply)
 			return vela_error(VELA_E_INVAL, "export-disk needs an NBD address (HOST:PORT, :PORT or a socket path)");
 		CLEANUP_FREE char *frozen = NULL;
 		r = sup_disks_export(s->disks, disk, listen, &frozen, &top);
-		if (top)
-			record_disk_top(s, disk, top);   /* the guest writes to the redo log either way */
 		if (r < 0)
 			return r;
 		log_info("event: export of %s (%s) on %s; the guest writes to %s", disk, frozen, listen, top);
@@ -1044,8 +1050,6 @@ static int req_disk(struct sup *s, const char *cmd, json_t *req, json_t **reply)
 		return r;
 	int64_t ms = time_mono_ms() - t0;
 	log_info("event: %s %s done in %lld ms; the disk's top is now %s", cmd, disk, (long long)ms, top);
-	if ((r = record_disk_top(s, disk, top)) < 0)
-		return r;
 	*reply = json_pack("{s:b, s:s, s:s, s:I}", "ok", 1, "disk", disk, "top", top, "ms", (json_int_t)ms);
 	return 0;
 }

@@ -2,6 +2,7 @@
 # Build Vela's test guest into OUT (default build/guest):
 #   vmlinuz     Debian's cloud kernel (no install: apt-get download + dpkg-deb -x)
 #   initrd.img  busybox-static + virtio/SCSI/ATA/input modules + tests/guest/init
+#               + vela-io (a small static I/O load generator)
 # Cached: rebuilt only when this script or init changes.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -9,7 +10,7 @@ out=${1:-$here/../../build/guest}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 stamp="$out/.stamp"
-want=$(cat "$here/build-guest.sh" "$here/init" | sha256sum | cut -d' ' -f1)
+want=$(cat "$here/build-guest.sh" "$here/init" "$here/vela-io.c" | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -f "$out/vmlinuz" ] && [ -f "$out/initrd.img" ]; then
 	exit 0
 fi
@@ -39,6 +40,8 @@ for applet in $("$root/bin/busybox" --list); do
 	[ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
 done
 install -m 0755 "$here/init" "$root/init"
+# The guest's I/O load generator (no fio in busybox), static: no libraries in the initramfs.
+gcc -O2 -static -pthread -o "$root/bin/vela-io" "$here/vela-io.c"
 
 # Modules and their dependencies, in load order (modprobe resolves it).
 mods="virtio_pci virtio_blk virtio_scsi virtio_net virtio_console virtio_balloon virtio_rng

@@ -97,6 +97,17 @@ check "disk-limit 0 removes the limit" "$VELA" vm disk-limit --iops 0 "$vmx" vir
 check "disk-limit refuses a disk the VM lacks" sh -c "! '$VELA' vm disk-limit --iops 5 '$vmx' scsi3:3"
 expect_error VELA_E_RANGE "commit without a redo log is refused" "$VELA" vm commit "$vmx" virtio0:0
 
+# ---- the supervisor dies right after a live addredo: nothing acknowledged is lost
+check "addredo before the crash" "$VELA" vm addredo "$vmx" virtio0:0
+check "the guest writes CRASH-SAFE and flushes" run_in_guest "$vmx" "printf CRASH-SAFE | dd of=/dev/vda bs=512 seek=0 conv=notrunc,fsync oflag=direct 2>/dev/null"
+sup=$("$VELA" vm status --json "$vmx" | tr -d ' \n' | grep -o '"supervisor_pid":[0-9]*' | cut -d: -f2)
+check "kill -9 the supervisor" kill -9 "$sup"
+check "the VM is off after the crash" wait_state "$vmx" off 10
+check "power on after the crash" "$VELA" vm start "$vmx"
+check "the guest is up again" wait_console "$vmx" VELA-GUEST-READY 1 60
+check "the guest sees its acknowledged write after the crash" console_has "$vmx" "VELA-GUEST-DISK: vda sectors=131072 first64=CRASH-SAFE"
+check "commit after the crash" "$VELA" vm commit "$vmx" virtio0:0
+
 check "stop" "$VELA" vm stop hard "$vmx"
 check "the final image passes qemu-img check" qemu-img check -q "$dir/live.vmdk"
 check "qemu-img reads the guest's blocks from the final image" sh -c \
