@@ -277,9 +277,12 @@ int vdisk_commit(const char *path, bool remove_child, vdisk_progress_cb progress
 	 * child stays until the parent is flushed. */
 	while (off < size && r == 0) {
 		struct vdisk_extent_status es;
-		uint64_t want = size - off < chunk ? size - off : chunk;
-		if ((r = vdisk_block_status(child, off, want, &es)) < 0)
+		/* Ask about the whole rest: unallocated runs are skipped in one
+		 * step, however large; data is copied a chunk at a time. */
+		if ((r = vdisk_block_status(child, off, size - off, &es)) < 0)
 			break;
+		if (es.depth == 0 && es.len > chunk)
+			es.len = chunk;
 		if (es.depth == 0 && off < vdisk_size(parent)) {
 			uint64_t n = es.len;
 			if (off + n > vdisk_size(parent))

@@ -645,18 +645,47 @@ static int vmdk_block_status(struct vdisk_image *img, uint64_t off, uint64_t len
 	enum img_status first = IMG_UNALLOC;
 	pthread_mutex_lock(&img->lock);
 	int r = 0;
-	while (done < max) {
-		uint32_t gte;
+	bool changed = false;
+	while (done < max && !changed) {
 		uint64_t g = (rel + done) / gbytes;
-		if ((r = get_gte(e, g, &gte)) < 0)
+		uint64_t t = g / e->sp->gtes;
+		if (t < e->sp->n_gdes && !e->sp->gd[t] && !e->sp->gt[t]) {
+			/* A table never allocated: its whole span is unallocated,
+			 * without building an empty table in memory (a sparse
+			 * 1 TiB disk has 32768 of them). */
+			if (done == 0)
+				first = IMG_UNALLOC;
+			else if (first != IMG_UNALLOC)
+				break;
+			done = (t + 1) * e->sp->gtes * gbytes - rel;
+			continue;
+		}
+		uint32_t *gt;
+		if (t >= e->sp->n_gdes) {
+			r = vela_error(VELA_E_INTERNAL, "%s: grain %llu beyond the directory", e->path, (unsigned long long)g);
 			break;
-		enum img_status s = gte == 0 ? IMG_UNALLOC : gte == GTE_ZERO ? IMG_ZERO : IMG_DATA;
-		if (done == 0)
-			first = s;
-		else if (s != first)
+		}
+		if ((r = load_gt(e, (uint32_t)t, &gt)) < 0)
 			break;
-		uint64_t in = (rel + done) % gbytes;
-		done += gbytes - in;
+		/* Walk this table's entries in place; allocated ones are
+		 * validated (get_gte) before they count. */
+		uint64_t in = (rel + done) % gbytes;   /* only the first grain may be partial */
+		for (uint32_t idx = (uint32_t)(g % e->sp->gtes); idx < e->sp->gtes && done < max; idx++, g++) {
+			uint32_t gte = gt[idx];
+			if (gte != 0 && (r = get_gte(e, g, &gte)) < 0)
+				break;
+			enum img_status s = gte == 0 ? IMG_UNALLOC : gte == GTE_ZERO ? IMG_ZERO : IMG_DATA;
+			if (done == 0) {
+				first = s;
+			} else if (s != first) {
+				changed = true;
+				break;
+			}
+			done += gbytes - in;
+			in = 0;
+		}
+		if (r < 0)
+			break;
 	}
 	pthread_mutex_unlock(&img->lock);
 	if (r < 0)
