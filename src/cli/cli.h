@@ -25,6 +25,7 @@ struct cli {
 	unsigned queues;          /* --queues N */
 	/* vela vm commit / disk-limit */
 	bool freeze;
+	bool no_wait;           /* vm commit --no-wait */
 	bool end;               /* vm export-disk --end */
 	const char *iops, *bps, *iops_rd, *iops_wr, *bps_rd, *bps_wr;
 	bool read_only;

@@ -406,7 +406,7 @@ static void usage(FILE *f)
 		"  vela vm answer FILE.vmx CHOICE       answer the pending question\n"
 		"  vela vm console FILE.vmx             attach to the serial console (^] detaches)\n"
 		"  vela vm addredo FILE.vmx DISK        live: new redo log on a running VM's disk\n"
-		"  vela vm commit [--level N] [--freeze] FILE.vmx DISK  live: merge a redo log\n"
+		"  vela vm commit [--level N] [--freeze] [--no-wait] FILE.vmx DISK  live: merge a redo log\n"
 		"  vela vm disk-stats FILE.vmx          per-disk I/O counters, latency, limits\n"
 		"  vela vm disk-limit [--iops N] [--bps N] FILE.vmx DISK  live: cap a disk's I/O\n"
 		"  vela vm export-disk --nbd ADDR FILE.vmx DISK  live: read-only point-in-time export\n"
@@ -459,6 +459,7 @@ static void usage(FILE *f)
 		"  --queues N         (disk serve --vhost-user) request queues offered (default 1)\n"
 		"  --readonly         (disk serve) refuse writes\n"
 		"  --freeze           (vm commit) hold guest I/O for the whole merge\n"
+		"  --no-wait          (vm commit) return once the merge has started\n"
 		"  --end              (vm export-disk) end the export\n"
 		"  --iops N, --bps N  (vm disk-limit) I/O per second, bytes per second, read and\n"
 		"                     write each; --iops-rd, --iops-wr, --bps-rd, --bps-wr set\n"
@@ -531,6 +532,8 @@ int main(int argc, char **argv)
 			c.queues = (unsigned)v;
 		} else if (strcmp(a, "--end") == 0) {
 			c.end = true;
+		} else if (strcmp(a, "--no-wait") == 0) {
+			c.no_wait = true;
 		} else if (strcmp(a, "--freeze") == 0) {
 			c.freeze = true;
 		} else if (strcmp(a, "--iops") == 0 && has_val) {

@@ -85,6 +85,8 @@ int cmd_vm_disk(const struct cli *c, const char *verb, const char *file, const c
 		}
 		if (c->freeze)
 			json_object_set_new(req, "freeze", json_true());
+		if (c->no_wait)
+			json_object_set_new(req, "wait", json_false());
 	} else if (strcmp(verb, "disk-limit") == 0) {
 		if (!c->iops && !c->bps && !c->iops_rd && !c->iops_wr && !c->bps_rd && !c->bps_wr) {
 			json_decref(req);
@@ -117,6 +119,8 @@ int cmd_vm_disk(const struct cli *c, const char *verb, const char *file, const c
 		cli_print_json(reply);
 	} else if (strcmp(verb, "disk-limit") == 0) {
 		print_stats(json_object_get(reply, "disks"));
+	} else if (json_is_true(json_object_get(reply, "started"))) {
+		printf("%s: %s started; its end is logged in the VM's vela.log\n", disk, verb);
 	} else if (strcmp(verb, "export-disk") == 0 && json_object_get(reply, "export")) {
 		printf("%s: exporting %s read-only over NBD on %s; the guest writes to %s\n", disk,
 		       json_string_value(json_object_get(reply, "export")), json_string_value(json_object_get(reply, "nbd")),

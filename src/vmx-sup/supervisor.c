@@ -6,6 +6,8 @@
 #include "disks.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
 #include <limits.h>
 #include <signal.h>
 #include <string.h>
@@ -28,6 +30,7 @@ struct ctl_client {
 	int fd;
 	struct strbuf in;
 	bool waiting;              /* reply owed when the pending power op ends */
+	bool waiting_job;          /* reply owed when the disk job ends */
 	struct ctl_client *next;
 };
 
@@ -72,6 +75,8 @@ struct sup {
 	char question[1024];
 	enum { Q_MOVED, Q_UNDOABLE } question_kind;
 	struct sup_disks *disks;    /* served while QEMU runs */
+	struct disk_job *job;       /* a long live disk operation (one at a time) */
+	pthread_mutex_t file_lock;  /* s->file: disk jobs record new disk tops in it */
 	enum engine_accel accel;
 	char accel_why[384];
 	int64_t on_since_ms;
@@ -124,6 +129,7 @@ static json_t *pending_changes(struct sup *s, char **bad)
 		return json_array();
 	}
 	json_t *arr = json_array();
+	pthread_mutex_lock(&s->file_lock);
 	for (size_t i = 0; vmx_entry_at(now, i, &k, &v, NULL); i++) {
 		const char *old = vmx_get(s->file, k);
 		if (!old || strcmp(old, v) != 0)
@@ -132,6 +138,7 @@ static json_t *pending_changes(struct sup *s, char **bad)
 	for (size_t i = 0; vmx_entry_at(s->file, i, &k, &v, NULL); i++)
 		if (!vmx_get(now, k))
 			json_array_append_new(arr, json_pack("{s:s, s:s, s:n}", "key", k, "running", v, "file"));
+	pthread_mutex_unlock(&s->file_lock);
 	vmx_file_free(now);
 	return arr;
 }
@@ -499,6 +506,8 @@ static void describe_exit(int status, char *buf, size_t size)
 		snprintf(buf, size, "status 0x%x", status);
 }
 
+static void disk_job_finish(struct sup *s);
+
 /* QEMU is gone: the VM is off.  Finish everything and leave the loop. */
 static void qemu_exited(struct sup *s, int status)
 {
@@ -517,6 +526,7 @@ static void qemu_exited(struct sup *s, int status)
 		s->exit_code = 1;
 	}
 	s->on_since_ms = 0;
+	disk_job_finish(s);   /* a live commit finishes before the disks close */
 	if (s->disks) {
 		char *question = NULL;
 		if (sup_disks_power_off(s->disks, &question) < 0) {
@@ -983,15 +993,18 @@ static int record_disk_top(struct sup *s, const char *addr, const char *top)
 	char real_dir[PATH_MAX];
 	const char *value = realpath(dir, real_dir) && strcmp(real_dir, s->vm_dir) == 0 ? name : top;
 	struct vmx_file *now = NULL;
+	pthread_mutex_lock(&s->file_lock);
 	int r = vmx_file_load(s->config_path, &now);
 	if (r == 0)
 		r = vmx_set(now, key, value);
 	if (r == 0)
 		r = vmx_file_save(now, s->config_path);
 	vmx_file_free(now);
+	if (r == 0)
+		vmx_set(s->file, key, value);
+	pthread_mutex_unlock(&s->file_lock);
 	if (r < 0)
 		return vela_error_context(r, "record the new top of %s in %s", addr, s->config_path);
-	vmx_set(s->file, key, value);
 	log_info("%s = \"%s\" written to %s", key, value, s->config_path);
 	return 0;
 }
@@ -1001,7 +1014,126 @@ static int on_disk_top_changed(const char *addr, const char *top, void *opaque)
 	return record_disk_top(opaque, addr, top);
 }
 
-static int req_disk(struct sup *s, const char *cmd, json_t *req, json_t **reply)
+/*
+ * Long live disk operations (commit, the end of an export) run in a thread
+ * of their own, so the console, QMP and other clients stay served; the
+ * client gets its reply when the job ends, or at once with "wait": false.
+ */
+struct disk_job {
+	struct sup *s;
+	pthread_t thread;
+	int efd;                    /* the worker says "done" here */
+	struct ctl_client *client;  /* owed the reply, or NULL */
+	char cmd[32], disk[32];
+	unsigned level;
+	bool freeze, end_keep;
+	int r;
+	char err[1024];
+	char *top;
+	int64_t ms;
+};
+
+static void *disk_job_thread(void *opaque)
+{
+	struct disk_job *j = opaque;
+	int64_t t0 = time_mono_ms();
+	if (strcmp(j->cmd, "commit") == 0)
+		j->r = sup_disks_commit(j->s->disks, j->disk, j->level, j->freeze, &j->top);
+	else
+		j->r = sup_disks_export_end(j->s->disks, j->disk, !j->end_keep, &j->top);
+	if (j->r < 0)
+		snprintf(j->err, sizeof j->err, "%s", vela_errmsg());
+	j->ms = time_mono_ms() - t0;
+	uint64_t one = 1;
+	if (write(j->efd, &one, sizeof one) < 0)
+		log_error("disk job: signal the end: %s", strerror(errno));
+	return NULL;
+}
+
+static void disk_job_finish(struct sup *s)
+{
+	struct disk_job *j = s->job;
+	if (!j)
+		return;
+	pthread_join(j->thread, NULL);
+	vela_loop_del_fd(s->loop, j->efd);
+	close(j->efd);
+	json_t *reply;
+	if (j->r < 0) {
+		vela_error(j->r, "%s", j->err);
+		log_error("event: %s %s failed after %lld ms: %s", j->cmd, j->disk, (long long)j->ms, j->err);
+		reply = error_json(j->r);
+	} else {
+		log_info("event: %s %s done in %lld ms; the disk's top is now %s", j->cmd, j->disk, (long long)j->ms,
+			 j->top);
+		reply = json_pack("{s:b, s:s, s:s, s:I}", "ok", 1, "disk", j->disk, "top", j->top, "ms", (json_int_t)j->ms);
+	}
+	if (j->client) {
+		j->client->waiting_job = false;
+		send_json(j->client->fd, reply);
+	} else {
+		json_decref(reply);
+	}
+	free(j->top);
+	free(j);
+	s->job = NULL;
+}
+
+static void on_disk_job_done(struct vela_loop *loop, int fd, uint32_t events, void *opaque)
+{
+	(void)loop;
+	(void)events;
+	uint64_t v;
+	if (read(fd, &v, sizeof v) < 0 && errno == EAGAIN)
+		return;
+	disk_job_finish(opaque);
+}
+
+static int disk_job_start(struct sup *s, struct ctl_client *c, const char *cmd, const char *disk, json_t *req,
+			  json_t **reply)
+{
+	if (s->job)
+		return vela_error(VELA_E_BUSY, "%s %s is still running; one long disk operation at a time", s->job->cmd,
+				  s->job->disk);
+	json_t *lv = json_object_get(req, "level");
+	if (lv && (!json_is_integer(lv) || json_integer_value(lv) < 0 || json_integer_value(lv) > 255))
+		return vela_error(VELA_E_INVAL, "commit: level must be a number from 0 to 255");
+	struct disk_job *j = xcalloc(1, sizeof(*j));
+	j->s = s;
+	snprintf(j->cmd, sizeof j->cmd, "%s", cmd);
+	snprintf(j->disk, sizeof j->disk, "%s", disk);
+	j->level = lv ? (unsigned)json_integer_value(lv) : 0;
+	j->freeze = json_is_true(json_object_get(req, "freeze"));
+	j->end_keep = json_is_true(json_object_get(req, "keep"));
+	j->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (j->efd < 0) {
+		free(j);
+		return vela_error_errno(errno, "eventfd");
+	}
+	bool wait = !json_is_false(json_object_get(req, "wait"));
+	if (wait) {
+		j->client = c;
+		c->waiting_job = true;
+	}
+	vela_loop_add_fd(s->loop, j->efd, EPOLLIN, on_disk_job_done, s);
+	s->job = j;
+	int e = pthread_create(&j->thread, NULL, disk_job_thread, j);
+	if (e) {
+		vela_loop_del_fd(s->loop, j->efd);
+		close(j->efd);
+		if (wait)
+			c->waiting_job = false;
+		free(j);
+		s->job = NULL;
+		return vela_error_errno(e, "start %s", cmd);
+	}
+	log_info("event: %s %s started", cmd, disk);
+	if (!wait)
+		*reply = json_pack("{s:b, s:s, s:s, s:b}", "ok", 1, "disk", disk, "cmd", cmd, "started", 1);
+	return 0;
+}
+
+static int req_disk(struct sup *s, struct ctl_client *c, const char *cmd, json_t *req, json_t **reply)
 {
 	const char *disk = json_string_value(json_object_get(req, "disk"));
 	if (s->state != VM_ON && s->state != VM_PAUSED)
@@ -1018,14 +1150,9 @@ static int req_disk(struct sup *s, const char *cmd, json_t *req, json_t **reply)
 	int64_t t0 = time_mono_ms();
 	if (strcmp(cmd, "addredo") == 0) {
 		r = sup_disks_addredo(s->disks, disk, &top);
-	} else if (strcmp(cmd, "commit") == 0) {
-		json_t *lv = json_object_get(req, "level");
-		if (lv && (!json_is_integer(lv) || json_integer_value(lv) < 0 || json_integer_value(lv) > 255))
-			return vela_error(VELA_E_INVAL, "commit: level must be a number from 0 to 255");
-		r = sup_disks_commit(s->disks, disk, lv ? (unsigned)json_integer_value(lv) : 0,
-				     json_is_true(json_object_get(req, "freeze")), &top);
-	} else if (strcmp(cmd, "export-disk") == 0 && json_is_true(json_object_get(req, "end"))) {
-		r = sup_disks_export_end(s->disks, disk, !json_is_true(json_object_get(req, "keep")), &top);
+	} else if (strcmp(cmd, "commit") == 0 ||
+		   (strcmp(cmd, "export-disk") == 0 && json_is_true(json_object_get(req, "end")))) {
+		return disk_job_start(s, c, cmd, disk, req, reply);
 	} else if (strcmp(cmd, "export-disk") == 0) {
 		const char *listen = json_string_value(json_object_get(req, "nbd"));
 		if (!listen)
@@ -1094,7 +1221,7 @@ static void handle_request(struct sup *s, struct ctl_client *c, const char *line
 		r = req_scrollback(s, &reply);
 	} else if (strcmp(cmd, "addredo") == 0 || strcmp(cmd, "commit") == 0 || strcmp(cmd, "disk-stats") == 0 ||
 		   strcmp(cmd, "disk-limit") == 0 || strcmp(cmd, "export-disk") == 0) {
-		r = req_disk(s, cmd, req, &reply);
+		r = req_disk(s, c, cmd, req, &reply);
 	} else {
 		r = vela_error(VELA_E_NOTSUP, "unknown request \"%s\"", cmd);
 	}
@@ -1102,7 +1229,7 @@ static void handle_request(struct sup *s, struct ctl_client *c, const char *line
 		log_debug("control: %s", cmd);
 done:
 	json_decref(req);
-	if (c->waiting && r == 0) {
+	if ((c->waiting || c->waiting_job) && r == 0) {
 		json_decref(reply);
 		return;   /* answered when the operation completes */
 	}
@@ -1115,6 +1242,8 @@ done:
 
 static void ctl_client_drop(struct sup *s, struct ctl_client *c)
 {
+	if (s->job && s->job->client == c)
+		s->job->client = NULL;   /* the job goes on; its end is logged */
 	for (struct ctl_client **pp = &s->ctl_clients; *pp; pp = &(*pp)->next) {
 		if (*pp == c) {
 			*pp = c->next;
@@ -1268,7 +1397,7 @@ int vmxsup_main(const struct vmxsup_opts *opts)
 {
 	struct sup s = { .opts = opts, .lock_fd = -1, .ctl_listen_fd = -1, .con_listen_fd = -1,
 			 .sig_fd = -1, .inotify_fd = -1, .ready_fd = opts->ready_fd, .qemu_err_fd = -1, .con_fd = -1,
-			 .state = VM_STARTING };
+			 .state = VM_STARTING, .file_lock = PTHREAD_MUTEX_INITIALIZER };
 	char real[PATH_MAX];
 	int r;
 

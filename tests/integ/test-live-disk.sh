@@ -42,6 +42,13 @@ check "the redo logs are gone" sh -c "! ls '$dir'/live-0*.vmdk 2>/dev/null | gre
 check "addredo again" "$VELA" vm addredo "$vmx" virtio0:0
 check "frozen commit" "$VELA" vm commit --freeze "$vmx" virtio0:0
 check "the .vmx names the base after the frozen commit" test "$(vmx_file)" = live.vmdk
+check "addredo for a background commit" "$VELA" vm addredo "$vmx" virtio0:0
+check "commit --no-wait returns once started" sh -c "'$VELA' vm commit --no-wait '$vmx' virtio0:0 | grep -q started"
+depth_is() { "$VELA" vm disk-stats --json "$vmx" | tr -d ' \n' | grep -q "\"depth\":$1"; }
+for _ in $(seq 100); do depth_is 1 && break; sleep 0.1; done
+check "the background commit ends with the disk on its base" depth_is 1
+check "the VM log records the background commit's end" sh -c "grep -q 'event: commit virtio0:0 done' '$dir/vela.log'"
+check "the .vmx names the base after the background commit" test "$(vmx_file)" = live.vmdk
 if console_has "$vmx" "WRITER-42-DONE"; then
 	fail "the operations ran while the guest was writing (the writer finished first)"
 else
