@@ -26,6 +26,7 @@ struct cli {
 	/* vela vm commit / disk-limit */
 	bool freeze;
 	bool no_wait;           /* vm commit --no-wait */
+	const char *description;   /* vm snapshot create */
 	bool end;               /* vm export-disk --end */
 	const char *iops, *bps, *iops_rd, *iops_wr, *bps_rd, *bps_wr;
 	bool read_only;
@@ -40,5 +41,7 @@ int cli_usage_error(const char *fmt, const char *arg);
 int cmd_disk(const struct cli *c, const char *const *words, size_t n);
 /* vela vm addredo|commit|disk-stats|disk-limit FILE.vmx [DISK] */
 int cmd_vm_disk(const struct cli *c, const char *verb, const char *file, const char *disk);
+/* vela vm snapshot create|list|revert|delete FILE.vmx [NAME] */
+int cmd_vm_snapshot(const struct cli *c, const char *const *words, size_t n);
 
 #endif

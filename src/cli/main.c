@@ -408,6 +408,10 @@ static void usage(FILE *f)
 		"  vela vm addredo FILE.vmx DISK        live: new redo log on a running VM's disk\n"
 		"  vela vm commit [--level N] [--freeze] [--no-wait] FILE.vmx DISK  live: merge a redo log\n"
 		"  vela vm disk-stats FILE.vmx          per-disk I/O counters, latency, limits\n"
+		"  vela vm snapshot create [--description D] FILE.vmx NAME  disk snapshot (live too)\n"
+		"  vela vm snapshot list FILE.vmx       the snapshot tree\n"
+		"  vela vm snapshot revert FILE.vmx NAME  go back to a snapshot (VM off)\n"
+		"  vela vm snapshot delete FILE.vmx NAME  drop a snapshot, merging its disk images\n"
 		"  vela vm disk-limit [--iops N] [--bps N] FILE.vmx DISK  live: cap a disk's I/O\n"
 		"  vela vm export-disk --nbd ADDR FILE.vmx DISK  live: read-only point-in-time export\n"
 		"  vela vm export-disk --end [--keep] FILE.vmx DISK  end it, fold the redo log back\n"
@@ -460,6 +464,7 @@ static void usage(FILE *f)
 		"  --readonly         (disk serve) refuse writes\n"
 		"  --freeze           (vm commit) hold guest I/O for the whole merge\n"
 		"  --no-wait          (vm commit) return once the merge has started\n"
+		"  --description D    (vm snapshot create) what the snapshot is for\n"
 		"  --end              (vm export-disk) end the export\n"
 		"  --iops N, --bps N  (vm disk-limit) I/O per second, bytes per second, read and\n"
 		"                     write each; --iops-rd, --iops-wr, --bps-rd, --bps-wr set\n"
@@ -532,6 +537,8 @@ int main(int argc, char **argv)
 			c.queues = (unsigned)v;
 		} else if (strcmp(a, "--end") == 0) {
 			c.end = true;
+		} else if (strcmp(a, "--description") == 0 && has_val) {
+			c.description = argv[++i];
 		} else if (strcmp(a, "--no-wait") == 0) {
 			c.no_wait = true;
 		} else if (strcmp(a, "--freeze") == 0) {
@@ -600,6 +607,8 @@ int main(int argc, char **argv)
 		return cli_usage_error("unknown command \"%s\"", words[0]);
 
 	const char *verb = words[1];
+	if (strcmp(verb, "snapshot") == 0)
+		return cmd_vm_snapshot(&c, words, nw);
 	/* The power mode and the file may come in either order. */
 	const char *file = NULL, *mode = NULL, *extra = NULL;
 	for (size_t i = 2; i < nw; i++) {
