@@ -270,6 +270,19 @@ int vdisk_commit(const char *path, bool remove_child, vdisk_progress_cb progress
 		vdisk_close(child);
 		return vela_error_context(r, "commit %s into %s", path, ppath);
 	}
+	if (child->top->fmt->prepare_merge) {
+		/* The child's own metadata announces the merge (crash safety). */
+		struct vdisk_image *cw = NULL;
+		if ((r = vdisk_image_open(path, false, &cw)) == 0) {
+			r = cw->fmt->prepare_merge(cw, parent->top);
+			vdisk_image_close(cw);
+		}
+		if (r < 0) {
+			vdisk_close(parent);
+			vdisk_close(child);
+			return vela_error_context(r, "commit %s into %s", path, ppath);
+		}
+	}
 	const size_t chunk = 1u << 20;
 	char *buf = xcalloc(1, chunk);
 	uint64_t size = vdisk_size(child), off = 0;

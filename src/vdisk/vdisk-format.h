@@ -77,6 +77,9 @@ struct vdisk_format {
 	/* Every file the image is made of, the one named by img->path first
 	 * (caller frees the array and the strings).  NULL = just img->path. */
 	int (*list_files)(struct vdisk_image *img, char ***files, size_t *n);
+	/* Before child (open writable) merges into parent (open writable):
+	 * make the chain still open after a crash in the middle of the merge. */
+	int (*prepare_merge)(struct vdisk_image *child, struct vdisk_image *parent);
 };
 
 /* pread works on any range and unallocated space reads as zeros: an image

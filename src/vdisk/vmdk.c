@@ -86,6 +86,10 @@ struct vmdk {
 	bool desc_embedded;          /* inside ext[0]'s sparse file */
 	int desc_fd;                 /* separate descriptor file, or -1 */
 	uint32_t cid, parent_cid;
+	/* During a commit into the parent: the CID the parent takes at its
+	 * first merged write (ddb.vela.mergeParentCID; 0xffffffff = none). */
+	uint32_t merge_parent_cid;
+	uint32_t next_cid;           /* the CID the next bump takes (0 = random) */
 	char *create_type, *parent_hint, *adapter;
 	uint32_t cyl, heads, secs;
 	bool cid_bumped;
@@ -148,6 +152,7 @@ static int parse_descriptor(struct vmdk *m, const char *text, const char *dir, c
 	bool have_version = false;
 	uint64_t pos = 0;
 	m->parent_cid = 0xffffffffu;
+	m->merge_parent_cid = 0xffffffffu;
 	for (char *line = strtok_r(copy, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		lineno++;
 		size_t n = strlen(line);
@@ -219,6 +224,10 @@ static int parse_descriptor(struct vmdk *m, const char *text, const char *dir, c
 		} else if (strcmp(key, "parentCID") == 0) {
 			if (parse_hex32(v, &m->parent_cid) < 0)
 				return vela_error(VELA_E_CORRUPT, "%s: descriptor line %u: bad parentCID \"%s\"", what, lineno, v);
+		} else if (strcmp(key, "ddb.vela.mergeParentCID") == 0) {
+			if (parse_hex32(v, &m->merge_parent_cid) < 0)
+				return vela_error(VELA_E_CORRUPT, "%s: descriptor line %u: bad ddb.vela.mergeParentCID \"%s\"",
+						  what, lineno, v);
 		} else if (strcmp(key, "createType") == 0) {
 			free(m->create_type);
 			m->create_type = xstrdup(v);
@@ -903,9 +912,9 @@ static int bump_cid(struct vdisk_image *img, struct vmdk *m)
 {
 	if (m->cid_bumped || !m->desc)
 		return 0;
-	uint32_t cid;
-	int r = random_bytes(&cid, sizeof cid);
-	if (r < 0)
+	uint32_t cid = m->next_cid;
+	int r = 0;
+	if (!cid && (r = random_bytes(&cid, sizeof cid)) < 0)
 		return r;
 	if (cid == 0xffffffffu || cid == m->cid)
 		cid ^= 0x5a5a5a5au;
@@ -1496,9 +1505,54 @@ static int vmdk_check_parent(struct vdisk_image *img, struct vdisk_image *parent
 	if (parent->fmt != &vdisk_format_vmdk || m->parent_cid == 0xffffffffu)
 		return 0;
 	struct vmdk *p = parent->priv;
+	/* A commit of this child into its parent was under way: the parent
+	 * took the CID announced here, and reads the same through the child. */
+	if (m->merge_parent_cid != 0xffffffffu && p->cid == m->merge_parent_cid)
+		return 0;
 	if (p->cid != m->parent_cid)
 		return vela_error(VELA_E_PARENT, "%s: its parent %s changed after the child was made (parentCID %08x, "
 				  "the parent's CID is now %08x)", img->path, parent->path, m->parent_cid, p->cid);
+	return 0;
+}
+
+/*
+ * Before the child's content is merged into the parent (commit): the parent
+ * will change content, hence CID, at its first merged write.  Announce that
+ * CID in the child first (ddb.vela.mergeParentCID, a key other tools ignore),
+ * so a crash in the middle of the merge leaves a chain that still opens:
+ * the half-merged parent reads the same through the child.
+ */
+static int vmdk_prepare_merge(struct vdisk_image *child, struct vdisk_image *parent)
+{
+	struct vmdk *m = child->priv, *p = parent->priv;
+	if (parent->fmt != &vdisk_format_vmdk || !m->desc || m->parent_cid == 0xffffffffu)
+		return 0;
+	uint32_t next;
+	int r = random_bytes(&next, sizeof next);
+	if (r < 0)
+		return r;
+	if (next == 0 || next == 0xffffffffu || next == p->cid)
+		next ^= 0x5a5a5a5au;
+	char buf[16];
+	/* An earlier, interrupted merge may have moved the parent already. */
+	snprintf(buf, sizeof buf, "%08x", p->cid);
+	desc_set(m, "parentCID", buf);
+	snprintf(buf, sizeof buf, "\"%08x\"", next);
+	if (strstr(m->desc, "\nddb.vela.mergeParentCID=")) {
+		desc_set(m, "ddb.vela.mergeParentCID", buf);
+	} else {
+		size_t dl = strlen(m->desc);
+		char *nd = xasprintf("%s%sddb.vela.mergeParentCID=%s\n", m->desc, dl && m->desc[dl - 1] != '\n' ? "\n" : "", buf);
+		free(m->desc);
+		m->desc = nd;
+	}
+	if ((r = write_descriptor(child, m)) < 0)
+		return r;
+	if (m->desc_embedded && fsync(m->ext[0].fd) < 0)
+		return vela_error_errno(errno, "fsync %s", child->path);
+	m->parent_cid = p->cid;
+	m->merge_parent_cid = next;
+	p->next_cid = next;
 	return 0;
 }
 
@@ -1764,6 +1818,7 @@ const struct vdisk_format vdisk_format_vmdk = {
 	.info = vmdk_info,
 	.check = vmdk_check,
 	.check_parent = vmdk_check_parent,
+	.prepare_merge = vmdk_prepare_merge,
 	.set_parent = vmdk_set_parent,
 	.resize = vmdk_resize,
 	.unmap = vmdk_unmap,

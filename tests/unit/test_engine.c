@@ -236,6 +236,44 @@ static void argv_for_a_legacy_vm(void **state)
 	vmx_model_free(m);
 }
 
+/* Disks the supervisor serves: vhost-user-blk for virtio, NBD under an
+ * emulated controller, CD-ROMs still opened by QEMU, guest RAM shared. */
+static void argv_for_served_disks(void **state)
+{
+	(void)state;
+	struct vmx_model *m = model(
+		"memsize = \"512\"\nnumvcpus = \"4\"\n"
+		"scsi0.present = \"TRUE\"\nscsi0:0.present = \"TRUE\"\nscsi0:0.fileName = \"raw.img\"\n"
+		"virtio0:0.present = \"TRUE\"\nvirtio0:0.fileName = \"a,b.img\"\n"
+		"sata0.present = \"TRUE\"\nsata0:1.present = \"TRUE\"\nsata0:1.deviceType = \"cdrom-image\"\nsata0:1.fileName = \"cd.iso\"\n");
+	char *socks[4] = { 0 };
+	for (size_t i = 0; i < m->n_disks; i++)
+		if (m->disks[i].type == VMX_DEV_DISK)
+			socks[i] = xasprintf("/run/v/disk-%s.sock", m->disks[i].addr);
+	struct engine_runtime rt = { .accel = ENGINE_ACCEL_TCG, .qmp_fd = 7, .console_fd = -1, .disk_sockets = socks };
+	char **argv = NULL;
+	struct strbuf notes = { 0 };
+	assert_int_equal(engine_build_argv(m, &rt, &argv, &notes), 0);
+	char *j = argv_join(argv);
+	expect_arg(j, "-object", "memory-backend-memfd,id=ram0,size=512M,share=on");
+	expect_arg(j, "-machine", "q35,memory-backend=ram0");
+	expect_arg(j, "-chardev", "socket,id=vhost-virtio0-0,path=/run/v/disk-virtio0:0.sock");
+	if (!strstr(j, "vhost-user-blk-pci,chardev=vhost-virtio0-0,id=virtio0-0,num-queues=4")) fail_msg("%s", j);
+	expect_arg(j, "-drive", "if=none,id=drive-scsi0-0,driver=raw,file.driver=nbd,file.server.type=unix,"
+				"file.server.path=/run/v/disk-scsi0:0.sock,file.export=scsi0-0,discard=unmap");
+	expect_arg(j, "-device", "scsi-hd,bus=scsi0.0,channel=0,scsi-id=0,lun=0,drive=drive-scsi0-0,id=scsi0-0");
+	/* No disk file reaches QEMU; the CD-ROM image does. */
+	assert_null(strstr(j, "raw.img"));
+	assert_null(strstr(j, "a,,b.img"));
+	assert_non_null(strstr(j, "cd.iso"));
+	for (size_t i = 0; i < 4; i++)
+		free(socks[i]);
+	free(j);
+	strbuf_free(&notes);
+	engine_argv_free(argv);
+	vmx_model_free(m);
+}
+
 static void argv_refusals(void **state)
 {
 	(void)state;
@@ -360,6 +398,7 @@ int main(void)
 		cmocka_unit_test(format_probe),
 		cmocka_unit_test(argv_for_a_virtio_vm),
 		cmocka_unit_test(argv_for_a_legacy_vm),
+		cmocka_unit_test(argv_for_served_disks),
 		cmocka_unit_test(argv_refusals),
 		cmocka_unit_test(qmp_message_parsing),
 		cmocka_unit_test(qmp_client_against_a_peer),

@@ -546,6 +546,87 @@ static void crash_consistency(const char *name, enum vdisk_type type)
 	free(base);
 }
 
+/*
+ * A crash at every write of a commit: the chain still opens (the child
+ * announced the parent's new content ID before the merge), reads exactly what
+ * it read before, and the commit run again completes.
+ */
+static void expect_merged_view(struct vdisk *d, long k)
+{
+	char buf[40000];
+	for (int i = 0; i < CRASH_REGIONS; i++) {
+		assert_int_equal(vdisk_pread(d, buf, sizeof buf, (uint64_t)i * 300000 + 40000), 0);
+		for (size_t b = 0; b < sizeof buf; b++)
+			if (buf[b] != 'A' + i)
+				fail_msg("k=%ld: region %d byte %zu reads %d", k, i, b, buf[b]);
+	}
+	assert_int_equal(vdisk_pread(d, buf, 100, 7 * MIB), 0);
+	assert_int_equal(buf[0], 'o');
+}
+
+static void commit_crash(const char *name, enum vdisk_type type)
+{
+	char *base = tmp(name);
+	long total = -1;
+	for (long k = -2; k < total || total < 0; k++) {
+		unlink(base);
+		create(base, type, 8 * MIB);
+		struct vdisk *d = open_rw(base);
+		char *fill = xcalloc(1, 8 * MIB);
+		memset(fill, 'o', 8 * MIB);
+		assert_int_equal(vdisk_pwrite(d, fill, 8 * MIB, 0), 0);
+		vdisk_close(d);
+		free(fill);
+		char *child = NULL;
+		assert_int_equal(vdisk_addredo(base, &child), 0);
+		struct vdisk *c = open_rw(child);
+		char buf[40000];
+		for (int i = 0; i < CRASH_REGIONS; i++) {
+			memset(buf, 'A' + i, sizeof buf);
+			assert_int_equal(vdisk_pwrite(c, buf, sizeof buf, (uint64_t)i * 300000 + 40000), 0);
+		}
+		vdisk_close(c);
+		if (k == -2) {
+			/* Count the writes a whole commit makes. */
+			vdisk_test_fail_writes_after(1000000);
+			assert_int_equal(vdisk_commit(child, false, NULL, NULL), 0);
+			total = vdisk_test_write_count();
+			vdisk_test_fail_writes_after(-1);
+			assert_true(total > 0);
+			unlink(child);
+			free(child);
+			continue;
+		}
+		if (k >= 0) {
+			pid_t p = fork();
+			if (p == 0) {
+				vdisk_test_fail_writes_after(k);
+				vdisk_commit(child, false, NULL, NULL);
+				_exit(0);   /* as if the power went */
+			}
+			int st;
+			waitpid(p, &st, 0);
+		}
+		struct vdisk *v = NULL;
+		if (vdisk_open(child, VDISK_OPEN_RDONLY, &v) < 0)
+			fail_msg("k=%ld: the chain does not open after a crash in the commit: %s", k, vela_errmsg());
+		expect_merged_view(v, k);
+		vdisk_close(v);
+		if (vdisk_commit(child, true, NULL, NULL) < 0)
+			fail_msg("k=%ld: commit again: %s", k, vela_errmsg());
+		struct vdisk *b = NULL;
+		assert_int_equal(vdisk_open(base, VDISK_OPEN_RDONLY, &b), 0);
+		expect_merged_view(b, k);
+		vdisk_close(b);
+		free(child);
+	}
+	free(base);
+}
+
+static void commit_crash_vmdk(void **s) { (void)s; commit_crash("ccrash.vmdk", VDISK_TYPE_VMDK_MONOLITHIC_SPARSE); }
+static void commit_crash_vhd(void **s) { (void)s; commit_crash("ccrash.vhd", VDISK_TYPE_VHD_DYNAMIC); }
+static void commit_crash_qcow2(void **s) { (void)s; commit_crash("ccrash.qcow2", VDISK_TYPE_QCOW2); }
+
 static void crash_consistency_vmdk(void **s) { (void)s; crash_consistency("crash-base.vmdk", VDISK_TYPE_VMDK_MONOLITHIC_SPARSE); }
 static void crash_consistency_vhd(void **s) { (void)s; crash_consistency("crash-base.vhd", VDISK_TYPE_VHD_DYNAMIC); }
 static void crash_consistency_qcow2(void **s) { (void)s; crash_consistency("crash-base.qcow2", VDISK_TYPE_QCOW2); }
@@ -993,6 +1074,9 @@ int main(void)
 		cmocka_unit_test(chain_problems_are_detected),
 		cmocka_unit_test(hostile_images),
 		cmocka_unit_test(crash_consistency_vmdk),
+		cmocka_unit_test(commit_crash_vmdk),
+		cmocka_unit_test(commit_crash_vhd),
+		cmocka_unit_test(commit_crash_qcow2),
 		cmocka_unit_test(crash_consistency_vhd),
 		cmocka_unit_test(io_vhd_dynamic),
 		cmocka_unit_test(io_vhd_fixed),
