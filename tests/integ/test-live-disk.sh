@@ -87,6 +87,15 @@ before=$("$VELA" vm disk-stats --json "$vmx" | tr -d ' \n' | grep -o '"wr_ops":[
 check "the guest writes 100 direct 4k blocks" run_in_guest "$vmx" "dd if=/dev/zero of=/dev/vda bs=4096 seek=2000 count=100 oflag=direct 2>/dev/null"
 after=$("$VELA" vm disk-stats --json "$vmx" | tr -d ' \n' | grep -o '"wr_ops":[0-9]*' | cut -d: -f2)
 check "disk-stats counts exactly the guest's 100 writes ($before -> $after)" test $((after - before)) -eq 100
+# ---- a discard reaches the engine: the range reads zeros
+check "the guest writes 1 MiB at 40 MiB" run_in_guest "$vmx" "dd if=/dev/urandom of=/dev/vda bs=1M seek=40 count=1 oflag=direct conv=fsync 2>/dev/null"
+d0=$("$VELA" vm disk-stats --json "$vmx" | tr -d ' \n' | grep -o '"discard_ops":[0-9]*' | cut -d: -f2)
+check "the guest discards it (blkdiscard)" run_in_guest "$vmx" "blkdiscard -o 41943040 -l 1048576 /dev/vda"
+check "the discarded range reads zeros in the guest" run_in_guest "$vmx" \
+	"echo 3 > /proc/sys/vm/drop_caches; a=\$(dd if=/dev/vda bs=1M skip=40 count=1 iflag=direct 2>/dev/null | md5sum); b=\$(dd if=/dev/zero bs=1M count=1 2>/dev/null | md5sum); [ \"\$a\" = \"\$b\" ] && echo DISCARD-\$((40+2))-ZERO"
+check "... DISCARD-42-ZERO" console_has "$vmx" "DISCARD-42-ZERO"
+d1=$("$VELA" vm disk-stats --json "$vmx" | tr -d ' \n' | grep -o '"discard_ops":[0-9]*' | cut -d: -f2)
+check "disk-stats counts the discard ($d0 -> $d1)" test "$d1" -ge $((d0 + 1))
 check "disk-stats prints a table" sh -c "'$VELA' vm disk-stats '$vmx' | grep -q '^virtio0:0 .*live.vmdk'"
 
 # ---- an IOPS limit holds under a saturating guest workload (4 readers)
