@@ -4,6 +4,7 @@
 # `vela vm addredo` is timed on each (the supervisor's own measure of the
 # switch, and the command's wall clock), then folded back with
 # `vela vm commit`.  The target: <= 10 ms, the same for both sizes.
+# Then a snapshot of both disks (wall clock of `vela vm snapshot create`).
 #
 #   bench/live-addredo.sh            (REPEAT=5)
 set -euo pipefail
@@ -54,4 +55,16 @@ for d in 0 1; do
 		c=$("$VELA" vm commit --json "$vmx" virtio0:$d | tr -d ' \n' | grep -o '"ms":[0-9]*' | cut -d: -f2)
 		printf '%-6s %-10s %14s %14s %14s\n' "$name" "$size" "$ms" "$(((e - s) / 1000000))" "$c"
 	done
+done
+
+# A snapshot of both disks at once (the .vmsd written too), then its delete
+# (both redo logs merged back live).
+printf '\n%-10s %14s %14s\n' "" "snapshot ms" "delete ms"
+for i in $(seq "$REPEAT"); do
+	s=$(date +%s%N)
+	"$VELA" vm snapshot create "$vmx" "bench$i" >/dev/null
+	m=$(date +%s%N)
+	"$VELA" vm snapshot delete "$vmx" "bench$i" >/dev/null
+	e=$(date +%s%N)
+	printf '%-10s %14s %14s\n' "2 disks" "$(((m - s) / 1000000))" "$(((e - m) / 1000000))"
 done
