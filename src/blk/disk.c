@@ -97,7 +97,13 @@ int blk_disk_open(const char *path, bool read_only, struct blk_disk **out)
 	if (r < 0)
 		return r;
 	struct blk_disk *d = xcalloc(1, sizeof(*d));
-	pthread_rwlock_init(&d->swap_lock, NULL);
+	/* Writer preference: a switch (addredo, the end of a commit) must not
+	 * wait behind an endless stream of guest I/O. */
+	pthread_rwlockattr_t attr;
+	pthread_rwlockattr_init(&attr);
+	pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&d->swap_lock, &attr);
+	pthread_rwlockattr_destroy(&attr);
 	pthread_mutex_init(&d->limits_lock, NULL);
 	d->vd = vd;
 	d->top = xstrdup(path);
