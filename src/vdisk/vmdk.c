@@ -1704,17 +1704,114 @@ static int grow_sparse(struct extent *e, uint64_t new_secs)
 	return 0;
 }
 
+/* Insert extent lines after the descriptor's last extent line. */
+static void desc_add_extent_lines(struct vmdk *m, const char *lines)
+{
+	struct strbuf sb = { 0 };
+	const char *after = NULL;
+	for (const char *line = m->desc; *line; ) {
+		const char *nl = strchr(line, '\n');
+		size_t n = nl ? (size_t)(nl - line + 1) : strlen(line);
+		if (str_starts_with(line, "RW ") || str_starts_with(line, "RDONLY ") || str_starts_with(line, "NOACCESS "))
+			after = line + n;
+		line += n;
+	}
+	if (!after)
+		after = m->desc + strlen(m->desc);
+	strbuf_append(&sb, m->desc, (size_t)(after - m->desc));
+	if (after > m->desc && after[-1] != '\n')
+		strbuf_puts(&sb, "\n");
+	strbuf_puts(&sb, lines);
+	strbuf_puts(&sb, after);
+	free(m->desc);
+	m->desc = strbuf_steal(&sb);
+}
+
+/*
+ * Grow a disk split over extent files (twoGbMaxExtentSparse/Flat) the way
+ * the classic tools do: the existing files stay as they are, new extent files
+ * of at most 2047 MiB each cover the added sectors and are listed after the
+ * others.  Files created here are removed again when a later step fails.
+ */
+static int add_extents(struct vdisk_image *img, struct vmdk *m, uint64_t new_secs)
+{
+	struct extent *last = &m->ext[m->n_ext - 1];
+	if (m->desc_embedded || !m->desc)
+		return vela_error(VELA_E_NOTSUP, "extend %s: no descriptor file to list new extents in", img->path);
+	if ((last->type != EXT_SPARSE && last->type != EXT_FLAT) || (last->sp && last->sp->compressed))
+		return vela_error(VELA_E_NOTSUP, "extend %s: this kind of extent cannot be extended", img->path);
+	bool sparse = last->type == EXT_SPARSE;
+	uint64_t have = last->start + last->sectors;
+	size_t n_new = (size_t)((new_secs - have + TWOGB_EXTENT_SECTORS - 1) / TWOGB_EXTENT_SECTORS);
+	CLEANUP_FREE char *base = path_basename(img->path);
+	size_t bl = strlen(base);
+	CLEANUP_FREE char *stem = xstrndup(base, bl > 5 && str_ieq(base + bl - 5, ".vmdk") ? bl - 5 : bl);
+	struct extent *added = xcalloc(n_new, sizeof *added);
+	struct strbuf lines = { 0 };
+	int r = 0;
+	size_t made = 0;
+	unsigned k = (unsigned)m->n_ext;
+	for (uint64_t at = have; at < new_secs && r == 0; at += TWOGB_EXTENT_SECTORS) {
+		uint64_t n = new_secs - at < TWOGB_EXTENT_SECTORS ? new_secs - at : TWOGB_EXTENT_SECTORS;
+		char name[4200];
+		snprintf(name, sizeof name, "%s-%c%03u.vmdk", stem, sparse ? 's' : 'f', ++k);
+		char *fp = path_join(img->dir, name);
+		r = sparse ? create_sparse_file(fp, n, NULL) : create_flat_file(fp, n);
+		if (r < 0) {
+			free(fp);
+			break;
+		}
+		struct extent *e = &added[made++];
+		*e = (struct extent){ .type = sparse ? EXT_SPARSE : EXT_FLAT, .start = at, .sectors = n, .writable = true,
+				      .path = fp, .fd = open(fp, O_RDWR | O_CLOEXEC) };
+		if (e->fd < 0)
+			r = vela_error_errno(errno, "extend %s: open %s", img->path, fp);
+		else if (sparse)
+			r = sparse_open(e->fd, fp, &e->sp);
+		if (sparse)
+			strbuf_printf(&lines, "RW %llu SPARSE \"%s\"\n", (unsigned long long)n, name);
+		else
+			strbuf_printf(&lines, "RW %llu FLAT \"%s\" 0\n", (unsigned long long)n, name);
+	}
+	char *old_desc = xstrdup(m->desc);
+	if (r == 0) {
+		desc_add_extent_lines(m, lines.data ? lines.data : "");
+		r = write_descriptor(img, m);
+	}
+	if (r < 0) {
+		free(m->desc);
+		m->desc = old_desc;
+		for (size_t i = 0; i < made; i++) {
+			if (added[i].fd >= 0)
+				close(added[i].fd);
+			sparse_free(added[i].sp);
+			unlink(added[i].path);
+			free(added[i].path);
+		}
+		free(added);
+		strbuf_free(&lines);
+		return r;
+	}
+	free(old_desc);
+	m->ext = xrealloc(m->ext, (m->n_ext + made) * sizeof *m->ext);
+	memcpy(m->ext + m->n_ext, added, made * sizeof *added);
+	m->n_ext += made;
+	free(added);
+	strbuf_free(&lines);
+	return 0;
+}
+
 static int vmdk_resize(struct vdisk_image *img, uint64_t new_size)
 {
 	struct vmdk *m = img->priv;
 	uint64_t new_secs = new_size / VDISK_SECTOR;
-	if (m->n_ext != 1)
-		return vela_error(VELA_E_NOTSUP, "extend %s: disks split over several files cannot be extended yet "
-				  "(convert to monolithicSparse first)", img->path);
-	struct extent *e = &m->ext[0];
+	bool split = m->create_type && str_istarts_with(m->create_type, "twoGbMaxExtent");
+	struct extent *e = &m->ext[m->n_ext - 1];
 	pthread_mutex_lock(&img->lock);
 	int r = vmdk_flush_locked(img);
-	if (r == 0) {
+	if (r == 0 && (split || m->n_ext != 1)) {
+		r = add_extents(img, m, new_secs);
+	} else if (r == 0) {
 		if (e->type == EXT_FLAT) {
 			if (ftruncate(e->fd, (off_t)((e->offset + new_secs) * VDISK_SECTOR)) < 0)
 				r = vela_error_errno(errno, "extend %s", e->path);
@@ -1725,7 +1822,8 @@ static int vmdk_resize(struct vdisk_image *img, uint64_t new_size)
 		}
 	}
 	if (r == 0 && m->desc) {
-		desc_set_extent_sectors(m, new_secs);
+		if (!split && m->n_ext == 1)
+			desc_set_extent_sectors(m, new_secs);
 		enum vdisk_adapter a = m->adapter && str_ieq(m->adapter, "ide") ? VDISK_ADAPTER_IDE : VDISK_ADAPTER_LSILOGIC;
 		uint32_t c, h, sec;
 		vdisk_geometry(new_secs, a, &c, &h, &sec);
@@ -1739,7 +1837,8 @@ static int vmdk_resize(struct vdisk_image *img, uint64_t new_size)
 		r = write_descriptor(img, m);
 	}
 	if (r == 0) {
-		e->sectors = new_secs;
+		if (!split && m->n_ext == 1)
+			e->sectors = new_secs;
 		img->size = new_secs * VDISK_SECTOR;
 	}
 	pthread_mutex_unlock(&img->lock);

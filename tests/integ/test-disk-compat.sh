@@ -168,6 +168,21 @@ for t in monolithicSparse monolithicFlat qcow2 vhd-fixed raw; do
 		sh -c "qemu-io -f $f -c 'read -P 0x31 9M 1M' -c 'write -P 0x32 99M 1M' -c 'read -P 0x32 99M 1M' ec.img | grep -c '^read' | grep -qx 2"
 	[ $f = vmdk ] || [ $f = qcow2 ] && check "$t: the extended image passes qemu-img check" qemu-img check -q ec.img
 done
+# Disks split over 2 GB extent files grow by new extent files, as the
+# classic tools grow them (the existing files stay as they are).
+for t in twoGbMaxExtentSparse twoGbMaxExtentFlat; do
+	rm -f sx*.vmdk
+	"$VELA" disk create -s 3g -t $t sx.vmdk >/dev/null
+	qemu-io -f vmdk -c 'write -P 0x61 3071M 1M' sx.vmdk >/dev/null
+	check "$t: extend from 3 to 6 GiB" "$VELA" disk extend -s 6g sx.vmdk
+	check "$t: QEMU sees 6 GiB" sh -c "qemu-img info sx.vmdk | grep -q 'virtual size: 6 GiB'"
+	check "$t: four extent files of at most 2047 MiB" sh -c "test \$(grep -a -c '^RW [0-9]* ' sx.vmdk) = 4 && grep -a '^RW ' sx.vmdk | awk '\$2 > 4192256 {bad = 1} END {exit bad}'"
+	check "$t: QEMU reads the old data, writes and reads at the new end" sh -c \
+		"qemu-io -f vmdk -c 'read -P 0x61 3071M 1M' -c 'write -P 0x62 6143M 1M' -c 'read -P 0x62 6143M 1M' -c 'read -P 0 4G 1M' sx.vmdk > sx.out && ! grep -q 'verification failed\|error' sx.out && test \$(grep -c '^read' sx.out) = 3"
+	check "$t: the extended disk passes qemu-img check" qemu-img check -q sx.vmdk
+	check "$t: vela disk check agrees" "$VELA" disk check sx.vmdk
+	rm -f sx*.vmdk sx.out
+done
 for t in monolithicSparse qcow2 vhd-dynamic; do
 	f=vmdk; case $t in qcow2) f=qcow2 ;; vhd*) f=vpc ;; esac
 	rm -f cz.img
