@@ -782,16 +782,75 @@ static int vhd_set_parent(struct vdisk_image *img, struct vdisk_image *parent, c
 	return r;
 }
 
+/*
+ * The block table is full: write a bigger one where the footer is (the end
+ * of the used space), then switch the dynamic header to it with one sector
+ * write.  A crash before the switch leaves the old table in force (the new
+ * one is unreferenced space); after it, the new one.  New blocks follow the
+ * new table.  Called with the image lock held and the BAT flushed.
+ */
+static int grow_bat(struct vdisk_image *img, struct vhd *v, uint32_t n_new)
+{
+	uint64_t bytes = ((uint64_t)n_new * 4 + 511) / 512 * 512;
+	uint8_t *raw = xcalloc(1, bytes);
+	memset(raw, 0xff, bytes);
+	for (uint32_t i = 0; i < v->n_bat; i++)
+		be32_put(raw + 4 * (size_t)i, v->bat[i]);
+	uint64_t at = v->end;
+	int r = vdisk_pwrite_full(v->fd, raw, bytes, at, img->path);
+	free(raw);
+	/* A footer copy behind the new table keeps the file's last sector a footer. */
+	if (r == 0)
+		r = vdisk_pwrite_full(v->fd, v->footer, FOOTER_SIZE, at + bytes, img->path);
+	if (r == 0 && fdatasync(v->fd) < 0)
+		r = vela_error_errno(errno, "extend %s", img->path);
+	uint64_t dh_off = be64_get(v->footer + 16);
+	uint8_t dh[DYN_HEADER_SIZE];
+	if (r == 0)
+		r = vdisk_pread_full(v->fd, dh, sizeof dh, dh_off, img->path);
+	if (r == 0) {
+		be64_put(dh + 16, at);
+		be32_put(dh + 28, n_new);
+		be32_put(dh + 36, checksum(dh, DYN_HEADER_SIZE, 36));
+		r = vdisk_pwrite_full(v->fd, dh, sizeof dh, dh_off, img->path);
+	}
+	if (r == 0 && fdatasync(v->fd) < 0)
+		r = vela_error_errno(errno, "extend %s", img->path);
+	if (r < 0)
+		return vela_error_context(r, "extend %s: move the block table", img->path);
+	v->bat = xrealloc(v->bat, (size_t)n_new * 4);
+	for (uint32_t i = v->n_bat; i < n_new; i++)
+		v->bat[i] = BAT_FREE;
+	free(v->bat_dirty);
+	v->bat_dirty = xcalloc(bytes / 512, 1);
+	v->bat_offset = at;
+	v->n_bat = n_new;
+	v->end = at + bytes;
+	return 0;
+}
+
 static int vhd_resize(struct vdisk_image *img, uint64_t new_size)
 {
 	struct vhd *v = img->priv;
 	uint64_t size = chs_size(new_size);
 	if (size > VHD_MAX_SIZE)
 		return vela_error(VELA_E_LIMIT, "extend %s: VHD disks hold at most 2040 GiB", img->path);
-	if (v->type != VHD_FIXED && (size + v->block_size - 1) / v->block_size > v->n_bat)
-		return vela_error(VELA_E_NOTSUP, "extend %s: the block table of this dynamic VHD has room for %llu bytes; "
-				  "convert it to a larger disk", img->path, (unsigned long long)v->n_bat * v->block_size);
+	uint64_t blocks = v->type == VHD_FIXED ? 0 : (size + v->block_size - 1) / v->block_size;
+	if (blocks > MAX_BAT_ENTRIES)
+		return vela_error(VELA_E_LIMIT, "extend %s: more than %u blocks", img->path, MAX_BAT_ENTRIES);
+	if (blocks > v->n_bat) {
+		int fr = vhd_flush(img);   /* the table on disk is what moves */
+		if (fr < 0)
+			return fr;
+	}
 	pthread_mutex_lock(&img->lock);
+	if (blocks > v->n_bat) {
+		int gr = grow_bat(img, v, (uint32_t)blocks);
+		if (gr < 0) {
+			pthread_mutex_unlock(&img->lock);
+			return gr;
+		}
+	}
 	uint16_t c;
 	uint8_t h, s;
 	vhd_chs(size / VDISK_SECTOR, &c, &h, &s);

@@ -157,7 +157,7 @@ for t in monolithicSparse qcow2; do
 done
 
 # Extend and compact, as QEMU sees them.
-for t in monolithicSparse monolithicFlat qcow2 vhd-fixed raw; do
+for t in monolithicSparse monolithicFlat qcow2 vhd-fixed vhd-dynamic raw; do
 	f=vmdk; case $t in qcow2) f=qcow2 ;; vhd*) f=vpc ;; raw) f=raw ;; esac
 	rm -f ec.img ec-flat.img
 	"$VELA" disk create -s 10m -t $t ec.img >/dev/null

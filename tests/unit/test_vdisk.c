@@ -833,10 +833,9 @@ static void extend_compact_write_zeroes(void **s)
 		memset(buf, 0x5a, 4 * MIB);
 		assert_int_equal(vdisk_pwrite(d, buf, 4 * MIB, 0), 0);
 		vdisk_close(d);
+		/* (A dynamic VHD's block table is full here: it moves to the end.) */
 		int r = vdisk_extend(p, 40 * MIB);
-		if (types[k].t == VDISK_TYPE_VHD_DYNAMIC) {
-			assert_int_equal(r, -VELA_E_NOTSUP);   /* its block table is sized at creation */
-		} else {
+		{
 			if (r < 0)
 				fail_msg("%s: %s", p, vela_errmsg());
 			d = open_rw(p);
