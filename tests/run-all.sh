@@ -68,6 +68,7 @@ if part fuzz; then
 			qemu-img create -q -f vmdk "$corpus/qemu.vmdk" 3M &&
 				qemu-io -c 'write -P 0x41 0 64k' -c 'write -P 0x42 2M 512' "$corpus/qemu.vmdk" >/dev/null
 			build/bin/vela disk create -s 1m "$corpus/vela.vmdk" >/dev/null
+			tests/integ/cowd-image.sh "$corpus/cowd.vmdk"
 			qemu-img create -q -f qcow2 "$corpus/qemu.qcow2" 2M &&
 				qemu-io -c 'write -P 0x43 64k 64k' "$corpus/qemu.qcow2" >/dev/null
 			qemu-img convert -c -O qcow2 "$corpus/qemu.qcow2" "$corpus/compressed.qcow2"

@@ -190,6 +190,8 @@ struct bench {
 	bool write;
 	atomic_ullong next;
 	atomic_int failed;
+	pthread_mutex_t lock;
+	char error[512];     /* the first failure's message: messages are per thread */
 };
 
 /* Request i goes to (i * step) mod size, as qemu-img bench walks a disk. */
@@ -209,7 +211,12 @@ static void *bench_worker(void *arg)
 			off = b->size - b->bs;
 		int r = b->write ? vdisk_pwrite(b->d, buf, b->bs, off) : vdisk_pread(b->d, buf, b->bs, off);
 		if (r < 0) {
-			atomic_store(&b->failed, r);
+			int none = 0;
+			if (atomic_compare_exchange_strong(&b->failed, &none, r)) {
+				pthread_mutex_lock(&b->lock);
+				snprintf(b->error, sizeof b->error, "%s", vela_errmsg());
+				pthread_mutex_unlock(&b->lock);
+			}
 			break;
 		}
 	}
@@ -219,7 +226,7 @@ static void *bench_worker(void *arg)
 
 static int disk_bench(const struct cli *c, const char *path)
 {
-	struct bench b = { .count = c->count ? c->count : 100000, .write = c->write };
+	struct bench b = { .count = c->count ? c->count : 100000, .write = c->write, .lock = PTHREAD_MUTEX_INITIALIZER };
 	uint64_t depth = 32;
 	int r = 0;
 	b.bs = 4096;
@@ -251,7 +258,7 @@ static int disk_bench(const struct cli *c, const char *path)
 	free(t);
 	int cr = vdisk_close(b.d);
 	if (atomic_load(&b.failed) < 0)
-		return cli_fail(c, atomic_load(&b.failed));
+		return cli_fail(c, vela_error(atomic_load(&b.failed), "bench: %s", b.error));
 	if (r < 0 || cr < 0)
 		return cli_fail(c, r < 0 ? r : cr);
 	double secs = ms > 0 ? ms / 1000.0 : 0.001;

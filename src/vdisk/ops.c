@@ -320,7 +320,8 @@ int vdisk_commit(const char *path, bool remove_child, vdisk_progress_cb progress
 	vdisk_close(child);
 	if (r < 0)
 		return vela_error_context(r, "commit %s into %s", path, ppath);
-	if (remove_child && unlink(path) < 0)
+	/* Every file of the child goes (a vmfsSparse or split child has several). */
+	if (remove_child && vdisk_delete(path, true) < 0 && unlink(path) < 0)
 		return vela_error_errno(errno, "commit %s: remove the merged child", path);
 	return 0;
 }
@@ -392,7 +393,7 @@ int vdisk_commit_level(const char *path, unsigned level, bool remove_child, vdis
 		return r;
 	if ((r = vdisk_relink(child, grand, true)) < 0)
 		return vela_error_context(r, "commit %s --level %u: re-point %s", path, level, child);
-	if (remove_child && unlink(target) < 0)
+	if (remove_child && vdisk_delete(target, true) < 0 && unlink(target) < 0)
 		return vela_error_errno(errno, "commit %s: remove the merged %s", path, target);
 	return 0;
 }

@@ -39,6 +39,8 @@
 #define DESC_EMBED_SECTORS 20
 #define DEFAULT_GRAIN 128                /* sectors = 64 KiB */
 #define GTES_PER_GT 512
+#define COWD_GTES 4096                   /* vmfsSparse (COWD) tables are fixed at 4096 entries */
+#define COWD_HEADER_SECTORS 4
 #define MAX_GRAIN 65536                  /* sectors = 32 MiB */
 #define MAX_EXTENTS 10000
 #define TWOGB_EXTENT_SECTORS 4192256ull  /* 2047 MiB, as the classic tools split */
@@ -64,6 +66,7 @@ struct sparse {
 	uint64_t next_free;          /* sector where the next grain or table goes */
 	uint64_t file_sectors;       /* size of the file when opened */
 	bool compressed;             /* streamOptimized: grains are deflated behind markers */
+	bool cowd;                   /* vmfsSparse / ESX 2 redo log (COWD): read-only here */
 	bool tail_gd;                /* directory at the end, behind a footer */
 	bool tail_dirty;             /* the tail must be rewritten at flush */
 	uint8_t header[512];         /* the header as read (the footer copies it) */
@@ -112,7 +115,7 @@ static int vmdk_probe(const uint8_t *head, size_t len, uint64_t file_size)
 	if (len >= 4 && le32_get(head) == VMDK_MAGIC)
 		return 100;
 	if (len >= 4 && memcmp(head, "COWD", 4) == 0)
-		return 100;   /* vmfsSparse: refused at open with a clear message */
+		return 100;   /* vmfsSparse / ESX 2 redo log: read for import */
 	/* The header line claims a descriptor at any size (a huge one is then
 	 * refused at open rather than read as a raw disk). */
 	if (len >= 21 && memcmp(head, "# Disk DescriptorFile", 21) == 0)
@@ -190,8 +193,10 @@ static int parse_descriptor(struct vmdk *m, const char *text, const char *dir, c
 				e->type = EXT_SPARSE;
 			} else if (strcmp(type, "ZERO") == 0) {
 				e->type = EXT_ZERO;
-			} else if (strcmp(type, "VMFSSPARSE") == 0 || strcmp(type, "SESPARSE") == 0 ||
-				   strcmp(type, "VMFSRDM") == 0 || strcmp(type, "VMFSRAW") == 0) {
+			} else if (strcmp(type, "VMFSSPARSE") == 0) {
+				e->type = EXT_SPARSE;   /* a COWD file: sparse_open tells */
+			} else if (strcmp(type, "SESPARSE") == 0 || strcmp(type, "VMFSRDM") == 0 ||
+				   strcmp(type, "VMFSRAW") == 0) {
 				return vela_error(VELA_E_NOTSUP, "%s: extent type %s is not supported yet", what, type);
 			} else {
 				return vela_error(VELA_E_CORRUPT, "%s: descriptor line %u: unknown extent type \"%s\"", what, lineno, type);
@@ -273,6 +278,50 @@ static uint64_t gt_sectors(const struct sparse *sp)
 	return ((uint64_t)sp->gtes * 4 + VDISK_SECTOR - 1) / VDISK_SECTOR;
 }
 
+static int sparse_load_directory(int fd, const char *path, struct sparse *sp);
+
+/*
+ * vmfsSparse (ESX 3 delta disks) and ESX 2 redo logs: the older "COWD"
+ * sparse extent.  A 2048-byte header (capacity, grain size, directory place
+ * and size, next free sector, all 32-bit sectors), then a directory of grain
+ * tables of 4096 entries each.  Read here for import; never written (Vela
+ * writes its own redo logs as monolithicSparse children).
+ */
+static int cowd_open(int fd, const char *path, const uint8_t *h, const struct stat *st, struct sparse **out)
+{
+	struct sparse *sp = xcalloc(1, sizeof *sp);
+	*out = sp;
+	uint32_t version = le32_get(h + 4);
+	if (version != 1)
+		return vela_error(VELA_E_VERSION, "%s: COWD (vmfsSparse) version %u is not supported", path, version);
+	sp->cowd = true;
+	sp->capacity = le32_get(h + 12);
+	sp->grain = le32_get(h + 16);
+	sp->gd_sector = le32_get(h + 20);
+	uint32_t gd_entries = le32_get(h + 24);
+	sp->next_free = le32_get(h + 28);
+	sp->gtes = COWD_GTES;
+	sp->overhead = COWD_HEADER_SECTORS;
+	sp->file_sectors = ((uint64_t)st->st_size + VDISK_SECTOR - 1) / VDISK_SECTOR;
+	if (sp->grain == 0 || sp->grain > MAX_GRAIN || (sp->grain & (sp->grain - 1)))
+		return vela_error(VELA_E_CORRUPT, "%s: COWD grain size %llu sectors is not a power of two up to %u", path,
+				  (unsigned long long)sp->grain, MAX_GRAIN);
+	if (sp->capacity == 0)
+		return vela_error(VELA_E_CORRUPT, "%s: COWD capacity is 0", path);
+	uint64_t per_gde = sp->grain * sp->gtes;
+	uint64_t needed = (sp->capacity + per_gde - 1) / per_gde;
+	if (gd_entries < needed || gd_entries > (1u << 20))
+		return vela_error(VELA_E_CORRUPT, "%s: COWD directory of %u entries for %llu tables", path, gd_entries,
+				  (unsigned long long)needed);
+	sp->n_gdes = (uint32_t)needed;
+	if (sp->gd_sector < COWD_HEADER_SECTORS)
+		return vela_error(VELA_E_CORRUPT, "%s: COWD directory at sector %llu is inside the header", path,
+				  (unsigned long long)sp->gd_sector);
+	if (sp->next_free < sp->overhead || sp->next_free > sp->file_sectors)
+		sp->next_free = sp->file_sectors;
+	return sparse_load_directory(fd, path, sp);
+}
+
 /* Read and validate the header of a hosted sparse extent. */
 static int sparse_open(int fd, const char *path, struct sparse **out)
 {
@@ -284,7 +333,7 @@ static int sparse_open(int fd, const char *path, struct sparse **out)
 	if (fstat(fd, &st) < 0)
 		return vela_error_errno(errno, "stat %s", path);
 	if (memcmp(h, "COWD", 4) == 0)
-		return vela_error(VELA_E_NOTSUP, "%s: vmfsSparse (COWD) extents are not supported yet", path);
+		return cowd_open(fd, path, h, &st, out);
 	if (le32_get(h) != VMDK_MAGIC)
 		return vela_error(VELA_E_CORRUPT, "%s: not a VMDK sparse extent (bad magic)", path);
 	struct sparse *sp = xcalloc(1, sizeof *sp);
@@ -342,6 +391,13 @@ static int sparse_open(int fd, const char *path, struct sparse **out)
 	if (n_gdes > UINT32_MAX / 4)
 		return vela_error(VELA_E_CORRUPT, "%s: grain directory too large", path);
 	sp->n_gdes = (uint32_t)n_gdes;
+	return sparse_load_directory(fd, path, sp);
+}
+
+/* Check the directory's place, load it (and its redundant copy). */
+static int sparse_load_directory(int fd, const char *path, struct sparse *sp)
+{
+	int r;
 	uint64_t gd_bytes = (uint64_t)sp->n_gdes * 4;
 	uint64_t gd_secs = (gd_bytes + VDISK_SECTOR - 1) / VDISK_SECTOR;
 	bool use_rgd = (sp->flags & VMDK_FLAG_RGD) != 0;
@@ -381,6 +437,8 @@ static int sparse_open(int fd, const char *path, struct sparse **out)
 	}
 	sp->gt = xcalloc(sp->n_gdes, sizeof *sp->gt);
 	sp->gt_dirty = xcalloc(sp->n_gdes, 1);
+	if (sp->cowd)
+		return 0;   /* read-only: no append point */
 	sp->next_free = sp->file_sectors > sp->overhead ? sp->file_sectors : sp->overhead;
 	if (sp->tail_gd) {
 		/* New grains go where the tail starts: the first marker before a
@@ -495,6 +553,8 @@ static int open_extents(struct vdisk_image *img, struct vmdk *m, int first_fd)
 			int r = sparse_open(e->fd, e->path, &e->sp);
 			if (r < 0)
 				return r;
+			if (e->sp->cowd)
+				e->writable = false;   /* imported, never written */
 			if (e->sp->compressed && e->sp->tail_gd && !img->read_only) {
 				/* New grains overwrite the old tail: hold every table first. */
 				uint32_t *gt;
@@ -559,7 +619,7 @@ static int vmdk_open(struct vdisk_image *img)
 			/* A bare sparse extent (e.g. disk-s001.vmdk opened on its own). */
 			m->ext = xcalloc(1, sizeof *m->ext);
 			m->n_ext = 1;
-			m->ext[0] = (struct extent){ .type = EXT_SPARSE, .sectors = sp->capacity, .writable = true,
+			m->ext[0] = (struct extent){ .type = EXT_SPARSE, .sectors = sp->capacity, .writable = !sp->cowd,
 						     .path = xstrdup(img->path), .fd = fd, .sp = sp };
 			m->parent_cid = 0xffffffffu;
 			r = 0;
@@ -1413,8 +1473,8 @@ static int vmdk_check(struct vdisk_image *img, bool repair, struct vdisk_check_r
 	for (size_t x = 0; x < m->n_ext && r == 0; x++) {
 		struct extent *e = &m->ext[x];
 		struct sparse *sp = e->sp;
-		if (!sp || sp->compressed)
-			continue;   /* compressed grains are variable-sized: no leak accounting */
+		if (!sp || sp->compressed || sp->cowd)
+			continue;   /* compressed grains are variable-sized, COWD is read-only: no leak accounting */
 		uint64_t gts = gt_sectors(sp), max_end = sp->overhead;
 		size_t n_used = 0, cap = 1024;
 		uint32_t *used = xcalloc(cap, sizeof *used);

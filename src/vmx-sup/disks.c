@@ -399,7 +399,7 @@ static int drop_merged(struct sup_disks *ds, struct sup_disk *d, const char *mer
 	int r = top_changed(ds, d);
 	if (r < 0)
 		return r;
-	if (unlink(merged) < 0)
+	if (vdisk_delete(merged, true) < 0 && unlink(merged) < 0)
 		vela_log(VELA_LOG_WARN, "%s: remove the merged %s: %s", d->addr, merged, strerror(errno));
 	return 0;
 }
@@ -467,7 +467,7 @@ static int relink_between(void *opaque, char **new_top)
 	int r = vdisk_relink(st->child, st->grand, true);
 	if (r < 0)
 		return r;
-	if (unlink(st->target) < 0)
+	if (vdisk_delete(st->target, true) < 0 && unlink(st->target) < 0)
 		vela_log(VELA_LOG_WARN, "remove the merged %s: %s", st->target, strerror(errno));
 	return 0;
 }
