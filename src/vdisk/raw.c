@@ -1,4 +1,11 @@
-/* raw.c - raw images: the bytes of the disk, holes read as zeros. */
+/*
+ * raw.c - raw images: the bytes of the disk, holes read as zeros.
+ *
+ * Also the flat disks of ESX Server 1.x (".dsk"): the disk's bytes followed
+ * by a 512-byte trailer of the old product's metadata.  They are recognised
+ * by their name (a ".dsk" that is not a COWD sparse file, which the VMDK
+ * format takes), served without the trailer, which is never touched.
+ */
 #include "common.h"
 #include "vdisk-format.h"
 
@@ -8,7 +15,17 @@
 
 struct raw {
 	int fd;
+	bool esx1_trailer;   /* ESX 1.x .dsk: the last 512 bytes are not disk */
 };
+
+#define ESX1_TRAILER 512u
+
+static bool is_esx1_dsk(const char *path, const struct stat *st)
+{
+	size_t n = strlen(path);
+	return n > 4 && str_ieq(path + n - 4, ".dsk") && S_ISREG(st->st_mode) && st->st_size >= (off_t)ESX1_TRAILER &&
+	       st->st_size % 512 == 0;
+}
 
 static int raw_probe(const uint8_t *head, size_t len, uint64_t file_size)
 {
@@ -33,6 +50,10 @@ static int raw_open(struct vdisk_image *img)
 	r->fd = fd;
 	img->priv = r;
 	img->size = (uint64_t)st.st_size;
+	if (is_esx1_dsk(img->path, &st)) {
+		r->esx1_trailer = true;
+		img->size = (uint64_t)st.st_size - ESX1_TRAILER;
+	}
 	if (S_ISBLK(st.st_mode)) {
 		off_t end = lseek(fd, 0, SEEK_END);
 		img->size = end > 0 ? (uint64_t)end : 0;
@@ -121,6 +142,8 @@ static int raw_info(struct vdisk_image *img, struct vdisk_info *info)
 {
 	struct raw *r = img->priv;
 	struct stat st;
+	if (r->esx1_trailer)
+		info->subformat = xstrdup("esx1-dsk (flat, 512-byte trailer)");
 	if (fstat(r->fd, &st) == 0)
 		info->allocated = (uint64_t)st.st_blocks * 512;
 	return 0;
@@ -137,6 +160,9 @@ static int raw_check(struct vdisk_image *img, bool repair, struct vdisk_check_re
 static int raw_resize(struct vdisk_image *img, uint64_t new_size)
 {
 	struct raw *r = img->priv;
+	if (r->esx1_trailer)
+		return vela_error(VELA_E_NOTSUP, "extend %s: an ESX 1.x .dsk keeps its trailer at the end; convert it first "
+				  "(vela disk convert)", img->path);
 	if (ftruncate(r->fd, (off_t)new_size) < 0)
 		return vela_error_errno(errno, "extend %s", img->path);
 	img->size = new_size;

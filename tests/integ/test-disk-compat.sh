@@ -209,6 +209,22 @@ printf 'COWD\001\000\000\000' > vs-bad.vmdk
 expect_error VELA_E_ "a truncated COWD header is refused" "$VELA" disk info vs-bad.vmdk
 rm -f vs*.vmdk vs*.raw
 
+# ESX 1.x .dsk: a flat image with a 512-byte trailer; imported without it.
+rm -f esx1.*
+qemu-img create -q -f raw esx1.raw 8M
+qemu-io -f raw -c 'write -P 0x11 0 4k' -c 'write -P 0x22 3146752 5k' -c 'write -P 0x33 8388096 512' esx1.raw >/dev/null
+cp esx1.raw esx1.dsk
+head -c 512 /dev/urandom >> esx1.dsk
+check "ESX 1.x .dsk: vela disk info sees the disk without its trailer" sh -c \
+	"'$VELA' disk info esx1.dsk | grep -q 'esx1-dsk' && '$VELA' disk info esx1.dsk | grep -q 'size: 8388608 bytes'"
+check "ESX 1.x .dsk: imported to monolithicSparse, equal to the data (qemu-img compare)" sh -c \
+	"'$VELA' disk convert esx1.dsk esx1.vmdk >/dev/null && qemu-img compare -q esx1.vmdk esx1.raw"
+sum=$(tail -c 512 esx1.dsk | md5sum)
+check "ESX 1.x .dsk: a write at the last sector leaves the trailer alone" sh -c \
+	"'$VELA' disk bench -w --bs 512 --count 2 --step 8388096 --depth 1 esx1.dsk >/dev/null && test \"\$(tail -c 512 esx1.dsk | md5sum)\" = '$sum'"
+expect_error VELA_E_NOTSUP "ESX 1.x .dsk: extend is refused (the trailer sits at the end)" "$VELA" disk extend -s 16m esx1.dsk
+rm -f esx1.*
+
 for t in monolithicSparse qcow2 vhd-dynamic; do
 	f=vmdk; case $t in qcow2) f=qcow2 ;; vhd*) f=vpc ;; esac
 	rm -f cz.img
