@@ -4,13 +4,16 @@
 #   4 KiB requests at queue depth 32 with a prime stride (7919 x 4 KiB, so
 #   consecutive requests land far apart: random-like, but identical in both),
 #   1 MiB sequential requests at depth 8; read and write; raw, qcow2, VMDK.
-# Images are 1 GiB and fully written first.  Both use the host page cache
-# (qemu-img -t writeback); writes end with a flush in both.
-# Usage: bench/disk-io.sh [RUNS]   (default 3; medians; prints speed-ups)
+# Images are 1 GiB and fully written first.  CACHE=writeback (default): both
+# through the host page cache (qemu-img -t writeback); CACHE=none: both
+# bypass it (qemu-img -t none, Vela --cache none = O_DIRECT data I/O).
+# Writes end with a flush in both.
+# Usage: [CACHE=none] bench/disk-io.sh [RUNS]   (default 3; medians; speed-ups)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 vela=$top/build/bin/vela
 runs=${1:-3}
+cache=${CACHE:-writeback}
 dir=${DIR:-$(mktemp -d /var/tmp/vela-bench-io.XXXXXX)}
 trap 'rm -rf "$dir"' EXIT
 cd "$dir"
@@ -22,6 +25,7 @@ for fmt in raw qcow2 vmdk; do
 	qemu-io -f $fmt -c 'write -P 0x5a 0 1G' img.$fmt >/dev/null
 done
 sync
+echo "cache=$cache"
 printf '%-6s %-22s %10s %10s %8s\n' format workload vela_ms qemu_ms speedup
 for fmt in raw qcow2 vmdk; do
 	for w in "4k-stride-read:4k:$((4096 * 7919)):100000:32:" "4k-stride-write:4k:$((4096 * 7919)):100000:32:-w" \
@@ -29,9 +33,9 @@ for fmt in raw qcow2 vmdk; do
 		IFS=: read -r name bs step count depth wflag <<< "$w"
 		vt=() qt=()
 		for ((i = 0; i < runs; i++)); do
-			t=$(ns); "$vela" disk bench $wflag --bs $bs --step $step --count $count --depth $depth img.$fmt >/dev/null
+			t=$(ns); "$vela" disk bench --cache $cache $wflag --bs $bs --step $step --count $count --depth $depth img.$fmt >/dev/null
 			vt+=($(( ($(ns) - t) / 1000000 )))
-			t=$(ns); qemu-img bench -f $fmt -t writeback -i io_uring $wflag -s $bs -S $step -c $count -d $depth img.$fmt >/dev/null
+			t=$(ns); qemu-img bench -f $fmt -t $cache -i io_uring $wflag -s $bs -S $step -c $count -d $depth img.$fmt >/dev/null
 			qt+=($(( ($(ns) - t) / 1000000 )))
 		done
 		v=$(printf '%s\n' "${vt[@]}" | median); q=$(printf '%s\n' "${qt[@]}" | median)

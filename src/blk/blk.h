@@ -40,6 +40,8 @@ struct blk_disk_limits {
 };
 
 int blk_disk_open(const char *path, bool read_only, struct blk_disk **out);
+/* host_cache false: data I/O bypasses the host page cache (VDISK_OPEN_DIRECT). */
+int blk_disk_open_cache(const char *path, bool read_only, bool host_cache, struct blk_disk **out);
 /* Flush and close; returns the flush result. */
 int blk_disk_close(struct blk_disk *d);
 uint64_t blk_disk_size(struct blk_disk *d);

@@ -30,6 +30,7 @@ struct blk_disk {
 	struct vdisk *vd;
 	char *top;              /* path of the chain's top image */
 	bool read_only;
+	unsigned open_flags;    /* VDISK_OPEN_* every (re)open of the chain uses */
 	struct blk_disk_stats stats;   /* updated with atomics */
 	struct throttle iops[2], bps[2];   /* [0] read, [1] write */
 	pthread_mutex_t limits_lock;
@@ -92,8 +93,14 @@ static void throttle_take(struct throttle *t, uint64_t amount)
 
 int blk_disk_open(const char *path, bool read_only, struct blk_disk **out)
 {
+	return blk_disk_open_cache(path, read_only, true, out);
+}
+
+int blk_disk_open_cache(const char *path, bool read_only, bool host_cache, struct blk_disk **out)
+{
 	struct vdisk *vd;
-	int r = vdisk_open(path, read_only ? VDISK_OPEN_RDONLY : 0, &vd);
+	unsigned flags = (read_only ? VDISK_OPEN_RDONLY : 0) | (host_cache ? 0 : VDISK_OPEN_DIRECT);
+	int r = vdisk_open(path, flags, &vd);
 	if (r < 0)
 		return r;
 	struct blk_disk *d = xcalloc(1, sizeof(*d));
@@ -108,6 +115,7 @@ int blk_disk_open(const char *path, bool read_only, struct blk_disk **out)
 	d->vd = vd;
 	d->top = xstrdup(path);
 	d->read_only = read_only;
+	d->open_flags = flags;
 	for (int i = 0; i < 2; i++) {
 		throttle_init(&d->iops[i]);
 		throttle_init(&d->bps[i]);
@@ -305,7 +313,7 @@ void blk_disk_get_limits(struct blk_disk *d, struct blk_disk_limits *out)
 static int reopen_after_failure(struct blk_disk *d, int err)
 {
 	char *msg = xstrdup(vela_errmsg());
-	if (vdisk_open(d->top, d->read_only ? VDISK_OPEN_RDONLY : 0, &d->vd) < 0) {
+	if (vdisk_open(d->top, d->open_flags, &d->vd) < 0) {
 		vela_log(VELA_LOG_ERROR, "%s: cannot reopen the disk after a failed switch: %s", d->top, vela_errmsg());
 		d->vd = NULL;
 	}
@@ -337,7 +345,7 @@ static int switch_locked(struct blk_disk *d, const char *new_top, blk_disk_betwe
 	if (named)
 		new_top = named;
 	struct vdisk *nvd;
-	r = vdisk_open(new_top, d->read_only ? VDISK_OPEN_RDONLY : 0, &nvd);
+	r = vdisk_open(new_top, d->open_flags, &nvd);
 	if (r < 0) {
 		if (named)   /* a file `between` created for this switch only */
 			unlink(named);

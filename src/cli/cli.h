@@ -19,6 +19,7 @@ struct cli {
 	const char *bs, *step, *depth;
 	unsigned count;
 	bool write;
+	const char *cache;    /* --cache none|writeback (disk bench, disk serve) */
 	/* vela disk serve */
 	const char *nbd, *name;
 	const char *vhost_user;   /* --vhost-user SOCKET */
@@ -31,6 +32,9 @@ struct cli {
 	const char *iops, *bps, *iops_rd, *iops_wr, *bps_rd, *bps_wr;
 	bool read_only;
 };
+
+/* --cache: true = through the host page cache (default), false = O_DIRECT. */
+int cli_host_cache(const struct cli *c, bool *host_cache);
 
 /* Print the current error (text or JSON) and return the exit status 1. */
 int cli_fail(const struct cli *c, int code);

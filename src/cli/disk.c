@@ -182,6 +182,18 @@ static int disk_check(const struct cli *c, const char *path)
 	return errors ? 2 : unrepaired ? 3 : 0;
 }
 
+int cli_host_cache(const struct cli *c, bool *host_cache)
+{
+	*host_cache = true;
+	if (!c->cache || strcmp(c->cache, "writeback") == 0)
+		return 0;
+	if (strcmp(c->cache, "none") == 0) {
+		*host_cache = false;
+		return 0;
+	}
+	return vela_error(VELA_E_INVAL, "--cache %s: expected none or writeback", c->cache);
+}
+
 /* ------------------------------------------------------------- bench */
 
 struct bench {
@@ -239,7 +251,10 @@ static int disk_bench(const struct cli *c, const char *path)
 		return cli_fail(c, vela_error_context(r, "--depth"));
 	if (b.bs == 0 || b.bs > (64u << 20) || depth == 0)
 		return cli_fail(c, vela_error(VELA_E_INVAL, "bench: --bs from 1 byte to 64 MiB and --depth above 0"));
-	if ((r = vdisk_open(path, c->write ? 0 : VDISK_OPEN_RDONLY, &b.d)) < 0)
+	bool host_cache;
+	if ((r = cli_host_cache(c, &host_cache)) < 0)
+		return cli_fail(c, r);
+	if ((r = vdisk_open(path, (c->write ? 0 : VDISK_OPEN_RDONLY) | (host_cache ? 0 : VDISK_OPEN_DIRECT), &b.d)) < 0)
 		return cli_fail(c, r);
 	b.size = vdisk_size(b.d);
 	if (b.bs > b.size) {
@@ -302,7 +317,10 @@ static void serve_vhost_ready(const char *where, void *opaque)
 static int disk_serve_vhost(const struct cli *c, const char *path)
 {
 	struct blk_disk *d = NULL;
-	int r = blk_disk_open(path, c->read_only, &d);
+	bool host_cache;
+	int r = cli_host_cache(c, &host_cache);
+	if (r == 0)
+		r = blk_disk_open_cache(path, c->read_only, host_cache, &d);
 	if (r < 0)
 		return cli_fail(c, r);
 	struct sigaction sa = { .sa_handler = on_stop_signal };
@@ -323,7 +341,10 @@ static int disk_serve(const struct cli *c, const char *path)
 	if (c->vhost_user)
 		return disk_serve_vhost(c, path);
 	struct blk_disk *d = NULL;
-	int r = blk_disk_open(path, c->read_only, &d);
+	bool host_cache;
+	int r = cli_host_cache(c, &host_cache);
+	if (r == 0)
+		r = blk_disk_open_cache(path, c->read_only, host_cache, &d);
 	if (r < 0)
 		return cli_fail(c, r);
 	CLEANUP_FREE char *base = path_basename(path);

@@ -426,7 +426,7 @@ static void usage(FILE *f)
 		"  vela disk rename FILE NEW            rename a disk and its extents; children follow\n"
 		"  vela disk delete [--force] FILE      delete a disk's files (not a parent in use)\n"
 		"  vela disk addredo FILE               add an empty redo log; prints the new top\n"
-		"  vela disk bench [-w] [--bs B] [--step S] [--count N] [--depth D] FILE  I/O benchmark\n"
+		"  vela disk bench [-w] [--bs B] [--step S] [--count N] [--depth D] [--cache none] FILE  I/O benchmark\n"
 		"  vela disk serve [--nbd ADDR] [--readonly] [--name N] FILE  export over NBD\n"
 		"  vela disk serve --vhost-user SOCKET [--queues N] [--readonly] FILE  serve a VM's virtio disk\n"
 		"  vela disk commit [--level N] [--keep] FILE  merge FILE (or level N below it) into its parent\n"
@@ -456,6 +456,8 @@ static void usage(FILE *f)
 		"  --step SIZE        (disk bench) distance between requests (default: --bs)\n"
 		"  --depth N          (disk bench) requests in flight (default 32)\n"
 		"  -w, --write        (disk bench) write instead of read\n"
+		"  --cache MODE       (disk bench, disk serve) writeback (default: the host page\n"
+		"                     cache) or none (data I/O with O_DIRECT)\n"
 		"  --nbd ADDR         (disk serve, vm export-disk) HOST:PORT, :PORT (loopback) or a\n"
 		"                     socket path;\n"
 		"                     default :10809\n"
@@ -559,6 +561,8 @@ int main(int argc, char **argv)
 			c.name = argv[++i];
 		} else if (strcmp(a, "--readonly") == 0) {
 			c.read_only = true;
+		} else if (strcmp(a, "--cache") == 0 && has_val) {
+			c.cache = argv[++i];
 		} else if (strcmp(a, "--bs") == 0 && has_val) {
 			c.bs = argv[++i];
 		} else if (strcmp(a, "--step") == 0 && has_val) {

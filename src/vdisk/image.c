@@ -70,11 +70,9 @@ static bool fault_injected(void)
 	return fail;
 }
 
-int vdisk_pwrite_full(int fd, const void *buf, size_t len, uint64_t off, const char *what)
+static int write_loop(int fd, const void *buf, size_t len, uint64_t off, const char *what)
 {
 	const char *p = buf;
-	if (fault_injected())
-		return vela_error(VELA_E_WRITE, "write %s at %llu: injected fault", what, (unsigned long long)off);
 	while (len > 0) {
 		ssize_t n = pwrite(fd, p, len, (off_t)off);
 		if (n < 0) {
@@ -88,6 +86,13 @@ int vdisk_pwrite_full(int fd, const void *buf, size_t len, uint64_t off, const c
 		len -= (size_t)n;
 	}
 	return 0;
+}
+
+int vdisk_pwrite_full(int fd, const void *buf, size_t len, uint64_t off, const char *what)
+{
+	if (fault_injected())
+		return vela_error(VELA_E_WRITE, "write %s at %llu: injected fault", what, (unsigned long long)off);
+	return write_loop(fd, buf, len, off, what);
 }
 
 int vdisk_finish_create(int fd, const char *path, int r)
@@ -154,6 +159,53 @@ static int probe(const char *path, const struct vdisk_format **out)
 
 int vdisk_image_open(const char *path, bool read_only, struct vdisk_image **out)
 {
+	return vdisk_image_open_direct(path, read_only, false, out);
+}
+
+int vdisk_open_data_fd(const struct vdisk_image *img, const char *path, bool writable)
+{
+	if (!img->direct)
+		return -1;
+	int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_DIRECT | O_CLOEXEC);
+	return fd;   /* -1 (EINVAL on tmpfs, ...): the cached fd serves */
+}
+
+static bool direct_ok(int dfd, const void *buf, size_t len, uint64_t off)
+{
+	return dfd >= 0 && len > 0 && (((uintptr_t)buf | len | off) & (VDISK_SECTOR - 1)) == 0;
+}
+
+int vdisk_data_pread(int fd, int dfd, void *buf, size_t len, uint64_t off, const char *what)
+{
+	if (direct_ok(dfd, buf, len, off)) {
+		ssize_t n = pread(dfd, buf, len, (off_t)off);
+		if (n == (ssize_t)len)
+			return 0;
+		/* Short (end of file) or refused (alignment the device wants
+		 * larger than 512): the cached path knows how to finish. */
+	}
+	return vdisk_pread_full(fd, buf, len, off, what);
+}
+
+int vdisk_data_pwrite(int fd, int dfd, const void *buf, size_t len, uint64_t off, const char *what)
+{
+	if (fault_injected())
+		return vela_error(VELA_E_WRITE, "write %s at %llu: injected fault", what, (unsigned long long)off);
+	if (direct_ok(dfd, buf, len, off)) {
+		ssize_t n = pwrite(dfd, buf, len, (off_t)off);
+		if (n == (ssize_t)len)
+			return 0;
+		if (n < 0 && errno != EINVAL)
+			return vela_error(errno == ENOSPC ? VELA_E_DISKFULL : VELA_E_WRITE, "write %s at %llu: %s", what,
+					  (unsigned long long)off, strerror(errno));
+		if (n > 0)   /* short: finish the rest through the cache */
+			return write_loop(fd, (const char *)buf + n, len - (size_t)n, off + (uint64_t)n, what);
+	}
+	return write_loop(fd, buf, len, off, what);
+}
+
+int vdisk_image_open_direct(const char *path, bool read_only, bool direct, struct vdisk_image **out)
+{
 	const struct vdisk_format *fmt = NULL;
 	int r = probe(path, &fmt);
 	if (r < 0)
@@ -162,6 +214,7 @@ int vdisk_image_open(const char *path, bool read_only, struct vdisk_image **out)
 	img->path = xstrdup(path);
 	img->dir = path_dirname(path);
 	img->read_only = read_only;
+	img->direct = direct;
 	img->fmt = fmt;
 	pthread_mutex_init(&img->lock, NULL);
 	r = fmt->open(img);
@@ -200,7 +253,8 @@ int vdisk_open(const char *path, unsigned flags, struct vdisk **out)
 	/* Real paths of the chain so far, for loop detection (heap: deep chains). */
 	CLEANUP_FREE char (*seen)[PATH_MAX] = NULL;
 	unsigned depth = 0;
-	int r = vdisk_image_open(path, flags & VDISK_OPEN_RDONLY, &top);
+	bool direct = (flags & VDISK_OPEN_DIRECT) != 0;
+	int r = vdisk_image_open_direct(path, flags & VDISK_OPEN_RDONLY, direct, &top);
 	if (r < 0)
 		return r;
 	seen = xcalloc(VDISK_MAX_CHAIN, PATH_MAX);
@@ -227,7 +281,7 @@ int vdisk_open(const char *path, unsigned flags, struct vdisk **out)
 		}
 		snprintf(seen[depth++], PATH_MAX, "%s", real);
 		/* Parents are never written through a child. */
-		r = vdisk_image_open(cur->parent_path, true, &cur->parent);
+		r = vdisk_image_open_direct(cur->parent_path, true, direct, &cur->parent);
 		if (r < 0) {
 			vela_error_context(r, "open %s: parent of %s", path, cur->path);
 			goto err;

@@ -45,6 +45,7 @@ struct refblock {
 
 struct qcow2 {
 	int fd;
+	int dfd;                     /* O_DIRECT descriptor for cluster data, or -1 */
 	uint32_t version, cluster_bits, refcount_order;
 	uint64_t cluster, size, file_end;
 	uint64_t l1_offset, rt_offset;
@@ -87,6 +88,8 @@ static void qcow2_free(struct qcow2 *q)
 			}
 	if (q->fd >= 0)
 		close(q->fd);
+	if (q->dfd >= 0)
+		close(q->dfd);
 	free(q->l1);
 	free(q->l2);
 	free(q->rt);
@@ -107,9 +110,11 @@ static int qcow2_open(struct vdisk_image *img)
 	uint8_t h[4096];
 	struct stat st;
 	img->priv = q;
+	q->dfd = -1;
 	q->fd = open(img->path, (img->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
 	if (q->fd < 0)
 		return vela_error_errno(errno, "open %s", img->path);
+	q->dfd = vdisk_open_data_fd(img, img->path, !img->read_only);
 	if (fstat(q->fd, &st) < 0)
 		return vela_error_errno(errno, "stat %s", img->path);
 	q->file_end = (uint64_t)st.st_size;
@@ -370,7 +375,7 @@ static int qcow2_pread(struct vdisk_image *img, void *buf, size_t len, uint64_t 
 				memcpy(p, c + in, n);
 			free(c);
 		} else if (status_of(e) == IMG_DATA) {
-			r = vdisk_pread_full(q->fd, p, n, (e & L2E_OFFSET_MASK) + in, img->path);
+			r = vdisk_data_pread(q->fd, q->dfd, p, n, (e & L2E_OFFSET_MASK) + in, img->path);
 		} else {
 			memset(p, 0, n);
 		}
@@ -484,7 +489,7 @@ static int write_cluster(struct vdisk_image *img, struct qcow2 *q, const char *s
 		return r;
 	uint64_t host = e & L2E_OFFSET_MASK;
 	if (!(e & QCOW_OFLAG_COMPRESSED) && host && (e & QCOW_OFLAG_COPIED))
-		return vdisk_pwrite_full(q->fd, src, n, host + in, img->path);   /* ours alone: in place */
+		return vdisk_data_pwrite(q->fd, q->dfd, src, n, host + in, img->path);   /* ours alone: in place */
 
 	/* A new cluster: keep what the write does not cover. */
 	char *buf = xcalloc(1, q->cluster);
@@ -493,7 +498,7 @@ static int write_cluster(struct vdisk_image *img, struct qcow2 *q, const char *s
 		if (e & QCOW_OFLAG_COMPRESSED)
 			r = read_compressed(img, q, e, (uint8_t *)buf);
 		else if (host && !(e & QCOW_OFLAG_ZERO))
-			r = vdisk_pread_full(q->fd, buf, q->cluster, host, img->path);
+			r = vdisk_data_pread(q->fd, q->dfd, buf, q->cluster, host, img->path);
 		else if (!(e & QCOW_OFLAG_ZERO) && vstart < img->size) {
 			uint64_t span = img->size - vstart < q->cluster ? img->size - vstart : q->cluster;
 			r = vdisk_image_read_below(img, buf, (size_t)span, vstart);
@@ -505,7 +510,7 @@ static int write_cluster(struct vdisk_image *img, struct qcow2 *q, const char *s
 		r = alloc_cluster(img, q, &at);
 	}
 	if (r == 0)
-		r = vdisk_pwrite_full(q->fd, buf, q->cluster, at, img->path);
+		r = vdisk_data_pwrite(q->fd, q->dfd, buf, q->cluster, at, img->path);
 	free(buf);
 	if (r < 0)
 		return r;
@@ -578,13 +583,13 @@ static int qcow2_pwrite(struct vdisk_image *img, const void *buf, size_t len, ui
 					continue;
 				}
 				if (run_len)
-					r = vdisk_pwrite_full(q->fd, p + (run_off - off), run_len, run_host, img->path);
+					r = vdisk_data_pwrite(q->fd, q->dfd, p + (run_off - off), run_len, run_host, img->path);
 				run_off += run_len;
 				run_host = h;
 				run_len = n;
 			}
 			if (r == 0 && run_len)
-				r = vdisk_pwrite_full(q->fd, p + (run_off - off), run_len, run_host, img->path);
+				r = vdisk_data_pwrite(q->fd, q->dfd, p + (run_off - off), run_len, run_host, img->path);
 			return r;
 		}
 	}

@@ -20,6 +20,7 @@ struct vdisk_image {
 	char *path;                 /* as given */
 	char *dir;                  /* folder: base of relative names inside the image */
 	bool read_only;
+	bool direct;                /* VDISK_OPEN_DIRECT: backends open a data fd with O_DIRECT */
 	const struct vdisk_format *fmt;
 	void *priv;                 /* the backend's state */
 	uint64_t size;              /* virtual bytes */
@@ -93,6 +94,15 @@ extern const struct vdisk_format vdisk_format_qcow2;
 
 /* Open one image (no parent).  Used by the chain code and by create. */
 int vdisk_image_open(const char *path, bool read_only, struct vdisk_image **out);
+int vdisk_image_open_direct(const char *path, bool read_only, bool direct, struct vdisk_image **out);
+
+/* A second descriptor on path with O_DIRECT for data I/O when img->direct,
+ * else (or where the file system cannot) -1. */
+int vdisk_open_data_fd(const struct vdisk_image *img, const char *path, bool writable);
+/* Data I/O: through dfd (O_DIRECT) when it is open and the request is
+ * aligned, else through fd; an O_DIRECT refusal (EINVAL) falls back. */
+int vdisk_data_pread(int fd, int dfd, void *buf, size_t len, uint64_t off, const char *what);
+int vdisk_data_pwrite(int fd, int dfd, const void *buf, size_t len, uint64_t off, const char *what);
 void vdisk_image_close(struct vdisk_image *img);
 /* Read [off, off+len) as the image's parent chain sees it (zeros at the bottom). */
 int vdisk_image_read_below(struct vdisk_image *img, void *buf, size_t len, uint64_t off);

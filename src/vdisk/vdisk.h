@@ -28,6 +28,10 @@ struct vdisk;
 enum vdisk_open_flags {
 	VDISK_OPEN_RDONLY = 1 << 0,
 	VDISK_OPEN_NO_PARENT = 1 << 1,   /* open the top image alone (inspection) */
+	/* Data I/O bypasses the host page cache (O_DIRECT) when a request is
+	 * 512-byte aligned in memory, offset and length; metadata stays cached.
+	 * File systems without O_DIRECT (tmpfs) quietly keep the cache. */
+	VDISK_OPEN_DIRECT = 1 << 2,
 };
 
 /* Open path and its parents.  Errors name the file: a missing parent

@@ -79,8 +79,12 @@ struct extent {
 	bool writable;
 	char *path;
 	int fd;
+	bool has_dfd;                /* dfd: O_DIRECT descriptor for grain data */
+	int dfd;
 	struct sparse *sp;
 };
+
+#define DFD(e) ((e)->has_dfd ? (e)->dfd : -1)
 
 struct vmdk {
 	struct extent *ext;
@@ -522,6 +526,8 @@ static void vmdk_free(struct vmdk *m)
 				shared = true;
 		if (e->fd >= 0 && !shared && e->fd != m->desc_fd)
 			close(e->fd);
+		if (e->has_dfd)
+			close(e->dfd);
 		sparse_free(e->sp);
 		free(e->path);
 	}
@@ -555,9 +561,19 @@ static int open_extents(struct vdisk_image *img, struct vmdk *m, int first_fd)
 				return r;
 			if (e->sp->cowd)
 				e->writable = false;   /* imported, never written */
+		}
+		if (!e->sp || !e->sp->compressed) {
+			int dfd = vdisk_open_data_fd(img, e->path, e->writable && !img->read_only);
+			if (dfd >= 0) {
+				e->dfd = dfd;
+				e->has_dfd = true;
+			}
+		}
+		if (e->type == EXT_SPARSE) {
 			if (e->sp->compressed && e->sp->tail_gd && !img->read_only) {
 				/* New grains overwrite the old tail: hold every table first. */
 				uint32_t *gt;
+				int r = 0;
 				for (uint32_t g = 0; g < e->sp->n_gdes && r == 0; g++)
 					r = load_gt(e, g, &gt);
 				if (r < 0)
@@ -894,7 +910,7 @@ static int vmdk_pread(struct vdisk_image *img, void *buf, size_t len, uint64_t o
 		size_t n = len < ext_left ? len : (size_t)ext_left;
 		int r;
 		if (e->type == EXT_FLAT) {
-			r = vdisk_pread_full(e->fd, p, n, e->offset * VDISK_SECTOR + rel, e->path);
+			r = vdisk_data_pread(e->fd, DFD(e), p, n, e->offset * VDISK_SECTOR + rel, e->path);
 		} else if (e->type == EXT_ZERO) {
 			memset(p, 0, n);
 			r = 0;
@@ -917,7 +933,7 @@ static int vmdk_pread(struct vdisk_image *img, void *buf, size_t len, uint64_t o
 					memcpy(p, g + in, n);
 				free(g);
 			} else {
-				r = vdisk_pread_full(e->fd, p, n, (uint64_t)gte * VDISK_SECTOR + in, e->path);
+				r = vdisk_data_pread(e->fd, DFD(e), p, n, (uint64_t)gte * VDISK_SECTOR + in, e->path);
 			}
 		}
 		if (r < 0)
@@ -1038,7 +1054,7 @@ static int write_grain(struct vdisk_image *img, struct extent *e, const char *sr
 		return 0;
 	}
 	if (gte > GTE_ZERO)
-		return vdisk_pwrite_full(e->fd, src, n, (uint64_t)gte * VDISK_SECTOR + in, e->path);
+		return vdisk_data_pwrite(e->fd, DFD(e), src, n, (uint64_t)gte * VDISK_SECTOR + in, e->path);
 
 	/* A new grain at the end of the file, filled from below where the
 	 * write does not cover it. */
@@ -1050,7 +1066,7 @@ static int write_grain(struct vdisk_image *img, struct extent *e, const char *sr
 		return vela_error(VELA_E_LIMIT, "%s: the file is full (sector numbers are 32-bit)", e->path);
 	uint64_t at = sp->next_free;
 	if (n == gbytes) {
-		r = vdisk_pwrite_full(e->fd, src, n, at * VDISK_SECTOR, e->path);
+		r = vdisk_data_pwrite(e->fd, DFD(e), src, n, at * VDISK_SECTOR, e->path);
 	} else {
 		char *buf = xcalloc(1, gbytes);
 		uint64_t vstart = e->start * VDISK_SECTOR + g * gbytes;
@@ -1058,7 +1074,7 @@ static int write_grain(struct vdisk_image *img, struct extent *e, const char *sr
 			r = vdisk_image_read_below(img, buf, gbytes, vstart);
 		if (r == 0) {
 			memcpy(buf + in, src, n);
-			r = vdisk_pwrite_full(e->fd, buf, gbytes, at * VDISK_SECTOR, e->path);
+			r = vdisk_data_pwrite(e->fd, DFD(e), buf, gbytes, at * VDISK_SECTOR, e->path);
 		}
 		free(buf);
 	}
@@ -1092,7 +1108,7 @@ static int pwrite_allocated(struct vdisk_image *img, struct vmdk *m, const char 
 	pthread_mutex_unlock(&img->lock);
 	if (r < 0 || gte <= GTE_ZERO)
 		return 0;
-	r = vdisk_pwrite_full(e->fd, p, len, (uint64_t)gte * VDISK_SECTOR + rel % gbytes, e->path);
+	r = vdisk_data_pwrite(e->fd, DFD(e), p, len, (uint64_t)gte * VDISK_SECTOR + rel % gbytes, e->path);
 	return r < 0 ? r : 1;
 }
 
@@ -1120,7 +1136,7 @@ static int vmdk_pwrite(struct vdisk_image *img, const void *buf, size_t len, uin
 		uint64_t ext_left = e->sectors * VDISK_SECTOR - rel;
 		size_t n = len < ext_left ? len : (size_t)ext_left;
 		if (e->type == EXT_FLAT) {
-			r = vdisk_pwrite_full(e->fd, p, n, e->offset * VDISK_SECTOR + rel, e->path);
+			r = vdisk_data_pwrite(e->fd, DFD(e), p, n, e->offset * VDISK_SECTOR + rel, e->path);
 		} else {
 			uint64_t gbytes = e->sp->grain * VDISK_SECTOR, in = rel % gbytes;
 			if (n > gbytes - in)
