@@ -478,3 +478,31 @@ void vdisk_info_free(struct vdisk_info *i)
 		i = next;
 	}
 }
+
+int vdisk_chain_paths(const char *path, char ***paths, size_t *n)
+{
+	struct vdisk *d;
+	int r = vdisk_open(path, VDISK_OPEN_RDONLY, &d);
+	if (r < 0)
+		return r;
+	size_t k = 0;
+	for (struct vdisk_image *i = d->top; i; i = i->parent)
+		k++;
+	char **v = xcalloc(k + 1, sizeof(char *));
+	k = 0;
+	for (struct vdisk_image *i = d->top; i; i = i->parent) {
+		char real[PATH_MAX];
+		v[k++] = xstrdup(realpath(i->path, real) ? real : i->path);
+	}
+	vdisk_close(d);
+	*paths = v;
+	*n = k;
+	return 0;
+}
+
+void vdisk_chain_free(char **paths)
+{
+	for (size_t i = 0; paths && paths[i]; i++)
+		free(paths[i]);
+	free(paths);
+}

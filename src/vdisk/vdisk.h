@@ -71,6 +71,11 @@ struct vdisk_extent_status {
 /* Allocation status of [off, off+len): how far from off the status holds. */
 int vdisk_block_status(struct vdisk *d, uint64_t off, uint64_t len, struct vdisk_extent_status *out);
 
+/* The images of the chain whose top is path, top first, as real paths
+ * (NULL-terminated array in *paths, count in *n; free with vdisk_chain_free). */
+int vdisk_chain_paths(const char *path, char ***paths, size_t *n);
+void vdisk_chain_free(char **paths);
+
 /* ------------------------------------------------------------- info */
 
 struct vdisk_info {

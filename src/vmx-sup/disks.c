@@ -266,35 +266,22 @@ static int delete_down_to(const char *top, const char *stop_at)
 	char real_stop[PATH_MAX];
 	if (!realpath(stop_at, real_stop))
 		return vela_error_errno(errno, "%s", stop_at);
-	CLEANUP_FREE char *cur = xstrdup(top);
-	for (unsigned depth = 0; depth < VDISK_MAX_CHAIN; depth++) {
-		char real[PATH_MAX];
-		if (!realpath(cur, real))
-			return vela_error_errno(errno, "%s", cur);
-		struct vdisk *vd;
-		int r = vdisk_open(cur, VDISK_OPEN_RDONLY | VDISK_OPEN_NO_PARENT, &vd);
-		if (r < 0)
-			return r;
-		struct vdisk_info *info = NULL;
-		r = vdisk_get_info(vd, &info);
-		vdisk_close(vd);
-		if (r < 0)
-			return r;
-		char *parent = info->parent ? xstrdup(info->parent) : NULL;
-		vdisk_info_free(info);
-		r = vdisk_delete(cur, true);
-		if (r < 0) {
-			free(parent);
-			return r;
-		}
-		if (strcmp(real, real_stop) == 0 || !parent) {
-			free(parent);
-			return 0;
-		}
-		free(cur);
-		cur = parent;
+	char **chain = NULL;
+	size_t n = 0;
+	if (vdisk_chain_paths(top, &chain, &n) < 0) {
+		/* A chain that no longer opens (a parent gone): the log itself
+		 * still goes, and what the top was if it was not the log. */
+		int r = strcmp(top, stop_at) != 0 ? vdisk_delete(top, true) : 0;
+		return r < 0 ? r : vdisk_delete(stop_at, true);
 	}
-	return vela_error(VELA_E_LOOP, "%s: no end to the chain", top);
+	int r = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		r = vdisk_delete(chain[i], true);
+		if (strcmp(chain[i], real_stop) == 0)
+			break;
+	}
+	vdisk_chain_free(chain);
+	return r;
 }
 
 int sup_disks_power_off(struct sup_disks *ds, char **question)
@@ -427,32 +414,7 @@ int sup_disks_addredo(struct sup_disks *ds, const char *addr, char **new_top)
 static int chain_paths(struct sup_disk *d, char ***paths, size_t *n)
 {
 	CLEANUP_FREE char *top = blk_disk_top(d->disk);
-	struct vdisk *vd;
-	int r = vdisk_open(top, VDISK_OPEN_RDONLY, &vd);
-	if (r < 0)
-		return r;
-	struct vdisk_info *info = NULL;
-	r = vdisk_get_info(vd, &info);
-	vdisk_close(vd);
-	if (r < 0)
-		return r;
-	size_t k = 0;
-	for (struct vdisk_info *i = info; i; i = i->backing)
-		k++;
-	*paths = xcalloc(k + 1, sizeof(char *));
-	k = 0;
-	for (struct vdisk_info *i = info; i; i = i->backing)
-		(*paths)[k++] = xstrdup(i->path);
-	*n = k;
-	vdisk_info_free(info);
-	return 0;
-}
-
-static void free_paths(char **p)
-{
-	for (size_t i = 0; p && p[i]; i++)
-		free(p[i]);
-	free(p);
+	return vdisk_chain_paths(top, paths, n);
 }
 
 struct relink_step {
@@ -517,7 +479,7 @@ int sup_disks_commit(struct sup_disks *ds, const char *addr, unsigned level, boo
 	if (level == 0) {
 		if ((r = blk_disk_addredo(d->disk, &helper)) < 0 || (r = top_changed(ds, d)) < 0)
 			goto out;
-		free_paths(paths);
+		vdisk_chain_free(paths);
 		paths = NULL;
 		if ((r = chain_paths(d, &paths, &n)) < 0)
 			goto out;
@@ -540,7 +502,7 @@ out:
 		vela_error_context(r, "%s: commit", d->addr);
 	else if (new_top)
 		*new_top = blk_disk_top(d->disk);
-	free_paths(paths);
+	vdisk_chain_free(paths);
 	return r;
 }
 
