@@ -314,32 +314,10 @@ static void serve_vhost_ready(const char *where, void *opaque)
 	fflush(stdout);
 }
 
-static int disk_serve_vhost(const struct cli *c, const char *path)
-{
-	struct blk_disk *d = NULL;
-	bool host_cache;
-	int r = cli_host_cache(c, &host_cache);
-	if (r == 0)
-		r = blk_disk_open_cache(path, c->read_only, host_cache, &d);
-	if (r < 0)
-		return cli_fail(c, r);
-	struct sigaction sa = { .sa_handler = on_stop_signal };
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	signal(SIGPIPE, SIG_IGN);
-	CLEANUP_FREE char *serial = path_basename(path);
-	struct blk_vhost_opts o = { .num_queues = c->queues ? c->queues : 1, .serial = serial };
-	r = blk_vhost_listen(c->vhost_user, d, &o, &serve_stop, serve_vhost_ready, (void *)path);
-	int cr = blk_disk_close(d);
-	if (r < 0 || cr < 0)
-		return cli_fail(c, r < 0 ? r : cr);
-	return 0;
-}
-
+/* Serve the disk over NBD, or over vhost-user-blk with --vhost-user, until
+ * SIGINT or SIGTERM. */
 static int disk_serve(const struct cli *c, const char *path)
 {
-	if (c->vhost_user)
-		return disk_serve_vhost(c, path);
 	struct blk_disk *d = NULL;
 	bool host_cache;
 	int r = cli_host_cache(c, &host_cache);
@@ -347,14 +325,19 @@ static int disk_serve(const struct cli *c, const char *path)
 		r = blk_disk_open_cache(path, c->read_only, host_cache, &d);
 	if (r < 0)
 		return cli_fail(c, r);
-	CLEANUP_FREE char *base = path_basename(path);
-	struct blk_export exp = { .disk = d, .name = c->name ? c->name : base, .read_only = c->read_only,
-				  .description = path };
 	struct sigaction sa = { .sa_handler = on_stop_signal };
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	r = blk_nbd_listen(c->nbd ? c->nbd : ":10809", &exp, &serve_stop, serve_ready, (void *)path);
+	CLEANUP_FREE char *base = path_basename(path);
+	if (c->vhost_user) {
+		struct blk_vhost_opts o = { .num_queues = c->queues ? c->queues : 1, .serial = base };
+		r = blk_vhost_listen(c->vhost_user, d, &o, &serve_stop, serve_vhost_ready, (void *)path);
+	} else {
+		struct blk_export exp = { .disk = d, .name = c->name ? c->name : base, .read_only = c->read_only,
+					  .description = path };
+		r = blk_nbd_listen(c->nbd ? c->nbd : ":10809", &exp, &serve_stop, serve_ready, (void *)path);
+	}
 	int cr = blk_disk_close(d);
 	if (r < 0 || cr < 0)
 		return cli_fail(c, r < 0 ? r : cr);

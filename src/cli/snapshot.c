@@ -191,6 +191,42 @@ static struct snap *find_snap(struct snaps *t, const char *name)
 	return NULL;
 }
 
+/* What every command works on: the .vmsd, the .vmx and its model, and (when
+ * a name is given) that snapshot. */
+struct snap_job {
+	struct snaps t;
+	struct vmx_file *f;
+	struct vmx_model *m;
+	struct snap *s;
+};
+
+static int job_open(const char *vmx, const char *name, struct snap_job *j)
+{
+	memset(j, 0, sizeof(*j));
+	int r = snaps_load(vmx, &j->t);
+	if (r == 0 && name && !(j->s = find_snap(&j->t, name)))
+		r = -VELA_E_NOTFOUND;
+	if (r == 0 && (r = vmx_file_load(vmx, &j->f)) == 0)
+		r = vmx_model_build(j->f, vmx, NULL, NULL, &j->m);
+	return r;
+}
+
+static void job_close(struct snap_job *j)
+{
+	vmx_model_free(j->m);
+	vmx_file_free(j->f);
+	snaps_free(&j->t);
+}
+
+/* The model's hard disk at a .vmx address, or NULL. */
+static const struct vmx_disk *model_disk(const struct vmx_model *m, const char *node)
+{
+	for (size_t i = 0; i < m->n_disks; i++)
+		if (str_ieq(m->disks[i].addr, node) && m->disks[i].type == VMX_DEV_DISK)
+			return &m->disks[i];
+	return NULL;
+}
+
 /* ------------------------------------------------------- disk helpers */
 
 static bool snapshot_mode(enum vmx_disk_mode m)
@@ -239,35 +275,13 @@ static int disk_addredo(const char *vmx, const struct snaps *t, bool live, const
 /* The chain below top, realpaths, top first (caller frees with free_list). */
 static int chain_of(const char *top, char ***out, size_t *n)
 {
-	struct vdisk *d;
-	int r = vdisk_open(top, VDISK_OPEN_RDONLY, &d);
-	if (r < 0)
-		return r;
-	struct vdisk_info *info;
-	r = vdisk_get_info(d, &info);
-	vdisk_close(d);
-	if (r < 0)
-		return r;
-	size_t k = 0;
-	for (struct vdisk_info *i = info; i; i = i->backing)
-		k++;
-	char **v = xcalloc(k + 1, sizeof(char *));
-	k = 0;
-	for (struct vdisk_info *i = info; i; i = i->backing) {
-		char real[PATH_MAX];
-		v[k++] = xstrdup(realpath(i->path, real) ? real : i->path);
-	}
-	vdisk_info_free(info);
-	*out = v;
-	*n = k;
-	return 0;
+	return vdisk_chain_paths(top, out, n);
 }
 
+/* Chains and the lists built here: NULL-terminated arrays of strings. */
 static void free_list(char **v)
 {
-	for (size_t i = 0; v && v[i]; i++)
-		free(v[i]);
-	free(v);
+	vdisk_chain_free(v);
 }
 
 static bool in_list(char *const *v, const char *p)
@@ -331,25 +345,23 @@ static void drop_unneeded(const char *top, char *const *keep)
 
 static int snap_create(const struct cli *c, const char *vmx, const char *name)
 {
-	struct snaps t;
-	struct vmx_file *f = NULL;
-	struct vmx_model *m = NULL;
-	int r = snaps_load(vmx, &t);
+	struct snap_job j;
+	int r = job_open(vmx, NULL, &j);
+	struct snaps *t = &j.t;
+	struct vmx_model *m = j.m;
 	if (r < 0)
 		goto out;
-	for (size_t i = 0; i < t.n; i++)
-		if (strcmp(t.v[i].name, name) == 0) {
-			r = vela_error(VELA_E_EXISTS, "%s: a snapshot named \"%s\" exists", t.path, name);
+	for (size_t i = 0; i < t->n; i++)
+		if (strcmp(t->v[i].name, name) == 0) {
+			r = vela_error(VELA_E_EXISTS, "%s: a snapshot named \"%s\" exists", t->path, name);
 			goto out;
 		}
-	if (t.n >= MAX_SNAPSHOTS) {
-		r = vela_error(VELA_E_LIMIT, "%s: %u snapshots is the limit", t.path, MAX_SNAPSHOTS);
+	if (t->n >= MAX_SNAPSHOTS) {
+		r = vela_error(VELA_E_LIMIT, "%s: %u snapshots is the limit", t->path, MAX_SNAPSHOTS);
 		goto out;
 	}
-	if ((r = vmx_file_load(vmx, &f)) < 0 || (r = vmx_model_build(f, vmx, NULL, NULL, &m)) < 0)
-		goto out;
 	bool live = vmxsup_is_running(vmx);
-	struct snap s = { .uid = t.last_uid + 1, .parent = t.current, .name = xstrdup(name),
+	struct snap s = { .uid = t->last_uid + 1, .parent = t->current, .name = xstrdup(name),
 			  .description = xstrdup(c->description ? c->description : "") };
 	char when[64];
 	time_format_iso(time_real_ms(), when, sizeof when);
@@ -368,7 +380,7 @@ static int snap_create(const struct cli *c, const char *vmx, const char *name)
 			break;
 		}
 		char *top = NULL;
-		if ((r = disk_addredo(vmx, &t, live, d->addr, d->path, &top)) < 0) {
+		if ((r = disk_addredo(vmx, t, live, d->addr, d->path, &top)) < 0) {
 			vela_error_context(r, "snapshot %s: %s", name, d->addr);
 			break;
 		}
@@ -377,20 +389,18 @@ static int snap_create(const struct cli *c, const char *vmx, const char *name)
 		snprintf(sd->node, sizeof sd->node, "%s", d->addr);
 		sd->file = real_or_copy(d->path);
 	}
-	t.v = xrealloc(t.v, (t.n + 1) * sizeof(*t.v));
-	t.v[t.n++] = s;
+	t->v = xrealloc(t->v, (t->n + 1) * sizeof(*t->v));
+	t->v[t->n++] = s;
 	if (r == 0) {
-		t.last_uid = s.uid;
-		t.current = s.uid;
-		r = snaps_save(&t);
+		t->last_uid = s.uid;
+		t->current = s.uid;
+		r = snaps_save(t);
 	}
 	if (r == 0 && !c->json)
 		printf("snapshot \"%s\" taken (%zu disk%s%s)\n", name, s.ndisks, s.ndisks == 1 ? "" : "s",
 		       live ? ", live" : "");
 out:
-	vmx_model_free(m);
-	vmx_file_free(f);
-	snaps_free(&t);
+	job_close(&j);
 	return r < 0 ? cli_fail(c, r) : 0;
 }
 
@@ -437,50 +447,41 @@ static int snap_list(const struct cli *c, const char *vmx)
 
 static int snap_revert(const struct cli *c, const char *vmx, const char *name)
 {
-	struct snaps t;
-	struct vmx_file *f = NULL;
-	struct vmx_model *m = NULL;
-	int r = snaps_load(vmx, &t);
-	struct snap *s = r == 0 ? find_snap(&t, name) : NULL;
-	if (r == 0 && !s)
-		r = -VELA_E_NOTFOUND;
+	struct snap_job j;
+	int r = job_open(vmx, name, &j);
+	struct snaps *t = &j.t;
+	struct vmx_model *m = j.m;
+	struct snap *s = j.s;
 	if (r < 0)
 		goto out;
 	if (vmxsup_is_running(vmx)) {
 		r = vela_error(VELA_E_BADSTATE, "revert: power the VM off first (disk snapshots hold no memory state)");
 		goto out;
 	}
-	if ((r = vmx_file_load(vmx, &f)) < 0 || (r = vmx_model_build(f, vmx, NULL, NULL, &m)) < 0)
-		goto out;
 	for (size_t k = 0; k < s->ndisks && r == 0; k++) {
 		struct snap_disk *sd = &s->disks[k];
-		const struct vmx_disk *d = NULL;
-		for (size_t i = 0; i < m->n_disks; i++)
-			if (str_ieq(m->disks[i].addr, sd->node) && m->disks[i].type == VMX_DEV_DISK)
-				d = &m->disks[i];
+		const struct vmx_disk *d = model_disk(m, sd->node);
 		CLEANUP_FREE char *child = NULL;
-		if ((r = vdisk_addredo(sd->file, &child)) < 0 || (r = set_vmx_disk(vmx, &t, sd->node, child)) < 0) {
+		if ((r = vdisk_addredo(sd->file, &child)) < 0 || (r = set_vmx_disk(vmx, t, sd->node, child)) < 0) {
 			vela_error_context(r, "revert to %s: %s", name, sd->node);
 			break;
 		}
 		if (d && d->path) {
 			/* What the disk was running on since the snapshot goes,
 			 * unless another snapshot still needs it. */
-			char **keep = protected_images(&t, sd->node, NULL);
+			char **keep = protected_images(t, sd->node, NULL);
 			drop_unneeded(d->path, keep);
 			free_list(keep);
 		}
 	}
 	if (r == 0) {
-		t.current = s->uid;
-		r = snaps_save(&t);
+		t->current = s->uid;
+		r = snaps_save(t);
 	}
 	if (r == 0 && !c->json)
 		printf("reverted to \"%s\"\n", name);
 out:
-	vmx_model_free(m);
-	vmx_file_free(f);
-	snaps_free(&t);
+	job_close(&j);
 	return r < 0 ? cli_fail(c, r) : 0;
 }
 
@@ -541,36 +542,30 @@ static int merge_into_parent(const char *vmx, const struct snaps *t, bool live, 
 
 static int snap_delete(const struct cli *c, const char *vmx, const char *name)
 {
-	struct snaps t;
-	struct vmx_file *f = NULL;
-	struct vmx_model *m = NULL;
-	int r = snaps_load(vmx, &t);
-	struct snap *s = r == 0 ? find_snap(&t, name) : NULL;
-	if (r == 0 && !s)
-		r = -VELA_E_NOTFOUND;
+	struct snap_job j;
+	int r = job_open(vmx, name, &j);
+	struct snaps *t = &j.t;
+	struct vmx_model *m = j.m;
+	struct snap *s = j.s;
 	if (r < 0)
-		goto out;
-	if ((r = vmx_file_load(vmx, &f)) < 0 || (r = vmx_model_build(f, vmx, NULL, NULL, &m)) < 0)
 		goto out;
 	bool live = vmxsup_is_running(vmx);
 	for (size_t k = 0; k < s->ndisks && r == 0; k++) {
 		struct snap_disk *sd = &s->disks[k];
-		const char *cur = NULL;
-		for (size_t i = 0; i < m->n_disks; i++)
-			if (str_ieq(m->disks[i].addr, sd->node) && m->disks[i].type == VMX_DEV_DISK)
-				cur = m->disks[i].path;
+		const struct vmx_disk *md = model_disk(m, sd->node);
+		const char *cur = md ? md->path : NULL;
 		CLEANUP_FREE char *image = real_or_copy(sd->file);
 		/* Every top that may build on the image: the running disk and
 		 * the other snapshots of this disk. */
 		size_t nt = 0;
-		char **tops = xcalloc(t.n + 2, sizeof(char *));
+		char **tops = xcalloc(t->n + 2, sizeof(char *));
 		if (cur)
 			tops[nt++] = real_or_copy(cur);
-		for (size_t i = 0; i < t.n; i++)
-			for (size_t d = 0; d < t.v[i].ndisks; d++)
-				if (&t.v[i] != s && strcmp(t.v[i].disks[d].node, sd->node) == 0)
-					tops[nt++] = real_or_copy(t.v[i].disks[d].file);
-		char **keep = protected_images(&t, sd->node, s);
+		for (size_t i = 0; i < t->n; i++)
+			for (size_t d = 0; d < t->v[i].ndisks; d++)
+				if (&t->v[i] != s && strcmp(t->v[i].disks[d].node, sd->node) == 0)
+					tops[nt++] = real_or_copy(t->v[i].disks[d].file);
+		char **keep = protected_images(t, sd->node, s);
 		bool needed = in_list(keep, image);
 		CLEANUP_FREE char *child = NULL;
 		size_t nchild = children_of(image, tops, &child);
@@ -591,7 +586,7 @@ static int snap_delete(const struct cli *c, const char *vmx, const char *name)
 					in_cur = true;
 				}
 			if (in_cur) {
-				r = merge_into_parent(vmx, &t, live, sd->node, cur, level);
+				r = merge_into_parent(vmx, t, live, sd->node, cur, level);
 			} else {
 				/* On another branch: nothing runs on it. */
 				char **grand = NULL;
@@ -608,12 +603,12 @@ static int snap_delete(const struct cli *c, const char *vmx, const char *name)
 				if (r == 0)
 					r = vdisk_delete(child, true);
 			}
-			for (size_t i = 0; r == 0 && i < t.n; i++)
-				for (size_t d = 0; d < t.v[i].ndisks; d++) {
-					CLEANUP_FREE char *real = real_or_copy(t.v[i].disks[d].file);
-					if (strcmp(real, child) == 0 && strcmp(t.v[i].disks[d].node, sd->node) == 0) {
-						free(t.v[i].disks[d].file);
-						t.v[i].disks[d].file = xstrdup(image);
+			for (size_t i = 0; r == 0 && i < t->n; i++)
+				for (size_t d = 0; d < t->v[i].ndisks; d++) {
+					CLEANUP_FREE char *real = real_or_copy(t->v[i].disks[d].file);
+					if (strcmp(real, child) == 0 && strcmp(t->v[i].disks[d].node, sd->node) == 0) {
+						free(t->v[i].disks[d].file);
+						t->v[i].disks[d].file = xstrdup(image);
 					}
 				}
 		} else if (!needed && nchild == 0 && !in_list(cur_chain, image)) {
@@ -628,27 +623,25 @@ static int snap_delete(const struct cli *c, const char *vmx, const char *name)
 	if (r == 0) {
 		/* Out of the tree: its children hang on its parent. */
 		unsigned uid = s->uid, parent = s->parent;
-		for (size_t i = 0; i < t.n; i++)
-			if (t.v[i].parent == uid)
-				t.v[i].parent = parent;
-		if (t.current == uid)
-			t.current = parent;
-		size_t idx = (size_t)(s - t.v);
+		for (size_t i = 0; i < t->n; i++)
+			if (t->v[i].parent == uid)
+				t->v[i].parent = parent;
+		if (t->current == uid)
+			t->current = parent;
+		size_t idx = (size_t)(s - t->v);
 		free(s->name);
 		free(s->description);
 		free(s->created);
 		for (size_t k = 0; k < s->ndisks; k++)
 			free(s->disks[k].file);
-		memmove(&t.v[idx], &t.v[idx + 1], (t.n - idx - 1) * sizeof(*t.v));
-		t.n--;
-		r = snaps_save(&t);
+		memmove(&t->v[idx], &t->v[idx + 1], (t->n - idx - 1) * sizeof(*t->v));
+		t->n--;
+		r = snaps_save(t);
 	}
 	if (r == 0 && !c->json)
 		printf("snapshot \"%s\" deleted%s\n", name, live ? " (consolidated live)" : "");
 out:
-	vmx_model_free(m);
-	vmx_file_free(f);
-	snaps_free(&t);
+	job_close(&j);
 	return r < 0 ? cli_fail(c, r) : 0;
 }
 
