@@ -106,6 +106,23 @@ run_in_guest() {
 		wait_console "$1" "CMD-DONE-$n_cmd-42" 1 30
 }
 
+# guest_writer_start VMX N FIRST: in the background, the guest writes block
+# FIRST+i-1 = "BLK<i>" (i = 1..N, 512 bytes, fsync'd each) on /dev/vda and then
+# prints WRITER-42-DONE.
+guest_writer_start() {
+	run_in_guest "$1" "( (i=1; while [ \$i -le $2 ]; do printf BLK%05d \$i | dd of=/dev/vda bs=512 seek=\$((i+$3-1)) conv=notrunc,fsync 2>/dev/null; i=\$((i+1)); done; echo WRITER-\$((40+2))-DONE) & )"
+}
+
+# guest_verify VMX N FIRST: the guest drops its caches and reads the blocks
+# back; sets verify_result to "VERIFY-42-BAD=<count>" (empty when it never
+# ends).  Not in $(...): run_in_guest's command counter must advance here.
+guest_verify() {
+	verify_result=
+	run_in_guest "$1" "( (echo 3 > /proc/sys/vm/drop_caches; bad=0; i=1; while [ \$i -le $2 ]; do [ \"\$(dd if=/dev/vda bs=512 skip=\$((i+$3-1)) count=1 2>/dev/null | head -c 8)\" = \"\$(printf BLK%05d \$i)\" ] || bad=\$((bad+1)); i=\$((i+1)); done; echo VERIFY-\$((40+2))-BAD=\$bad) & )" &&
+		wait_console "$1" "VERIFY-42-BAD=" 1 300
+	verify_result=$("$VELA" vm console --dump "$1" | grep -a -o 'VERIFY-42-BAD=[0-9]*' | tail -n1)
+}
+
 finish() {
 	[ "$_failures" -eq 0 ]
 }

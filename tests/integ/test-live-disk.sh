@@ -14,8 +14,7 @@ check "guest is up" wait_console "$vmx" VELA-GUEST-READY 1 60
 
 N=1500
 # The guest writes block i = "BLK<i>" with an fsync each, in the background.
-check "the guest starts a write loop" run_in_guest "$vmx" \
-	"( (i=1; while [ \$i -le $N ]; do printf BLK%05d \$i | dd of=/dev/vda bs=512 seek=\$i conv=notrunc,fsync 2>/dev/null; i=\$((i+1)); done; echo WRITER-\$((40+2))-DONE) & )"
+check "the guest starts a write loop" guest_writer_start "$vmx" $N 1
 sleep 2
 vmx_file() { sed -n 's/^virtio0:0.fileName = "\(.*\)"$/\1/p' "$vmx"; }
 
@@ -55,10 +54,10 @@ else
 	pass "the operations ran while the guest was writing"
 fi
 check "the guest's writer finishes" wait_console "$vmx" "WRITER-42-DONE" 1 300
-check "the guest verifies every block after dropping its caches" run_in_guest "$vmx" \
-	"( (echo 3 > /proc/sys/vm/drop_caches; bad=0; i=1; while [ \$i -le $N ]; do [ \"\$(dd if=/dev/vda bs=512 skip=\$i count=1 2>/dev/null | head -c 8)\" = \"\$(printf BLK%05d \$i)\" ] || bad=\$((bad+1)); i=\$((i+1)); done; echo VERIFY-\$((40+2))-BAD=\$bad) & )"
-check "the verification finishes" wait_console "$vmx" "VERIFY-42-BAD=" 1 300
-bad=$("$VELA" vm console --dump "$vmx" | grep -a -o 'VERIFY-42-BAD=[0-9]*' | tail -n1)
+guest_verify "$vmx" $N 1
+bad=$verify_result
+check "the guest verifies every block after dropping its caches" test -n "$bad"
+check "the verification finishes" test -n "$bad"
 check "no block lost or mixed up across the live operations ($bad)" test "$bad" = VERIFY-42-BAD=0
 
 # ---- point-in-time export over NBD while the guest writes on
