@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -38,27 +39,36 @@ int vdisk_pread_full(int fd, void *buf, size_t len, uint64_t off, const char *wh
 	return 0;
 }
 
+/* Counting happens only while armed, so the unarmed check on every data
+ * write is one atomic load, not a lock all writers share. */
 static struct {
-	long left;      /* writes still allowed, < 0 = no injection */
+	atomic_bool armed;
+	long left;      /* writes still allowed */
 	long count;
 	pthread_mutex_t lock;
-} fault = { -1, 0, PTHREAD_MUTEX_INITIALIZER };
+} fault = { false, -1, 0, PTHREAD_MUTEX_INITIALIZER };
 
 void vdisk_test_fail_writes_after(long n)
 {
 	pthread_mutex_lock(&fault.lock);
 	fault.left = n;
 	fault.count = 0;
+	atomic_store(&fault.armed, n >= 0);
 	pthread_mutex_unlock(&fault.lock);
 }
 
 long vdisk_test_write_count(void)
 {
-	return fault.count;
+	pthread_mutex_lock(&fault.lock);
+	long n = fault.count;
+	pthread_mutex_unlock(&fault.lock);
+	return n;
 }
 
 static bool fault_injected(void)
 {
+	if (!atomic_load_explicit(&fault.armed, memory_order_relaxed))
+		return false;
 	bool fail = false;
 	pthread_mutex_lock(&fault.lock);
 	fault.count++;

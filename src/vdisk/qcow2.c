@@ -365,6 +365,17 @@ static int qcow2_pread(struct vdisk_image *img, void *buf, size_t len, uint64_t 
 		uint64_t e;
 		pthread_mutex_lock(&img->lock);
 		int r = get_l2e(img, q, off >> q->cluster_bits, &e, NULL);
+		/* Data clusters that follow each other in the file too are read
+		 * in one request (up to 256 clusters, one lock hold). */
+		for (int more = 0; r == 0 && more < 256 && n < len && status_of(e) == IMG_DATA &&
+				   !(e & QCOW_OFLAG_COMPRESSED); more++) {
+			uint64_t next;
+			if (get_l2e(img, q, (off + n) >> q->cluster_bits, &next, NULL) < 0 || status_of(next) != IMG_DATA ||
+			    (next & QCOW_OFLAG_COMPRESSED) ||
+			    (next & L2E_OFFSET_MASK) != (e & L2E_OFFSET_MASK) + in + n)
+				break;
+			n += len - n < q->cluster ? len - n : (size_t)q->cluster;
+		}
 		pthread_mutex_unlock(&img->lock);
 		if (r < 0)
 			return r;

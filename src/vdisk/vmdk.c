@@ -921,6 +921,16 @@ static int vmdk_pread(struct vdisk_image *img, void *buf, size_t len, uint64_t o
 			uint32_t gte;
 			pthread_mutex_lock(&img->lock);
 			r = get_gte(e, rel / gbytes, &gte);
+			/* Grains that follow each other in the file too are read in
+			 * one request (up to 256 grains, one lock hold). */
+			uint64_t left = len < ext_left ? len : ext_left;
+			for (int more = 0; r == 0 && more < 256 && gte > GTE_ZERO && !e->sp->compressed && n < left; more++) {
+				uint32_t next;
+				if (get_gte(e, (rel + n) / gbytes, &next) < 0 ||
+				    next != gte + (uint64_t)e->sp->grain * (uint64_t)(more + 1))
+					break;
+				n += left - n < gbytes ? (size_t)(left - n) : (size_t)gbytes;
+			}
 			pthread_mutex_unlock(&img->lock);
 			if (r < 0)
 				return r;
