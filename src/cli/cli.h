@@ -19,6 +19,7 @@ struct cli {
 	const char *bs, *step, *depth;
 	unsigned count;
 	bool write;
+	bool small_pages;     /* --small-pages: bench buffers without huge pages */
 	const char *cache;    /* --cache none|writeback (disk bench, disk serve) */
 	/* vela disk serve */
 	const char *nbd, *name;
