@@ -7,7 +7,7 @@ MESON   := $(BUILD)/meson
 ASAN    := $(BUILD)/asan
 FUZZ    := $(BUILD)/fuzz
 BIN     := $(BUILD)/bin
-PROGRAMS := vela vela-vmx
+PROGRAMS := vela vela-vmx velad
 
 .PHONY: all build deps deps-test run test unit integ fuzz asan tsan clang guest clean
 
@@ -27,6 +27,7 @@ build: $(MESON)/build.ninja
 	@mkdir -p $(BIN)
 	@ln -sf ../meson/src/cli/vela $(BIN)/vela
 	@ln -sf ../meson/src/vmx-sup/vela-vmx $(BIN)/vela-vmx
+	@ln -sf ../meson/src/velad/velad $(BIN)/velad
 
 $(ASAN)/build.ninja:
 	meson setup $(ASAN) --buildtype=debug -Db_sanitize=address,undefined -Db_lundef=false

@@ -3,9 +3,9 @@
 # Usage: scripts/install-deps.sh [build|run|test]   (default: test = everything)
 set -euo pipefail
 what=${1:-test}
-build_pkgs="meson ninja-build pkg-config gcc libc6-dev libjansson-dev zlib1g-dev"
+build_pkgs="meson ninja-build pkg-config gcc libc6-dev libjansson-dev zlib1g-dev libsqlite3-dev libmicrohttpd-dev"
 run_pkgs="qemu-system-x86 qemu-utils busybox-static cpio kmod"
-test_pkgs="libcmocka-dev clang libclang-rt-14-dev libnbd-bin"
+test_pkgs="libcmocka-dev clang libclang-rt-14-dev libnbd-bin curl jq util-linux passwd"
 case $what in
 	build) pkgs="$build_pkgs" ;;
 	run) pkgs="$build_pkgs $run_pkgs" ;;

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/wait.h>
@@ -193,6 +194,11 @@ int vmxsup_spawn(const char *config_path, const char *vmx_binary, json_t **reply
 	}
 	if (pid == 0) {
 		char fdbuf[16];
+		/* A daemon caller (velad) blocks its stop signals for sigwait;
+		 * the mask survives exec, and the supervisor must get them. */
+		sigset_t none;
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
 		fd_set_cloexec(p[1], false);
 		snprintf(fdbuf, sizeof fdbuf, "%d", p[1]);
 		execlp(bin, "vela-vmx", "--daemon", "--ready-fd", fdbuf, config_path, (char *)NULL);

@@ -1,0 +1,60 @@
+/*
+ * api.h - velad's HTTP/JSON API (libmicrohttpd) over the host core.
+ *
+ * Routes (all JSON; errors are {"ok": false, "error": {code, name,
+ * message}} with a 4xx/5xx status chosen from the error code):
+ *
+ *   GET    /api/v1/host                      host info
+ *   GET    /api/v1/datastores                datastores with capacity and free space
+ *   GET    /api/v1/vms                       inventory with power states
+ *   POST   /api/v1/vms                       register {config, name?, folder?}
+ *   GET    /api/v1/vms/ID                    one VM with its supervisor status
+ *   DELETE /api/v1/vms/ID                    unregister (files stay)
+ *   POST   /api/v1/vms/ID/power              {op: start|stop|reset|pause|unpause, mode?}
+ *   POST   /api/v1/vms/ID/answer             {choice}
+ *   GET    /api/v1/events?vm=&severity=&after=&since=&limit=
+ *
+ * Listeners: a UNIX socket for the local CLI.  Who may use it is decided
+ * from the peer's credentials (SO_PEERCRED): root, velad's own user and
+ * members of the group "vela"; everybody else gets 403.
+ */
+#ifndef VELA_API_H
+#define VELA_API_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+struct host;
+struct api;
+
+struct api_opts {
+	const char *unix_path;     /* NULL = <vela_run_root()>/velad.sock */
+	size_t max_body;           /* request bodies above this get 413; 0 = 1 MiB */
+};
+
+int api_start(struct host *h, const struct api_opts *opts, struct api **out);
+void api_stop(struct api *a);
+
+/* HTTP status for a Vela error code (negative or positive). */
+unsigned api_http_status(int code);
+
+/*
+ * Decode a JSON request body: an object whose members have the types the
+ * spec string names, "config:s name:s? folder:s?" (s string, i integer, b
+ * boolean; ? optional).  Unknown members, wrong types and bad JSON are
+ * VELA_E_INVAL with a message naming the member.  Strings point into *doc.
+ * Exposed for the fuzz target.
+ */
+struct api_field {
+	const char *name;
+	char type;         /* 's', 'i', 'b' */
+	bool optional;
+	const char *s;
+	long long i;
+	bool b;
+	bool present;
+};
+int api_decode_body(const char *body, size_t len, struct api_field *fields, size_t n, json_t **doc);
+
+#endif /* VELA_API_H */

@@ -1,0 +1,703 @@
+/* host.c - inventory, power control, events and datastores of one host. */
+#include "common.h"
+#include "host.h"
+#include "vmx.h"
+#include "vmx-sup.h"
+#include "vela-config.h"
+
+#include <dirent.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#define DEFAULT_DATASTORE "datastore1"
+#define STATUS_TIMEOUT_MS 5000
+
+/* One per registered VM that was ever operated on: serializes its power
+ * operations (never held across two VMs, never with h->db_lock). */
+struct vm_oplock {
+	int64_t id;
+	pthread_mutex_t lock;
+	struct vm_oplock *next;
+};
+
+struct host {
+	char *home;
+	char *vmx_binary;
+	int power_timeout_ms;
+	sqlite3 *db;
+	pthread_mutex_t db_lock;        /* the connection is used by one thread at a time */
+	pthread_mutex_t oplocks_lock;
+	struct vm_oplock *oplocks;
+};
+
+static const char *const severity_names[] = { "info", "warning", "error", "audit" };
+
+const char *host_severity_name(enum host_severity s)
+{
+	return (unsigned)s < ARRAY_SIZE(severity_names) ? severity_names[s] : "info";
+}
+
+int host_severity_parse(const char *s, enum host_severity *out)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(severity_names); i++)
+		if (s && strcmp(s, severity_names[i]) == 0) {
+			*out = (enum host_severity)i;
+			return 0;
+		}
+	return vela_error(VELA_E_INVAL, "unknown severity \"%s\" (info, warning, error, audit)", s ? s : "");
+}
+
+/* ------------------------------------------------------------ database */
+
+static int db_fail(struct host *h, const char *what)
+{
+	return vela_error(VELA_E_IO, "host database: %s: %s", what, sqlite3_errmsg(h->db));
+}
+
+static const char schema[] =
+	"PRAGMA journal_mode=WAL;"
+	"PRAGMA synchronous=NORMAL;"
+	"CREATE TABLE IF NOT EXISTS vms("
+	"  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+	"  name TEXT NOT NULL,"
+	"  folder TEXT NOT NULL DEFAULT '/',"
+	"  config TEXT NOT NULL UNIQUE,"
+	"  created INTEGER NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS events("
+	"  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+	"  time INTEGER NOT NULL,"
+	"  severity TEXT NOT NULL,"
+	"  vm INTEGER NOT NULL DEFAULT 0,"
+	"  user TEXT,"
+	"  type TEXT NOT NULL,"
+	"  message TEXT NOT NULL);"
+	"CREATE INDEX IF NOT EXISTS events_by_vm ON events(vm, id);"
+	"CREATE TABLE IF NOT EXISTS vm_state("
+	"  vm INTEGER PRIMARY KEY,"
+	"  state TEXT NOT NULL);";
+
+static void finalize_stmt(sqlite3_stmt **st)
+{
+	if (*st)
+		sqlite3_finalize(*st);
+}
+#define CLEANUP_STMT __attribute__((cleanup(finalize_stmt)))
+
+/* Prepare sql; caller holds db_lock. */
+static int prepare(struct host *h, const char *sql, sqlite3_stmt **st)
+{
+	if (sqlite3_prepare_v2(h->db, sql, -1, st, NULL) != SQLITE_OK)
+		return db_fail(h, "prepare");
+	return 0;
+}
+
+static json_t *column_json(sqlite3_stmt *st, int i)
+{
+	switch (sqlite3_column_type(st, i)) {
+	case SQLITE_INTEGER:
+		return json_integer(sqlite3_column_int64(st, i));
+	case SQLITE_NULL:
+		return json_null();
+	default:
+		return json_string((const char *)sqlite3_column_text(st, i));
+	}
+}
+
+/* Every row of a stepped statement as an object keyed by column name. */
+static int rows_json(struct host *h, sqlite3_stmt *st, json_t **out)
+{
+	json_t *a = json_array();
+	int rc;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		json_t *o = json_object();
+		for (int i = 0; i < sqlite3_column_count(st); i++)
+			json_object_set_new(o, sqlite3_column_name(st, i), column_json(st, i));
+		json_array_append_new(a, o);
+	}
+	if (rc != SQLITE_DONE) {
+		json_decref(a);
+		return db_fail(h, "query");
+	}
+	*out = a;
+	return 0;
+}
+
+/* ------------------------------------------------------------- events */
+
+static int event_locked(struct host *h, enum host_severity sev, int64_t vm_id, const char *user, const char *type,
+			const char *msg)
+{
+	CLEANUP_STMT sqlite3_stmt *st = NULL;
+	int r = prepare(h, "INSERT INTO events(time, severity, vm, user, type, message) VALUES(?,?,?,?,?,?)", &st);
+	if (r < 0)
+		return r;
+	sqlite3_bind_int64(st, 1, time_real_ms());
+	sqlite3_bind_text(st, 2, host_severity_name(sev), -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, vm_id);
+	if (user)
+		sqlite3_bind_text(st, 4, user, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 5, type, -1, SQLITE_TRANSIENT);
+	sqlite3_bind_text(st, 6, msg, -1, SQLITE_TRANSIENT);
+	if (sqlite3_step(st) != SQLITE_DONE)
+		return db_fail(h, "record event");
+	vela_log(sev == HOST_ERROR ? VELA_LOG_ERROR : sev == HOST_WARNING ? VELA_LOG_WARN : VELA_LOG_INFO,
+		 "event %s vm=%lld user=%s: %s", type, (long long)vm_id, user ? user : "-", msg);
+	return 0;
+}
+
+int host_event(struct host *h, enum host_severity sev, int64_t vm_id, const char *user, const char *type,
+	       const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	char *msg = NULL;
+	if (vasprintf(&msg, fmt, ap) < 0)
+		msg = NULL;
+	va_end(ap);
+	pthread_mutex_lock(&h->db_lock);
+	int r = event_locked(h, sev, vm_id, user, type, msg ? msg : "");
+	pthread_mutex_unlock(&h->db_lock);
+	free(msg);
+	return r;
+}
+
+int host_event_list(struct host *h, const struct host_event_query *q, json_t **out)
+{
+	unsigned limit = q->limit ? q->limit : 100;
+	if (limit > 10000)
+		return vela_error(VELA_E_RANGE, "event list: limit %u is above 10000", limit);
+	enum host_severity sev;
+	if (q->severity && host_severity_parse(q->severity, &sev) < 0)
+		return -VELA_E_INVAL;
+	/* The newest `limit` matches, returned oldest first. */
+	static const char sql[] =
+		"SELECT * FROM (SELECT id, time, severity, vm, user, type, message FROM events"
+		" WHERE (?1 = 0 OR vm = ?1) AND id > ?2 AND time >= ?3 AND (?4 IS NULL OR severity = ?4)"
+		" ORDER BY id DESC LIMIT ?5) ORDER BY id";
+	pthread_mutex_lock(&h->db_lock);
+	CLEANUP_STMT sqlite3_stmt *st = NULL;
+	int r = prepare(h, sql, &st);
+	if (r == 0) {
+		sqlite3_bind_int64(st, 1, q->vm_id);
+		sqlite3_bind_int64(st, 2, q->after_id);
+		sqlite3_bind_int64(st, 3, q->since_ms);
+		if (q->severity)
+			sqlite3_bind_text(st, 4, q->severity, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_int(st, 5, (int)limit);
+		r = rows_json(h, st, out);
+	}
+	pthread_mutex_unlock(&h->db_lock);
+	return r;
+}
+
+/* ------------------------------------------------------------ VM rows */
+
+struct vm_row {
+	int64_t id;
+	char *name, *folder, *config;
+};
+
+static void vm_row_clear(struct vm_row *v)
+{
+	free(v->name);
+	free(v->folder);
+	free(v->config);
+	memset(v, 0, sizeof *v);
+}
+
+static int vm_row_get(struct host *h, int64_t id, struct vm_row *v)
+{
+	pthread_mutex_lock(&h->db_lock);
+	CLEANUP_STMT sqlite3_stmt *st = NULL;
+	int r = prepare(h, "SELECT name, folder, config FROM vms WHERE id = ?", &st);
+	if (r == 0) {
+		sqlite3_bind_int64(st, 1, id);
+		int rc = sqlite3_step(st);
+		if (rc == SQLITE_ROW) {
+			v->id = id;
+			v->name = xstrdup((const char *)sqlite3_column_text(st, 0));
+			v->folder = xstrdup((const char *)sqlite3_column_text(st, 1));
+			v->config = xstrdup((const char *)sqlite3_column_text(st, 2));
+		} else if (rc == SQLITE_DONE) {
+			r = vela_error(VELA_E_NOTFOUND, "no VM with id %lld", (long long)id);
+		} else {
+			r = db_fail(h, "read VM");
+		}
+	}
+	pthread_mutex_unlock(&h->db_lock);
+	return r;
+}
+
+/* The power state as the supervisor reports it ("off" when none runs). */
+static json_t *vm_status(const char *config)
+{
+	if (!vmxsup_is_running(config))
+		return json_pack("{s:s}", "state", "off");
+	json_t *reply = NULL;
+	if (vmxsup_call(config, json_pack("{s:s}", "cmd", "status"), &reply, STATUS_TIMEOUT_MS) < 0) {
+		/* Between its lock and its socket (starting or exiting). */
+		return json_pack("{s:s, s:s}", "state", "unknown", "error", vela_errmsg());
+	}
+	json_object_del(reply, "ok");
+	return reply;
+}
+
+static json_t *vm_json(int64_t id, const char *name, const char *folder, const char *config, json_t *status)
+{
+	json_t *o = json_pack("{s:I, s:s, s:s, s:s}", "id", (json_int_t)id, "name", name, "folder", folder, "config",
+			      config);
+	json_object_set(o, "state", json_object_get(status, "state"));
+	return o;
+}
+
+static struct vm_oplock *oplock_of(struct host *h, int64_t id)
+{
+	pthread_mutex_lock(&h->oplocks_lock);
+	struct vm_oplock *l = h->oplocks;
+	while (l && l->id != id)
+		l = l->next;
+	if (!l) {
+		l = xcalloc(1, sizeof *l);
+		l->id = id;
+		pthread_mutex_init(&l->lock, NULL);
+		l->next = h->oplocks;
+		h->oplocks = l;
+	}
+	pthread_mutex_unlock(&h->oplocks_lock);
+	return l;
+}
+
+/* ----------------------------------------------------------- inventory */
+
+static bool name_ok(const char *s, size_t max)
+{
+	if (!s || !*s || strlen(s) > max)
+		return false;
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+		if (*p < 0x20 || *p == 0x7f)
+			return false;
+	return true;
+}
+
+static bool folder_ok(const char *s)
+{
+	/* "/", "/a", "/a/b": absolute, no empty, "." or ".." parts. */
+	if (!name_ok(s, 1024) || s[0] != '/')
+		return false;
+	if (strcmp(s, "/") == 0)
+		return true;
+	for (const char *p = s; *p;) {
+		const char *part = p + 1, *end = strchr(part, '/');
+		size_t n = end ? (size_t)(end - part) : strlen(part);
+		if (n == 0 || (n == 1 && part[0] == '.') || (n == 2 && part[0] == '.' && part[1] == '.'))
+			return false;
+		p = part + n;
+	}
+	return true;
+}
+
+int host_vm_register(struct host *h, const char *user, const char *config, const char *name, const char *folder,
+		     json_t **out)
+{
+	if (!config || !*config)
+		return vela_error(VELA_E_INVAL, "register: no configuration file given");
+	if (name && !name_ok(name, 255))
+		return vela_error(VELA_E_BADNAME, "register: the name must be 1-255 printable characters");
+	if (folder && !folder_ok(folder))
+		return vela_error(VELA_E_BADNAME, "register: bad folder \"%.100s\" (\"/\" or \"/a/b\", no \".\" or \"..\")",
+				  folder);
+	CLEANUP_FREE char *path = NULL;
+	int r = vela_resolve_path(config, "/", &path);
+	if (r < 0)
+		return vela_error_context(r, "register %s", config);
+	CLEANUP_FREE char *real = realpath(path, NULL);
+	if (!real)
+		return vela_error_errno(errno, "register %s", path);
+	struct stat stbuf;
+	if (stat(real, &stbuf) < 0 || !S_ISREG(stbuf.st_mode))
+		return vela_error(VELA_E_INVAL, "register %s: not a regular file", real);
+	struct vmx_file *f = NULL;
+	if ((r = vmx_file_load(real, &f)) < 0)
+		return vela_error_context(r, "register");
+	CLEANUP_FREE char *display = xstrdup(name ? name : vmx_get(f, "displayName") ? vmx_get(f, "displayName") : "");
+	vmx_file_free(f);
+	if (!*display) {
+		free(display);
+		display = path_basename(real);
+	}
+	if (!name_ok(display, 255))
+		return vela_error(VELA_E_BADNAME, "register: the name must be 1-255 printable characters");
+	if (!folder)
+		folder = "/";
+
+	pthread_mutex_lock(&h->db_lock);
+	CLEANUP_STMT sqlite3_stmt *st = NULL;
+	int64_t id = 0;
+	r = prepare(h, "INSERT INTO vms(name, folder, config, created) VALUES(?,?,?,?)", &st);
+	if (r == 0) {
+		sqlite3_bind_text(st, 1, display, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, folder, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 3, real, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 4, time_real_ms());
+		int rc = sqlite3_step(st);
+		if (rc == SQLITE_CONSTRAINT)
+			r = vela_error(VELA_E_EXISTS, "%s is already registered", real);
+		else if (rc != SQLITE_DONE)
+			r = db_fail(h, "register");
+		else
+			id = sqlite3_last_insert_rowid(h->db);
+	}
+	if (r == 0)
+		r = event_locked(h, HOST_AUDIT, id, user, "vm.registered", real);
+	pthread_mutex_unlock(&h->db_lock);
+	if (r < 0)
+		return r;
+	json_t *status = vm_status(real);
+	*out = vm_json(id, display, folder, real, status);
+	json_decref(status);
+	return 0;
+}
+
+int host_vm_unregister(struct host *h, const char *user, int64_t id)
+{
+	struct vm_row v = { 0 };
+	int r = vm_row_get(h, id, &v);
+	if (r < 0)
+		return r;
+	struct vm_oplock *l = oplock_of(h, id);
+	pthread_mutex_lock(&l->lock);
+	if (vmxsup_is_running(v.config)) {
+		r = vela_error(VELA_E_BADSTATE, "VM %lld (%s) is powered on: power it off before unregistering",
+			       (long long)id, v.name);
+	} else {
+		pthread_mutex_lock(&h->db_lock);
+		CLEANUP_STMT sqlite3_stmt *st = NULL;
+		r = prepare(h, "DELETE FROM vms WHERE id = ?", &st);
+		if (r == 0) {
+			sqlite3_bind_int64(st, 1, id);
+			if (sqlite3_step(st) != SQLITE_DONE)
+				r = db_fail(h, "unregister");
+		}
+		if (r == 0)
+			r = event_locked(h, HOST_AUDIT, id, user, "vm.unregistered", v.config);
+		pthread_mutex_unlock(&h->db_lock);
+	}
+	pthread_mutex_unlock(&l->lock);
+	vm_row_clear(&v);
+	return r;
+}
+
+int host_vm_list(struct host *h, json_t **out)
+{
+	json_t *rows = NULL;
+	pthread_mutex_lock(&h->db_lock);
+	CLEANUP_STMT sqlite3_stmt *st = NULL;
+	int r = prepare(h, "SELECT id, name, folder, config FROM vms ORDER BY id", &st);
+	if (r == 0)
+		r = rows_json(h, st, &rows);
+	pthread_mutex_unlock(&h->db_lock);
+	if (r < 0)
+		return r;
+	size_t i;
+	json_t *vm;
+	json_array_foreach(rows, i, vm) {
+		const char *config = json_string_value(json_object_get(vm, "config"));
+		/* Off VMs cost one lock probe; only running ones are asked. */
+		json_t *status = vm_status(config);
+		json_object_set(vm, "state", json_object_get(status, "state"));
+		json_decref(status);
+	}
+	*out = rows;
+	return 0;
+}
+
+int host_vm_get(struct host *h, int64_t id, json_t **out)
+{
+	struct vm_row v = { 0 };
+	int r = vm_row_get(h, id, &v);
+	if (r < 0)
+		return r;
+	json_t *status = vm_status(v.config);
+	json_t *o = vm_json(id, v.name, v.folder, v.config, status);
+	json_object_set_new(o, "status", status);
+	vm_row_clear(&v);
+	*out = o;
+	return 0;
+}
+
+/* ------------------------------------------------------------- power */
+
+/* What velad last saw of a VM's power, for the next start's reconcile (a
+ * killed velad has no chance to write it at exit). */
+static void remember_state_locked(struct host *h, int64_t id, const char *state)
+{
+	CLEANUP_STMT sqlite3_stmt *st = NULL;
+	if (prepare(h, "INSERT OR REPLACE INTO vm_state(vm, state) VALUES(?, ?)", &st) < 0)
+		return;
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_text(st, 2, state ? state : "unknown", -1, SQLITE_TRANSIENT);
+	sqlite3_step(st);
+}
+
+static void remember_state(struct host *h, int64_t id, json_t *status)
+{
+	pthread_mutex_lock(&h->db_lock);
+	remember_state_locked(h, id, json_string_value(json_object_get(status, "state")));
+	pthread_mutex_unlock(&h->db_lock);
+}
+
+static int power_locked(struct host *h, const struct vm_row *v, const char *op, const char *mode, json_t **reply)
+{
+	if (strcmp(op, "start") == 0)
+		return vmxsup_spawn(v->config, h->vmx_binary, reply, h->power_timeout_ms);
+	json_t *req = json_pack("{s:s}", "cmd", op);
+	if (strcmp(op, "stop") == 0 || strcmp(op, "reset") == 0) {
+		enum vm_power_mode pm;
+		int r = vm_power_mode_parse(mode ? mode : "trysoft", &pm);
+		if (r < 0) {
+			json_decref(req);
+			return r;
+		}
+		json_object_set_new(req, "mode", json_string(vm_power_mode_name(pm)));
+	} else if (strcmp(op, "pause") != 0 && strcmp(op, "unpause") != 0) {
+		json_decref(req);
+		return vela_error(VELA_E_INVAL, "unknown power operation \"%s\" (start, stop, reset, pause, unpause)", op);
+	}
+	if (!vmxsup_is_running(v->config)) {
+		json_decref(req);
+		return vela_error(VELA_E_BADSTATE, "VM %lld (%s) is powered off", (long long)v->id, v->name);
+	}
+	return vmxsup_call(v->config, req, reply, h->power_timeout_ms + 60000);
+}
+
+int host_vm_power(struct host *h, const char *user, int64_t id, const char *op, const char *mode, json_t **out)
+{
+	if (!op)
+		return vela_error(VELA_E_INVAL, "power: no operation given");
+	struct vm_row v = { 0 };
+	int r = vm_row_get(h, id, &v);
+	if (r < 0)
+		return r;
+	struct vm_oplock *l = oplock_of(h, id);
+	pthread_mutex_lock(&l->lock);
+	json_t *reply = NULL;
+	r = power_locked(h, &v, op, mode, &reply);
+	json_decref(reply);
+	if (r < 0)
+		/* A refusal of the state machine is a warning; a failure an error. */
+		host_event(h, r == -VELA_E_BADSTATE ? HOST_WARNING : HOST_ERROR, id, user, "vm.power.failed", "%s%s%s: %s",
+			   op, mode ? " " : "", mode ? mode : "", vela_errmsg());
+	else
+		host_event(h, HOST_AUDIT, id, user, "vm.power", "%s%s%s", op, mode ? " " : "", mode ? mode : "");
+	json_t *status = vm_status(v.config);
+	remember_state(h, id, status);
+	pthread_mutex_unlock(&l->lock);
+	vm_row_clear(&v);
+	if (r < 0) {
+		json_decref(status);
+		return r;
+	}
+	*out = status;
+	return 0;
+}
+
+int host_vm_answer(struct host *h, const char *user, int64_t id, const char *choice, json_t **out)
+{
+	if (!choice || !*choice)
+		return vela_error(VELA_E_INVAL, "answer: no choice given");
+	struct vm_row v = { 0 };
+	int r = vm_row_get(h, id, &v);
+	if (r < 0)
+		return r;
+	json_t *reply = NULL;
+	r = vmxsup_call(v.config, json_pack("{s:s, s:s}", "cmd", "answer", "choice", choice), &reply,
+			h->power_timeout_ms);
+	json_decref(reply);
+	if (r == 0)
+		host_event(h, HOST_AUDIT, id, user, "vm.answered", "%s", choice);
+	else
+		vela_error_context(r, "VM %lld (%s)", (long long)id, v.name);
+	if (r == 0) {
+		*out = vm_status(v.config);
+		remember_state(h, id, *out);
+	}
+	vm_row_clear(&v);
+	return r;
+}
+
+/* ---------------------------------------------------- host, datastores */
+
+static char *datastores_dir(struct host *h)
+{
+	return path_join(h->home, "datastores");
+}
+
+int host_datastore_list(struct host *h, json_t **out)
+{
+	CLEANUP_FREE char *dir = datastores_dir(h);
+	DIR *d = opendir(dir);
+	if (!d)
+		return vela_error_errno(errno, "datastores: %s", dir);
+	json_t *a = json_array();
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		CLEANUP_FREE char *p = path_join(dir, e->d_name);
+		struct statvfs vfs;
+		struct stat st;
+		if (stat(p, &st) < 0 || !S_ISDIR(st.st_mode) || statvfs(p, &vfs) < 0)
+			continue;
+		CLEANUP_FREE char *real = realpath(p, NULL);
+		json_array_append_new(a, json_pack("{s:s, s:s, s:I, s:I}", "name", e->d_name, "path", real ? real : p,
+						   "capacity", (json_int_t)((uint64_t)vfs.f_blocks * vfs.f_frsize),
+						   "free", (json_int_t)((uint64_t)vfs.f_bavail * vfs.f_frsize)));
+	}
+	closedir(d);
+	*out = a;
+	return 0;
+}
+
+int host_info(struct host *h, json_t **out)
+{
+	json_t *vms = NULL, *ds = NULL;
+	int r = host_vm_list(h, &vms);
+	if (r == 0)
+		r = host_datastore_list(h, &ds);
+	if (r < 0) {
+		json_decref(vms);
+		return r;
+	}
+	size_t i, running = 0;
+	json_t *vm;
+	json_array_foreach(vms, i, vm)
+		running += strcmp(json_string_value(json_object_get(vm, "state")), "off") != 0;
+	char name[256] = "";
+	gethostname(name, sizeof name - 1);
+	*out = json_pack("{s:s, s:s, s:s, s:I, s:I, s:o}", "name", name, "version", VELA_VERSION, "home", h->home,
+			 "vms", (json_int_t)json_array_size(vms), "running", (json_int_t)running, "datastores", ds);
+	json_decref(vms);
+	return 0;
+}
+
+/* --------------------------------------------------------- open, close */
+
+/*
+ * What the last velad saw running is in vm_state.  A VM that was running
+ * then and has no supervisor now went off while nobody watched (crash,
+ * guest shutdown, host reboot): say so in the event log.  VMs still running
+ * need nothing: their supervisors never depended on velad.
+ */
+static int reconcile(struct host *h)
+{
+	json_t *vms = NULL;
+	int r = host_vm_list(h, &vms);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&h->db_lock);
+	size_t i;
+	json_t *vm;
+	json_array_foreach(vms, i, vm) {
+		int64_t id = json_integer_value(json_object_get(vm, "id"));
+		const char *now = json_string_value(json_object_get(vm, "state"));
+		CLEANUP_STMT sqlite3_stmt *st = NULL;
+		if (prepare(h, "SELECT state FROM vm_state WHERE vm = ?", &st) < 0)
+			break;
+		sqlite3_bind_int64(st, 1, id);
+		bool was_off = sqlite3_step(st) != SQLITE_ROW || strcmp((const char *)sqlite3_column_text(st, 0), "off") == 0;
+		if (!was_off && strcmp(now, "off") == 0)
+			event_locked(h, HOST_WARNING, id, NULL, "vm.off.unattended",
+				     "powered off while velad was not running");
+		else if (strcmp(now, "off") != 0)
+			event_locked(h, HOST_INFO, id, NULL, "vm.reattached", now);
+		remember_state_locked(h, id, now);
+	}
+	pthread_mutex_unlock(&h->db_lock);
+	json_decref(vms);
+	return 0;
+}
+
+/* Remember what runs, for the next start's reconcile. */
+static void save_states(struct host *h)
+{
+	json_t *vms = NULL;
+	if (host_vm_list(h, &vms) < 0)
+		return;
+	size_t i;
+	json_t *vm;
+	json_array_foreach(vms, i, vm)
+		remember_state(h, json_integer_value(json_object_get(vm, "id")), vm);
+	json_decref(vms);
+}
+
+int host_open(const struct host_opts *opts, struct host **out)
+{
+	struct host *h = xcalloc(1, sizeof *h);
+	h->home = xstrdup(opts->home ? opts->home : vela_home());
+	h->vmx_binary = opts->vmx_binary ? xstrdup(opts->vmx_binary) : NULL;
+	h->power_timeout_ms = opts->power_timeout_ms ? opts->power_timeout_ms : 120000;
+	pthread_mutex_init(&h->db_lock, NULL);
+	pthread_mutex_init(&h->oplocks_lock, NULL);
+	CLEANUP_FREE char *ds = path_join(h->home, "datastores/" DEFAULT_DATASTORE);
+	CLEANUP_FREE char *dbpath = path_join(h->home, "host.db");
+	int r = mkdir_p(h->home, 0755);
+	if (r == 0) {
+		CLEANUP_FREE char *dsdir = datastores_dir(h);
+		struct stat st;
+		/* First start: the default local datastore. */
+		if (stat(dsdir, &st) < 0)
+			r = mkdir_p(ds, 0755);
+	}
+	if (r < 0) {
+		host_close(h);
+		return vela_error_context(r, "host %s", opts->home ? opts->home : vela_home());
+	}
+	if (sqlite3_open_v2(dbpath, &h->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL) !=
+	    SQLITE_OK) {
+		r = vela_error(VELA_E_IO, "open %s: %s", dbpath, h->db ? sqlite3_errmsg(h->db) : "out of memory");
+		host_close(h);
+		return r;
+	}
+	sqlite3_busy_timeout(h->db, 5000);
+	char *err = NULL;
+	if (sqlite3_exec(h->db, schema, NULL, NULL, &err) != SQLITE_OK) {
+		r = vela_error(VELA_E_IO, "%s: schema: %s", dbpath, err ? err : "?");
+		sqlite3_free(err);
+		host_close(h);
+		return r;
+	}
+	if ((r = reconcile(h)) < 0) {
+		host_close(h);
+		return r;
+	}
+	host_event(h, HOST_INFO, 0, NULL, "host.started", "velad %s started (home %s)", VELA_VERSION, h->home);
+	*out = h;
+	return 0;
+}
+
+void host_close(struct host *h)
+{
+	if (!h)
+		return;
+	if (h->db) {
+		save_states(h);
+		host_event(h, HOST_INFO, 0, NULL, "host.stopped", "velad stopped; running VMs keep running");
+		sqlite3_close(h->db);
+	}
+	while (h->oplocks) {
+		struct vm_oplock *l = h->oplocks;
+		h->oplocks = l->next;
+		pthread_mutex_destroy(&l->lock);
+		free(l);
+	}
+	pthread_mutex_destroy(&h->db_lock);
+	pthread_mutex_destroy(&h->oplocks_lock);
+	free(h->home);
+	free(h->vmx_binary);
+	free(h);
+}

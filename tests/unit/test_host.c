@@ -1,0 +1,168 @@
+/* Unit tests: src/host (inventory and events in SQLite) and src/api (body decoding, status codes). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common.h"
+#include "api.h"
+#include "host.h"
+
+static char home[64];
+
+static int setup(void **state)
+{
+	(void)state;
+	snprintf(home, sizeof home, "/tmp/vela-host-XXXXXX");
+	return mkdtemp(home) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	char *cmd = xasprintf("rm -rf %s", home);
+	int r = system(cmd);
+	free(cmd);
+	return r ? -1 : 0;
+}
+
+static char *make_vmx(const char *name)
+{
+	char *dir = xasprintf("%s/vms/%s", home, name);
+	assert_int_equal(mkdir_p(dir, 0755), 0);
+	char *path = xasprintf("%s/%s.vmx", dir, name);
+	char *text = xasprintf("config.version = \"8\"\ndisplayName = \"%s\"\nmemsize = \"64\"\n", name);
+	assert_int_equal(write_file_atomic(path, text, strlen(text)), 0);
+	free(text);
+	free(dir);
+	return path;
+}
+
+static struct host *open_host(void)
+{
+	struct host_opts o = { .home = home };
+	struct host *h = NULL;
+	if (host_open(&o, &h) < 0)
+		fail_msg("host_open: %s", vela_errmsg());
+	return h;
+}
+
+static void inventory_persists(void **s)
+{
+	(void)s;
+	struct host *h = open_host();
+	char *a = make_vmx("alpha"), *b = make_vmx("beta");
+	json_t *vm = NULL, *list = NULL;
+	assert_int_equal(host_vm_register(h, "tester", a, NULL, "/prod/web", &vm), 0);
+	assert_string_equal(json_string_value(json_object_get(vm, "name")), "alpha");
+	assert_string_equal(json_string_value(json_object_get(vm, "state")), "off");
+	int64_t ida = json_integer_value(json_object_get(vm, "id"));
+	json_decref(vm);
+	assert_int_equal(host_vm_register(h, "tester", b, "Beta VM", NULL, &vm), 0);
+	int64_t idb = json_integer_value(json_object_get(vm, "id"));
+	json_decref(vm);
+	assert_int_equal(host_vm_register(h, "tester", a, NULL, NULL, &vm), -VELA_E_EXISTS);
+	assert_int_equal(host_vm_register(h, "tester", a, NULL, "/a/../b", &vm), -VELA_E_BADNAME);
+	assert_int_equal(host_vm_register(h, "tester", a, "", NULL, &vm), -VELA_E_BADNAME);
+	assert_int_equal(host_vm_register(h, "tester", "/nonexistent.vmx", NULL, NULL, &vm), -VELA_E_NOTFOUND);
+	host_close(h);
+
+	/* Reopen: the inventory is in the database. */
+	h = open_host();
+	assert_int_equal(host_vm_list(h, &list), 0);
+	assert_int_equal(json_array_size(list), 2);
+	assert_string_equal(json_string_value(json_object_get(json_array_get(list, 1), "name")), "Beta VM");
+	assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "folder")), "/prod/web");
+	json_decref(list);
+	assert_int_equal(host_vm_power(h, "tester", ida, "stop", "hard", &vm), -VELA_E_BADSTATE);
+	assert_int_equal(host_vm_power(h, "tester", ida, "explode", NULL, &vm), -VELA_E_INVAL);
+	assert_int_equal(host_vm_power(h, "tester", 9999, "start", NULL, &vm), -VELA_E_NOTFOUND);
+	assert_int_equal(host_vm_unregister(h, "tester", idb), 0);
+	assert_int_equal(host_vm_get(h, idb, &vm), -VELA_E_NOTFOUND);
+	assert_int_equal(host_vm_get(h, ida, &vm), 0);
+	json_decref(vm);
+
+	/* Events: per VM, by severity, after an id, newest `limit` oldest first. */
+	json_t *ev = NULL;
+	struct host_event_query q = { .vm_id = idb };
+	assert_int_equal(host_event_list(h, &q, &ev), 0);
+	assert_int_equal(json_array_size(ev), 2);   /* registered, unregistered */
+	assert_string_equal(json_string_value(json_object_get(json_array_get(ev, 1), "type")), "vm.unregistered");
+	assert_string_equal(json_string_value(json_object_get(json_array_get(ev, 1), "user")), "tester");
+	json_decref(ev);
+	q = (struct host_event_query){ .severity = "warning" };
+	assert_int_equal(host_event_list(h, &q, &ev), 0);
+	assert_int_equal(json_array_size(ev), 1);   /* the refused stop */
+	json_decref(ev);
+	q = (struct host_event_query){ .limit = 2 };
+	assert_int_equal(host_event_list(h, &q, &ev), 0);
+	assert_int_equal(json_array_size(ev), 2);
+	int64_t last = json_integer_value(json_object_get(json_array_get(ev, 1), "id"));
+	assert_true(json_integer_value(json_object_get(json_array_get(ev, 0), "id")) < last);
+	json_decref(ev);
+	q = (struct host_event_query){ .after_id = last };
+	assert_int_equal(host_event_list(h, &q, &ev), 0);
+	assert_int_equal(json_array_size(ev), 0);
+	json_decref(ev);
+	q = (struct host_event_query){ .severity = "loud" };
+	assert_int_equal(host_event_list(h, &q, &ev), -VELA_E_INVAL);
+	q = (struct host_event_query){ .limit = 10001 };
+	assert_int_equal(host_event_list(h, &q, &ev), -VELA_E_RANGE);
+	host_close(h);
+	free(a);
+	free(b);
+}
+
+static void body_decoding(void **s)
+{
+	(void)s;
+	struct api_field f[] = { { .name = "op", .type = 's' }, { .name = "n", .type = 'i', .optional = true },
+				 { .name = "force", .type = 'b', .optional = true } };
+	json_t *doc = NULL;
+	const char ok[] = "{\"op\": \"stop\", \"n\": 3, \"force\": true}";
+	assert_int_equal(api_decode_body(ok, strlen(ok), f, 3, &doc), 0);
+	assert_string_equal(f[0].s, "stop");
+	assert_int_equal(f[1].i, 3);
+	assert_true(f[2].b);
+	json_decref(doc);
+	static const char *const bad[] = {
+		"", "{", "[]", "\"op\"", "{\"n\": 1}", "{\"op\": 1}", "{\"op\": \"x\", \"n\": \"1\"}",
+		"{\"op\": \"x\", \"other\": 1}", "{\"op\": \"x\", \"op\": \"y\"}", "{\"op\": \"a\\u0000b\"}",
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		struct api_field g[3];
+		memcpy(g, f, sizeof g);
+		for (size_t k = 0; k < 3; k++)
+			g[k].present = false;
+		doc = NULL;
+		if (api_decode_body(bad[i], strlen(bad[i]), g, 3, &doc) != -VELA_E_INVAL)
+			fail_msg("accepted %s", bad[i]);
+		assert_null(doc);
+	}
+}
+
+static void http_status_of_errors(void **s)
+{
+	(void)s;
+	assert_int_equal(api_http_status(-VELA_E_INVAL), 400);
+	assert_int_equal(api_http_status(-VELA_E_SYNTAX), 400);
+	assert_int_equal(api_http_status(-VELA_E_NOTFOUND), 404);
+	assert_int_equal(api_http_status(-VELA_E_BADSTATE), 409);
+	assert_int_equal(api_http_status(-VELA_E_PERM), 403);
+	assert_int_equal(api_http_status(-VELA_E_SESSION), 401);
+	assert_int_equal(api_http_status(-VELA_E_TOOBIG), 413);
+	assert_int_equal(api_http_status(-VELA_E_INTERNAL), 500);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(inventory_persists),
+		cmocka_unit_test(body_decoding),
+		cmocka_unit_test(http_status_of_errors),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
