@@ -7,13 +7,15 @@
 # Images are 1 GiB and fully written first.  CACHE=writeback (default): both
 # through the host page cache (qemu-img -t writeback); CACHE=none: both
 # bypass it (qemu-img -t none, Vela --cache none = O_DIRECT data I/O).
-# Writes end with a flush in both.
-# Usage: [CACHE=none] bench/disk-io.sh [RUNS]   (default 3; medians; speed-ups)
+# Writes end with a flush in both.  Vela's request buffers may sit on huge
+# pages as guest RAM does; SMALL_PAGES=1 puts them on 4 KiB pages instead.
+# Usage: [CACHE=none] [SMALL_PAGES=1] bench/disk-io.sh [RUNS]   (default 3; medians; speed-ups)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 vela=$top/build/bin/vela
 runs=${1:-3}
 cache=${CACHE:-writeback}
+pages=; [ "${SMALL_PAGES:-0}" = 1 ] && pages=--small-pages
 dir=${DIR:-$(mktemp -d /var/tmp/vela-bench-io.XXXXXX)}
 trap 'rm -rf "$dir"' EXIT
 cd "$dir"
@@ -25,7 +27,7 @@ for fmt in raw qcow2 vmdk; do
 	qemu-io -f $fmt -c 'write -P 0x5a 0 1G' img.$fmt >/dev/null
 done
 sync
-echo "cache=$cache"
+echo "cache=$cache ${pages:+(Vela buffers on 4 KiB pages)}"
 printf '%-6s %-22s %10s %10s %8s\n' format workload vela_ms qemu_ms speedup
 for fmt in raw qcow2 vmdk; do
 	for w in "4k-stride-read:4k:$((4096 * 7919)):100000:32:" "4k-stride-write:4k:$((4096 * 7919)):100000:32:-w" \
@@ -33,7 +35,7 @@ for fmt in raw qcow2 vmdk; do
 		IFS=: read -r name bs step count depth wflag <<< "$w"
 		vt=() qt=()
 		for ((i = 0; i < runs; i++)); do
-			t=$(ns); "$vela" disk bench --cache $cache $wflag --bs $bs --step $step --count $count --depth $depth img.$fmt >/dev/null
+			t=$(ns); "$vela" disk bench --cache $cache $pages $wflag --bs $bs --step $step --count $count --depth $depth img.$fmt >/dev/null
 			vt+=($(( ($(ns) - t) / 1000000 )))
 			t=$(ns); qemu-img bench -f $fmt -t $cache -i io_uring $wflag -s $bs -S $step -c $count -d $depth img.$fmt >/dev/null
 			qt+=($(( ($(ns) - t) / 1000000 )))
