@@ -3,7 +3,7 @@
 # Usage: scripts/install-deps.sh [build|run|test]   (default: test = everything)
 set -euo pipefail
 what=${1:-test}
-build_pkgs="meson ninja-build pkg-config gcc libc6-dev libjansson-dev zlib1g-dev libsqlite3-dev libmicrohttpd-dev"
+build_pkgs="meson ninja-build pkg-config gcc libc6-dev libjansson-dev zlib1g-dev libsqlite3-dev libmicrohttpd-dev libgnutls28-dev libpam0g-dev"
 run_pkgs="qemu-system-x86 qemu-utils busybox-static cpio kmod"
 test_pkgs="libcmocka-dev clang libclang-rt-14-dev libnbd-bin curl jq util-linux passwd"
 case $what in
@@ -12,6 +12,15 @@ case $what in
 	test) pkgs="$build_pkgs $run_pkgs $test_pkgs" ;;
 	*) echo "usage: $0 [build|run|test]" >&2; exit 2 ;;
 esac
+# velad's PAM service (logins to the API); needs root like the packages.
+pam_file=$(cd "$(dirname "$0")/.." && pwd)/data/pam.d/vela
+if [ "$what" != build ] && ! cmp -s "$pam_file" /etc/pam.d/vela; then
+	if [ "$(id -u)" = 0 ]; then
+		install -m 0644 "$pam_file" /etc/pam.d/vela
+	else
+		echo "install-deps: /etc/pam.d/vela is missing or old (run as root to install it)" >&2
+	fi
+fi
 missing=()
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,8 +1,12 @@
 /* api.c - HTTP/JSON routes of velad over libmicrohttpd. */
 #include "common.h"
 #include "api.h"
+#include "auth.h"
 #include "host.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <ctype.h>
 #include <grp.h>
 #include <microhttpd.h>
 #include <pwd.h>
@@ -15,11 +19,14 @@
 
 struct api {
 	struct host *host;
-	struct MHD_Daemon *unix_daemon;
+	struct auth *auth;
+	struct MHD_Daemon *unix_daemon, *https_daemon, *http_daemon;
 	char *unix_path;
+	unsigned https_port;
 	size_t max_body;
 	gid_t vela_gid;
 	bool have_vela_gid;
+	char *tls_cert, *tls_key;
 };
 
 /* Per request: the body as it arrives, and who is asking. */
@@ -66,6 +73,8 @@ unsigned api_http_status(int code)
 		return MHD_HTTP_NOT_IMPLEMENTED;
 	case VELA_E_TIMEOUT:
 		return MHD_HTTP_GATEWAY_TIMEOUT;
+	case VELA_E_LIMIT:
+		return MHD_HTTP_TOO_MANY_REQUESTS;
 	default:
 		return MHD_HTTP_INTERNAL_SERVER_ERROR;
 	}
@@ -158,9 +167,20 @@ int api_decode_body(const char *body, size_t len, struct api_field *fields, size
 /* ------------------------------------------------------------- callers */
 
 struct caller {
-	char user[64];
-	bool trusted;
+	char user[65];
+	bool authenticated;
+	bool superuser;              /* root, velad's user or group vela on the local socket */
+	char **groups;
+	size_t n_groups;
+	struct host_access *access;  /* the caller's grants, loaded once per request */
 };
+
+static void caller_clear(struct caller *who)
+{
+	auth_groups_free(who->groups);
+	host_access_free(who->access);
+	memset(who, 0, sizeof *who);
+}
 
 static bool in_group(uid_t uid, gid_t gid)
 {
@@ -180,22 +200,102 @@ static bool in_group(uid_t uid, gid_t gid)
 	return false;
 }
 
-static void identify(struct api *a, struct MHD_Connection *c, struct caller *who)
+/* The local socket: the kernel says who is at the other end. */
+static int identify_peer(struct api *a, struct MHD_Connection *c, struct caller *who)
 {
 	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
 	struct ucred cred;
 	socklen_t len = sizeof cred;
-	snprintf(who->user, sizeof who->user, "unknown");
-	who->trusted = false;
 	if (!ci || getsockopt(ci->connect_fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
-		return;
+		return vela_error(VELA_E_PERM, "the caller of the local socket is unknown");
 	struct passwd pw, *pwp = NULL;
 	char buf[4096];
 	if (getpwuid_r(cred.uid, &pw, buf, sizeof buf, &pwp) == 0 && pwp)
 		snprintf(who->user, sizeof who->user, "%s", pw.pw_name);
 	else
 		snprintf(who->user, sizeof who->user, "uid:%u", (unsigned)cred.uid);
-	who->trusted = cred.uid == 0 || cred.uid == geteuid() || (a->have_vela_gid && in_group(cred.uid, a->vela_gid));
+	if (!(cred.uid == 0 || cred.uid == geteuid() || (a->have_vela_gid && in_group(cred.uid, a->vela_gid))))
+		return vela_error(VELA_E_PERM, "user %s may not use this socket (root or group vela only)", who->user);
+	who->superuser = true;
+	who->authenticated = true;
+	return 0;
+}
+
+/* "Authorization: Bearer SECRET" or the session cookie. */
+static const char *presented_secret(struct MHD_Connection *c)
+{
+	const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+	if (h && str_istarts_with(h, "Bearer "))
+		return h + 7;
+	return MHD_lookup_connection_value(c, MHD_COOKIE_KIND, "vela_session");
+}
+
+/* HTTPS: a session or an API token names the user. */
+static int identify_token(struct api *a, struct MHD_Connection *c, struct caller *who)
+{
+	const char *secret = presented_secret(c);
+	if (!secret)
+		return vela_error(VELA_E_AUTH, "log in first (POST /api/v1/session) or send an API token");
+	CLEANUP_FREE char *user = NULL;
+	int r;
+	if (auth_is_session_token(secret)) {
+		r = auth_session_user(a->auth, secret, &user);
+	} else {
+		CLEANUP_FREE char *digest = auth_digest(secret);
+		r = digest ? host_token_check(a->host, digest, &user) : vela_error(VELA_E_SESSION, "bad API token");
+	}
+	if (r < 0)
+		return r;
+	snprintf(who->user, sizeof who->user, "%s", user);
+	who->authenticated = true;
+	return 0;
+}
+
+static int load_access(struct api *a, struct caller *who)
+{
+	if (!who->superuser)
+		who->groups = auth_user_groups(who->user, &who->n_groups);
+	struct host_principal p = { .user = who->user, .groups = (const char *const *)who->groups,
+				    .n_groups = who->n_groups, .superuser = who->superuser };
+	return host_access_load(a->host, &p, &who->access);
+}
+
+static void client_address(struct MHD_Connection *c, char *buf, size_t size)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+	snprintf(buf, size, "local");
+	if (!ci || !ci->client_addr)
+		return;
+	const struct sockaddr *sa = ci->client_addr;
+	if (sa->sa_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, buf, (socklen_t)size);
+	else if (sa->sa_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, buf, (socklen_t)size);
+}
+
+/* Refusals: a VM the caller may not even see does not exist for them. */
+static int need_vm(struct api *a, const struct caller *who, int64_t id, enum host_role need)
+{
+	CLEANUP_FREE char *folder = NULL;
+	int r = host_vm_folder(a->host, id, &folder);
+	if (r < 0)
+		return r;
+	enum host_role have = host_access_vm(who->access, id, folder);
+	if (have < HOST_ROLE_READONLY)
+		return vela_error(VELA_E_NOTFOUND, "no VM with id %lld", (long long)id);
+	if (have < need)
+		return vela_error(VELA_E_PERM, "%s needs the %s role on VM %lld (has %s)", who->user, host_role_name(need),
+				  (long long)id, host_role_name(have));
+	return 0;
+}
+
+static int need_host(const struct caller *who, enum host_role need)
+{
+	enum host_role have = host_access_host(who->access);
+	if (have < need)
+		return vela_error(VELA_E_PERM, "%s needs the %s role on the host (has %s)", who->user, host_role_name(need),
+				  host_role_name(have));
+	return 0;
 }
 
 /* --------------------------------------------------------------- routes */
@@ -228,7 +328,17 @@ static int64_t query_i64(struct MHD_Connection *c, const char *key, int64_t dflt
 	return (int64_t)u;
 }
 
-static enum MHD_Result route_events(struct api *a, struct MHD_Connection *c)
+/* Reply with value under key, or the error r. */
+static enum MHD_Result reply(struct MHD_Connection *c, int r, const char *key, json_t *value)
+{
+	if (r < 0) {
+		json_decref(value);
+		return send_error(c, r);
+	}
+	return send_ok(c, key, value);
+}
+
+static enum MHD_Result route_events(struct api *a, struct MHD_Connection *c, const struct caller *who)
 {
 	int bad = 0;
 	struct host_event_query q = {
@@ -244,8 +354,8 @@ static enum MHD_Result route_events(struct api *a, struct MHD_Connection *c)
 		return send_error(c, vela_error(VELA_E_RANGE, "query parameter limit: 1 to 10000"));
 	q.limit = (unsigned)limit;
 	json_t *ev = NULL;
-	int r = host_event_list(a->host, &q, &ev);
-	return r < 0 ? send_error(c, r) : send_ok(c, "events", ev);
+	int r = host_event_list(a->host, &q, who->access, &ev);
+	return reply(c, r, "events", ev);
 }
 
 static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const struct caller *who, const char *method,
@@ -255,68 +365,171 @@ static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const s
 	int r;
 	if (!*action) {
 		if (strcmp(method, "GET") == 0) {
-			r = host_vm_get(a->host, id, &out);
-			return r < 0 ? send_error(c, r) : send_ok(c, "vm", out);
+			if ((r = need_vm(a, who, id, HOST_ROLE_READONLY)) == 0)
+				r = host_vm_get(a->host, id, &out);
+			return reply(c, r, "vm", out);
 		}
 		if (strcmp(method, "DELETE") == 0) {
-			r = host_vm_unregister(a->host, who->user, id);
-			return r < 0 ? send_error(c, r) : send_ok(c, NULL, NULL);
+			if ((r = need_vm(a, who, id, HOST_ROLE_ADMIN)) == 0)
+				r = host_vm_unregister(a->host, who->user, id);
+			return reply(c, r, NULL, NULL);
 		}
 	} else if (strcmp(action, "power") == 0 && strcmp(method, "POST") == 0) {
 		struct api_field f[] = { { .name = "op", .type = 's' }, { .name = "mode", .type = 's', .optional = true } };
 		r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
 		if (r == 0)
+			r = need_vm(a, who, id, HOST_ROLE_OPERATOR);
+		if (r == 0)
 			r = host_vm_power(a->host, who->user, id, f[0].s, f[1].s, &out);
 		json_decref(doc);
-		return r < 0 ? send_error(c, r) : send_ok(c, "status", out);
+		return reply(c, r, "status", out);
 	} else if (strcmp(action, "answer") == 0 && strcmp(method, "POST") == 0) {
 		struct api_field f[] = { { .name = "choice", .type = 's' } };
 		r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
 		if (r == 0)
+			r = need_vm(a, who, id, HOST_ROLE_OPERATOR);
+		if (r == 0)
 			r = host_vm_answer(a->host, who->user, id, f[0].s, &out);
 		json_decref(doc);
-		return r < 0 ? send_error(c, r) : send_ok(c, "status", out);
+		return reply(c, r, "status", out);
 	} else {
-		return send_error(c, vela_error(VELA_E_NOTFOUND, "no such resource: VM %lld/%s", (long long)id, action));
+		if ((r = need_vm(a, who, id, HOST_ROLE_READONLY)) < 0)
+			return send_error(c, r);
+		return send_error(c, vela_error(VELA_E_NOTFOUND, "no such resource: VM %lld/%.40s", (long long)id, action));
 	}
 	return send_error(c, vela_error(VELA_E_NOTSUP, "%s is not allowed here", method));
+}
+
+/* Only the VMs the caller may see, with the caller's role on each. */
+static int visible_vms(struct api *a, const struct caller *who, json_t **out)
+{
+	json_t *all = NULL;
+	int r = host_vm_list(a->host, &all);
+	if (r < 0)
+		return r;
+	json_t *mine = json_array();
+	size_t i;
+	json_t *vm;
+	json_array_foreach(all, i, vm) {
+		enum host_role role = host_access_vm(who->access, json_integer_value(json_object_get(vm, "id")),
+						     json_string_value(json_object_get(vm, "folder")));
+		if (role >= HOST_ROLE_READONLY) {
+			json_object_set_new(vm, "role", json_string(host_role_name(role)));
+			json_array_append(mine, vm);
+		}
+	}
+	json_decref(all);
+	*out = mine;
+	return 0;
+}
+
+static enum MHD_Result route_register(struct api *a, struct MHD_Connection *c, const struct caller *who,
+				      struct request *rq)
+{
+	struct api_field f[] = { { .name = "config", .type = 's' },
+				 { .name = "name", .type = 's', .optional = true },
+				 { .name = "folder", .type = 's', .optional = true } };
+	json_t *doc = NULL, *out = NULL;
+	int r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
+	if (r == 0 && host_access_folder(who->access, f[2].s ? f[2].s : "/") < HOST_ROLE_ADMIN)
+		r = vela_error(VELA_E_PERM, "%s needs the admin role on folder %s to register VMs there", who->user,
+			       f[2].s ? f[2].s : "/");
+	if (r == 0)
+		r = host_vm_register(a->host, who->user, f[0].s, f[1].s, f[2].s, &out);
+	json_decref(doc);
+	return reply(c, r, "vm", out);
+}
+
+static enum MHD_Result route_permissions(struct api *a, struct MHD_Connection *c, const struct caller *who,
+					 const char *method, const char *rest, struct request *rq)
+{
+	json_t *out = NULL, *doc = NULL;
+	int r = need_host(who, HOST_ROLE_ADMIN);
+	if (r < 0)
+		return send_error(c, r);
+	int64_t id;
+	if (!*rest && strcmp(method, "GET") == 0) {
+		r = host_grant_list(a->host, &out);
+		return reply(c, r, "permissions", out);
+	}
+	if (!*rest && strcmp(method, "POST") == 0) {
+		struct api_field f[] = { { .name = "principal", .type = 's' },
+					 { .name = "scope", .type = 's' },
+					 { .name = "role", .type = 's' } };
+		r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
+		if (r == 0)
+			r = host_grant(a->host, who->user, f[0].s, f[1].s, f[2].s, &out);
+		json_decref(doc);
+		return reply(c, r, "permission", out);
+	}
+	if (parse_id(rest, strlen(rest), &id) && strcmp(method, "DELETE") == 0)
+		return reply(c, host_revoke(a->host, who->user, id), NULL, NULL);
+	return send_error(c, vela_error(VELA_E_NOTFOUND, "no such resource: permissions/%.40s (%s)", rest, method));
+}
+
+static enum MHD_Result route_tokens(struct api *a, struct MHD_Connection *c, const struct caller *who,
+				    const char *method, const char *rest, struct request *rq)
+{
+	json_t *out = NULL, *doc = NULL;
+	int r;
+	int64_t id;
+	/* Everybody manages their own tokens; host admins see everyone's. */
+	const char *owner = need_host(who, HOST_ROLE_ADMIN) == 0 ? NULL : who->user;
+	vela_error_clear();
+	if (!*rest && strcmp(method, "GET") == 0) {
+		r = host_token_list(a->host, owner, &out);
+		return reply(c, r, "tokens", out);
+	}
+	if (!*rest && strcmp(method, "POST") == 0) {
+		struct api_field f[] = { { .name = "name", .type = 's' }, { .name = "expires", .type = 'i', .optional = true } };
+		r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
+		CLEANUP_FREE char *secret = r == 0 ? auth_new_api_secret() : NULL;
+		CLEANUP_FREE char *digest = secret ? auth_digest(secret) : NULL;
+		if (r == 0 && !digest)
+			r = vela_error(VELA_E_SYSTEM, "token: no random bytes");
+		if (r == 0 && f[1].present && f[1].i <= time_real_ms())
+			r = vela_error(VELA_E_INVAL, "token: \"expires\" (ms since 1970) must be in the future");
+		if (r == 0)
+			r = host_token_create(a->host, who->user, f[0].s, f[1].present ? f[1].i : 0, digest, &out);
+		if (r == 0)
+			json_object_set_new(out, "secret", json_string(secret));   /* shown once */
+		json_decref(doc);
+		return reply(c, r, "token", out);
+	}
+	if (parse_id(rest, strlen(rest), &id) && strcmp(method, "DELETE") == 0)
+		return reply(c, host_token_delete(a->host, owner, id), NULL, NULL);
+	return send_error(c, vela_error(VELA_E_NOTFOUND, "no such resource: tokens/%.40s (%s)", rest, method));
 }
 
 static enum MHD_Result route(struct api *a, struct MHD_Connection *c, const struct caller *who, const char *url,
 			     const char *method, struct request *rq)
 {
-	if (!str_starts_with(url, API_PREFIX))
-		return send_error(c, vela_error(VELA_E_NOTFOUND, "no such resource: %.200s", url));
 	const char *path = url + strlen(API_PREFIX);
-	json_t *out = NULL, *doc = NULL;
+	json_t *out = NULL;
 	int r;
 	bool get = strcmp(method, "GET") == 0;
+	if (strcmp(path, "session") == 0 && get) {
+		json_t *s = json_pack("{s:s, s:s, s:b}", "user", who->user, "host_role",
+				      host_role_name(host_access_host(who->access)), "superuser", who->superuser);
+		return send_ok(c, "session", s);
+	}
 	if (strcmp(path, "host") == 0 && get) {
 		r = host_info(a->host, &out);
-		return r < 0 ? send_error(c, r) : send_ok(c, "host", out);
+		return reply(c, r, "host", out);
 	}
 	if (strcmp(path, "datastores") == 0 && get) {
-		r = host_datastore_list(a->host, &out);
-		return r < 0 ? send_error(c, r) : send_ok(c, "datastores", out);
+		if ((r = need_host(who, HOST_ROLE_READONLY)) == 0)
+			r = host_datastore_list(a->host, &out);
+		return reply(c, r, "datastores", out);
 	}
 	if (strcmp(path, "events") == 0 && get)
-		return route_events(a, c);
-	if (strcmp(path, "vms") == 0) {
-		if (get) {
-			r = host_vm_list(a->host, &out);
-			return r < 0 ? send_error(c, r) : send_ok(c, "vms", out);
-		}
-		if (strcmp(method, "POST") == 0) {
-			struct api_field f[] = { { .name = "config", .type = 's' },
-						 { .name = "name", .type = 's', .optional = true },
-						 { .name = "folder", .type = 's', .optional = true } };
-			r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
-			if (r == 0)
-				r = host_vm_register(a->host, who->user, f[0].s, f[1].s, f[2].s, &out);
-			json_decref(doc);
-			return r < 0 ? send_error(c, r) : send_ok(c, "vm", out);
-		}
+		return route_events(a, c, who);
+	if (strcmp(path, "vms") == 0 && get) {
+		r = visible_vms(a, who, &out);
+		return reply(c, r, "vms", out);
 	}
+	if (strcmp(path, "vms") == 0 && strcmp(method, "POST") == 0)
+		return route_register(a, c, who, rq);
 	if (str_starts_with(path, "vms/")) {
 		const char *idp = path + 4, *slash = strchr(idp, '/');
 		size_t n = slash ? (size_t)(slash - idp) : strlen(idp);
@@ -325,17 +538,74 @@ static enum MHD_Result route(struct api *a, struct MHD_Connection *c, const stru
 			return send_error(c, vela_error(VELA_E_NOTFOUND, "no such VM: \"%.40s\"", idp));
 		return route_vm(a, c, who, method, id, slash ? slash + 1 : "", rq);
 	}
+	if (strcmp(path, "permissions") == 0 || str_starts_with(path, "permissions/"))
+		return route_permissions(a, c, who, method, path[11] ? path + 12 : "", rq);
+	if (strcmp(path, "tokens") == 0 || str_starts_with(path, "tokens/"))
+		return route_tokens(a, c, who, method, path[6] ? path + 7 : "", rq);
 	if (strcmp(path, "host") == 0 || strcmp(path, "datastores") == 0 || strcmp(path, "events") == 0 ||
-	    strcmp(path, "vms") == 0)
+	    strcmp(path, "vms") == 0 || strcmp(path, "session") == 0)
 		return send_error(c, vela_error(VELA_E_NOTSUP, "%s is not allowed on %s", method, url));
 	return send_error(c, vela_error(VELA_E_NOTFOUND, "no such resource: %.200s", url));
 }
+
+/* POST /api/v1/session {user, password} and DELETE /api/v1/session: before
+ * anybody is known. */
+static enum MHD_Result route_login(struct api *a, struct MHD_Connection *c, const char *method, struct request *rq)
+{
+	if (strcmp(method, "DELETE") == 0) {
+		const char *secret = presented_secret(c);
+		if (secret && auth_is_session_token(secret))
+			auth_logout(a->auth, secret);
+		return send_ok(c, NULL, NULL);
+	}
+	struct api_field f[] = { { .name = "user", .type = 's' }, { .name = "password", .type = 's' } };
+	json_t *doc = NULL;
+	int r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
+	if (r < 0)
+		return send_error(c, r);
+	char addr[INET6_ADDRSTRLEN + 1];
+	client_address(c, addr, sizeof addr);
+	CLEANUP_FREE char *token = NULL;
+	int64_t expires = 0;
+	r = auth_login(a->auth, f[0].s, f[1].s, addr, &token, &expires);
+	/* The user name is the caller's claim: keep it printable in the log. */
+	char user[65];
+	snprintf(user, sizeof user, "%s", f[0].s);
+	for (char *p = user; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '?';
+	if (r < 0) {
+		CLEANUP_FREE char *msg = xstrdup(vela_errmsg());
+		host_event(a->host, HOST_WARNING, 0, user, "user.login.failed", "from %s: %s", addr, msg);
+		vela_error(-r, "%s", msg);
+		json_decref(doc);
+		return send_error(c, r);
+	}
+	host_event(a->host, HOST_AUDIT, 0, user, "user.login", "from %s", addr);
+	json_decref(doc);
+	json_t *s = json_pack("{s:s, s:s, s:I}", "user", user, "token", token, "expires", (json_int_t)expires);
+	char *text = json_dumps(json_pack("{s:b, s:o}", "ok", 1, "session", s), JSON_COMPACT);
+	struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback(strlen(text), text, free);
+	CLEANUP_FREE char *cookie = xasprintf("vela_session=%s; Path=/; Secure; HttpOnly; SameSite=Strict", token);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_SET_COOKIE, cookie);
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	enum MHD_Result mr = MHD_queue_response(c, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return mr;
+}
+
+struct listener {
+	struct api *api;
+	bool local;     /* the UNIX socket: peer credentials, no login */
+};
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
 				  const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
 {
 	(void)version;
-	struct api *a = cls;
+	struct listener *l = cls;
+	struct api *a = l->api;
 	struct request *rq = *con_cls;
 	if (!rq) {
 		/* First call: headers only. */
@@ -353,12 +623,114 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	vela_error_clear();
 	if (rq->too_big)
 		return send_error(c, vela_error(VELA_E_TOOBIG, "request body is larger than %zu bytes", a->max_body));
-	struct caller who;
-	identify(a, c, &who);
-	if (!who.trusted)
-		return send_error(c, vela_error(VELA_E_PERM, "user %s may not use this socket (root or group vela only)",
-						who.user));
-	return route(a, c, &who, url, method, rq);
+	if (!str_starts_with(url, API_PREFIX))
+		return send_error(c, vela_error(VELA_E_NOTFOUND, "no such resource: %.200s", url));
+	if (!l->local && strcmp(url, API_PREFIX "session") == 0 &&
+	    (strcmp(method, "POST") == 0 || strcmp(method, "DELETE") == 0))
+		return route_login(a, c, method, rq);
+	struct caller who = { 0 };
+	int r = l->local ? identify_peer(a, c, &who) : identify_token(a, c, &who);
+	if (r == 0)
+		r = load_access(a, &who);
+	enum MHD_Result mr = r < 0 ? send_error(c, r) : route(a, c, &who, url, method, rq);
+	caller_clear(&who);
+	return mr;
+}
+
+/* Plain HTTP only sends people to HTTPS, with the same path and query. */
+struct http_request {
+	bool started;
+	struct strbuf query;
+};
+
+static enum MHD_Result add_query_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	(void)kind;
+	struct strbuf *q = cls;
+	static const char hex[] = "0123456789ABCDEF";
+	strbuf_puts(q, q->len ? "&" : "?");
+	for (int part = 0; part < 2; part++) {
+		const char *s = part ? value : key;
+		if (part && !s)
+			break;
+		if (part)
+			strbuf_puts(q, "=");
+		for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+			if (isalnum(*p) || strchr("-._~", *p)) {
+				strbuf_append(q, (const char *)p, 1);
+			} else {
+				char esc[3] = { '%', hex[*p >> 4], hex[*p & 15] };
+				strbuf_append(q, esc, 3);
+			}
+		}
+	}
+	return MHD_YES;
+}
+
+static void on_http_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+	(void)cls;
+	(void)c;
+	(void)toe;
+	struct http_request *hr = *con_cls;
+	if (hr) {
+		strbuf_free(&hr->query);
+		free(hr);
+	}
+	*con_cls = NULL;
+}
+
+static enum MHD_Result on_http_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+				       const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
+{
+	(void)method;
+	(void)version;
+	(void)upload_data;
+	struct api *a = cls;
+	struct http_request *hr = *con_cls;
+	if (!hr) {
+		*con_cls = xcalloc(1, sizeof *hr);
+		return MHD_YES;
+	}
+	if (*upload_size) {
+		*upload_size = 0;   /* a body is never read here */
+		return MHD_YES;
+	}
+	const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+	char name[256] = "localhost";
+	if (host) {
+		/* The host part only ("[::1]:8222" or "name:8222"), of safe characters. */
+		size_t n = 0;
+		const char *p = host;
+		if (*p == '[') {
+			while (*p && *p != ']' && n < sizeof name - 2)
+				name[n++] = *p++;
+			if (*p == ']')
+				name[n++] = *p++;
+		} else {
+			while (*p && *p != ':' && n < sizeof name - 1)
+				name[n++] = *p++;
+		}
+		name[n] = '\0';
+		for (char *q = name; *q; q++)
+			if (!(isalnum((unsigned char)*q) || strchr(".-_[]:", *q))) {
+				snprintf(name, sizeof name, "localhost");
+				break;
+			}
+	}
+	char path[2048];
+	snprintf(path, sizeof path, "%s", url);
+	for (char *q = path; *q; q++)
+		if ((unsigned char)*q <= 0x20 || *q == 0x7f)
+			*q = '_';
+	MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, add_query_arg, &hr->query);
+	CLEANUP_FREE char *location =
+		xasprintf("https://%s:%u%s%s", name, a->https_port, path, hr->query.data ? hr->query.data : "");
+	struct MHD_Response *resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_LOCATION, location);
+	enum MHD_Result r = MHD_queue_response(c, MHD_HTTP_MOVED_PERMANENTLY, resp);
+	MHD_destroy_response(resp);
+	return r;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
@@ -376,12 +748,45 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 
 /* ----------------------------------------------------------- start, stop */
 
+struct api_listeners {
+	struct listener local, remote;
+};
+
+static struct MHD_Daemon *start_tcp(struct api *a, unsigned port, const char *bind_addr, bool tls, void *cls)
+{
+	struct sockaddr_in6 sa6 = { .sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port), .sin6_addr = in6addr_any };
+	struct sockaddr_in sa4 = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+	const struct sockaddr *sa = (const struct sockaddr *)&sa6;
+	unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG;
+	if (bind_addr && inet_pton(AF_INET, bind_addr, &sa4.sin_addr) == 1)
+		sa = (const struct sockaddr *)&sa4;
+	else if (bind_addr && inet_pton(AF_INET6, bind_addr, &sa6.sin6_addr) != 1)
+		return NULL;
+	if (sa->sa_family == AF_INET6)
+		flags |= MHD_USE_DUAL_STACK;
+	if (!tls)
+		return MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_http_request, a, MHD_OPTION_SOCK_ADDR, sa,
+					MHD_OPTION_NOTIFY_COMPLETED,
+					on_http_completed, NULL, MHD_OPTION_CONNECTION_LIMIT, (unsigned)256,
+					MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)30, MHD_OPTION_END);
+	return MHD_start_daemon(flags | MHD_USE_TLS, (uint16_t)port, NULL, NULL, on_request, cls, MHD_OPTION_SOCK_ADDR, sa,
+				MHD_OPTION_HTTPS_MEM_CERT, a->tls_cert, MHD_OPTION_HTTPS_MEM_KEY, a->tls_key,
+				MHD_OPTION_NOTIFY_COMPLETED, on_completed, a, MHD_OPTION_CONNECTION_LIMIT, (unsigned)512,
+				MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600, MHD_OPTION_END);
+}
+
 int api_start(struct host *h, const struct api_opts *opts, struct api **out)
 {
-	struct api *a = xcalloc(1, sizeof *a);
+	struct api *a = xcalloc(1, sizeof *a + sizeof(struct api_listeners));
+	struct api_listeners *ls = (struct api_listeners *)(a + 1);
+	ls->local = (struct listener){ a, true };
+	ls->remote = (struct listener){ a, false };
 	a->host = h;
 	a->max_body = opts->max_body ? opts->max_body : 1u << 20;
+	a->https_port = opts->https_port;
 	a->unix_path = opts->unix_path ? xstrdup(opts->unix_path) : path_join(vela_run_root(), "velad.sock");
+	struct auth_opts ao = { .pam_service = opts->pam_service, .session_idle_ms = opts->session_idle_ms };
+	a->auth = auth_new(&ao);
 	struct group gr, *grp = NULL;
 	char buf[4096];
 	if (getgrnam_r("vela", &gr, buf, sizeof buf, &grp) == 0 && grp) {
@@ -409,13 +814,29 @@ int api_start(struct host *h, const struct api_opts *opts, struct api **out)
 	 * guest takes to boot or shut down, and must not hold up the rest. */
 	a->unix_daemon = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
 						  MHD_USE_ERROR_LOG,
-					  0, NULL, NULL, on_request, a, MHD_OPTION_LISTEN_SOCKET, fd,
+					  0, NULL, NULL, on_request, &ls->local, MHD_OPTION_LISTEN_SOCKET, fd,
 					  MHD_OPTION_NOTIFY_COMPLETED, on_completed, a, MHD_OPTION_CONNECTION_LIMIT,
 					  (unsigned)512, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600, MHD_OPTION_END);
 	if (!a->unix_daemon) {
 		close(fd);
 		api_stop(a);
-		return vela_error(VELA_E_IO, "API: the HTTP server did not start on %s", opts->unix_path);
+		return vela_error(VELA_E_IO, "API: the HTTP server did not start on %s", a->unix_path);
+	}
+	if (opts->https_port) {
+		CLEANUP_FREE char *tls_dir = opts->tls_dir ? xstrdup(opts->tls_dir) : path_join(vela_home(), "tls");
+		if ((r = auth_tls_material(tls_dir, &a->tls_cert, &a->tls_key)) < 0) {
+			api_stop(a);
+			return vela_error_context(r, "HTTPS");
+		}
+		if (!(a->https_daemon = start_tcp(a, opts->https_port, opts->bind_addr, true, &ls->remote))) {
+			api_stop(a);
+			return vela_error(VELA_E_IO, "API: HTTPS did not start on port %u (in use, or a bad address %s?)",
+					  opts->https_port, opts->bind_addr ? opts->bind_addr : "");
+		}
+	}
+	if (opts->http_port && opts->https_port && !(a->http_daemon = start_tcp(a, opts->http_port, opts->bind_addr, false, NULL))) {
+		api_stop(a);
+		return vela_error(VELA_E_IO, "API: HTTP did not start on port %u (in use?)", opts->http_port);
 	}
 	*out = a;
 	return 0;
@@ -425,10 +846,17 @@ void api_stop(struct api *a)
 {
 	if (!a)
 		return;
+	if (a->http_daemon)
+		MHD_stop_daemon(a->http_daemon);
+	if (a->https_daemon)
+		MHD_stop_daemon(a->https_daemon);
 	if (a->unix_daemon) {
 		MHD_stop_daemon(a->unix_daemon);
 		unlink(a->unix_path);
 	}
+	auth_free(a->auth);
+	free(a->tls_cert);
+	free(a->tls_key);
 	free(a->unix_path);
 	free(a);
 }

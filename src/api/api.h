@@ -14,9 +14,20 @@
  *   POST   /api/v1/vms/ID/answer             {choice}
  *   GET    /api/v1/events?vm=&severity=&after=&since=&limit=
  *
- * Listeners: a UNIX socket for the local CLI.  Who may use it is decided
- * from the peer's credentials (SO_PEERCRED): root, velad's own user and
- * members of the group "vela"; everybody else gets 403.
+ *   GET    /api/v1/session                   who am I
+ *   POST   /api/v1/session                   log in {user, password} (PAM) -> token + cookie
+ *   DELETE /api/v1/session                   log out
+ *   GET/POST /api/v1/permissions, DELETE /api/v1/permissions/ID   grants (host admin)
+ *   GET/POST /api/v1/tokens, DELETE /api/v1/tokens/ID             API tokens
+ *
+ * Listeners:
+ * - a UNIX socket for the local CLI.  Who may use it is decided from the
+ *   peer's credentials (SO_PEERCRED): root, velad's own user and members of
+ *   the group "vela" act as administrators; everybody else gets 403.
+ * - HTTPS (self-signed certificate made at first start): a session token
+ *   (cookie vela_session or "Authorization: Bearer") or an API token, and
+ *   the user's grants decide; VMs a user may not see answer 404.
+ * - plain HTTP, which only redirects to HTTPS.
  */
 #ifndef VELA_API_H
 #define VELA_API_H
@@ -24,12 +35,19 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct host;
 struct api;
 
 struct api_opts {
 	const char *unix_path;     /* NULL = <vela_run_root()>/velad.sock */
+	unsigned https_port;       /* 0 = no HTTPS listener */
+	unsigned http_port;        /* 0 = no redirecting HTTP listener */
+	const char *bind_addr;     /* NULL = every address */
+	const char *tls_dir;       /* NULL = <vela_home()>/tls */
+	const char *pam_service;   /* NULL = "vela" */
+	int64_t session_idle_ms;   /* 0 = 30 min */
 	size_t max_body;           /* request bodies above this get 413; 0 = 1 MiB */
 };
 

@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 struct host;
+struct host_access;
 
 struct host_opts {
 	const char *home;         /* NULL = vela_home() */
@@ -48,6 +49,8 @@ int host_vm_register(struct host *h, const char *user, const char *config, const
 int host_vm_unregister(struct host *h, const char *user, int64_t id);
 /* All VMs: [{id, name, folder, config, state}], by id. */
 int host_vm_list(struct host *h, json_t **out);
+/* Where a VM sits in the folder tree (for access checks; caller frees). */
+int host_vm_folder(struct host *h, int64_t id, char **folder);
 /* One VM with its supervisor's status when it runs. */
 int host_vm_get(struct host *h, int64_t id, json_t **out);
 
@@ -77,8 +80,54 @@ struct host_event_query {
 	const char *severity;     /* NULL = any */
 	unsigned limit;           /* 0 = 100; at most 10000 */
 };
-/* Newest last: [{id, time, severity, vm, user, type, message}]. */
-int host_event_list(struct host *h, const struct host_event_query *q, json_t **out);
+/* Newest last: [{id, time, severity, vm, user, type, message}].  With
+ * access, only events the principal may read (a VM's need readonly on it,
+ * the host's readonly on the host). */
+int host_event_list(struct host *h, const struct host_event_query *q, const struct host_access *access,
+		    json_t **out);
+
+/* ---- access control
+ *
+ * Roles, weakest first: readonly (see), operator (power, console, answer
+ * questions), admin (everything).  A grant gives a role to a principal
+ * ("user:NAME" or "group:NAME") on a scope: "host" (everything), "folder:/a/b"
+ * (the folder, its subfolders and their VMs) or "vm:ID".  The effective role
+ * is the strongest grant that matches.
+ */
+enum host_role { HOST_ROLE_NONE, HOST_ROLE_READONLY, HOST_ROLE_OPERATOR, HOST_ROLE_ADMIN };
+const char *host_role_name(enum host_role r);
+int host_role_parse(const char *s, enum host_role *out);
+
+struct host_principal {
+	const char *user;
+	const char *const *groups;
+	size_t n_groups;
+	bool superuser;            /* root / the trusted local socket: admin everywhere */
+};
+
+/* The grants that apply to one principal, loaded once per request. */
+struct host_access;
+int host_access_load(struct host *h, const struct host_principal *p, struct host_access **out);
+void host_access_free(struct host_access *a);
+enum host_role host_access_host(const struct host_access *a);
+enum host_role host_access_folder(const struct host_access *a, const char *folder);
+enum host_role host_access_vm(const struct host_access *a, int64_t vm_id, const char *folder);
+
+/* Grants: *out gets {id, principal, scope, role}. */
+int host_grant(struct host *h, const char *by, const char *principal, const char *scope, const char *role,
+	       json_t **out);
+int host_revoke(struct host *h, const char *by, int64_t id);
+int host_grant_list(struct host *h, json_t **out);
+
+/* API tokens (long-lived credentials of a user).  The caller makes the
+ * secret and shows it once; the host stores only its digest (hex).
+ * expires_ms 0 = never. */
+int host_token_create(struct host *h, const char *user, const char *name, int64_t expires_ms, const char *digest,
+		      json_t **out);
+/* Who owns a presented secret's digest: VELA_E_SESSION when unknown or expired. */
+int host_token_check(struct host *h, const char *digest, char **user);
+int host_token_list(struct host *h, const char *user, json_t **out);
+int host_token_delete(struct host *h, const char *user, int64_t id);
 
 /* ---- host and datastores */
 

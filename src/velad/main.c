@@ -19,9 +19,58 @@ static void usage(FILE *f)
 		"  --foreground      stay attached to the terminal, log to stderr\n"
 		"  --home DIR        database, datastores, sockets (default $VELA_HOME or /var/lib/vela)\n"
 		"  --socket PATH     API socket (default <run>/velad.sock)\n"
+		"  --https-port N    HTTPS API port (default 8333; 0 = none)\n"
+		"  --http-port N     port that redirects to HTTPS (default 8222; 0 = none)\n"
+		"  --listen ADDR     address of both ports (default every address)\n"
+		"  --config FILE     settings (default <home>/velad.conf): https_port, http_port,\n"
+		"                    listen, session_idle_minutes, one \"key = value\" a line\n"
 		"  -v, --verbose     debug logging\n"
 		"  -h, --help        this text\n"
 		"  -V, --version     print the version\n");
+}
+
+struct settings {
+	uint64_t https_port, http_port, idle_minutes;
+	char *listen;
+};
+
+/* <home>/velad.conf: "key = value" lines, '#' comments.  A missing file is
+ * fine when it was not named explicitly. */
+static int read_config(const char *path, bool must_exist, struct settings *st)
+{
+	CLEANUP_FREE char *text = NULL;
+	size_t len;
+	int r = read_file(path, 1 << 20, &text, &len);
+	if (r < 0)
+		return must_exist || r != -VELA_E_NOTFOUND ? r : 0;
+	unsigned lineno = 0;
+	for (char *line = text, *next; line; line = next) {
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = '\0';
+		lineno++;
+		char *hash = strchr(line, '#');
+		if (hash)
+			*hash = '\0';
+		char key[64], value[256];
+		if (sscanf(line, " %63[a-z_] = %255s", key, value) != 2) {
+			if (strspn(line, " \t\r") == strlen(line))
+				continue;
+			return vela_error(VELA_E_SYNTAX, "%s:%u: expected \"key = value\"", path, lineno);
+		}
+		uint64_t *num = strcmp(key, "https_port") == 0 ? &st->https_port :
+				strcmp(key, "http_port") == 0 ? &st->http_port :
+				strcmp(key, "session_idle_minutes") == 0 ? &st->idle_minutes : NULL;
+		if (num && (r = parse_u64(value, strcmp(key, "session_idle_minutes") == 0 ? 10080 : 65535, num)) < 0)
+			return vela_error_context(r, "%s:%u: %s", path, lineno, key);
+		if (!num && strcmp(key, "listen") == 0) {
+			free(st->listen);
+			st->listen = xstrdup(value);
+		} else if (!num) {
+			return vela_error(VELA_E_CONFIG, "%s:%u: unknown setting \"%s\"", path, lineno, key);
+		}
+	}
+	return 0;
 }
 
 /* Detach: the parent returns once the child runs on its own session. */
@@ -49,6 +98,10 @@ int main(int argc, char **argv)
 		{ "foreground", no_argument, NULL, 'f' },
 		{ "home", required_argument, NULL, 'H' },
 		{ "socket", required_argument, NULL, 's' },
+		{ "https-port", required_argument, NULL, 'S' },
+		{ "http-port", required_argument, NULL, 'P' },
+		{ "listen", required_argument, NULL, 'l' },
+		{ "config", required_argument, NULL, 'c' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
@@ -56,12 +109,17 @@ int main(int argc, char **argv)
 	};
 	bool foreground = false;
 	struct api_opts ao = { 0 };
+	const char *config = NULL, *https = NULL, *http = NULL, *listen_addr = NULL;
 	int c;
 	while ((c = getopt_long(argc, argv, "vhV", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'f': foreground = true; break;
 		case 'H': setenv("VELA_HOME", optarg, 1); break;
 		case 's': ao.unix_path = optarg; break;
+		case 'S': https = optarg; break;
+		case 'P': http = optarg; break;
+		case 'l': listen_addr = optarg; break;
+		case 'c': config = optarg; break;
 		case 'v': vela_log_set_level(VELA_LOG_DEBUG); break;
 		case 'h': usage(stdout); return 0;
 		case 'V': printf("velad %s\n", VELA_VERSION); return 0;
@@ -72,6 +130,26 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	struct settings st = { .https_port = 8333, .http_port = 8222 };
+	CLEANUP_FREE char *default_config = path_join(vela_home(), "velad.conf");
+	int r = read_config(config ? config : default_config, config != NULL, &st);
+	if (r == 0 && https && (r = parse_u64(https, 65535, &st.https_port)) < 0)
+		vela_error_context(r, "--https-port");
+	if (r == 0 && http && (r = parse_u64(http, 65535, &st.http_port)) < 0)
+		vela_error_context(r, "--http-port");
+	if (r < 0) {
+		fprintf(stderr, "velad: %s\n", vela_errmsg());
+		free(st.listen);
+		return 2;
+	}
+	if (listen_addr) {
+		free(st.listen);
+		st.listen = xstrdup(listen_addr);
+	}
+	ao.https_port = (unsigned)st.https_port;
+	ao.http_port = (unsigned)st.http_port;
+	ao.bind_addr = st.listen;
+	ao.session_idle_ms = (int64_t)st.idle_minutes * 60000;
 	signal(SIGPIPE, SIG_IGN);
 	/* Supervisors we start must not die with us: they double-fork
 	 * (vmxsup_spawn), and SIGCHLD of the short-lived middle child is reaped
@@ -101,13 +179,14 @@ int main(int argc, char **argv)
 	struct host_opts ho = { .vmx_binary = getenv("VELA_VMX_BINARY") };
 	struct host *h = NULL;
 	struct api *a = NULL;
-	int r = host_open(&ho, &h);
+	r = host_open(&ho, &h);
 	if (r == 0)
 		r = api_start(h, &ao, &a);
 	if (r < 0) {
 		vela_log(VELA_LOG_ERROR, "velad: %s", vela_errmsg());
 		fprintf(stderr, "velad: %s\n", vela_errmsg());
 		host_close(h);
+		free(st.listen);
 		return 1;
 	}
 	CLEANUP_FREE char *pidfile = path_join(vela_run_root(), "velad.pid");
@@ -121,6 +200,7 @@ int main(int argc, char **argv)
 	api_stop(a);
 	host_close(h);
 	unlink(pidfile);
+	free(st.listen);
 	vela_log_close_file();
 	return 0;
 }

@@ -7,7 +7,21 @@
 VELAD=${VELAD:-$TOP/build/bin/velad}
 SOCK=$VELA_HOME/run/velad.sock
 TESTUSER=velatest$$
+# Users of the permission matrix: one per role, plus one with no grant.
+RO=velaro$$ OP=velaop$$ AD=velaad$$ NOBODY=velano$$ GRP=velagrp$$
+PASSWORD=Secret-$$-pw
 velad_pid=
+# Free ports for this run (several test runs may share the machine).
+free_port() {
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 40000))
+		ss -Htln "sport = :$p" | grep -q . || { echo $p; return; }
+	done
+}
+HTTPS_PORT=$(free_port)
+HTTP_PORT=$(free_port)
+URL=https://127.0.0.1:$HTTPS_PORT
 
 # api METHOD PATH [BODY]: prints the body, then the HTTP status on the last line.
 api() {
@@ -27,7 +41,7 @@ expect_api() {
 jq_reply() { echo "$reply" | jq -r "$1"; }
 
 start_velad() {
-	"$VELAD" --foreground >> "$VELA_HOME/velad.out" 2>&1 &
+	"$VELAD" --foreground --https-port "$HTTPS_PORT" --http-port "$HTTP_PORT" --listen 127.0.0.1 >> "$VELA_HOME/velad.out" 2>&1 &
 	velad_pid=$!
 	for ((i = 0; i < 100; i++)); do
 		[ -S "$SOCK" ] && curl -s --unix-socket "$SOCK" http://velad/api/v1/host >/dev/null && return 0
@@ -38,7 +52,8 @@ start_velad() {
 
 stop_all() {
 	[ -n "$velad_pid" ] && kill -9 "$velad_pid" 2>/dev/null
-	userdel -r "$TESTUSER" >/dev/null 2>&1
+	for u in "$TESTUSER" "$RO" "$OP" "$AD" "$NOBODY"; do userdel "$u" >/dev/null 2>&1; done
+	groupdel "$GRP" >/dev/null 2>&1
 	cleanup
 }
 trap stop_all EXIT
@@ -180,6 +195,122 @@ check "its files stay" test -f "$VELA_HOME/datastores/datastore1/ds3/ds3.vmx"
 expect_api 404 "it is gone from the inventory" GET /api/v1/vms/$id3
 expect_api 200 "audit events" GET "/api/v1/events?severity=audit&limit=1000"
 check "the unregistration is an audit event" test "$(jq_reply '[.events[] | select(.type == "vm.unregistered")] | length')" = 1
+
+# ---- HTTPS: logins (PAM), sessions, API tokens and the permission matrix
+for u in "$RO" "$OP" "$AD" "$NOBODY"; do useradd -M -s /usr/sbin/nologin "$u"; echo "$u:$PASSWORD" | chpasswd; done
+groupadd "$GRP" && usermod -a -G "$GRP" "$AD"
+# https METHOD PATH [BODY] with $token as the bearer (empty: none).
+token=
+https() {
+	local body=() auth=()
+	[ $# -ge 3 ] && body=(-H 'Content-Type: application/json' --data-binary "$3")
+	[ -n "$token" ] && auth=(-H "Authorization: Bearer $token")
+	curl -sk -m 60 -w '\n%{http_code}' "${auth[@]}" -X "$1" "${body[@]}" "$URL$2"
+}
+expect_https() {
+	local want=$1 what=$2 out got
+	shift 2
+	out=$(https "$@")
+	reply=$(echo "$out" | sed '$d')
+	got=$(echo "$out" | tail -n1)
+	if [ "$got" = "$want" ]; then pass "$what"; else fail "$what (HTTP $got, want $want: $reply)"; fi
+}
+login() {   # login USER [PASSWORD]: sets $token
+	token=
+	expect_https 200 "login as ${1%%[0-9]*}" POST /api/v1/session "{\"user\": \"$1\", \"password\": \"${2:-$PASSWORD}\"}"
+	token=$(jq_reply .session.token)
+}
+out=$(curl -s -o /dev/null -w '%{http_code} %{redirect_url}' "http://127.0.0.1:$HTTP_PORT/api/v1/vms?x=1")
+check "plain HTTP redirects to HTTPS" test "$out" = "301 $URL/api/v1/vms?x=1"
+check "a self-signed certificate was made at first start" test -s "$VELA_HOME/tls/velad.crt"
+check "its key is private" test "$(stat -c %a "$VELA_HOME/tls/velad.key")" = 600
+check "the certificate names the host" sh -c "curl -skv '$URL/api/v1/host' 2>&1 | grep -q 'subject: .*CN=$(hostname)'"
+expect_https 401 "no credentials: 401" GET /api/v1/vms
+check "... VELA_E_AUTH" test "$(jq_reply .error.name)" = VELA_E_AUTH
+expect_https 401 "a wrong password is refused" POST /api/v1/session "{\"user\": \"$NOBODY\", \"password\": \"wrong\"}"
+expect_https 401 "an unknown user is refused" POST /api/v1/session '{"user": "no-such-user-x", "password": "x"}'
+expect_https 400 "a login without password is a 400" POST /api/v1/session "{\"user\": \"$NOBODY\"}"
+token=vs-0000000000000000000000000000000000000000000000000000000000000000
+expect_https 401 "a made-up session token is refused" GET /api/v1/vms
+check "... VELA_E_SESSION" test "$(jq_reply .error.name)" = VELA_E_SESSION
+
+# Grants (through the local socket, as root).
+expect_api 200 "grant readonly on VM 1" POST /api/v1/permissions "{\"principal\": \"user:$RO\", \"scope\": \"vm:$id1\", \"role\": \"readonly\"}"
+expect_api 200 "grant operator on folder /prod" POST /api/v1/permissions "{\"principal\": \"user:$OP\", \"scope\": \"folder:/prod\", \"role\": \"operator\"}"
+expect_api 200 "grant admin on /prod to a group" POST /api/v1/permissions "{\"principal\": \"group:$GRP\", \"scope\": \"folder:/prod\", \"role\": \"admin\"}"
+expect_api 400 "a bad scope is refused" POST /api/v1/permissions "{\"principal\": \"user:$RO\", \"scope\": \"folder:../x\", \"role\": \"admin\"}"
+expect_api 400 "a bad role is refused" POST /api/v1/permissions "{\"principal\": \"user:$RO\", \"scope\": \"host\", \"role\": \"god\"}"
+expect_api 400 "a bad principal is refused" POST /api/v1/permissions '{"principal": "user:a b", "scope": "host", "role": "admin"}'
+expect_api 200 "list grants" GET /api/v1/permissions
+check "three grants" test "$(jq_reply '.permissions | length')" = 3
+
+login "$RO"
+expect_https 200 "readonly: list" GET /api/v1/vms
+check "readonly sees only its VM" test "$(jq_reply '[.vms[].id] | join(",")')" = "$id1"
+check "... with its role" test "$(jq_reply '.vms[0].role')" = readonly
+expect_https 200 "readonly: get its VM" GET /api/v1/vms/$id1
+expect_https 404 "readonly: another VM does not exist for it" GET /api/v1/vms/$id2
+expect_https 403 "readonly cannot power on" POST /api/v1/vms/$id1/power '{"op": "start"}'
+check "... VELA_E_PERM" test "$(jq_reply .error.name)" = VELA_E_PERM
+expect_https 403 "readonly cannot unregister" DELETE /api/v1/vms/$id1
+expect_https 403 "readonly cannot grant" POST /api/v1/permissions "{\"principal\": \"user:$RO\", \"scope\": \"host\", \"role\": \"admin\"}"
+expect_https 200 "readonly: events" GET "/api/v1/events?limit=1000"
+check "readonly sees only its VM's events" test "$(jq_reply "[.events[] | select(.vm != $id1)] | length")" = 0
+check "... and some of them" test "$(jq_reply '.events | length')" -gt 0
+expect_https 403 "readonly on a VM only: datastores are refused" GET /api/v1/datastores
+
+login "$OP"
+expect_https 200 "operator: list" GET /api/v1/vms
+check "operator sees the VMs of its folder" test "$(jq_reply '[.vms[].id] | join(",")')" = "$id1"
+expect_https 200 "operator powers on" POST /api/v1/vms/$id1/power '{"op": "start"}'
+check "the guest booted for the operator" wait_console "$vmx1" "VELA-GUEST-TICK 2" 1 60
+expect_https 403 "operator cannot unregister" DELETE /api/v1/vms/$id1
+expect_https 403 "operator cannot register" POST /api/v1/vms "{\"config\": \"$vmx2\", \"folder\": \"/prod\"}"
+expect_https 200 "operator powers off" POST /api/v1/vms/$id1/power '{"op": "stop", "mode": "hard"}'
+expect_api 200 "events of VM 1 (root)" GET "/api/v1/events?vm=$id1&severity=audit&limit=1000"
+check "the operator's power operations are audit events with its name" test "$(jq_reply "[.events[] | select(.type == \"vm.power\" and .user == \"$OP\")] | length")" = 2
+
+login "$AD"
+expect_https 200 "admin through its group: list" GET /api/v1/vms
+check "... sees /prod" test "$(jq_reply '[.vms[].id] | join(",")')" = "$id1"
+check "... as admin" test "$(jq_reply '.vms[0].role')" = admin
+mkdir -p "$VELA_HOME/datastores/datastore1/ad4"
+cp "$vmx2" "$VELA_HOME/datastores/datastore1/ad4/ad4.vmx"
+expect_https 403 "folder admin cannot register at the root" POST /api/v1/vms '{"config": "[datastore1] ad4/ad4.vmx"}'
+expect_https 200 "folder admin registers in its folder" POST /api/v1/vms '{"config": "[datastore1] ad4/ad4.vmx", "folder": "/prod/web"}'
+id4=$(jq_reply .vm.id)
+expect_https 200 "folder admin unregisters it" DELETE /api/v1/vms/$id4
+expect_https 403 "folder admin cannot list grants" GET /api/v1/permissions
+expect_https 200 "create an API token" POST /api/v1/tokens '{"name": "ci job"}'
+secret=$(jq_reply .token.secret)
+tid=$(jq_reply .token.id)
+check "the token secret is shown" test "${secret#vt-}" != "$secret"
+check "only a digest is stored" sh -c "! sqlite3 '$VELA_HOME/host.db' 'select digest from tokens' | grep -q '${secret#vt-}'"
+session=$token
+expect_https 200 "log out" DELETE /api/v1/session
+expect_https 401 "the session is gone after logout" GET /api/v1/vms
+token=$secret
+expect_https 200 "the API token works" GET /api/v1/vms
+check "... as its user" test "$(jq_reply '.vms | length')" = 1
+expect_https 200 "delete the API token (with itself)" DELETE /api/v1/tokens/$tid
+expect_https 401 "a deleted token is refused" GET /api/v1/vms
+
+login "$NOBODY"
+expect_https 200 "no grants: the list is empty" GET /api/v1/vms
+check "... empty" test "$(jq_reply '.vms | length')" = 0
+expect_https 404 "no grants: VM 1 does not exist" GET /api/v1/vms/$id1
+expect_https 200 "no grants: events" GET "/api/v1/events?limit=1000"
+check "no grants: no events at all" test "$(jq_reply '.events | length')" = 0
+
+# Failed logins are events and get blocked.
+token=
+for i in 1 2 3 4 5; do https POST /api/v1/session "{\"user\": \"$OP\", \"password\": \"bad$i\"}" >/dev/null; done
+expect_https 429 "after 5 failed logins even the right password is refused for a while" POST /api/v1/session "{\"user\": \"$OP\", \"password\": \"$PASSWORD\"}"
+check "... VELA_E_LIMIT" test "$(jq_reply .error.name)" = VELA_E_LIMIT
+expect_api 200 "failed-login events" GET "/api/v1/events?severity=warning&limit=1000"
+check "failed logins are warning events" test "$(jq_reply "[.events[] | select(.type == \"user.login.failed\" and .user == \"$OP\")] | length")" -ge 5
+expect_api 200 "revoke a grant" DELETE /api/v1/permissions/$(api GET /api/v1/permissions | sed '$d' | jq -r ".permissions[] | select(.principal == \"user:$RO\") | .id")
+check "two grants left" test "$(api GET /api/v1/permissions | sed '$d' | jq '.permissions | length')" = 2
 
 # ---- SIGTERM stops velad cleanly, removing its socket
 kill -TERM "$velad_pid"

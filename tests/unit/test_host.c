@@ -88,29 +88,29 @@ static void inventory_persists(void **s)
 	/* Events: per VM, by severity, after an id, newest `limit` oldest first. */
 	json_t *ev = NULL;
 	struct host_event_query q = { .vm_id = idb };
-	assert_int_equal(host_event_list(h, &q, &ev), 0);
+	assert_int_equal(host_event_list(h, &q, NULL, &ev), 0);
 	assert_int_equal(json_array_size(ev), 2);   /* registered, unregistered */
 	assert_string_equal(json_string_value(json_object_get(json_array_get(ev, 1), "type")), "vm.unregistered");
 	assert_string_equal(json_string_value(json_object_get(json_array_get(ev, 1), "user")), "tester");
 	json_decref(ev);
 	q = (struct host_event_query){ .severity = "warning" };
-	assert_int_equal(host_event_list(h, &q, &ev), 0);
+	assert_int_equal(host_event_list(h, &q, NULL, &ev), 0);
 	assert_int_equal(json_array_size(ev), 1);   /* the refused stop */
 	json_decref(ev);
 	q = (struct host_event_query){ .limit = 2 };
-	assert_int_equal(host_event_list(h, &q, &ev), 0);
+	assert_int_equal(host_event_list(h, &q, NULL, &ev), 0);
 	assert_int_equal(json_array_size(ev), 2);
 	int64_t last = json_integer_value(json_object_get(json_array_get(ev, 1), "id"));
 	assert_true(json_integer_value(json_object_get(json_array_get(ev, 0), "id")) < last);
 	json_decref(ev);
 	q = (struct host_event_query){ .after_id = last };
-	assert_int_equal(host_event_list(h, &q, &ev), 0);
+	assert_int_equal(host_event_list(h, &q, NULL, &ev), 0);
 	assert_int_equal(json_array_size(ev), 0);
 	json_decref(ev);
 	q = (struct host_event_query){ .severity = "loud" };
-	assert_int_equal(host_event_list(h, &q, &ev), -VELA_E_INVAL);
+	assert_int_equal(host_event_list(h, &q, NULL, &ev), -VELA_E_INVAL);
 	q = (struct host_event_query){ .limit = 10001 };
-	assert_int_equal(host_event_list(h, &q, &ev), -VELA_E_RANGE);
+	assert_int_equal(host_event_list(h, &q, NULL, &ev), -VELA_E_RANGE);
 	host_close(h);
 	free(a);
 	free(b);
