@@ -32,6 +32,16 @@ struct cli {
 	bool end;               /* vm export-disk --end */
 	const char *iops, *bps, *iops_rd, *iops_wr, *bps_rd, *bps_wr;
 	bool read_only;
+	/* through velad */
+	const char *host;       /* --host H[:PORT]: HTTPS instead of the local socket */
+	const char *user;       /* --user U: PAM login (password from the terminal or $VELA_PASSWORD) */
+	const char *ca;         /* --ca FILE: the certificate to trust */
+	bool insecure;          /* --insecure: no certificate check */
+	const char *socket;     /* --socket PATH: velad's local socket */
+	const char *folder;     /* vm register --folder */
+	const char *vm;         /* event list --vm */
+	const char *severity;   /* event list --severity */
+	unsigned limit;         /* event list --limit */
 };
 
 /* --cache: true = through the host page cache (default), false = O_DIRECT. */
@@ -46,6 +56,10 @@ int cli_usage_error(const char *fmt, const char *arg);
 int cmd_disk(const struct cli *c, const char *const *words, size_t n);
 /* vela vm addredo|commit|disk-stats|disk-limit FILE.vmx [DISK] */
 int cmd_vm_disk(const struct cli *c, const char *verb, const char *file, const char *disk);
+/* Through velad: vela vm list|register|unregister|get|start|... VM,
+ * vela host info, vela ds list, vela event list|follow, vela perm ...,
+ * vela token ... */
+int cmd_remote(const struct cli *c, const char *const *words, size_t n);
 /* vela vm snapshot create|list|revert|delete FILE.vmx [NAME] */
 int cmd_vm_snapshot(const struct cli *c, const char *const *words, size_t n);
 

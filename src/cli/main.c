@@ -415,6 +415,21 @@ static void usage(FILE *f)
 		"  vela vm disk-limit [--iops N] [--bps N] FILE.vmx DISK  live: cap a disk's I/O\n"
 		"  vela vm export-disk --nbd ADDR FILE.vmx DISK  live: read-only point-in-time export\n"
 		"  vela vm export-disk --end [--keep] FILE.vmx DISK  end it, fold the redo log back\n"
+		"  vela vm list                         the inventory (through velad)\n"
+		"  vela vm register [--name N] [--folder F] FILE.vmx  add a VM to the inventory\n"
+		"  vela vm unregister VM                forget a VM (files stay)\n"
+		"  vela vm get VM                       one VM with its status\n"
+		"  vela host info                       the host: name, version, VM counts\n"
+		"  vela ds list                         datastores with capacity and free space\n"
+		"  vela event list [--vm VM] [--severity S] [--limit N]  the event log\n"
+		"  vela event follow [--vm VM] [--severity S]  new events as they happen\n"
+		"  vela perm list                       grants of roles\n"
+		"  vela perm grant PRINCIPAL SCOPE ROLE  give user:U or group:G a role on host,\n"
+		"                                       folder:/F or vm:ID\n"
+		"  vela perm revoke ID                  take a grant back\n"
+		"  vela token create NAME               a new API token; prints its secret once\n"
+		"  vela token list                      API tokens\n"
+		"  vela token delete ID                 revoke an API token\n"
 		"  vela disk create -s SIZE [-t TYPE] [-a ADAPTER] FILE   create a disk\n"
 		"  vela disk info FILE                  format, size, allocation, chain\n"
 		"  vela disk map FILE                   allocated and zero ranges, by chain level\n"
@@ -472,12 +487,26 @@ static void usage(FILE *f)
 		"  --iops N, --bps N  (vm disk-limit) I/O per second, bytes per second, read and\n"
 		"                     write each; --iops-rd, --iops-wr, --bps-rd, --bps-wr set\n"
 		"                     one direction; 0 removes a limit\n"
-		"  --name N           (disk serve) export name (default: the file's name)\n"
+		"  --name N           (disk serve) export name (default: the file's name);\n"
+		"                     (vm register) inventory name (default: displayName)\n"
+		"  --host H[:PORT]    talk to velad on host H over HTTPS (port 8333)\n"
+		"                     instead of the local socket\n"
+		"  --user U           (with --host) log in as U (password from the terminal\n"
+		"                     or $VELA_PASSWORD); else $VELA_TOKEN is used\n"
+		"  --ca FILE          (with --host) trust this certificate\n"
+		"  --insecure         (with --host) do not check the certificate\n"
+		"  --socket PATH      velad's local socket (default <run>/velad.sock)\n"
+		"  --folder F         (vm register) inventory folder (default /)\n"
+		"  --vm VM            (event) only this VM's events\n"
+		"  --severity S       (event) info, warning, error or audit\n"
+		"  --limit N          (event list) newest N events (default 100)\n"
 		"  -h, --help         this text\n"
 		"  -V, --version      print the version\n"
 		"\n"
+		"VM is an inventory id or name (through velad) or a .vmx path (directly).\n"
 		"Environment: VELA_HOME (state and sockets; default /var/lib/vela),\n"
-		"VELA_ACCEL (host default accelerator), VELA_VMX_BINARY (supervisor path).\n");
+		"VELA_ACCEL (host default accelerator), VELA_VMX_BINARY (supervisor path),\n"
+		"VELA_PASSWORD and VELA_TOKEN (with --host).\n");
 }
 
 /* Options may come anywhere among the words, as admins type them. */
@@ -578,6 +607,26 @@ int main(int argc, char **argv)
 			c.force = true;
 		} else if (strcmp(a, "--level") == 0 && has_val) {
 			c.level = argv[++i];
+		} else if (strcmp(a, "--host") == 0 && has_val) {
+			c.host = argv[++i];
+		} else if (strcmp(a, "--user") == 0 && has_val) {
+			c.user = argv[++i];
+		} else if (strcmp(a, "--ca") == 0 && has_val) {
+			c.ca = argv[++i];
+		} else if (strcmp(a, "--insecure") == 0) {
+			c.insecure = true;
+		} else if (strcmp(a, "--socket") == 0 && has_val) {
+			c.socket = argv[++i];
+		} else if (strcmp(a, "--folder") == 0 && has_val) {
+			c.folder = argv[++i];
+		} else if (strcmp(a, "--vm") == 0 && has_val) {
+			c.vm = argv[++i];
+		} else if (strcmp(a, "--severity") == 0 && has_val) {
+			c.severity = argv[++i];
+		} else if (strcmp(a, "--limit") == 0 && has_val) {
+			if (parse_value(a, argv[++i], 10000, &v) < 0)
+				return 2;
+			c.limit = (unsigned)v;
 		} else if (strcmp(a, "--send") == 0 && has_val) {
 			send = argv[++i];
 		} else if (strcmp(a, "--wait") == 0 && has_val) {
@@ -610,10 +659,42 @@ int main(int argc, char **argv)
 			return cmd_vmx_check(&c, words[2]);
 		return cli_usage_error("usage: vela vmx check FILE.vmx%s", "");
 	}
+	static const char *const remote_nouns[] = { "host", "ds", "event", "perm", "token" };
+	for (size_t i = 0; i < ARRAY_SIZE(remote_nouns); i++)
+		if (strcmp(words[0], remote_nouns[i]) == 0)
+			return cmd_remote(&c, words, nw);
 	if (strcmp(words[0], "vm") != 0 || nw < 2)
 		return cli_usage_error("unknown command \"%s\"", words[0]);
 
 	const char *verb = words[1];
+	/* The inventory lives in velad; so does every VM named by id or name
+	 * rather than by its .vmx file, and everything with --host. */
+	static const char *const inventory_verbs[] = { "list", "register", "unregister", "get" };
+	for (size_t i = 0; i < ARRAY_SIZE(inventory_verbs); i++)
+		if (strcmp(verb, inventory_verbs[i]) == 0)
+			return cmd_remote(&c, words, nw);
+	static const char *const power_verbs[] = { "start", "stop", "reset", "pause", "unpause", "getstate", "status",
+						   "answer" };
+	for (size_t i = 0; i < ARRAY_SIZE(power_verbs); i++) {
+		if (strcmp(verb, power_verbs[i]) != 0 || nw < 3)
+			continue;
+		/* The mode may come before the VM, as with files. */
+		enum vm_power_mode pm;
+		bool mode_first = (strcmp(verb, "stop") == 0 || strcmp(verb, "reset") == 0) && nw == 4 &&
+				  vm_power_mode_parse(words[2], &pm) == 0;
+		/* A .vmx path anywhere among the words means the direct way (which
+		 * also reports a bad mode next to a file). */
+		bool is_file = false;
+		for (size_t k = 2; k < nw && k < 4; k++)
+			is_file |= strchr(words[k], '/') || strstr(words[k], ".vmx") || access(words[k], F_OK) == 0;
+		if (c.host || !is_file) {
+			if (mode_first) {
+				const char *w[4] = { words[0], words[1], words[3], words[2] };
+				return cmd_remote(&c, w, 4);
+			}
+			return cmd_remote(&c, words, nw);
+		}
+	}
 	if (strcmp(verb, "snapshot") == 0)
 		return cmd_vm_snapshot(&c, words, nw);
 	/* The power mode and the file may come in either order. */

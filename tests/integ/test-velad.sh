@@ -302,6 +302,40 @@ expect_https 404 "no grants: VM 1 does not exist" GET /api/v1/vms/$id1
 expect_https 200 "no grants: events" GET "/api/v1/events?limit=1000"
 check "no grants: no events at all" test "$(jq_reply '.events | length')" = 0
 
+# ---- the vela CLI through velad: local socket and --host
+check "vela vm list (socket) names the VMs" sh -c "'$VELA' vm list | grep -q 'web server 2'"
+check "vela --json vm list is the inventory" test "$("$VELA" --json vm list | jq -r '.[0].name')" = api1
+check "vela host info" sh -c "'$VELA' host info | grep -q '^vms: 2 (0 running)'"
+check "vela ds list" sh -c "'$VELA' ds list | grep -q datastore1"
+expect_error VELA_E_NOTFOUND "vela vm start of an unknown name" "$VELA" vm start "no such vm"
+check "vela vm start NAME goes through velad" "$VELA" vm start "web server 2"
+check "... the guest runs" wait_console "$vmx2" "VELA-GUEST-TICK 2" 1 60
+check "vela vm getstate NAME" test "$("$VELA" vm getstate "web server 2")" = on
+check "... the same as the .vmx says directly" test "$(state_of "$vmx2")" = on
+"$VELA" --json event follow --vm "web server 2" --count 1 --timeout 60 > "$VELA_HOME/follow.out" 2>&1 &
+follower=$!
+sleep 1
+check "vela vm stop hard NAME" "$VELA" vm stop hard "web server 2"
+wait "$follower"
+check "vela event follow saw the stop" grep -q '"message": *"stop hard"\|"message":"stop hard"' "$VELA_HOME/follow.out"
+check "vela event list --severity audit" sh -c "'$VELA' event list --severity audit --limit 1000 | grep -q vm.registered"
+export VELA_PASSWORD=$PASSWORD
+check "vela --host --user logs in with PAM" sh -c "'$VELA' --host 127.0.0.1:$HTTPS_PORT --insecure --user $AD vm list | grep -q api1"
+check "... and sees only what its grants allow" test "$("$VELA" --json --host 127.0.0.1:$HTTPS_PORT --insecure --user "$AD" vm list | jq length)" = 1
+check "--ca with velad's certificate verifies it" "$VELA" --host localhost:$HTTPS_PORT --ca "$VELA_HOME/tls/velad.crt" --user "$AD" vm list
+expect_error VELA_E_AUTH "without --insecure or --ca a self-signed certificate is refused" "$VELA" --host 127.0.0.1:$HTTPS_PORT --user "$AD" vm list
+VELA_PASSWORD=wrong expect_error VELA_E_AUTH "a wrong password over the CLI" "$VELA" --host 127.0.0.1:$HTTPS_PORT --insecure --user "$RO" vm list
+expect_error VELA_E_PERM "an operator cannot unregister over the CLI" "$VELA" --host 127.0.0.1:$HTTPS_PORT --insecure --user "$OP" vm unregister "$id1"
+secret=$("$VELA" --host 127.0.0.1:$HTTPS_PORT --insecure --user "$RO" token create "cli token")
+check "vela token create prints the secret" test "${secret#vt-}" != "$secret"
+check "VELA_TOKEN works with --host" sh -c "VELA_TOKEN=$secret '$VELA' --host 127.0.0.1:$HTTPS_PORT --insecure vm list | grep -q api1"
+unset VELA_PASSWORD
+check "vela perm list (socket)" sh -c "'$VELA' perm list | grep -q 'user:$OP'"
+gid=$("$VELA" perm grant "user:$NOBODY" host readonly)
+check "vela perm grant prints the id" test -n "$gid"
+check "vela perm revoke" "$VELA" perm revoke "$gid"
+expect_error VELA_E_NOTFOUND "revoking it twice" "$VELA" perm revoke "$gid"
+
 # Failed logins are events and get blocked.
 token=
 for i in 1 2 3 4 5; do https POST /api/v1/session "{\"user\": \"$OP\", \"password\": \"bad$i\"}" >/dev/null; done

@@ -1,0 +1,538 @@
+/*
+ * remote.c - the vela commands that go through velad's API: locally over
+ * its UNIX socket, or with --host over HTTPS as --user (PAM login) or with
+ * an API token ($VELA_TOKEN).
+ */
+#include "common.h"
+#include "cli.h"
+
+#include <curl/curl.h>
+#include <signal.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+struct client {
+	CURL *curl;
+	char *base;           /* "http://velad" (socket) or "https://host:port" */
+	char *socket;         /* the UNIX socket, or NULL */
+	char *token;          /* bearer secret, or NULL */
+	bool logged_in;       /* token is a session of ours: log out at the end */
+	const struct cli *c;
+};
+
+static size_t collect(char *p, size_t size, size_t n, void *sb)
+{
+	if (strbuf_append(sb, p, size * n) < 0)
+		return 0;
+	return size * n;
+}
+
+/* One request; the reply's error object becomes our error. */
+static int client_call(struct client *cl, const char *method, const char *path, json_t *body, json_t **reply)
+{
+	CLEANUP_FREE char *url = xasprintf("%s/api/v1/%s", cl->base, path);
+	CLEANUP_FREE char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+	json_decref(body);
+	struct strbuf out = { 0 };
+	struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+	CLEANUP_FREE char *auth = cl->token ? xasprintf("Authorization: Bearer %s", cl->token) : NULL;
+	if (auth)
+		h = curl_slist_append(h, auth);
+	CURL *k = cl->curl;
+	curl_easy_reset(k);
+	curl_easy_setopt(k, CURLOPT_URL, url);
+	curl_easy_setopt(k, CURLOPT_CUSTOMREQUEST, method);
+	curl_easy_setopt(k, CURLOPT_HTTPHEADER, h);
+	curl_easy_setopt(k, CURLOPT_WRITEFUNCTION, collect);
+	curl_easy_setopt(k, CURLOPT_WRITEDATA, &out);
+	curl_easy_setopt(k, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(k, CURLOPT_TIMEOUT, 600L);
+	if (text)
+		curl_easy_setopt(k, CURLOPT_POSTFIELDS, text);
+	if (cl->socket)
+		curl_easy_setopt(k, CURLOPT_UNIX_SOCKET_PATH, cl->socket);
+	if (cl->c->insecure) {
+		curl_easy_setopt(k, CURLOPT_SSL_VERIFYPEER, 0L);
+		curl_easy_setopt(k, CURLOPT_SSL_VERIFYHOST, 0L);
+	} else if (cl->c->ca) {
+		curl_easy_setopt(k, CURLOPT_CAINFO, cl->c->ca);
+	}
+	CURLcode rc = curl_easy_perform(k);
+	curl_slist_free_all(h);
+	if (rc != CURLE_OK) {
+		strbuf_free(&out);
+		if (cl->socket && (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST))
+			return vela_error(VELA_E_CONNREFUSED, "velad is not running (no answer on %s)", cl->socket);
+		return vela_error(rc == CURLE_PEER_FAILED_VERIFICATION ? VELA_E_AUTH : VELA_E_NOTCONN,
+				  "%s: %s%s", cl->base, curl_easy_strerror(rc),
+				  rc == CURLE_PEER_FAILED_VERIFICATION ? " (--ca FILE, or --insecure)" : "");
+	}
+	json_error_t jerr;
+	json_t *j = json_loadb(out.data ? out.data : "", out.len, 0, &jerr);
+	strbuf_free(&out);
+	if (!j || !json_is_object(j)) {
+		json_decref(j);
+		return vela_error(VELA_E_PROTOCOL, "%s: the reply is not a JSON object", url);
+	}
+	if (!json_is_true(json_object_get(j, "ok"))) {
+		json_t *e = json_object_get(j, "error");
+		int code = (int)json_integer_value(json_object_get(e, "code"));
+		const char *msg = json_string_value(json_object_get(e, "message"));
+		int r = vela_error(code > 0 ? code : VELA_E_PROTOCOL, "%s", msg ? msg : "request refused");
+		json_decref(j);
+		return r;
+	}
+	if (reply)
+		*reply = j;
+	else
+		json_decref(j);
+	return 0;
+}
+
+static char *read_password(const char *user, const char *host)
+{
+	const char *env = getenv("VELA_PASSWORD");
+	if (env)
+		return xstrdup(env);
+	FILE *tty = fopen("/dev/tty", "r+");
+	if (!tty)
+		return NULL;
+	fprintf(tty, "Password for %s@%s: ", user, host);
+	fflush(tty);
+	struct termios old, quiet;
+	bool restore = tcgetattr(fileno(tty), &old) == 0;
+	if (restore) {
+		quiet = old;
+		quiet.c_lflag &= ~(tcflag_t)ECHO;
+		tcsetattr(fileno(tty), TCSAFLUSH, &quiet);
+	}
+	char buf[1024];
+	char *p = fgets(buf, sizeof buf, tty);
+	if (restore)
+		tcsetattr(fileno(tty), TCSAFLUSH, &old);
+	fprintf(tty, "\n");
+	fclose(tty);
+	if (!p)
+		return NULL;
+	buf[strcspn(buf, "\r\n")] = '\0';
+	return xstrdup(buf);
+}
+
+static void client_close(struct client *cl)
+{
+	if (!cl)
+		return;
+	if (cl->logged_in)
+		client_call(cl, "DELETE", "session", NULL, NULL);
+	if (cl->curl)
+		curl_easy_cleanup(cl->curl);
+	free(cl->base);
+	free(cl->socket);
+	free(cl->token);
+	free(cl);
+}
+
+static int client_open(const struct cli *c, struct client **out)
+{
+	struct client *cl = xcalloc(1, sizeof *cl);
+	cl->c = c;
+	cl->curl = curl_easy_init();
+	if (!cl->curl) {
+		free(cl);
+		return vela_error(VELA_E_NOMEM, "libcurl did not start");
+	}
+	int r = 0;
+	if (!c->host) {
+		cl->socket = c->socket ? xstrdup(c->socket) : path_join(vela_run_root(), "velad.sock");
+		cl->base = xstrdup("http://velad");
+	} else {
+		/* HOST, HOST:PORT or [V6]:PORT; 8333 unless named. */
+		bool has_port = strrchr(c->host, ':') && (c->host[0] != '[' || strstr(c->host, "]:"));
+		cl->base = xasprintf("https://%s%s", c->host, has_port ? "" : ":8333");
+		const char *token = getenv("VELA_TOKEN");
+		if (c->user) {
+			CLEANUP_FREE char *pw = read_password(c->user, c->host);
+			if (!pw) {
+				r = vela_error(VELA_E_AUTH, "no password for %s (a terminal or $VELA_PASSWORD)", c->user);
+			} else {
+				json_t *reply = NULL;
+				r = client_call(cl, "POST", "session", json_pack("{s:s, s:s}", "user", c->user, "password", pw),
+						&reply);
+				if (r == 0) {
+					cl->token = xstrdup(json_string_value(
+						json_object_get(json_object_get(reply, "session"), "token")));
+					cl->logged_in = true;
+				}
+				json_decref(reply);
+			}
+		} else if (token) {
+			cl->token = xstrdup(token);
+		} else {
+			r = vela_error(VELA_E_AUTH, "--host needs --user USER or an API token in $VELA_TOKEN");
+		}
+	}
+	if (r < 0) {
+		client_close(cl);
+		return r;
+	}
+	*out = cl;
+	return 0;
+}
+
+/* ------------------------------------------------------------- output */
+
+static const char *str_of(json_t *o, const char *key)
+{
+	const char *s = json_string_value(json_object_get(o, key));
+	return s ? s : "";
+}
+
+static void print_table(const struct cli *c, json_t *rows, const char *const *cols, const char *const *heads)
+{
+	if (c->json) {
+		cli_print_json(rows);
+		return;
+	}
+	size_t ncol = 0;
+	while (cols[ncol])
+		ncol++;
+	size_t width[16] = { 0 };
+	for (size_t k = 0; k < ncol; k++)
+		width[k] = strlen(heads[k]);
+	size_t i;
+	json_t *row;
+	char cell[512];
+	/* Two passes: widths, then the lines. */
+	for (int pass = 0; pass < 2; pass++) {
+		if (pass == 1) {
+			for (size_t k = 0; k < ncol; k++)
+				printf("%-*s%s", k + 1 < ncol ? (int)width[k] : 0, heads[k], k + 1 < ncol ? "  " : "\n");
+		}
+		json_array_foreach(rows, i, row) {
+			for (size_t k = 0; k < ncol; k++) {
+				json_t *v = json_object_get(row, cols[k]);
+				if (json_is_string(v))
+					snprintf(cell, sizeof cell, "%s", json_string_value(v));
+				else if (json_is_integer(v))
+					snprintf(cell, sizeof cell, "%lld", (long long)json_integer_value(v));
+				else
+					snprintf(cell, sizeof cell, "-");
+				if (pass == 0 && strlen(cell) > width[k])
+					width[k] = strlen(cell);
+				if (pass == 1)   /* the last column unpadded: no trailing blanks */
+					printf("%-*s%s", k + 1 < ncol ? (int)width[k] : 0, cell, k + 1 < ncol ? "  " : "\n");
+			}
+		}
+	}
+}
+
+/* ---------------------------------------------------------- commands */
+
+/* A VM named by id or by its inventory name (which must be unique). */
+static int resolve_vm(struct client *cl, const char *which, long long *id)
+{
+	char *end;
+	long long n = strtoll(which, &end, 10);
+	if (*which && !*end && n > 0) {
+		*id = n;
+		return 0;
+	}
+	json_t *reply = NULL;
+	int r = client_call(cl, "GET", "vms", NULL, &reply);
+	if (r < 0)
+		return r;
+	size_t i, found = 0;
+	json_t *vm;
+	json_array_foreach(json_object_get(reply, "vms"), i, vm)
+		if (strcmp(str_of(vm, "name"), which) == 0) {
+			*id = json_integer_value(json_object_get(vm, "id"));
+			found++;
+		}
+	json_decref(reply);
+	if (found == 0)
+		return vela_error(VELA_E_NOTFOUND, "no VM named \"%s\"", which);
+	if (found > 1)
+		return vela_error(VELA_E_INVAL, "%zu VMs are named \"%s\": use the id", found, which);
+	return 0;
+}
+
+static int print_reply_member(const struct cli *c, json_t *reply, const char *key)
+{
+	json_t *v = json_object_get(reply, key);
+	if (c->json)
+		cli_print_json(v ? v : reply);
+	return 0;
+}
+
+static int vm_command(struct client *cl, const char *verb, const char *const *args, size_t n)
+{
+	const struct cli *c = cl->c;
+	json_t *reply = NULL;
+	int r;
+	long long id;
+	if (strcmp(verb, "list") == 0 && n == 0) {
+		if ((r = client_call(cl, "GET", "vms", NULL, &reply)) < 0)
+			return r;
+		static const char *const cols[] = { "id", "name", "state", "folder", "config", NULL };
+		static const char *const heads[] = { "ID", "NAME", "STATE", "FOLDER", "CONFIG", NULL };
+		print_table(c, json_object_get(reply, "vms"), cols, heads);
+		json_decref(reply);
+		return 0;
+	}
+	if (strcmp(verb, "register") == 0 && n == 1) {
+		CLEANUP_FREE char *abs = args[0][0] == '[' || args[0][0] == '/' ? xstrdup(args[0]) : realpath(args[0], NULL);
+		if (!abs)
+			return vela_error_errno(errno, "%s", args[0]);
+		json_t *body = json_pack("{s:s}", "config", abs);
+		if (c->name)
+			json_object_set_new(body, "name", json_string(c->name));
+		if (c->folder)
+			json_object_set_new(body, "folder", json_string(c->folder));
+		if ((r = client_call(cl, "POST", "vms", body, &reply)) < 0)
+			return r;
+		json_t *vm = json_object_get(reply, "vm");
+		if (!c->json)
+			printf("%lld\n", (long long)json_integer_value(json_object_get(vm, "id")));
+		print_reply_member(c, reply, "vm");
+		json_decref(reply);
+		return 0;
+	}
+	if (n < 1)
+		return vela_error(VELA_E_INVAL, "vm %s needs a VM (id or name)", verb);
+	if ((r = resolve_vm(cl, args[0], &id)) < 0)
+		return r;
+	CLEANUP_FREE char *path = xasprintf("vms/%lld", id);
+	CLEANUP_FREE char *power = xasprintf("vms/%lld/power", id);
+	if (strcmp(verb, "unregister") == 0 && n == 1) {
+		return client_call(cl, "DELETE", path, NULL, NULL);
+	} else if ((strcmp(verb, "get") == 0 || strcmp(verb, "getstate") == 0 || strcmp(verb, "status") == 0) && n == 1) {
+		r = client_call(cl, "GET", path, NULL, &reply);
+		if (r == 0 && !c->json)
+			printf("%s\n", str_of(json_object_get(reply, "vm"), "state"));
+		if (r == 0)
+			print_reply_member(c, reply, "vm");
+	} else if (strcmp(verb, "answer") == 0 && n == 2) {
+		CLEANUP_FREE char *p = xasprintf("vms/%lld/answer", id);
+		r = client_call(cl, "POST", p, json_pack("{s:s}", "choice", args[1]), &reply);
+	} else if ((strcmp(verb, "start") == 0 || strcmp(verb, "pause") == 0 || strcmp(verb, "unpause") == 0) && n == 1) {
+		r = client_call(cl, "POST", power, json_pack("{s:s}", "op", verb), &reply);
+	} else if ((strcmp(verb, "stop") == 0 || strcmp(verb, "reset") == 0) && n <= 2) {
+		r = client_call(cl, "POST", power, json_pack("{s:s, s:s}", "op", verb, "mode", n == 2 ? args[1] : "trysoft"),
+				&reply);
+	} else {
+		return vela_error(VELA_E_INVAL, "unknown or malformed vm command \"%s\" for velad", verb);
+	}
+	if (r == 0 && json_object_get(reply, "status")) {
+		if (c->json)
+			cli_print_json(json_object_get(reply, "status"));
+		else
+			printf("%s\n", str_of(json_object_get(reply, "status"), "state"));
+	}
+	json_decref(reply);
+	return r;
+}
+
+static volatile sig_atomic_t follow_stop;
+static void on_follow_signal(int sig)
+{
+	(void)sig;
+	follow_stop = 1;
+}
+
+static void print_event(const struct cli *c, json_t *e)
+{
+	if (c->json) {
+		char *s = json_dumps(e, JSON_COMPACT);
+		printf("%s\n", s);
+		free(s);
+		return;
+	}
+	char when[40], where[32];
+	time_format_iso(json_integer_value(json_object_get(e, "time")), when, sizeof when);
+	long long vm = json_integer_value(json_object_get(e, "vm"));
+	if (vm)
+		snprintf(where, sizeof where, "vm %lld", vm);
+	else
+		snprintf(where, sizeof where, "host");
+	printf("%s %-7s %-8s %-20s %-10s %s\n", when, str_of(e, "severity"), where, str_of(e, "type"),
+	       json_is_string(json_object_get(e, "user")) ? str_of(e, "user") : "-", str_of(e, "message"));
+	fflush(stdout);
+}
+
+static int event_command(struct client *cl, const char *verb, size_t n)
+{
+	const struct cli *c = cl->c;
+	long long vm = 0;
+	int r;
+	if (n > 0)
+		return vela_error(VELA_E_INVAL, "event %s takes options only (--vm, --severity, --limit)", verb);
+	if (c->vm && (r = resolve_vm(cl, c->vm, &vm)) < 0)
+		return r;
+	struct strbuf q = { 0 };
+	strbuf_printf(&q, "events?limit=%u", c->limit ? c->limit : 100);
+	if (vm)
+		strbuf_printf(&q, "&vm=%lld", vm);
+	if (c->severity) {
+		for (const char *p = c->severity; *p; p++)
+			if (!(*p >= 'a' && *p <= 'z')) {
+				strbuf_free(&q);
+				return vela_error(VELA_E_INVAL, "--severity: info, warning, error or audit");
+			}
+		strbuf_printf(&q, "&severity=%s", c->severity);
+	}
+	json_t *reply = NULL;
+	r = client_call(cl, "GET", q.data, NULL, &reply);
+	if (r < 0) {
+		strbuf_free(&q);
+		return r;
+	}
+	json_t *ev = json_object_get(reply, "events");
+	long long after = 0;
+	size_t i, shown = 0;
+	json_t *e;
+	if (strcmp(verb, "list") == 0) {
+		if (c->json)
+			cli_print_json(ev);
+		else
+			json_array_foreach(ev, i, e)
+				print_event(c, e);
+		json_decref(reply);
+		strbuf_free(&q);
+		return 0;
+	}
+	if (strcmp(verb, "follow") != 0) {
+		json_decref(reply);
+		strbuf_free(&q);
+		return vela_error(VELA_E_INVAL, "unknown event command \"%s\" (list, follow)", verb);
+	}
+	/* follow: the recent ones, then new ones as they come, until ^C or
+	 * --count N new events or --timeout S. */
+	json_array_foreach(ev, i, e) {
+		print_event(c, e);
+		after = json_integer_value(json_object_get(e, "id"));
+	}
+	json_decref(reply);
+	signal(SIGINT, on_follow_signal);
+	signal(SIGTERM, on_follow_signal);
+	int64_t deadline = c->timeout_s ? time_mono_ms() + c->timeout_s * 1000ll : 0;
+	while (!follow_stop && (!c->count || shown < c->count) && (!deadline || time_mono_ms() < deadline)) {
+		CLEANUP_FREE char *p = xasprintf("%s&after=%lld", q.data, after);
+		if ((r = client_call(cl, "GET", p, NULL, &reply)) < 0)
+			break;
+		json_array_foreach(json_object_get(reply, "events"), i, e) {
+			print_event(c, e);
+			after = json_integer_value(json_object_get(e, "id"));
+			shown++;
+		}
+		json_decref(reply);
+		usleep(300 * 1000);
+	}
+	strbuf_free(&q);
+	return r < 0 ? r : 0;
+}
+
+static int simple_list(struct client *cl, const char *path, const char *key, const char *const *cols,
+		       const char *const *heads)
+{
+	json_t *reply = NULL;
+	int r = client_call(cl, "GET", path, NULL, &reply);
+	if (r == 0)
+		print_table(cl->c, json_object_get(reply, key), cols, heads);
+	json_decref(reply);
+	return r;
+}
+
+static int other_command(struct client *cl, const char *noun, const char *verb, const char *const *args, size_t n)
+{
+	const struct cli *c = cl->c;
+	json_t *reply = NULL;
+	int r;
+	if (strcmp(noun, "host") == 0 && strcmp(verb, "info") == 0 && n == 0) {
+		if ((r = client_call(cl, "GET", "host", NULL, &reply)) < 0)
+			return r;
+		json_t *h = json_object_get(reply, "host");
+		if (c->json)
+			cli_print_json(h);
+		else
+			printf("name: %s\nversion: %s\nhome: %s\nvms: %lld (%lld running)\n", str_of(h, "name"),
+			       str_of(h, "version"), str_of(h, "home"), (long long)json_integer_value(json_object_get(h, "vms")),
+			       (long long)json_integer_value(json_object_get(h, "running")));
+		json_decref(reply);
+		return 0;
+	}
+	if (strcmp(noun, "ds") == 0 && strcmp(verb, "list") == 0 && n == 0) {
+		static const char *const cols[] = { "name", "capacity", "free", "path", NULL };
+		static const char *const heads[] = { "NAME", "CAPACITY", "FREE", "PATH", NULL };
+		return simple_list(cl, "datastores", "datastores", cols, heads);
+	}
+	if (strcmp(noun, "perm") == 0) {
+		static const char *const cols[] = { "id", "principal", "scope", "role", NULL };
+		static const char *const heads[] = { "ID", "PRINCIPAL", "SCOPE", "ROLE", NULL };
+		if (strcmp(verb, "list") == 0 && n == 0)
+			return simple_list(cl, "permissions", "permissions", cols, heads);
+		if (strcmp(verb, "grant") == 0 && n == 3) {
+			r = client_call(cl, "POST", "permissions",
+					json_pack("{s:s, s:s, s:s}", "principal", args[0], "scope", args[1], "role", args[2]),
+					&reply);
+			if (r == 0 && !c->json)
+				printf("%lld\n", (long long)json_integer_value(json_object_get(json_object_get(reply, "permission"), "id")));
+			if (r == 0)
+				print_reply_member(c, reply, "permission");
+			json_decref(reply);
+			return r;
+		}
+		if (strcmp(verb, "revoke") == 0 && n == 1) {
+			CLEANUP_FREE char *p = xasprintf("permissions/%s", args[0]);
+			return client_call(cl, "DELETE", p, NULL, NULL);
+		}
+	}
+	if (strcmp(noun, "token") == 0) {
+		static const char *const cols[] = { "id", "user", "name", "expires", NULL };
+		static const char *const heads[] = { "ID", "USER", "NAME", "EXPIRES", NULL };
+		if (strcmp(verb, "list") == 0 && n == 0)
+			return simple_list(cl, "tokens", "tokens", cols, heads);
+		if (strcmp(verb, "create") == 0 && n == 1) {
+			r = client_call(cl, "POST", "tokens", json_pack("{s:s}", "name", args[0]), &reply);
+			if (r == 0 && !c->json)
+				printf("%s\n", str_of(json_object_get(reply, "token"), "secret"));
+			if (r == 0)
+				print_reply_member(c, reply, "token");
+			json_decref(reply);
+			return r;
+		}
+		if (strcmp(verb, "delete") == 0 && n == 1) {
+			CLEANUP_FREE char *p = xasprintf("tokens/%s", args[0]);
+			return client_call(cl, "DELETE", p, NULL, NULL);
+		}
+	}
+	return vela_error(VELA_E_INVAL, "unknown or malformed command: %s %s", noun, verb);
+}
+
+int cmd_remote(const struct cli *c, const char *const *words, size_t n)
+{
+	if (n < 2)
+		return cli_usage_error("usage: vela %s VERB ...", words[0]);
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+	struct client *cl = NULL;
+	int r = client_open(c, &cl);
+	if (r == 0) {
+		if (strcmp(words[0], "vm") == 0)
+			r = vm_command(cl, words[1], words + 2, n - 2);
+		else if (strcmp(words[0], "event") == 0)
+			r = event_command(cl, words[1], n - 2);
+		else
+			r = other_command(cl, words[0], words[1], words + 2, n - 2);
+	}
+	if (r < 0) {
+		/* Keep the message: logging out on close makes a request too. */
+		CLEANUP_FREE char *msg = xstrdup(vela_errmsg());
+		client_close(cl);
+		vela_error(-r, "%s", msg);
+		curl_global_cleanup();
+		return cli_fail(c, r);
+	}
+	client_close(cl);
+	curl_global_cleanup();
+	return 0;
+}
