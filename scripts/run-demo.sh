@@ -4,10 +4,19 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 vela=$top/build/bin/vela
+velad=$top/build/bin/velad
 home=${VELA_HOME:-/var/lib/vela}
 export VELA_HOME=$home
 vmdir=$home/datastores/local/demo
 vmx=$vmdir/demo.vmx
+# The host daemon first: it owns the inventory (and makes the local
+# datastore on its first start).  Ports: velad.conf or 8333/8222.
+if ! "$vela" host info >/dev/null 2>&1; then
+	"$velad"
+	for ((i = 0; i < 50; i++)); do "$vela" host info >/dev/null 2>&1 && break; sleep 0.1; done
+	"$vela" host info >/dev/null || { echo "run-demo: velad did not start (see $home/velad.log)" >&2; exit 1; }
+	echo "run-demo: started velad (log: $home/velad.log)"
+fi
 
 mkdir -p "$vmdir"
 if [ ! -f "$vmx" ]; then
@@ -39,14 +48,20 @@ VMX
 fi
 
 "$vela" vmx check "$vmx"
-state=$("$vela" vm getstate "$vmx")
+if ! "$vela" --json vm list | grep -q "\"$vmx\""; then
+	"$vela" vm register --folder /demo "$vmx" >/dev/null
+	echo "run-demo: registered the demo VM in velad's inventory"
+fi
+state=$("$vela" vm getstate "Demo VM")
 if [ "$state" = off ]; then
-	"$vela" vm start "$vmx" >/dev/null
-	echo "run-demo: powered on $vmx"
+	"$vela" vm start "Demo VM" >/dev/null
+	echo "run-demo: powered on \"Demo VM\" through velad"
 else
 	echo "run-demo: the demo VM is already $state"
 fi
+"$vela" vm list
 "$vela" vm status "$vmx"
+echo "run-demo: API: https://$(hostname):8333/api/v1/ (log in as a host user: vela --host $(hostname) --user NAME vm list)"
 
 if [ -t 0 ] && [ -t 1 ]; then
 	echo "run-demo: attaching to the serial console (Ctrl-] detaches; the VM keeps running)"

@@ -14,7 +14,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-#define DEFAULT_DATASTORE "datastore1"
+#define DEFAULT_DATASTORE "local"
 #define STATUS_TIMEOUT_MS 5000
 
 /* One per registered VM that was ever operated on: serializes its power

@@ -60,17 +60,17 @@ trap stop_all EXIT
 
 check "velad starts and answers on its socket" start_velad
 expect_api 200 "host info" GET /api/v1/host
-check "the default datastore exists" test -d "$VELA_HOME/datastores/datastore1"
-check "host info lists the default datastore" test "$(jq_reply '.host.datastores[0].name')" = datastore1
+check "the default datastore exists" test -d "$VELA_HOME/datastores/local"
+check "host info lists the default datastore" test "$(jq_reply '.host.datastores[0].name')" = local
 expect_api 200 "datastores list with free space" GET /api/v1/datastores
 check "datastore free space is a number" test "$(jq_reply '.datastores[0].free > 0')" = true
 
 vmx1=$(make_vm api1 "${SCSI_DISK[@]}" "$CMDLINE_TICK")
 vmx2=$(make_vm api2 "${SCSI_DISK[@]}" "$CMDLINE_TICK")
 # A VM in the default datastore, registered by datastore path.
-mkdir -p "$VELA_HOME/datastores/datastore1/ds3"
-sed 's/displayName = "api1"/displayName = "in a datastore"/' "$vmx1" > "$VELA_HOME/datastores/datastore1/ds3/ds3.vmx"
-cp --sparse=always "$(dirname "$vmx1")/disk.img" "$VELA_HOME/datastores/datastore1/ds3/"
+mkdir -p "$VELA_HOME/datastores/local/ds3"
+sed 's/displayName = "api1"/displayName = "in a datastore"/' "$vmx1" > "$VELA_HOME/datastores/local/ds3/ds3.vmx"
+cp --sparse=always "$(dirname "$vmx1")/disk.img" "$VELA_HOME/datastores/local/ds3/"
 
 # ---- inventory
 expect_api 200 "register a VM" POST /api/v1/vms "{\"config\": \"$vmx1\", \"folder\": \"/prod\"}"
@@ -79,9 +79,9 @@ check "a registered VM gets the .vmx displayName" test "$(jq_reply .vm.name)" = 
 check "a registered VM is off" test "$(jq_reply .vm.state)" = off
 expect_api 200 "register a second VM under another name" POST /api/v1/vms "{\"config\": \"$vmx2\", \"name\": \"web server 2\"}"
 id2=$(jq_reply .vm.id)
-expect_api 200 "register by datastore path" POST /api/v1/vms '{"config": "[datastore1] ds3/ds3.vmx"}'
+expect_api 200 "register by datastore path" POST /api/v1/vms '{"config": "[local] ds3/ds3.vmx"}'
 id3=$(jq_reply .vm.id)
-check "the datastore path resolves to the file" test "$(jq_reply .vm.config)" = "$(realpath "$VELA_HOME/datastores/datastore1/ds3/ds3.vmx")"
+check "the datastore path resolves to the file" test "$(jq_reply .vm.config)" = "$(realpath "$VELA_HOME/datastores/local/ds3/ds3.vmx")"
 expect_api 409 "registering the same file twice is refused" POST /api/v1/vms "{\"config\": \"$vmx1\"}"
 check "... with VELA_E_EXISTS" test "$(jq_reply .error.name)" = VELA_E_EXISTS
 expect_api 200 "list VMs" GET /api/v1/vms
@@ -101,7 +101,7 @@ check "... with VELA_E_BADNAME" test "$(jq_reply .error.name)" = VELA_E_BADNAME
 expect_api 400 "a name with control characters is refused" POST /api/v1/vms "{\"config\": \"$vmx1\", \"name\": \"a\\u0001b\"}"
 expect_api 400 "a name with a NUL is refused" POST /api/v1/vms "{\"config\": \"$vmx1\", \"name\": \"a\\u0000b\"}"
 expect_api 404 "a missing .vmx is a 404" POST /api/v1/vms '{"config": "/nonexistent/x.vmx"}'
-expect_api 404 "a datastore path escaping with .. is refused" POST /api/v1/vms '{"config": "[datastore1] ../../../etc/passwd"}'
+expect_api 404 "a datastore path escaping with .. is refused" POST /api/v1/vms '{"config": "[local] ../../../etc/passwd"}'
 expect_api 400 "a non-.vmx file is refused" POST /api/v1/vms '{"config": "/etc/passwd"}'
 big=$(head -c 2000000 /dev/zero | tr '\0' 'a')
 out=$(printf '{"config": "%s"}' "$big" | curl -s -w '\n%{http_code}' --unix-socket "$SOCK" -X POST --data-binary @- http://velad/api/v1/vms)
@@ -185,13 +185,13 @@ check "the guest shut down cleanly (its console said so)" test $? = 0
 expect_api 200 "power on VM 3" POST /api/v1/vms/$id3/power '{"op": "start"}'
 kill -9 "$velad_pid"
 wait "$velad_pid" 2>/dev/null
-"$VELA" vm stop hard "$VELA_HOME/datastores/datastore1/ds3/ds3.vmx" >/dev/null 2>&1
+"$VELA" vm stop hard "$VELA_HOME/datastores/local/ds3/ds3.vmx" >/dev/null 2>&1
 check "velad restarts again" start_velad
 expect_api 200 "events of VM 3" GET "/api/v1/events?vm=$id3&severity=warning"
 check "VM 3 going off unattended is a warning event" test "$(jq_reply '[.events[] | select(.type == "vm.off.unattended")] | length')" = 1
 
 expect_api 200 "unregister VM 3 (off)" DELETE /api/v1/vms/$id3
-check "its files stay" test -f "$VELA_HOME/datastores/datastore1/ds3/ds3.vmx"
+check "its files stay" test -f "$VELA_HOME/datastores/local/ds3/ds3.vmx"
 expect_api 404 "it is gone from the inventory" GET /api/v1/vms/$id3
 expect_api 200 "audit events" GET "/api/v1/events?severity=audit&limit=1000"
 check "the unregistration is an audit event" test "$(jq_reply '[.events[] | select(.type == "vm.unregistered")] | length')" = 1
@@ -274,10 +274,10 @@ login "$AD"
 expect_https 200 "admin through its group: list" GET /api/v1/vms
 check "... sees /prod" test "$(jq_reply '[.vms[].id] | join(",")')" = "$id1"
 check "... as admin" test "$(jq_reply '.vms[0].role')" = admin
-mkdir -p "$VELA_HOME/datastores/datastore1/ad4"
-cp "$vmx2" "$VELA_HOME/datastores/datastore1/ad4/ad4.vmx"
-expect_https 403 "folder admin cannot register at the root" POST /api/v1/vms '{"config": "[datastore1] ad4/ad4.vmx"}'
-expect_https 200 "folder admin registers in its folder" POST /api/v1/vms '{"config": "[datastore1] ad4/ad4.vmx", "folder": "/prod/web"}'
+mkdir -p "$VELA_HOME/datastores/local/ad4"
+cp "$vmx2" "$VELA_HOME/datastores/local/ad4/ad4.vmx"
+expect_https 403 "folder admin cannot register at the root" POST /api/v1/vms '{"config": "[local] ad4/ad4.vmx"}'
+expect_https 200 "folder admin registers in its folder" POST /api/v1/vms '{"config": "[local] ad4/ad4.vmx", "folder": "/prod/web"}'
 id4=$(jq_reply .vm.id)
 expect_https 200 "folder admin unregisters it" DELETE /api/v1/vms/$id4
 expect_https 403 "folder admin cannot list grants" GET /api/v1/permissions
@@ -306,7 +306,7 @@ check "no grants: no events at all" test "$(jq_reply '.events | length')" = 0
 check "vela vm list (socket) names the VMs" sh -c "'$VELA' vm list | grep -q 'web server 2'"
 check "vela --json vm list is the inventory" test "$("$VELA" --json vm list | jq -r '.[0].name')" = api1
 check "vela host info" sh -c "'$VELA' host info | grep -q '^vms: 2 (0 running)'"
-check "vela ds list" sh -c "'$VELA' ds list | grep -q datastore1"
+check "vela ds list" sh -c "'$VELA' ds list | grep -q local"
 expect_error VELA_E_NOTFOUND "vela vm start of an unknown name" "$VELA" vm start "no such vm"
 check "vela vm start NAME goes through velad" "$VELA" vm start "web server 2"
 check "... the guest runs" wait_console "$vmx2" "VELA-GUEST-TICK 2" 1 60
