@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #define DEFAULT_DATASTORE "local"
@@ -33,6 +34,12 @@ struct host {
 	pthread_mutex_t db_lock;        /* the connection is used by one thread at a time */
 	pthread_mutex_t oplocks_lock;
 	struct vm_oplock *oplocks;
+	/* The refresher: keeps vm_state current for changes made outside velad. */
+	int refresh_ms;
+	pthread_t refresh_thread;
+	bool refreshing, stopping;
+	pthread_mutex_t refresh_lock;
+	pthread_cond_t refresh_cond;
 };
 
 static const char *const severity_names[] = { "info", "warning", "error", "audit" };
@@ -310,6 +317,25 @@ static struct vm_oplock *oplock_of(struct host *h, int64_t id)
 	return l;
 }
 
+/* What velad last saw of a VM's power, for the next start's reconcile (a
+ * killed velad has no chance to write it at exit). */
+static void remember_state_locked(struct host *h, int64_t id, const char *state)
+{
+	CLEANUP_STMT sqlite3_stmt *st = NULL;
+	if (prepare(h, "INSERT OR REPLACE INTO vm_state(vm, state) VALUES(?, ?)", &st) < 0)
+		return;
+	sqlite3_bind_int64(st, 1, id);
+	sqlite3_bind_text(st, 2, state ? state : "unknown", -1, SQLITE_TRANSIENT);
+	sqlite3_step(st);
+}
+
+static void remember_state(struct host *h, int64_t id, json_t *status)
+{
+	pthread_mutex_lock(&h->db_lock);
+	remember_state_locked(h, id, json_string_value(json_object_get(status, "state")));
+	pthread_mutex_unlock(&h->db_lock);
+}
+
 /* ----------------------------------------------------------- inventory */
 
 static bool name_ok(const char *s, size_t max)
@@ -396,6 +422,7 @@ int host_vm_register(struct host *h, const char *user, const char *config, const
 	if (r < 0)
 		return r;
 	json_t *status = vm_status(real);
+	remember_state(h, id, status);
 	*out = vm_json(id, display, folder, real, status);
 	json_decref(status);
 	return 0;
@@ -432,26 +459,19 @@ int host_vm_unregister(struct host *h, const char *user, int64_t id)
 
 int host_vm_list(struct host *h, json_t **out)
 {
-	json_t *rows = NULL;
+	/* States come from the cache the refresher keeps (and power
+	 * operations update at once): a list costs one query, however many
+	 * VMs run. */
 	pthread_mutex_lock(&h->db_lock);
 	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	int r = prepare(h, "SELECT id, name, folder, config FROM vms ORDER BY id", &st);
+	int r = prepare(h,
+			"SELECT v.id, v.name, v.folder, v.config, COALESCE(s.state, 'off') AS state"
+			" FROM vms v LEFT JOIN vm_state s ON s.vm = v.id ORDER BY v.id",
+			&st);
 	if (r == 0)
-		r = rows_json(h, st, &rows);
+		r = rows_json(h, st, out);
 	pthread_mutex_unlock(&h->db_lock);
-	if (r < 0)
-		return r;
-	size_t i;
-	json_t *vm;
-	json_array_foreach(rows, i, vm) {
-		const char *config = json_string_value(json_object_get(vm, "config"));
-		/* Off VMs cost one lock probe; only running ones are asked. */
-		json_t *status = vm_status(config);
-		json_object_set(vm, "state", json_object_get(status, "state"));
-		json_decref(status);
-	}
-	*out = rows;
-	return 0;
+	return r;
 }
 
 int host_vm_folder(struct host *h, int64_t id, char **folder)
@@ -481,25 +501,6 @@ int host_vm_get(struct host *h, int64_t id, json_t **out)
 }
 
 /* ------------------------------------------------------------- power */
-
-/* What velad last saw of a VM's power, for the next start's reconcile (a
- * killed velad has no chance to write it at exit). */
-static void remember_state_locked(struct host *h, int64_t id, const char *state)
-{
-	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	if (prepare(h, "INSERT OR REPLACE INTO vm_state(vm, state) VALUES(?, ?)", &st) < 0)
-		return;
-	sqlite3_bind_int64(st, 1, id);
-	sqlite3_bind_text(st, 2, state ? state : "unknown", -1, SQLITE_TRANSIENT);
-	sqlite3_step(st);
-}
-
-static void remember_state(struct host *h, int64_t id, json_t *status)
-{
-	pthread_mutex_lock(&h->db_lock);
-	remember_state_locked(h, id, json_string_value(json_object_get(status, "state")));
-	pthread_mutex_unlock(&h->db_lock);
-}
 
 static int power_locked(struct host *h, const struct vm_row *v, const char *op, const char *mode, json_t **reply)
 {
@@ -939,51 +940,77 @@ int host_info(struct host *h, json_t **out)
 /* --------------------------------------------------------- open, close */
 
 /*
- * What the last velad saw running is in vm_state.  A VM that was running
- * then and has no supervisor now went off while nobody watched (crash,
- * guest shutdown, host reboot): say so in the event log.  VMs still running
- * need nothing: their supervisors never depended on velad.
+ * Compare every VM's live power state with the cache (vm_state) and record
+ * the differences.  At velad's start this finds the VMs still running
+ * (their supervisors never depended on velad) and those that went off while
+ * nobody watched; afterwards, state changes made outside velad (the guest
+ * shut down, `vela vm stop FILE.vmx`, QEMU died).
  */
-static int reconcile(struct host *h)
-{
-	json_t *vms = NULL;
-	int r = host_vm_list(h, &vms);
-	if (r < 0)
-		return r;
-	pthread_mutex_lock(&h->db_lock);
-	size_t i;
-	json_t *vm;
-	json_array_foreach(vms, i, vm) {
-		int64_t id = json_integer_value(json_object_get(vm, "id"));
-		const char *now = json_string_value(json_object_get(vm, "state"));
-		CLEANUP_STMT sqlite3_stmt *st = NULL;
-		if (prepare(h, "SELECT state FROM vm_state WHERE vm = ?", &st) < 0)
-			break;
-		sqlite3_bind_int64(st, 1, id);
-		bool was_off = sqlite3_step(st) != SQLITE_ROW || strcmp((const char *)sqlite3_column_text(st, 0), "off") == 0;
-		if (!was_off && strcmp(now, "off") == 0)
-			event_locked(h, HOST_WARNING, id, NULL, "vm.off.unattended",
-				     "powered off while velad was not running");
-		else if (strcmp(now, "off") != 0)
-			event_locked(h, HOST_INFO, id, NULL, "vm.reattached", now);
-		remember_state_locked(h, id, now);
-	}
-	pthread_mutex_unlock(&h->db_lock);
-	json_decref(vms);
-	return 0;
-}
-
-/* Remember what runs, for the next start's reconcile. */
-static void save_states(struct host *h)
+static void probe_states(struct host *h, bool at_start)
 {
 	json_t *vms = NULL;
 	if (host_vm_list(h, &vms) < 0)
 		return;
 	size_t i;
 	json_t *vm;
-	json_array_foreach(vms, i, vm)
-		remember_state(h, json_integer_value(json_object_get(vm, "id")), vm);
+	json_array_foreach(vms, i, vm) {
+		int64_t id = json_integer_value(json_object_get(vm, "id"));
+		const char *was = json_string_value(json_object_get(vm, "state"));
+		json_t *status = vm_status(json_string_value(json_object_get(vm, "config")));
+		const char *now = json_string_value(json_object_get(status, "state"));
+		if (strcmp(now, "unknown") == 0 || (!at_start && strcmp(was, now) == 0)) {
+			json_decref(status);   /* starting or exiting right now: next round */
+			continue;
+		}
+		/* A power operation of velad's own is under way: it records the
+		 * outcome itself. */
+		struct vm_oplock *l = oplock_of(h, id);
+		if (!at_start && pthread_mutex_trylock(&l->lock) != 0) {
+			json_decref(status);
+			continue;
+		}
+		pthread_mutex_lock(&h->db_lock);
+		if (at_start && strcmp(was, "off") != 0 && strcmp(now, "off") == 0)
+			event_locked(h, HOST_WARNING, id, NULL, "vm.off.unattended", "powered off while velad was not running");
+		else if (at_start && strcmp(now, "off") != 0)
+			event_locked(h, HOST_INFO, id, NULL, "vm.reattached", now);
+		else if (!at_start && strcmp(now, "off") == 0)
+			event_locked(h, HOST_INFO, id, NULL, "vm.state", "powered off (by the guest, or outside velad)");
+		else if (!at_start) {
+			CLEANUP_FREE char *msg = xasprintf("%s (was %s)", now, was);
+			event_locked(h, HOST_INFO, id, NULL, "vm.state", msg);
+		}
+		remember_state_locked(h, id, now);
+		pthread_mutex_unlock(&h->db_lock);
+		if (!at_start)
+			pthread_mutex_unlock(&l->lock);
+		json_decref(status);
+	}
 	json_decref(vms);
+}
+
+static void *refresher(void *arg)
+{
+	struct host *h = arg;
+	pthread_mutex_lock(&h->refresh_lock);
+	while (!h->stopping) {
+		struct timespec until;
+		clock_gettime(CLOCK_MONOTONIC, &until);
+		until.tv_sec += h->refresh_ms / 1000;
+		until.tv_nsec += (h->refresh_ms % 1000) * 1000000l;
+		if (until.tv_nsec >= 1000000000l) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000l;
+		}
+		pthread_cond_timedwait(&h->refresh_cond, &h->refresh_lock, &until);
+		if (h->stopping)
+			break;
+		pthread_mutex_unlock(&h->refresh_lock);
+		probe_states(h, false);
+		pthread_mutex_lock(&h->refresh_lock);
+	}
+	pthread_mutex_unlock(&h->refresh_lock);
+	return NULL;
 }
 
 int host_open(const struct host_opts *opts, struct host **out)
@@ -992,7 +1019,9 @@ int host_open(const struct host_opts *opts, struct host **out)
 	h->home = xstrdup(opts->home ? opts->home : vela_home());
 	h->vmx_binary = opts->vmx_binary ? xstrdup(opts->vmx_binary) : NULL;
 	h->power_timeout_ms = opts->power_timeout_ms ? opts->power_timeout_ms : 120000;
+	h->refresh_ms = opts->refresh_ms ? (opts->refresh_ms < 0 ? 0 : opts->refresh_ms) : 1000;
 	pthread_mutex_init(&h->db_lock, NULL);
+	pthread_mutex_init(&h->refresh_lock, NULL);
 	pthread_mutex_init(&h->oplocks_lock, NULL);
 	CLEANUP_FREE char *ds = path_join(h->home, "datastores/" DEFAULT_DATASTORE);
 	CLEANUP_FREE char *dbpath = path_join(h->home, "host.db");
@@ -1022,9 +1051,18 @@ int host_open(const struct host_opts *opts, struct host **out)
 		host_close(h);
 		return r;
 	}
-	if ((r = reconcile(h)) < 0) {
-		host_close(h);
-		return r;
+	probe_states(h, true);
+	if (h->refresh_ms > 0) {
+		pthread_condattr_t ca;
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&h->refresh_cond, &ca);
+		pthread_condattr_destroy(&ca);
+		if (pthread_create(&h->refresh_thread, NULL, refresher, h) != 0) {
+			host_close(h);
+			return vela_error(VELA_E_SYSTEM, "host: cannot start the state refresher");
+		}
+		h->refreshing = true;
 	}
 	host_event(h, HOST_INFO, 0, NULL, "host.started", "velad %s started (home %s)", VELA_VERSION, h->home);
 	*out = h;
@@ -1035,8 +1073,15 @@ void host_close(struct host *h)
 {
 	if (!h)
 		return;
+	if (h->refreshing) {
+		pthread_mutex_lock(&h->refresh_lock);
+		h->stopping = true;
+		pthread_cond_signal(&h->refresh_cond);
+		pthread_mutex_unlock(&h->refresh_lock);
+		pthread_join(h->refresh_thread, NULL);
+		pthread_cond_destroy(&h->refresh_cond);
+	}
 	if (h->db) {
-		save_states(h);
 		host_event(h, HOST_INFO, 0, NULL, "host.stopped", "velad stopped; running VMs keep running");
 		sqlite3_close(h->db);
 	}
@@ -1048,6 +1093,7 @@ void host_close(struct host *h)
 	}
 	pthread_mutex_destroy(&h->db_lock);
 	pthread_mutex_destroy(&h->oplocks_lock);
+	pthread_mutex_destroy(&h->refresh_lock);
 	free(h->home);
 	free(h->vmx_binary);
 	free(h);

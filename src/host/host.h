@@ -29,6 +29,7 @@ struct host_opts {
 	const char *home;         /* NULL = vela_home() */
 	const char *vmx_binary;   /* vela-vmx to start VMs with; NULL = the default search */
 	int power_timeout_ms;     /* how long a power operation may take; 0 = 120 s */
+	int refresh_ms;           /* how often states are checked for outside changes; 0 = 1 s, < 0 = never */
 };
 
 /* Open (or create) the host database, make the default datastore on first
@@ -47,7 +48,9 @@ int host_vm_register(struct host *h, const char *user, const char *config, const
 		     json_t **out);
 /* Forget a VM (files stay).  A VM that is not off is refused. */
 int host_vm_unregister(struct host *h, const char *user, int64_t id);
-/* All VMs: [{id, name, folder, config, state}], by id. */
+/* All VMs: [{id, name, folder, config, state}], by id.  States are velad's
+ * view: exact after its own operations, at most one refresh old for changes
+ * made elsewhere. */
 int host_vm_list(struct host *h, json_t **out);
 /* Where a VM sits in the folder tree (for access checks; caller frees). */
 int host_vm_folder(struct host *h, int64_t id, char **folder);

@@ -181,6 +181,18 @@ check "... VM 1 is off" test "$(jq_reply .status.state)" = off
 wait "$waiter"
 check "the guest shut down cleanly (its console said so)" test $? = 0
 
+# A change made outside velad (straight to the supervisor) reaches its view.
+expect_api 200 "power on VM 2 again" POST /api/v1/vms/$id2/power '{"op": "start"}'
+"$VELA" vm stop hard "$vmx2" >/dev/null
+seen=
+for ((i = 0; i < 50; i++)); do
+	[ "$(api GET /api/v1/vms | sed '$d' | jq -r ".vms[] | select(.id == $id2) | .state")" = off ] && { seen=1; break; }
+	sleep 0.1
+done
+check "a VM stopped outside velad is listed off within seconds" test -n "$seen"
+expect_api 200 "events of VM 2" GET "/api/v1/events?vm=$id2"
+check "... and the change is an event" test "$(jq_reply '[.events[] | select(.type == "vm.state")] | length')" -ge 1
+
 # A VM that goes off while velad is down is noticed at the next start.
 expect_api 200 "power on VM 3" POST /api/v1/vms/$id3/power '{"op": "start"}'
 kill -9 "$velad_pid"
