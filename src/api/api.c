@@ -9,6 +9,7 @@
 #include <ctype.h>
 #include <grp.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -27,6 +28,11 @@ struct api {
 	gid_t vela_gid;
 	bool have_vela_gid;
 	char *tls_cert, *tls_key;
+	/* GET /vms for administrators (no filtering) as sent, while the host's
+	 * generation stays the same: a list of 1,000 VMs costs a copy. */
+	pthread_mutex_t list_lock;
+	uint64_t list_gen;
+	char *list_text;
 };
 
 /* Per request: the body as it arrives, and who is asking. */
@@ -423,6 +429,46 @@ static int visible_vms(struct api *a, const struct caller *who, json_t **out)
 	return 0;
 }
 
+static enum MHD_Result send_text(struct MHD_Connection *c, char *text)
+{
+	struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback(strlen(text), text, free);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	enum MHD_Result r = MHD_queue_response(c, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return r;
+}
+
+static enum MHD_Result route_list(struct api *a, struct MHD_Connection *c, const struct caller *who)
+{
+	json_t *out = NULL;
+	bool everything = host_access_host(who->access) >= HOST_ROLE_ADMIN;
+	uint64_t gen = host_generation(a->host);
+	if (everything) {
+		pthread_mutex_lock(&a->list_lock);
+		char *copy = a->list_text && a->list_gen == gen ? xstrdup(a->list_text) : NULL;
+		pthread_mutex_unlock(&a->list_lock);
+		if (copy)
+			return send_text(c, copy);
+	}
+	int r = visible_vms(a, who, &out);
+	if (r < 0)
+		return send_error(c, r);
+	json_t *doc = json_pack("{s:b, s:o}", "ok", 1, "vms", out);
+	char *text = json_dumps(doc, JSON_COMPACT);
+	json_decref(doc);
+	if (everything) {
+		/* Made from the generation read before the query: if something
+		 * changed meanwhile, the next request sees a newer one. */
+		pthread_mutex_lock(&a->list_lock);
+		free(a->list_text);
+		a->list_text = xstrdup(text);
+		a->list_gen = gen;
+		pthread_mutex_unlock(&a->list_lock);
+	}
+	return send_text(c, text);
+}
+
 static enum MHD_Result route_register(struct api *a, struct MHD_Connection *c, const struct caller *who,
 				      struct request *rq)
 {
@@ -524,10 +570,8 @@ static enum MHD_Result route(struct api *a, struct MHD_Connection *c, const stru
 	}
 	if (strcmp(path, "events") == 0 && get)
 		return route_events(a, c, who);
-	if (strcmp(path, "vms") == 0 && get) {
-		r = visible_vms(a, who, &out);
-		return reply(c, r, "vms", out);
-	}
+	if (strcmp(path, "vms") == 0 && get)
+		return route_list(a, c, who);
 	if (strcmp(path, "vms") == 0 && strcmp(method, "POST") == 0)
 		return route_register(a, c, who, rq);
 	if (str_starts_with(path, "vms/")) {
@@ -584,7 +628,9 @@ static enum MHD_Result route_login(struct api *a, struct MHD_Connection *c, cons
 	host_event(a->host, HOST_AUDIT, 0, user, "user.login", "from %s", addr);
 	json_decref(doc);
 	json_t *s = json_pack("{s:s, s:s, s:I}", "user", user, "token", token, "expires", (json_int_t)expires);
-	char *text = json_dumps(json_pack("{s:b, s:o}", "ok", 1, "session", s), JSON_COMPACT);
+	json_t *answer = json_pack("{s:b, s:o}", "ok", 1, "session", s);
+	char *text = json_dumps(answer, JSON_COMPACT);
+	json_decref(answer);
 	struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback(strlen(text), text, free);
 	CLEANUP_FREE char *cookie = xasprintf("vela_session=%s; Path=/; Secure; HttpOnly; SameSite=Strict", token);
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
@@ -782,6 +828,7 @@ int api_start(struct host *h, const struct api_opts *opts, struct api **out)
 	ls->local = (struct listener){ a, true };
 	ls->remote = (struct listener){ a, false };
 	a->host = h;
+	pthread_mutex_init(&a->list_lock, NULL);
 	a->max_body = opts->max_body ? opts->max_body : 1u << 20;
 	a->https_port = opts->https_port;
 	a->unix_path = opts->unix_path ? xstrdup(opts->unix_path) : path_join(vela_run_root(), "velad.sock");
@@ -855,6 +902,8 @@ void api_stop(struct api *a)
 		unlink(a->unix_path);
 	}
 	auth_free(a->auth);
+	free(a->list_text);
+	pthread_mutex_destroy(&a->list_lock);
 	free(a->tls_cert);
 	free(a->tls_key);
 	free(a->unix_path);

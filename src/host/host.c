@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -34,6 +35,7 @@ struct host {
 	pthread_mutex_t db_lock;        /* the connection is used by one thread at a time */
 	pthread_mutex_t oplocks_lock;
 	struct vm_oplock *oplocks;
+	atomic_ullong generation;       /* bumped by every change a VM list shows */
 	/* The refresher: keeps vm_state current for changes made outside velad. */
 	int refresh_ms;
 	pthread_t refresh_thread;
@@ -283,8 +285,10 @@ static json_t *vm_status(const char *config)
 {
 	if (!vmxsup_is_running(config))
 		return json_pack("{s:s}", "state", "off");
-	json_t *reply = NULL;
-	if (vmxsup_call(config, json_pack("{s:s}", "cmd", "status"), &reply, STATUS_TIMEOUT_MS) < 0) {
+	json_t *reply = NULL, *req = json_pack("{s:s}", "cmd", "status");
+	int r = vmxsup_call(config, req, &reply, STATUS_TIMEOUT_MS);   /* the request stays ours */
+	json_decref(req);
+	if (r < 0) {
 		/* Between its lock and its socket (starting or exiting). */
 		return json_pack("{s:s, s:s}", "state", "unknown", "error", vela_errmsg());
 	}
@@ -327,6 +331,7 @@ static void remember_state_locked(struct host *h, int64_t id, const char *state)
 	sqlite3_bind_int64(st, 1, id);
 	sqlite3_bind_text(st, 2, state ? state : "unknown", -1, SQLITE_TRANSIENT);
 	sqlite3_step(st);
+	atomic_fetch_add(&h->generation, 1);
 }
 
 static void remember_state(struct host *h, int64_t id, json_t *status)
@@ -416,8 +421,10 @@ int host_vm_register(struct host *h, const char *user, const char *config, const
 		else
 			id = sqlite3_last_insert_rowid(h->db);
 	}
-	if (r == 0)
+	if (r == 0) {
+		atomic_fetch_add(&h->generation, 1);
 		r = event_locked(h, HOST_AUDIT, id, user, "vm.registered", real);
+	}
 	pthread_mutex_unlock(&h->db_lock);
 	if (r < 0)
 		return r;
@@ -447,6 +454,7 @@ int host_vm_unregister(struct host *h, const char *user, int64_t id)
 			sqlite3_bind_int64(st, 1, id);
 			if (sqlite3_step(st) != SQLITE_DONE)
 				r = db_fail(h, "unregister");
+			atomic_fetch_add(&h->generation, 1);
 		}
 		if (r == 0)
 			r = event_locked(h, HOST_AUDIT, id, user, "vm.unregistered", v.config);
@@ -472,6 +480,11 @@ int host_vm_list(struct host *h, json_t **out)
 		r = rows_json(h, st, out);
 	pthread_mutex_unlock(&h->db_lock);
 	return r;
+}
+
+uint64_t host_generation(struct host *h)
+{
+	return atomic_load(&h->generation);
 }
 
 int host_vm_folder(struct host *h, int64_t id, char **folder)
@@ -523,7 +536,9 @@ static int power_locked(struct host *h, const struct vm_row *v, const char *op, 
 		json_decref(req);
 		return vela_error(VELA_E_BADSTATE, "VM %lld (%s) is powered off", (long long)v->id, v->name);
 	}
-	return vmxsup_call(v->config, req, reply, h->power_timeout_ms + 60000);
+	int r = vmxsup_call(v->config, req, reply, h->power_timeout_ms + 60000);
+	json_decref(req);
+	return r;
 }
 
 int host_vm_power(struct host *h, const char *user, int64_t id, const char *op, const char *mode, json_t **out)
@@ -567,9 +582,9 @@ int host_vm_answer(struct host *h, const char *user, int64_t id, const char *cho
 	int r = vm_row_get(h, id, &v);
 	if (r < 0)
 		return r;
-	json_t *reply = NULL;
-	r = vmxsup_call(v.config, json_pack("{s:s, s:s}", "cmd", "answer", "choice", choice), &reply,
-			h->power_timeout_ms);
+	json_t *reply = NULL, *req = json_pack("{s:s, s:s}", "cmd", "answer", "choice", choice);
+	r = vmxsup_call(v.config, req, &reply, h->power_timeout_ms);
+	json_decref(req);
 	json_decref(reply);
 	if (r == 0)
 		host_event(h, HOST_AUDIT, id, user, "vm.answered", "%s", choice);

@@ -52,6 +52,9 @@ int host_vm_unregister(struct host *h, const char *user, int64_t id);
  * view: exact after its own operations, at most one refresh old for changes
  * made elsewhere. */
 int host_vm_list(struct host *h, json_t **out);
+/* Changes whenever host_vm_list's answer may change (registrations,
+ * power states): lets callers cache what they make of a list. */
+uint64_t host_generation(struct host *h);
 /* Where a VM sits in the folder tree (for access checks; caller frees). */
 int host_vm_folder(struct host *h, int64_t id, char **folder);
 /* One VM with its supervisor's status when it runs. */

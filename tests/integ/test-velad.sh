@@ -4,7 +4,10 @@
 # while VMs run: they keep running, and a new velad finds them).
 . "$(dirname "$0")/lib.sh"
 
-VELAD=${VELAD:-$TOP/build/bin/velad}
+# The ASan+UBSan build when there is one: the same behaviour, and its
+# findings (leaks at the final clean exit) fail the test.
+VELAD=${VELAD:-$TOP/build/asan/src/velad/velad}
+[ -x "$VELAD" ] || VELAD=$TOP/build/bin/velad
 SOCK=$VELA_HOME/run/velad.sock
 TESTUSER=velatest$$
 # Users of the permission matrix: one per role, plus one with no grant.
@@ -364,5 +367,12 @@ wait "$velad_pid"
 check "velad exits 0 on SIGTERM" test $? = 0
 velad_pid=
 check "its socket is gone" test ! -e "$SOCK"
+if grep -q -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$VELA_HOME/velad.out"; then
+	mkdir -p "$TOP/build/test-logs"
+	cp "$VELA_HOME/velad.out" "$TOP/build/test-logs/velad-asan.log"
+	fail "sanitizer findings in velad (build/test-logs/velad-asan.log)"
+else
+	pass "no sanitizer finding in velad ($(basename "$(dirname "$(dirname "$(dirname "$VELAD")")")") build)"
+fi
 
 finish
