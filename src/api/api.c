@@ -389,6 +389,23 @@ static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const s
 			r = host_vm_power(a->host, who->user, id, f[0].s, f[1].s, &out);
 		json_decref(doc);
 		return reply(c, r, "status", out);
+	} else if (strcmp(action, "autostart") == 0 && strcmp(method, "PUT") == 0) {
+		struct api_field f[] = { { .name = "enabled", .type = 'b' },
+					 { .name = "order", .type = 'i', .optional = true },
+					 { .name = "delay", .type = 'i', .optional = true },
+					 { .name = "stop", .type = 's', .optional = true } };
+		r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
+		if (r == 0)
+			r = need_vm(a, who, id, HOST_ROLE_ADMIN);
+		if (r == 0 && (f[1].i < 0 || f[1].i > 9999 || f[2].i < 0 || f[2].i > 3600))
+			r = vela_error(VELA_E_RANGE, "autostart: order 0-9999, delay 0-3600 seconds");
+		if (r == 0) {
+			struct host_autostart as = { .enabled = f[0].b, .order = (int)f[1].i, .delay_s = (int)f[2].i,
+						     .stop = f[3].s };
+			r = host_autostart_set(a->host, who->user, id, &as, &out);
+		}
+		json_decref(doc);
+		return reply(c, r, "autostart", out);
 	} else if (strcmp(action, "answer") == 0 && strcmp(method, "POST") == 0) {
 		struct api_field f[] = { { .name = "choice", .type = 's' } };
 		r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
@@ -570,6 +587,16 @@ static enum MHD_Result route(struct api *a, struct MHD_Connection *c, const stru
 	}
 	if (strcmp(path, "events") == 0 && get)
 		return route_events(a, c, who);
+	if (strcmp(path, "autostart") == 0 && get) {
+		if ((r = need_host(who, HOST_ROLE_READONLY)) == 0)
+			r = host_autostart_list(a->host, &out);
+		return reply(c, r, "autostart", out);
+	}
+	if (strcmp(path, "host/autostop") == 0 && strcmp(method, "POST") == 0) {
+		if ((r = need_host(who, HOST_ROLE_ADMIN)) == 0)
+			r = host_autostop_run(a->host, who->user);
+		return reply(c, r, NULL, NULL);
+	}
 	if (strcmp(path, "vms") == 0 && get)
 		return route_list(a, c, who);
 	if (strcmp(path, "vms") == 0 && strcmp(method, "POST") == 0)

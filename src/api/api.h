@@ -12,6 +12,9 @@
  *   DELETE /api/v1/vms/ID                    unregister (files stay)
  *   POST   /api/v1/vms/ID/power              {op: start|stop|reset|pause|unpause, mode?}
  *   POST   /api/v1/vms/ID/answer             {choice}
+ *   PUT    /api/v1/vms/ID/autostart          {enabled, order?, delay?, stop?}
+ *   GET    /api/v1/autostart                 the start order
+ *   POST   /api/v1/host/autostop             stop the VMs as their autostop says
  *   GET    /api/v1/events?vm=&severity=&after=&since=&limit=
  *
  *   GET    /api/v1/session                   who am I

@@ -42,6 +42,8 @@ struct cli {
 	const char *vm;         /* event list --vm */
 	const char *severity;   /* event list --severity */
 	unsigned limit;         /* event list --limit */
+	const char *order, *delay, *stop_action;   /* vm autostart --order --delay --stop */
+	bool off;               /* vm autostart --off */
 };
 
 /* --cache: true = through the host page cache (default), false = O_DIRECT. */

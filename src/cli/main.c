@@ -419,7 +419,11 @@ static void usage(FILE *f)
 		"  vela vm register [--name N] [--folder F] FILE.vmx  add a VM to the inventory\n"
 		"  vela vm unregister VM                forget a VM (files stay)\n"
 		"  vela vm get VM                       one VM with its status\n"
+		"  vela vm autostart [--order N] [--delay S] [--stop soft|hard|none] [--off] VM\n"
+		"                                       start VM with the host (or not)\n"
 		"  vela host info                       the host: name, version, VM counts\n"
+		"  vela host autostart                  the start order\n"
+		"  vela host autostop                   stop the VMs as their autostop says\n"
 		"  vela ds list                         datastores with capacity and free space\n"
 		"  vela event list [--vm VM] [--severity S] [--limit N]  the event log\n"
 		"  vela event follow [--vm VM] [--severity S]  new events as they happen\n"
@@ -500,6 +504,10 @@ static void usage(FILE *f)
 		"  --vm VM            (event) only this VM's events\n"
 		"  --severity S       (event) info, warning, error or audit\n"
 		"  --limit N          (event list) newest N events (default 100)\n"
+		"  --order N          (vm autostart) place in the start order (lower first)\n"
+		"  --delay S          (vm autostart) seconds before the next VM starts\n"
+		"  --stop ACTION      (vm autostart) what host autostop does: soft, hard, none\n"
+		"  --off              (vm autostart) do not start with the host\n"
 		"  -h, --help         this text\n"
 		"  -V, --version      print the version\n"
 		"\n"
@@ -627,6 +635,14 @@ int main(int argc, char **argv)
 			if (parse_value(a, argv[++i], 10000, &v) < 0)
 				return 2;
 			c.limit = (unsigned)v;
+		} else if (strcmp(a, "--order") == 0 && has_val) {
+			c.order = argv[++i];
+		} else if (strcmp(a, "--delay") == 0 && has_val) {
+			c.delay = argv[++i];
+		} else if (strcmp(a, "--stop") == 0 && has_val) {
+			c.stop_action = argv[++i];
+		} else if (strcmp(a, "--off") == 0) {
+			c.off = true;
 		} else if (strcmp(a, "--send") == 0 && has_val) {
 			send = argv[++i];
 		} else if (strcmp(a, "--wait") == 0 && has_val) {
@@ -669,7 +685,7 @@ int main(int argc, char **argv)
 	const char *verb = words[1];
 	/* The inventory lives in velad; so does every VM named by id or name
 	 * rather than by its .vmx file, and everything with --host. */
-	static const char *const inventory_verbs[] = { "list", "register", "unregister", "get" };
+	static const char *const inventory_verbs[] = { "list", "register", "unregister", "get", "autostart" };
 	for (size_t i = 0; i < ARRAY_SIZE(inventory_verbs); i++)
 		if (strcmp(verb, inventory_verbs[i]) == 0)
 			return cmd_remote(&c, words, nw);

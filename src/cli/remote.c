@@ -8,6 +8,7 @@
 
 #include <curl/curl.h>
 #include <signal.h>
+#include <stddef.h>
 #include <string.h>
 #include <termios.h>
 #include <unistd.h>
@@ -306,6 +307,29 @@ static int vm_command(struct client *cl, const char *verb, const char *const *ar
 	CLEANUP_FREE char *power = xasprintf("vms/%lld/power", id);
 	if (strcmp(verb, "unregister") == 0 && n == 1) {
 		return client_call(cl, "DELETE", path, NULL, NULL);
+	} else if (strcmp(verb, "autostart") == 0 && n == 1) {
+		json_t *body = json_pack("{s:b}", "enabled", !c->off);
+		static const struct { const char *key; size_t off; } nums[] = {
+			{ "order", offsetof(struct cli, order) }, { "delay", offsetof(struct cli, delay) } };
+		for (size_t k = 0; k < ARRAY_SIZE(nums); k++) {
+			const char *v = *(const char *const *)((const char *)c + nums[k].off);
+			uint64_t u;
+			if (!v)
+				continue;
+			if (parse_u64(v, 9999, &u) < 0) {
+				json_decref(body);
+				return vela_error_context(-VELA_E_RANGE, "--%s", nums[k].key);
+			}
+			json_object_set_new(body, nums[k].key, json_integer((json_int_t)u));
+		}
+		if (c->stop_action)
+			json_object_set_new(body, "stop", json_string(c->stop_action));
+		CLEANUP_FREE char *p = xasprintf("vms/%lld/autostart", id);
+		r = client_call(cl, "PUT", p, body, &reply);
+		if (r == 0)
+			print_reply_member(c, reply, "autostart");
+		json_decref(reply);
+		return r;
 	} else if ((strcmp(verb, "get") == 0 || strcmp(verb, "getstate") == 0 || strcmp(verb, "status") == 0) && n == 1) {
 		r = client_call(cl, "GET", path, NULL, &reply);
 		if (r == 0 && !c->json)
@@ -461,6 +485,13 @@ static int other_command(struct client *cl, const char *noun, const char *verb, 
 		json_decref(reply);
 		return 0;
 	}
+	if (strcmp(noun, "host") == 0 && strcmp(verb, "autostart") == 0 && n == 0) {
+		static const char *const cols[] = { "order", "vm", "name", "enabled", "delay", "stop", NULL };
+		static const char *const heads[] = { "ORDER", "VM", "NAME", "ENABLED", "DELAY", "STOP", NULL };
+		return simple_list(cl, "autostart", "autostart", cols, heads);
+	}
+	if (strcmp(noun, "host") == 0 && strcmp(verb, "autostop") == 0 && n == 0)
+		return client_call(cl, "POST", "host/autostop", NULL, NULL);
 	if (strcmp(noun, "ds") == 0 && strcmp(verb, "list") == 0 && n == 0) {
 		static const char *const cols[] = { "name", "capacity", "free", "path", NULL };
 		static const char *const heads[] = { "NAME", "CAPACITY", "FREE", "PATH", NULL };

@@ -36,6 +36,9 @@ struct host {
 	pthread_mutex_t oplocks_lock;
 	struct vm_oplock *oplocks;
 	atomic_ullong generation;       /* bumped by every change a VM list shows */
+	pthread_t autostart_tid;
+	bool autostarting;
+	atomic_bool autostart_stop;
 	/* The refresher: keeps vm_state current for changes made outside velad. */
 	int refresh_ms;
 	pthread_t refresh_thread;
@@ -89,6 +92,12 @@ static const char schema[] =
 	"CREATE TABLE IF NOT EXISTS vm_state("
 	"  vm INTEGER PRIMARY KEY,"
 	"  state TEXT NOT NULL);"
+	"CREATE TABLE IF NOT EXISTS autostart("
+	"  vm INTEGER PRIMARY KEY,"
+	"  enabled INTEGER NOT NULL,"
+	"  ord INTEGER NOT NULL,"
+	"  delay INTEGER NOT NULL,"
+	"  stop TEXT NOT NULL);"
 	"CREATE TABLE IF NOT EXISTS grants("
 	"  id INTEGER PRIMARY KEY AUTOINCREMENT,"
 	"  principal TEXT NOT NULL,"
@@ -897,6 +906,144 @@ int host_token_delete(struct host *h, const char *user, int64_t id)
 	return r;
 }
 
+/* ----------------------------------------------- autostart, autostop */
+
+int host_autostart_set(struct host *h, const char *user, int64_t id, const struct host_autostart *a, json_t **out)
+{
+	if (a->order < 0 || a->order > 9999 || a->delay_s < 0 || a->delay_s > 3600)
+		return vela_error(VELA_E_RANGE, "autostart: order 0-9999, delay 0-3600 seconds");
+	const char *stop = a->stop ? a->stop : "soft";
+	if (strcmp(stop, "soft") != 0 && strcmp(stop, "hard") != 0 && strcmp(stop, "none") != 0)
+		return vela_error(VELA_E_INVAL, "autostart: stop must be soft, hard or none, not \"%.20s\"", stop);
+	struct vm_row v = { 0 };
+	int r = vm_row_get(h, id, &v);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&h->db_lock);
+	CLEANUP_STMT sqlite3_stmt *st = NULL;
+	r = prepare(h, "INSERT OR REPLACE INTO autostart(vm, enabled, ord, delay, stop) VALUES(?,?,?,?,?)", &st);
+	if (r == 0) {
+		sqlite3_bind_int64(st, 1, id);
+		sqlite3_bind_int(st, 2, a->enabled);
+		sqlite3_bind_int(st, 3, a->order);
+		sqlite3_bind_int(st, 4, a->delay_s);
+		sqlite3_bind_text(st, 5, stop, -1, SQLITE_STATIC);
+		if (sqlite3_step(st) != SQLITE_DONE)
+			r = db_fail(h, "autostart");
+	}
+	if (r == 0) {
+		CLEANUP_FREE char *msg = xasprintf("autostart %s, order %d, delay %d s, stop %s", a->enabled ? "on" : "off",
+						   a->order, a->delay_s, stop);
+		r = event_locked(h, HOST_AUDIT, id, user, "vm.autostart.set", msg);
+	}
+	pthread_mutex_unlock(&h->db_lock);
+	if (r == 0)
+		*out = json_pack("{s:I, s:s, s:b, s:i, s:i, s:s}", "vm", (json_int_t)id, "name", v.name, "enabled", a->enabled,
+				 "order", a->order, "delay", a->delay_s, "stop", stop);
+	vm_row_clear(&v);
+	return r;
+}
+
+int host_autostart_list(struct host *h, json_t **out)
+{
+	pthread_mutex_lock(&h->db_lock);
+	CLEANUP_STMT sqlite3_stmt *st = NULL;
+	int r = prepare(h,
+			"SELECT a.vm, v.name, a.enabled, a.ord AS \"order\", a.delay, a.stop FROM autostart a"
+			" JOIN vms v ON v.id = a.vm ORDER BY a.ord, a.vm",
+			&st);
+	if (r == 0)
+		r = rows_json(h, st, out);
+	pthread_mutex_unlock(&h->db_lock);
+	return r;
+}
+
+static void *autostart_thread(void *arg)
+{
+	struct host *h = arg;
+	json_t *list = NULL;
+	if (host_autostart_list(h, &list) < 0) {
+		vela_log(VELA_LOG_ERROR, "autostart: %s", vela_errmsg());
+		return NULL;
+	}
+	size_t i;
+	json_t *e;
+	json_array_foreach(list, i, e) {
+		if (!json_integer_value(json_object_get(e, "enabled")))
+			continue;
+		int64_t id = json_integer_value(json_object_get(e, "vm"));
+		json_t *status = NULL;
+		CLEANUP_FREE char *folder = NULL;
+		if (host_vm_folder(h, id, &folder) < 0)
+			continue;   /* unregistered meanwhile */
+		int r = host_vm_power(h, "autostart", id, "start", NULL, &status);
+		json_decref(status);
+		if (r == -VELA_E_BADSTATE)
+			continue;   /* already on: no delay owed */
+		if (r < 0)
+			vela_log(VELA_LOG_WARN, "autostart of VM %lld: %s", (long long)id, vela_errmsg());
+		/* The delay lets this VM's services come up before the next
+		 * one needs them; it ends early when velad stops. */
+		int64_t until = time_mono_ms() + json_integer_value(json_object_get(e, "delay")) * 1000;
+		while (time_mono_ms() < until && !atomic_load(&h->autostart_stop))
+			usleep(50 * 1000);
+		if (atomic_load(&h->autostart_stop))
+			break;
+	}
+	json_decref(list);
+	return NULL;
+}
+
+void host_autostart_run(struct host *h)
+{
+	if (h->autostarting)
+		return;
+	if (pthread_create(&h->autostart_tid, NULL, autostart_thread, h) == 0)
+		h->autostarting = true;
+	else
+		vela_log(VELA_LOG_ERROR, "autostart: no thread");
+}
+
+int host_autostop_run(struct host *h, const char *user)
+{
+	/* Every registered VM, in reverse start order; those without a
+	 * setting last, stopped softly. */
+	json_t *vms = NULL;
+	pthread_mutex_lock(&h->db_lock);
+	CLEANUP_STMT sqlite3_stmt *st = NULL;
+	int r = prepare(h,
+			"SELECT v.id, COALESCE(a.stop, 'soft') AS stop FROM vms v LEFT JOIN autostart a ON a.vm = v.id"
+			" ORDER BY a.ord IS NULL, a.ord DESC, v.id DESC",
+			&st);
+	if (r == 0)
+		r = rows_json(h, st, &vms);
+	pthread_mutex_unlock(&h->db_lock);
+	if (r < 0)
+		return r;
+	host_event(h, HOST_INFO, 0, user, "host.autostop", "stopping the running VMs");
+	size_t i, failed = 0;
+	json_t *e;
+	json_array_foreach(vms, i, e) {
+		int64_t id = json_integer_value(json_object_get(e, "id"));
+		const char *stop = json_string_value(json_object_get(e, "stop"));
+		struct vm_row v = { 0 };
+		if (strcmp(stop, "none") == 0 || vm_row_get(h, id, &v) < 0)
+			continue;
+		bool running = vmxsup_is_running(v.config);
+		vm_row_clear(&v);
+		if (!running)
+			continue;
+		json_t *status = NULL;
+		r = host_vm_power(h, user, id, "stop", strcmp(stop, "hard") == 0 ? "hard" : "trysoft", &status);
+		json_decref(status);
+		failed += r < 0;
+	}
+	json_decref(vms);
+	if (failed)
+		return vela_error(VELA_E_BUSY, "autostop: %zu VMs did not stop", failed);
+	return 0;
+}
+
 /* ---------------------------------------------------- host, datastores */
 
 static char *datastores_dir(struct host *h)
@@ -1088,6 +1235,10 @@ void host_close(struct host *h)
 {
 	if (!h)
 		return;
+	if (h->autostarting) {
+		atomic_store(&h->autostart_stop, true);
+		pthread_join(h->autostart_tid, NULL);
+	}
 	if (h->refreshing) {
 		pthread_mutex_lock(&h->refresh_lock);
 		h->stopping = true;

@@ -69,6 +69,30 @@ int host_vm_power(struct host *h, const char *user, int64_t id, const char *op, 
 /* Answer the VM's pending question. */
 int host_vm_answer(struct host *h, const char *user, int64_t id, const char *choice, json_t **out);
 
+/* ---- autostart and autostop
+ *
+ * Per VM: whether it starts with the host, its place in the order (lower
+ * first), the seconds to wait after starting it before the next one, and
+ * what host_autostop does to it (soft, hard, none).  VMs are stopped in the
+ * reverse order.
+ */
+struct host_autostart {
+	bool enabled;
+	int order;                /* 0..9999 */
+	int delay_s;              /* 0..3600 */
+	const char *stop;         /* "soft", "hard" or "none" */
+};
+int host_autostart_set(struct host *h, const char *user, int64_t id, const struct host_autostart *a, json_t **out);
+/* [{vm, name, enabled, order, delay, stop}] in start order. */
+int host_autostart_list(struct host *h, json_t **out);
+/* Start the enabled VMs that are off, in order, waiting each one's delay;
+ * returns at once, the work runs in a thread of the host's (velad's start). */
+void host_autostart_run(struct host *h);
+/* Stop the running VMs as their autostop says, in reverse start order; every
+ * VM that has no setting gets the default (soft, then hard after the power
+ * timeout).  Waits until done. */
+int host_autostop_run(struct host *h, const char *user);
+
 /* ---- events */
 
 enum host_severity { HOST_INFO, HOST_WARNING, HOST_ERROR, HOST_AUDIT };

@@ -193,6 +193,7 @@ int main(int argc, char **argv)
 	CLEANUP_FREE char *pid = xasprintf("%d\n", (int)getpid());
 	write_file_atomic(pidfile, pid, strlen(pid));
 	vela_log(VELA_LOG_INFO, "velad %s ready (home %s)", VELA_VERSION, vela_home());
+	host_autostart_run(h);   /* in the background: the API is up meanwhile */
 
 	int sig = 0;
 	sigwait(&stop, &sig);
