@@ -158,6 +158,18 @@ static int rows_json(struct host *h, sqlite3_stmt *st, json_t **out)
 	return 0;
 }
 
+/* Every row of a query without parameters. */
+static int query_json(struct host *h, const char *sql, json_t **out)
+{
+	pthread_mutex_lock(&h->db_lock);
+	CLEANUP_STMT sqlite3_stmt *st = NULL;
+	int r = prepare(h, sql, &st);
+	if (r == 0)
+		r = rows_json(h, st, out);
+	pthread_mutex_unlock(&h->db_lock);
+	return r;
+}
+
 /* ------------------------------------------------------------- events */
 
 static int event_locked(struct host *h, enum host_severity sev, int64_t vm_id, const char *user, const char *type,
@@ -479,16 +491,10 @@ int host_vm_list(struct host *h, json_t **out)
 	/* States come from the cache the refresher keeps (and power
 	 * operations update at once): a list costs one query, however many
 	 * VMs run. */
-	pthread_mutex_lock(&h->db_lock);
-	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	int r = prepare(h,
-			"SELECT v.id, v.name, v.folder, v.config, COALESCE(s.state, 'off') AS state"
-			" FROM vms v LEFT JOIN vm_state s ON s.vm = v.id ORDER BY v.id",
-			&st);
-	if (r == 0)
-		r = rows_json(h, st, out);
-	pthread_mutex_unlock(&h->db_lock);
-	return r;
+	return query_json(h,
+			  "SELECT v.id, v.name, v.folder, v.config, COALESCE(s.state, 'off') AS state"
+			  " FROM vms v LEFT JOIN vm_state s ON s.vm = v.id ORDER BY v.id",
+			  out);
 }
 
 uint64_t host_generation(struct host *h)
@@ -815,13 +821,7 @@ int host_revoke(struct host *h, const char *by, int64_t id)
 
 int host_grant_list(struct host *h, json_t **out)
 {
-	pthread_mutex_lock(&h->db_lock);
-	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	int r = prepare(h, "SELECT id, principal, scope, role FROM grants ORDER BY id", &st);
-	if (r == 0)
-		r = rows_json(h, st, out);
-	pthread_mutex_unlock(&h->db_lock);
-	return r;
+	return query_json(h, "SELECT id, principal, scope, role FROM grants ORDER BY id", out);
 }
 
 int host_token_create(struct host *h, const char *user, const char *name, int64_t expires_ms, const char *digest,
@@ -946,16 +946,10 @@ int host_autostart_set(struct host *h, const char *user, int64_t id, const struc
 
 int host_autostart_list(struct host *h, json_t **out)
 {
-	pthread_mutex_lock(&h->db_lock);
-	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	int r = prepare(h,
-			"SELECT a.vm, v.name, a.enabled, a.ord AS \"order\", a.delay, a.stop FROM autostart a"
-			" JOIN vms v ON v.id = a.vm ORDER BY a.ord, a.vm",
-			&st);
-	if (r == 0)
-		r = rows_json(h, st, out);
-	pthread_mutex_unlock(&h->db_lock);
-	return r;
+	return query_json(h,
+			  "SELECT a.vm, v.name, a.enabled, a.ord AS \"order\", a.delay, a.stop FROM autostart a"
+			  " JOIN vms v ON v.id = a.vm ORDER BY a.ord, a.vm",
+			  out);
 }
 
 static void *autostart_thread(void *arg)
@@ -1009,15 +1003,10 @@ int host_autostop_run(struct host *h, const char *user)
 	/* Every registered VM, in reverse start order; those without a
 	 * setting last, stopped softly. */
 	json_t *vms = NULL;
-	pthread_mutex_lock(&h->db_lock);
-	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	int r = prepare(h,
-			"SELECT v.id, COALESCE(a.stop, 'soft') AS stop FROM vms v LEFT JOIN autostart a ON a.vm = v.id"
-			" ORDER BY a.ord IS NULL, a.ord DESC, v.id DESC",
-			&st);
-	if (r == 0)
-		r = rows_json(h, st, &vms);
-	pthread_mutex_unlock(&h->db_lock);
+	int r = query_json(h,
+			   "SELECT v.id, COALESCE(a.stop, 'soft') AS stop FROM vms v LEFT JOIN autostart a ON a.vm = v.id"
+			   " ORDER BY a.ord IS NULL, a.ord DESC, v.id DESC",
+			   &vms);
 	if (r < 0)
 		return r;
 	host_event(h, HOST_INFO, 0, user, "host.autostop", "stopping the running VMs");
