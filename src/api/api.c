@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <ctype.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <microhttpd.h>
 #include <pthread.h>
@@ -39,6 +40,11 @@ struct api {
 struct request {
 	struct strbuf body;
 	bool too_big;
+	/* A datastore upload streams to a file instead of the body buffer. */
+	struct host_upload *upload;
+	int upload_fd;
+	int upload_error;      /* refused at the headers, or a write failed */
+	char user[65];
 };
 
 /* ------------------------------------------------------------ errors */
@@ -564,6 +570,57 @@ static enum MHD_Result route_tokens(struct api *a, struct MHD_Connection *c, con
 	return send_error(c, vela_error(VELA_E_NOTFOUND, "no such resource: tokens/%.40s (%s)", rest, method));
 }
 
+/* "NAME/WHAT/REST" of a datastore URL; false when it does not have that shape. */
+static bool split_ds_url(const char *p, char *name, size_t size, const char **what, const char **rest)
+{
+	const char *slash = strchr(p, '/');
+	if (!slash || (size_t)(slash - p) >= size)
+		return false;
+	memcpy(name, p, (size_t)(slash - p));
+	name[slash - p] = '\0';
+	*what = slash + 1;
+	const char *s2 = strchr(*what, '/');
+	*rest = s2 ? s2 + 1 : "";
+	return true;
+}
+
+static enum MHD_Result route_ds_get(struct api *a, struct MHD_Connection *c, const struct caller *who, const char *p)
+{
+	char name[80];
+	const char *what, *rest;
+	int r = need_host(who, HOST_ROLE_READONLY);
+	if (r < 0)
+		return send_error(c, r);
+	if (!split_ds_url(p, name, sizeof name, &what, &rest))
+		return send_error(c, vela_error(VELA_E_NOTFOUND, "no such resource: datastores/%.80s", p));
+	if (strcmp(what, "browse") == 0) {
+		json_t *out = NULL;
+		const char *rel = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "path");
+		r = host_ds_browse(a->host, name, rel ? rel : "", &out);
+		return reply(c, r, "entries", out);
+	}
+	if (!str_starts_with(what, "files/"))
+		return send_error(c, vela_error(VELA_E_NOTFOUND, "no such resource: datastores/%.80s", p));
+	CLEANUP_FREE char *path = NULL;
+	if ((r = host_ds_path(a->host, name, rest, &path)) < 0)
+		return send_error(c, r);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	struct stat st;
+	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		r = fd < 0 ? vela_error_errno(errno, "[%s] %s", name, rest)
+			   : vela_error(VELA_E_INVAL, "[%s] %s is not a file", name, rest);
+		if (fd >= 0)
+			close(fd);
+		return send_error(c, r);
+	}
+	/* MHD sends it with sendfile and closes fd when done. */
+	struct MHD_Response *resp = MHD_create_response_from_fd64((uint64_t)st.st_size, fd);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/octet-stream");
+	enum MHD_Result mr = MHD_queue_response(c, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return mr;
+}
+
 static enum MHD_Result route(struct api *a, struct MHD_Connection *c, const struct caller *who, const char *url,
 			     const char *method, struct request *rq)
 {
@@ -609,6 +666,8 @@ static enum MHD_Result route(struct api *a, struct MHD_Connection *c, const stru
 			return send_error(c, vela_error(VELA_E_NOTFOUND, "no such VM: \"%.40s\"", idp));
 		return route_vm(a, c, who, method, id, slash ? slash + 1 : "", rq);
 	}
+	if (str_starts_with(path, "datastores/") && get)
+		return route_ds_get(a, c, who, path + strlen("datastores/"));
 	if (strcmp(path, "permissions") == 0 || str_starts_with(path, "permissions/"))
 		return route_permissions(a, c, who, method, path[11] ? path + 12 : "", rq);
 	if (strcmp(path, "tokens") == 0 || str_starts_with(path, "tokens/"))
@@ -673,6 +732,52 @@ struct listener {
 	bool local;     /* the UNIX socket: peer credentials, no login */
 };
 
+static int identify(struct listener *l, struct MHD_Connection *c, struct caller *who)
+{
+	int r = l->local ? identify_peer(l->api, c, who) : identify_token(l->api, c, who);
+	if (r == 0)
+		r = load_access(l->api, who);
+	return r;
+}
+
+/* PUT datastores/NAME/files/REL: checked at the headers, so a refused
+ * upload never touches the disk. */
+static void begin_upload(struct listener *l, struct MHD_Connection *c, const char *p, struct request *rq)
+{
+	char name[80];
+	const char *what, *rest;
+	struct caller who = { 0 };
+	int r = identify(l, c, &who);
+	if (r == 0)
+		r = need_host(&who, HOST_ROLE_ADMIN);
+	if (r == 0 && (!split_ds_url(p, name, sizeof name, &what, &rest) || !str_starts_with(what, "files/")))
+		r = vela_error(VELA_E_NOTFOUND, "no such resource: datastores/%.80s", p);
+	if (r == 0)
+		r = host_ds_upload_begin(l->api->host, name, rest, &rq->upload, &rq->upload_fd);
+	snprintf(rq->user, sizeof rq->user, "%s", who.user);
+	caller_clear(&who);
+	if (r < 0) {
+		rq->upload_error = r;
+		strbuf_puts(&rq->body, vela_errmsg());   /* the message, for the answer at the end */
+	}
+}
+
+static enum MHD_Result end_upload(struct api *a, struct MHD_Connection *c, struct request *rq)
+{
+	json_t *out = NULL;
+	int r = rq->upload_error;
+	if (rq->upload) {
+		int w = r;
+		r = host_ds_upload_end(a->host, rq->user, rq->upload, w == 0, &out);
+		rq->upload = NULL;
+		if (w < 0)
+			r = vela_error(-w, "upload: %s", w == -VELA_E_DISKFULL ? "the datastore is full" : "write failed");
+	} else {
+		vela_error(-r, "%s", rq->body.data ? rq->body.data : "upload refused");
+	}
+	return reply(c, r, "file", out);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
 				  const char *version, const char *upload_data, size_t *upload_size, void **con_cls)
 {
@@ -682,18 +787,30 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	struct request *rq = *con_cls;
 	if (!rq) {
 		/* First call: headers only. */
-		*con_cls = xcalloc(1, sizeof *rq);
+		*con_cls = rq = xcalloc(1, sizeof *rq);
+		rq->upload_fd = -1;
+		if (strcmp(method, "PUT") == 0 && str_starts_with(url, API_PREFIX "datastores/"))
+			begin_upload(l, c, url + strlen(API_PREFIX "datastores/"), rq);
 		return MHD_YES;
 	}
 	if (*upload_size) {
-		if (rq->body.len + *upload_size > a->max_body)
+		if (rq->upload) {
+			/* Streamed to the file; a failure is answered at the end. */
+			if (!rq->upload_error && write_all(rq->upload_fd, upload_data, *upload_size) < 0)
+				rq->upload_error = errno == ENOSPC ? -VELA_E_DISKFULL : -VELA_E_WRITE;
+		} else if (rq->upload_error) {
+			;   /* refused at the headers: the body is dropped */
+		} else if (rq->body.len + *upload_size > a->max_body) {
 			rq->too_big = true;
-		else
+		} else {
 			strbuf_append(&rq->body, upload_data, *upload_size);
+		}
 		*upload_size = 0;
 		return MHD_YES;
 	}
 	vela_error_clear();
+	if (rq->upload || rq->upload_error)
+		return end_upload(a, c, rq);
 	if (rq->too_big)
 		return send_error(c, vela_error(VELA_E_TOOBIG, "request body is larger than %zu bytes", a->max_body));
 	if (!str_starts_with(url, API_PREFIX))
@@ -702,9 +819,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	    (strcmp(method, "POST") == 0 || strcmp(method, "DELETE") == 0))
 		return route_login(a, c, method, rq);
 	struct caller who = { 0 };
-	int r = l->local ? identify_peer(a, c, &who) : identify_token(a, c, &who);
-	if (r == 0)
-		r = load_access(a, &who);
+	int r = identify(l, c, &who);
 	enum MHD_Result mr = r < 0 ? send_error(c, r) : route(a, c, &who, url, method, rq);
 	caller_clear(&who);
 	return mr;
@@ -808,11 +923,14 @@ static enum MHD_Result on_http_request(void *cls, struct MHD_Connection *c, cons
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
-	(void)cls;
 	(void)c;
 	(void)toe;
 	struct request *rq = *con_cls;
 	if (rq) {
+		if (rq->upload) {   /* the client went away mid-upload: nothing appears */
+			json_t *none = NULL;
+			host_ds_upload_end(((struct api *)cls)->host, rq->user, rq->upload, false, &none);
+		}
 		strbuf_free(&rq->body);
 		free(rq);
 		*con_cls = NULL;

@@ -6,6 +6,9 @@
  *
  *   GET    /api/v1/host                      host info
  *   GET    /api/v1/datastores                datastores with capacity and free space
+ *   GET    /api/v1/datastores/NAME/browse?path=REL   a folder's entries
+ *   GET    /api/v1/datastores/NAME/files/REL    download (host readonly)
+ *   PUT    /api/v1/datastores/NAME/files/REL    upload, streamed (host admin)
  *   GET    /api/v1/vms                       inventory with power states
  *   POST   /api/v1/vms                       register {config, name?, folder?}
  *   GET    /api/v1/vms/ID                    one VM with its supervisor status

@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -29,8 +30,19 @@ static size_t collect(char *p, size_t size, size_t n, void *sb)
 	return size * n;
 }
 
-/* One request; the reply's error object becomes our error. */
+/* One request; the reply's error object becomes our error.  A file to
+ * send (PUT) or to receive into replaces the JSON body; progress shows on
+ * a terminal. */
+static int client_request(struct client *cl, const char *method, const char *path, json_t *body, FILE *send,
+			  FILE *receive, json_t **reply);
+
 static int client_call(struct client *cl, const char *method, const char *path, json_t *body, json_t **reply)
+{
+	return client_request(cl, method, path, body, NULL, NULL, reply);
+}
+
+static int client_request(struct client *cl, const char *method, const char *path, json_t *body, FILE *send,
+			  FILE *receive, json_t **reply)
 {
 	CLEANUP_FREE char *url = xasprintf("%s/api/v1/%s", cl->base, path);
 	CLEANUP_FREE char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
@@ -47,6 +59,20 @@ static int client_call(struct client *cl, const char *method, const char *path, 
 	curl_easy_setopt(k, CURLOPT_HTTPHEADER, h);
 	curl_easy_setopt(k, CURLOPT_WRITEFUNCTION, collect);
 	curl_easy_setopt(k, CURLOPT_WRITEDATA, &out);
+	if (send) {
+		struct stat st;
+		curl_easy_setopt(k, CURLOPT_UPLOAD, 1L);
+		curl_easy_setopt(k, CURLOPT_READDATA, send);
+		if (fstat(fileno(send), &st) == 0)
+			curl_easy_setopt(k, CURLOPT_INFILESIZE_LARGE, (curl_off_t)st.st_size);
+	}
+	if (receive) {
+		curl_easy_setopt(k, CURLOPT_WRITEFUNCTION, NULL);   /* fwrite */
+		curl_easy_setopt(k, CURLOPT_WRITEDATA, receive);
+		curl_easy_setopt(k, CURLOPT_FAILONERROR, 1L);
+	}
+	if ((send || receive) && isatty(2))
+		curl_easy_setopt(k, CURLOPT_NOPROGRESS, 0L);
 	curl_easy_setopt(k, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(k, CURLOPT_TIMEOUT, 600L);
 	if (text)
@@ -61,6 +87,14 @@ static int client_call(struct client *cl, const char *method, const char *path, 
 	}
 	CURLcode rc = curl_easy_perform(k);
 	curl_slist_free_all(h);
+	if (receive && rc == CURLE_HTTP_RETURNED_ERROR) {
+		long status = 0;
+		curl_easy_getinfo(k, CURLINFO_RESPONSE_CODE, &status);
+		return vela_error(status == 404 ? VELA_E_NOTFOUND : status == 403 ? VELA_E_PERM : VELA_E_IO,
+				  "%s: HTTP %ld", url, status);
+	}
+	if (receive && rc == CURLE_OK)
+		return 0;
 	if (rc != CURLE_OK) {
 		strbuf_free(&out);
 		if (cl->socket && (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST))
@@ -492,6 +526,43 @@ static int other_command(struct client *cl, const char *noun, const char *verb, 
 	}
 	if (strcmp(noun, "host") == 0 && strcmp(verb, "autostop") == 0 && n == 0)
 		return client_call(cl, "POST", "host/autostop", NULL, NULL);
+	if (strcmp(noun, "ds") == 0 && strcmp(verb, "browse") == 0 && (n == 1 || n == 2)) {
+		static const char *const cols[] = { "type", "size", "name", NULL };
+		static const char *const heads[] = { "TYPE", "SIZE", "NAME", NULL };
+		char *e = curl_easy_escape(cl->curl, n == 2 ? args[1] : "", 0);
+		CLEANUP_FREE char *p = xasprintf("datastores/%s/browse?path=%s", args[0], e);
+		curl_free(e);
+		return simple_list(cl, p, "entries", cols, heads);
+	}
+	if (strcmp(noun, "ds") == 0 && (strcmp(verb, "upload") == 0 || strcmp(verb, "download") == 0) && n == 3) {
+		bool up = strcmp(verb, "upload") == 0;
+		const char *remote = up ? args[2] : args[1], *local = up ? args[1] : args[2];
+		CLEANUP_FREE char *p = xasprintf("datastores/%s/files/%s", args[0], remote);
+		if (up) {
+			FILE *f = fopen(local, "rb");
+			if (!f)
+				return vela_error_errno(errno, "%s", local);
+			r = client_request(cl, "PUT", p, NULL, f, NULL, &reply);
+			fclose(f);
+			if (r == 0)
+				print_reply_member(c, reply, "file");
+			json_decref(reply);
+			return r;
+		}
+		/* Into a temporary file first: a failed download leaves nothing. */
+		CLEANUP_FREE char *tmp = xasprintf("%s.partial", local);
+		FILE *f = fopen(tmp, "wbx");
+		if (!f)
+			return vela_error_errno(errno, "%s", tmp);
+		r = client_request(cl, "GET", p, NULL, NULL, f, NULL);
+		if (fclose(f) != 0 && r == 0)
+			r = vela_error_errno(errno, "%s", tmp);
+		if (r == 0 && rename(tmp, local) < 0)
+			r = vela_error_errno(errno, "%s", local);
+		if (r < 0)
+			unlink(tmp);
+		return r;
+	}
 	if (strcmp(noun, "ds") == 0 && strcmp(verb, "list") == 0 && n == 0) {
 		static const char *const cols[] = { "name", "capacity", "free", "path", NULL };
 		static const char *const heads[] = { "NAME", "CAPACITY", "FREE", "PATH", NULL };

@@ -161,6 +161,23 @@ int host_token_delete(struct host *h, const char *user, int64_t id);
 
 /* ---- host and datastores */
 
+/*
+ * Files in datastores.  rel is a path inside the datastore ("iso/x.iso"):
+ * no "..", "." or empty parts, no control characters, at most 1024 bytes;
+ * a symbolic link that leads out of the datastore is refused too.
+ */
+int host_ds_path(struct host *h, const char *ds, const char *rel, char **abs);
+/* The entries of a folder: [{name, type: file|folder|other, size, mtime}]. */
+int host_ds_browse(struct host *h, const char *ds, const char *rel, json_t **out);
+/* Uploads land in a hidden temporary file next to the target and appear
+ * under their name only when complete (an existing file is never
+ * replaced).  begin gives the descriptor to write to. */
+struct host_upload;
+int host_ds_upload_begin(struct host *h, const char *ds, const char *rel, struct host_upload **up, int *fd);
+/* ok: make the file appear (VELA_E_EXISTS if a file took the name meanwhile);
+ * !ok: throw it away.  Always frees up. */
+int host_ds_upload_end(struct host *h, const char *user, struct host_upload *up, bool ok, json_t **out);
+
 /* {name, version, home, vms, running, datastores:[...]} */
 int host_info(struct host *h, json_t **out);
 /* [{name, path, capacity, free}] */

@@ -122,6 +122,33 @@ expect_api 400 "an unknown severity is a 400" GET "/api/v1/events?severity=loud"
 check "bad requests registered nothing" test "$(api GET /api/v1/vms | sed '$d' | jq '.vms | length')" = "$n_before"
 check "velad is still alive after the bad requests" kill -0 "$velad_pid"
 
+# ---- datastore files: browse, upload, download; hostile names change nothing
+head -c 3000000 /dev/urandom > "$VELA_HOME/iso.bin"
+mkdir -p "$VELA_HOME/datastores/local/iso"
+check "vela ds upload" "$VELA" ds upload local "$VELA_HOME/iso.bin" iso/test.iso
+check "the uploaded file is whole" cmp "$VELA_HOME/iso.bin" "$VELA_HOME/datastores/local/iso/test.iso"
+check "no temporary file is left" test "$(ls -A "$VELA_HOME/datastores/local/iso" | wc -l)" = 1
+expect_error VELA_E_EXISTS "an upload never replaces a file" "$VELA" ds upload local "$VELA_HOME/iso.bin" iso/test.iso
+check "vela ds browse lists it with its size" sh -c "'$VELA' ds browse local iso | grep -q '^file  3000000  test.iso'"
+check "vela ds download" "$VELA" ds download local iso/test.iso "$VELA_HOME/back.bin"
+check "the download is whole" cmp "$VELA_HOME/iso.bin" "$VELA_HOME/back.bin"
+expect_error VELA_E_NOTFOUND "downloading a missing file" "$VELA" ds download local iso/none.iso "$VELA_HOME/none.bin"
+check "a failed download leaves no file" test ! -e "$VELA_HOME/none.bin" -a ! -e "$VELA_HOME/none.bin.partial"
+ln -s /etc "$VELA_HOME/datastores/local/escape"
+before=$(find "$VELA_HOME" / -maxdepth 1 2>/dev/null | wc -l)
+for bad in '..%2F..%2Fevil' 'iso/..%2F..%2Fevil' '.%2Fx' 'iso%2F%2Fx' 'a%01b' 'escape/passwd2' 'escape/passwd' '%2Fetc%2Fevil'; do
+	code=$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$SOCK" -T "$VELA_HOME/iso.bin" "http://velad/api/v1/datastores/local/files/$bad")
+	case $code in 400|403|404|409) pass "hostile upload name $bad is refused ($code)" ;; *) fail "hostile upload name $bad is refused (HTTP $code)" ;; esac
+done
+check "nothing was written outside the datastore" test ! -e /etc/passwd2 -a ! -e "$VELA_HOME/evil" -a ! -e "$VELA_HOME/datastores/evil"
+expect_api 403 "download through a link out of the datastore is refused" GET /api/v1/datastores/local/files/escape/passwd
+expect_api 403 "browse through a link out of the datastore is refused" GET "/api/v1/datastores/local/browse?path=escape"
+expect_api 400 "browse with .. is refused" GET "/api/v1/datastores/local/browse?path=../.."
+expect_api 400 "a bad datastore name is refused" GET "/api/v1/datastores/.hidden/browse"
+expect_api 404 "a datastore name with a slash in it is no resource" GET "/api/v1/datastores/..%2Fx/browse"
+expect_api 404 "an unknown datastore is a 404" GET "/api/v1/datastores/nope/browse"
+rm "$VELA_HOME/datastores/local/escape"
+
 # ---- who may connect: root, velad's user, group vela
 if useradd -M -s /usr/sbin/nologin "$TESTUSER" 2>/dev/null; then
 	# Let the stranger reach the peer check itself.
@@ -273,6 +300,9 @@ expect_https 200 "readonly: events" GET "/api/v1/events?limit=1000"
 check "readonly sees only its VM's events" test "$(jq_reply "[.events[] | select(.vm != $id1)] | length")" = 0
 check "... and some of them" test "$(jq_reply '.events | length')" -gt 0
 expect_https 403 "readonly on a VM only: datastores are refused" GET /api/v1/datastores
+out=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" -T "$VELA_HOME/iso.bin" "$URL/api/v1/datastores/local/files/iso/ro.iso")
+check "readonly cannot upload (403)" test "$out" = 403
+check "... and nothing was written" test ! -e "$VELA_HOME/datastores/local/iso/ro.iso"
 
 login "$OP"
 expect_https 200 "operator: list" GET /api/v1/vms

@@ -116,6 +116,36 @@ static void inventory_persists(void **s)
 	free(b);
 }
 
+static void datastore_paths(void **s)
+{
+	(void)s;
+	struct host *h = open_host();
+	char *p = NULL;
+	static const char *const good[] = { "", "iso", "iso/x.iso", "a b/c-d_e.vmdk", "..x", "x.." };
+	for (size_t i = 0; i < ARRAY_SIZE(good); i++) {
+		if (host_ds_path(h, "local", good[i], &p) < 0)
+			fail_msg("refused %s: %s", good[i], vela_errmsg());
+		assert_non_null(strstr(p, "/datastores/local"));
+		free(p);
+	}
+	static const char *const bad[] = { "..", "../x", "a/../../x", "/etc/passwd", "a//b", "./a", "a/.", "a/",
+					   "a\001b", "a\nb" };
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++)
+		if (host_ds_path(h, "local", bad[i], &p) != -VELA_E_BADNAME)
+			fail_msg("accepted %s", bad[i]);
+	assert_int_equal(host_ds_path(h, "../local", "x", &p), -VELA_E_BADNAME);
+	assert_int_equal(host_ds_path(h, ".local", "x", &p), -VELA_E_BADNAME);
+	assert_int_equal(host_ds_path(h, "nope", "x", &p), -VELA_E_NOTFOUND);
+	/* A link that leads out of the datastore. */
+	char *link = xasprintf("%s/datastores/local/out", home);
+	assert_int_equal(symlink("/etc", link), 0);
+	assert_int_equal(host_ds_path(h, "local", "out/passwd", &p), -VELA_E_PERM);
+	assert_int_equal(host_ds_path(h, "local", "out/new/file", &p), -VELA_E_PERM);
+	unlink(link);
+	free(link);
+	host_close(h);
+}
+
 static void body_decoding(void **s)
 {
 	(void)s;
@@ -161,6 +191,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(inventory_persists),
+		cmocka_unit_test(datastore_paths),
 		cmocka_unit_test(body_decoding),
 		cmocka_unit_test(http_status_of_errors),
 	};
