@@ -19,6 +19,10 @@
 
 #define API_PREFIX "/api/v1/"
 
+/* data/openapi.json, built in (scripts/embed.py). */
+extern const char api_openapi_json[];
+extern const size_t api_openapi_json_len;
+
 struct api {
 	struct host *host;
 	struct auth *auth;
@@ -815,6 +819,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		return send_error(c, vela_error(VELA_E_TOOBIG, "request body is larger than %zu bytes", a->max_body));
 	if (!str_starts_with(url, API_PREFIX))
 		return send_error(c, vela_error(VELA_E_NOTFOUND, "no such resource: %.200s", url));
+	if (strcmp(url, API_PREFIX "openapi.json") == 0 && strcmp(method, "GET") == 0) {
+		/* Public, like any API description. */
+		struct MHD_Response *resp = MHD_create_response_from_buffer(api_openapi_json_len, (void *)api_openapi_json,
+									    MHD_RESPMEM_PERSISTENT);
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+		enum MHD_Result mr = MHD_queue_response(c, MHD_HTTP_OK, resp);
+		MHD_destroy_response(resp);
+		return mr;
+	}
 	if (!l->local && strcmp(url, API_PREFIX "session") == 0 &&
 	    (strcmp(method, "POST") == 0 || strcmp(method, "DELETE") == 0))
 		return route_login(a, c, method, rq);

@@ -1,7 +1,8 @@
 /*
  * api.h - velad's HTTP/JSON API (libmicrohttpd) over the host core.
  *
- * Routes (all JSON; errors are {"ok": false, "error": {code, name,
+ * Routes (described for clients in data/openapi.json, served at
+ * /api/v1/openapi.json; all JSON; errors are {"ok": false, "error": {code, name,
  * message}} with a 4xx/5xx status chosen from the error code):
  *
  *   GET    /api/v1/host                      host info

@@ -238,6 +238,13 @@ expect_api 404 "it is gone from the inventory" GET /api/v1/vms/$id3
 expect_api 200 "audit events" GET "/api/v1/events?severity=audit&limit=1000"
 check "the unregistration is an audit event" test "$(jq_reply '[.events[] | select(.type == "vm.unregistered")] | length')" = 1
 
+# ---- the OpenAPI document: public, and it names every route of api.h
+out=$(curl -sk "$URL/api/v1/openapi.json")
+check "the OpenAPI document is served without a login" test "$(echo "$out" | jq -r .openapi)" = 3.0.3
+documented=$(echo "$out" | jq -r '.paths | keys[]' | sort)
+routes=$(grep -o "/api/v1/[A-Za-z/._{}?=&-]*" "$TOP/src/api/api.h" | sed 's|/api/v1||; s|?.*||; s|ID|{id}|; s|NAME|{name}|; s|REL|{path}|' | sort -u)
+if [ "$documented" = "$routes" ]; then pass "openapi.json documents every route in api.h"; else fail "openapi.json documents every route in api.h: $(diff <(echo "$routes") <(echo "$documented") | tr '\n' ' ')"; fi
+
 # ---- HTTPS: logins (PAM), sessions, API tokens and the permission matrix
 for u in "$RO" "$OP" "$AD" "$NOBODY"; do useradd -M -s /usr/sbin/nologin "$u"; echo "$u:$PASSWORD" | chpasswd; done
 groupadd "$GRP" && usermod -a -G "$GRP" "$AD"
