@@ -12,6 +12,7 @@
 #include <microhttpd.h>
 #include <pthread.h>
 #include <pwd.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -38,6 +39,7 @@ struct api {
 	pthread_mutex_t list_lock;
 	uint64_t list_gen;
 	char *list_text;
+	atomic_bool stopping;     /* ends live streams, so the daemons can stop */
 };
 
 /* Per request: the body as it arrives, and who is asking. */
@@ -374,6 +376,99 @@ static enum MHD_Result route_events(struct api *a, struct MHD_Connection *c, con
 	return reply(c, r, "events", ev);
 }
 
+/* GET /events/stream: Server-Sent Events, one "data:" line (an event's
+ * JSON) per event the caller may read, as they happen. */
+struct event_stream {
+	struct api *api;
+	struct host_access *access;   /* the caller's grants, for the whole stream */
+	struct host_event_query q;
+	char *severity;
+	struct strbuf pending;        /* text not yet taken by MHD */
+	size_t sent;
+	int64_t last_beat;
+};
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	(void)pos;
+	struct event_stream *s = cls;
+	while (s->sent == s->pending.len) {
+		strbuf_reset(&s->pending);
+		s->sent = 0;
+		if (atomic_load(&s->api->stopping))
+			return MHD_CONTENT_READER_END_OF_STREAM;
+		if (host_event_wait(s->api->host, s->q.after_id, 1000)) {
+			/* Everything up to `upto` is read now (events the caller may
+			 * not see included, or the wait would never sleep again);
+			 * visible ones newer than it come in the list too. */
+			int64_t upto = host_event_last(s->api->host);
+			json_t *ev = NULL;
+			if (host_event_list(s->api->host, &s->q, s->access, &ev) < 0)
+				return MHD_CONTENT_READER_END_WITH_ERROR;
+			size_t i;
+			json_t *e;
+			json_array_foreach(ev, i, e) {
+				int64_t id = json_integer_value(json_object_get(e, "id"));
+				char *text = json_dumps(e, JSON_COMPACT);
+				strbuf_printf(&s->pending, "id: %lld\ndata: %s\n\n", (long long)id, text);
+				free(text);
+				if (id > upto)
+					upto = id;
+			}
+			json_decref(ev);
+			s->q.after_id = upto;
+		}
+		if (s->pending.len == 0 && time_mono_ms() - s->last_beat > 15000) {
+			strbuf_puts(&s->pending, ": keep-alive\n\n");   /* proxies close silent streams */
+			s->last_beat = time_mono_ms();
+		}
+	}
+	size_t n = s->pending.len - s->sent < max ? s->pending.len - s->sent : max;
+	memcpy(buf, s->pending.data + s->sent, n);
+	s->sent += n;
+	return (ssize_t)n;
+}
+
+static void stream_free(void *cls)
+{
+	struct event_stream *s = cls;
+	host_access_free(s->access);
+	strbuf_free(&s->pending);
+	free(s->severity);
+	free(s);
+}
+
+static enum MHD_Result route_event_stream(struct api *a, struct MHD_Connection *c, const struct caller *who)
+{
+	int bad = 0;
+	struct event_stream *s = xcalloc(1, sizeof *s);
+	s->api = a;
+	s->q.vm_id = query_i64(c, "vm", 0, &bad);
+	s->q.after_id = query_i64(c, "after", host_event_last(a->host), &bad);
+	s->q.limit = 1000;
+	const char *sev = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "severity");
+	enum host_severity sv;
+	if (!bad && sev && host_severity_parse(sev, &sv) < 0)
+		bad = -VELA_E_INVAL;
+	struct host_principal p = { .user = who->user, .groups = (const char *const *)who->groups,
+				    .n_groups = who->n_groups, .superuser = who->superuser };
+	if (!bad)
+		bad = host_access_load(a->host, &p, &s->access);
+	if (bad) {
+		stream_free(s);
+		return send_error(c, bad);
+	}
+	s->severity = sev ? xstrdup(sev) : NULL;
+	s->q.severity = s->severity;
+	s->last_beat = time_mono_ms();
+	struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, s, stream_free);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	enum MHD_Result mr = MHD_queue_response(c, MHD_HTTP_OK, resp);
+	MHD_destroy_response(resp);
+	return mr;
+}
+
 static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const struct caller *who, const char *method,
 				int64_t id, const char *action, struct request *rq)
 {
@@ -648,6 +743,8 @@ static enum MHD_Result route(struct api *a, struct MHD_Connection *c, const stru
 	}
 	if (strcmp(path, "events") == 0 && get)
 		return route_events(a, c, who);
+	if (strcmp(path, "events/stream") == 0 && get)
+		return route_event_stream(a, c, who);
 	if (strcmp(path, "autostart") == 0 && get) {
 		if ((r = need_host(who, HOST_ROLE_READONLY)) == 0)
 			r = host_autostart_list(a->host, &out);
@@ -1051,6 +1148,7 @@ void api_stop(struct api *a)
 {
 	if (!a)
 		return;
+	atomic_store(&a->stopping, true);
 	if (a->http_daemon)
 		MHD_stop_daemon(a->http_daemon);
 	if (a->https_daemon)

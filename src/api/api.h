@@ -20,6 +20,7 @@
  *   GET    /api/v1/autostart                 the start order
  *   POST   /api/v1/host/autostop             stop the VMs as their autostop says
  *   GET    /api/v1/events?vm=&severity=&after=&since=&limit=
+ *   GET    /api/v1/events/stream?vm=&severity=&after=   live, text/event-stream
  *
  *   GET    /api/v1/session                   who am I
  *   POST   /api/v1/session                   log in {user, password} (PAM) -> token + cookie

@@ -37,6 +37,10 @@ struct host {
 	pthread_mutex_t oplocks_lock;
 	struct vm_oplock *oplocks;
 	atomic_ullong generation;       /* bumped by every change a VM list shows */
+	/* The newest event's id, for live streams waiting on event_cond. */
+	pthread_mutex_t event_lock;
+	pthread_cond_t event_cond;
+	int64_t last_event;
 	pthread_t autostart_tid;
 	bool autostarting;
 	atomic_bool autostart_stop;
@@ -189,6 +193,10 @@ static int event_locked(struct host *h, enum host_severity sev, int64_t vm_id, c
 	sqlite3_bind_text(st, 6, msg, -1, SQLITE_TRANSIENT);
 	if (sqlite3_step(st) != SQLITE_DONE)
 		return db_fail(h, "record event");
+	pthread_mutex_lock(&h->event_lock);
+	h->last_event = sqlite3_last_insert_rowid(h->db);
+	pthread_cond_broadcast(&h->event_cond);
+	pthread_mutex_unlock(&h->event_lock);
 	vela_log(sev == HOST_ERROR ? VELA_LOG_ERROR : sev == HOST_WARNING ? VELA_LOG_WARN : VELA_LOG_INFO,
 		 "event %s vm=%lld user=%s: %s", type, (long long)vm_id, user ? user : "-", msg);
 	return 0;
@@ -208,6 +216,33 @@ int host_event(struct host *h, enum host_severity sev, int64_t vm_id, const char
 	pthread_mutex_unlock(&h->db_lock);
 	free(msg);
 	return r;
+}
+
+bool host_event_wait(struct host *h, int64_t after_id, int timeout_ms)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (timeout_ms % 1000) * 1000000l;
+	if (until.tv_nsec >= 1000000000l) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000l;
+	}
+	pthread_mutex_lock(&h->event_lock);
+	while (h->last_event <= after_id)
+		if (pthread_cond_timedwait(&h->event_cond, &h->event_lock, &until) != 0)
+			break;
+	bool more = h->last_event > after_id;
+	pthread_mutex_unlock(&h->event_lock);
+	return more;
+}
+
+int64_t host_event_last(struct host *h)
+{
+	pthread_mutex_lock(&h->event_lock);
+	int64_t id = h->last_event;
+	pthread_mutex_unlock(&h->event_lock);
+	return id;
 }
 
 static bool event_visible(const struct host_access *a, int64_t vm, const char *folder)
@@ -1331,6 +1366,14 @@ int host_open(const struct host_opts *opts, struct host **out)
 	h->refresh_ms = opts->refresh_ms ? (opts->refresh_ms < 0 ? 0 : opts->refresh_ms) : 1000;
 	pthread_mutex_init(&h->db_lock, NULL);
 	pthread_mutex_init(&h->refresh_lock, NULL);
+	pthread_mutex_init(&h->event_lock, NULL);
+	{
+		pthread_condattr_t ca;
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&h->event_cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	pthread_mutex_init(&h->oplocks_lock, NULL);
 	CLEANUP_FREE char *ds = path_join(h->home, "datastores/" DEFAULT_DATASTORE);
 	CLEANUP_FREE char *dbpath = path_join(h->home, "host.db");
@@ -1407,6 +1450,8 @@ void host_close(struct host *h)
 	pthread_mutex_destroy(&h->db_lock);
 	pthread_mutex_destroy(&h->oplocks_lock);
 	pthread_mutex_destroy(&h->refresh_lock);
+	pthread_mutex_destroy(&h->event_lock);
+	pthread_cond_destroy(&h->event_cond);
 	free(h->home);
 	free(h->vmx_binary);
 	free(h);

@@ -110,6 +110,11 @@ struct host_event_query {
 	const char *severity;     /* NULL = any */
 	unsigned limit;           /* 0 = 100; at most 10000 */
 };
+/* Wait up to timeout_ms for an event with an id above after_id; true if
+ * there is one.  For live streams. */
+bool host_event_wait(struct host *h, int64_t after_id, int timeout_ms);
+/* The newest event's id. */
+int64_t host_event_last(struct host *h);
 /* Newest last: [{id, time, severity, vm, user, type, message}].  With
  * access, only events the principal may read (a VM's need readonly on it,
  * the host's readonly on the host). */

@@ -166,6 +166,11 @@ else
 	fail "useradd $TESTUSER"
 fi
 
+# ---- live events (Server-Sent Events)
+curl -sN -m 60 --unix-socket "$SOCK" "http://velad/api/v1/events/stream?vm=$id2" > "$VELA_HOME/stream-root.out" 2>/dev/null &
+stream_pid=$!
+sleep 0.5
+
 # ---- power through the API, checked from inside the guests
 expect_api 200 "power on VM 1" POST /api/v1/vms/$id1/power '{"op": "start"}'
 check "... the reply says on" test "$(jq_reply .status.state)" = on
@@ -180,6 +185,10 @@ check "... and state on" test "$(jq_reply .vm.state)" = on
 expect_api 200 "pause VM 2" POST /api/v1/vms/$id2/power '{"op": "pause"}'
 check "... paused" test "$(jq_reply .status.state)" = paused
 expect_api 200 "unpause VM 2" POST /api/v1/vms/$id2/power '{"op": "unpause"}'
+sleep 0.5
+kill "$stream_pid" 2>/dev/null
+check "the live stream carried VM 2's power events as they happened" test "$(grep -c '^data: .*"type":"vm.power"' "$VELA_HOME/stream-root.out")" -ge 3
+check "... and only VM 2's" sh -c "! grep '^data:' '$VELA_HOME/stream-root.out' | grep -v '\"vm\":$id2,'"
 
 # ---- kill -9 velad: the VMs keep running; a new velad finds them
 kill -9 "$velad_pid"
@@ -307,6 +316,15 @@ expect_https 200 "readonly: events" GET "/api/v1/events?limit=1000"
 check "readonly sees only its VM's events" test "$(jq_reply "[.events[] | select(.vm != $id1)] | length")" = 0
 check "... and some of them" test "$(jq_reply '.events | length')" -gt 0
 expect_https 403 "readonly on a VM only: datastores are refused" GET /api/v1/datastores
+curl -skN -m 30 -H "Authorization: Bearer $token" "$URL/api/v1/events/stream" > "$VELA_HOME/stream-ro.out" 2>/dev/null &
+ro_stream=$!
+sleep 0.5
+expect_api 409 "an event on VM 2, not readonly's (a refused stop)" POST /api/v1/vms/$id2/power '{"op": "stop", "mode": "hard"}'
+"$VELA" vm autostart --off "$id1" > /dev/null   # an audit event on VM 1, readonly's
+sleep 1.5
+kill "$ro_stream" 2>/dev/null
+check "readonly's live stream has VM 1's event" grep -q '"type":"vm.autostart.set"' "$VELA_HOME/stream-ro.out"
+check "... and nothing of VM 2's" sh -c "! grep -q '\"vm\":$id2,' '$VELA_HOME/stream-ro.out'"
 out=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" -T "$VELA_HOME/iso.bin" "$URL/api/v1/datastores/local/files/iso/ro.iso")
 check "readonly cannot upload (403)" test "$out" = 403
 check "... and nothing was written" test ! -e "$VELA_HOME/datastores/local/iso/ro.iso"
@@ -398,10 +416,14 @@ check "failed logins are warning events" test "$(jq_reply "[.events[] | select(.
 expect_api 200 "revoke a grant" DELETE /api/v1/permissions/$(api GET /api/v1/permissions | sed '$d' | jq -r ".permissions[] | select(.principal == \"user:$RO\") | .id")
 check "two grants left" test "$(api GET /api/v1/permissions | sed '$d' | jq '.permissions | length')" = 2
 
-# ---- SIGTERM stops velad cleanly, removing its socket
+# ---- SIGTERM stops velad cleanly, removing its socket, even with a live stream open
+curl -sN -m 60 --unix-socket "$SOCK" http://velad/api/v1/events/stream > /dev/null 2>&1 &
+sleep 0.5
+t0=$(date +%s%3N)
 kill -TERM "$velad_pid"
 wait "$velad_pid"
 check "velad exits 0 on SIGTERM" test $? = 0
+check "... within 5 s with a live stream open ($(( $(date +%s%3N) - t0 )) ms)" test $(( $(date +%s%3N) - t0 )) -lt 5000
 velad_pid=
 check "its socket is gone" test ! -e "$SOCK"
 if grep -q -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$VELA_HOME/velad.out"; then
