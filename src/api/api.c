@@ -528,29 +528,6 @@ static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const s
 	return send_error(c, vela_error(VELA_E_NOTSUP, "%s is not allowed here", method));
 }
 
-/* Only the VMs the caller may see, with the caller's role on each. */
-static int visible_vms(struct api *a, const struct caller *who, json_t **out)
-{
-	json_t *all = NULL;
-	int r = host_vm_list(a->host, &all);
-	if (r < 0)
-		return r;
-	json_t *mine = json_array();
-	size_t i;
-	json_t *vm;
-	json_array_foreach(all, i, vm) {
-		enum host_role role = host_access_vm(who->access, json_integer_value(json_object_get(vm, "id")),
-						     json_string_value(json_object_get(vm, "folder")));
-		if (role >= HOST_ROLE_READONLY) {
-			json_object_set_new(vm, "role", json_string(host_role_name(role)));
-			json_array_append(mine, vm);
-		}
-	}
-	json_decref(all);
-	*out = mine;
-	return 0;
-}
-
 static enum MHD_Result send_text(struct MHD_Connection *c, char *text)
 {
 	struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback(strlen(text), text, free);
@@ -563,7 +540,6 @@ static enum MHD_Result send_text(struct MHD_Connection *c, char *text)
 
 static enum MHD_Result route_list(struct api *a, struct MHD_Connection *c, const struct caller *who)
 {
-	json_t *out = NULL;
 	bool everything = host_access_host(who->access) >= HOST_ROLE_ADMIN;
 	uint64_t gen = host_generation(a->host);
 	if (everything) {
@@ -573,22 +549,22 @@ static enum MHD_Result route_list(struct api *a, struct MHD_Connection *c, const
 		if (copy)
 			return send_text(c, copy);
 	}
-	int r = visible_vms(a, who, &out);
-	if (r < 0)
+	struct strbuf text = { 0 };
+	int r = host_vm_list_text(a->host, everything ? NULL : who->access, &text);
+	if (r < 0) {
+		strbuf_free(&text);
 		return send_error(c, r);
-	json_t *doc = json_pack("{s:b, s:o}", "ok", 1, "vms", out);
-	char *text = json_dumps(doc, JSON_COMPACT);
-	json_decref(doc);
+	}
 	if (everything) {
 		/* Made from the generation read before the query: if something
 		 * changed meanwhile, the next request sees a newer one. */
 		pthread_mutex_lock(&a->list_lock);
 		free(a->list_text);
-		a->list_text = xstrdup(text);
+		a->list_text = xstrdup(text.data);
 		a->list_gen = gen;
 		pthread_mutex_unlock(&a->list_lock);
 	}
-	return send_text(c, text);
+	return send_text(c, strbuf_steal(&text));
 }
 
 static enum MHD_Result route_register(struct api *a, struct MHD_Connection *c, const struct caller *who,

@@ -135,6 +135,9 @@ struct strbuf {
 int strbuf_append(struct strbuf *sb, const char *s, size_t n);
 int strbuf_puts(struct strbuf *sb, const char *s);
 int strbuf_printf(struct strbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Append s as a JSON string literal (quotes, escapes; bytes >= 0x80 pass
+ * through, so valid UTF-8 stays valid). */
+int strbuf_json_string(struct strbuf *sb, const char *s);
 void strbuf_reset(struct strbuf *sb);
 void strbuf_free(struct strbuf *sb);
 /* Return data (caller owns it) and reset the buffer. */

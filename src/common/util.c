@@ -109,6 +109,29 @@ int strbuf_printf(struct strbuf *sb, const char *fmt, ...)
 	return 0;
 }
 
+int strbuf_json_string(struct strbuf *sb, const char *s)
+{
+	static const char hex[] = "0123456789abcdef";
+	strbuf_append(sb, "\"", 1);
+	const char *run = s;
+	for (const char *p = s; *p; p++) {
+		unsigned char c = (unsigned char)*p;
+		if (c >= 0x20 && c != '"' && c != '\\')
+			continue;
+		strbuf_append(sb, run, (size_t)(p - run));
+		char esc[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
+		if (c == '"' || c == '\\') {
+			esc[1] = (char)c;
+			strbuf_append(sb, esc, 2);
+		} else {
+			strbuf_append(sb, esc, 6);
+		}
+		run = p + 1;
+	}
+	strbuf_append(sb, run, strlen(run));
+	return strbuf_append(sb, "\"", 1);
+}
+
 void strbuf_reset(struct strbuf *sb)
 {
 	sb->len = 0;

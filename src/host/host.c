@@ -533,6 +533,45 @@ int host_vm_list(struct host *h, json_t **out)
 			  out);
 }
 
+int host_vm_list_text(struct host *h, const struct host_access *access, struct strbuf *out)
+{
+	pthread_mutex_lock(&h->db_lock);
+	CLEANUP_STMT sqlite3_stmt *st = NULL;
+	int r = prepare(h,
+			"SELECT v.id, v.name, v.folder, v.config, COALESCE(s.state, 'off')"
+			" FROM vms v LEFT JOIN vm_state s ON s.vm = v.id ORDER BY v.id",
+			&st);
+	int rc = SQLITE_DONE;
+	bool first = true;
+	strbuf_puts(out, "{\"ok\":true,\"vms\":[");
+	while (r == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		int64_t id = sqlite3_column_int64(st, 0);
+		const char *folder = (const char *)sqlite3_column_text(st, 2);
+		enum host_role role = access ? host_access_vm(access, id, folder) : HOST_ROLE_ADMIN;
+		if (role < HOST_ROLE_READONLY)
+			continue;
+		char head[48];   /* snprintf into the stack: no allocation per row */
+		int n = snprintf(head, sizeof head, "%s{\"id\":%lld,\"name\":", first ? "" : ",", (long long)id);
+		strbuf_append(out, head, (size_t)n);
+		strbuf_json_string(out, (const char *)sqlite3_column_text(st, 1));
+		strbuf_puts(out, ",\"folder\":");
+		strbuf_json_string(out, folder);
+		strbuf_puts(out, ",\"config\":");
+		strbuf_json_string(out, (const char *)sqlite3_column_text(st, 3));
+		strbuf_puts(out, ",\"state\":");
+		strbuf_json_string(out, (const char *)sqlite3_column_text(st, 4));
+		strbuf_puts(out, ",\"role\":\"");
+		strbuf_puts(out, host_role_name(role));
+		strbuf_puts(out, "\"}");
+		first = false;
+	}
+	if (r == 0 && rc != SQLITE_DONE)
+		r = db_fail(h, "list VMs");
+	pthread_mutex_unlock(&h->db_lock);
+	strbuf_puts(out, "]}");
+	return r;
+}
+
 uint64_t host_generation(struct host *h)
 {
 	return atomic_load(&h->generation);

@@ -116,6 +116,51 @@ static void inventory_persists(void **s)
 	free(b);
 }
 
+/* The text list is JSON whatever the names hold, and filters like the access rules. */
+static void list_text_is_json(void **s)
+{
+	(void)s;
+	struct host *h = open_host();
+	char *v = make_vmx("textlist");
+	json_t *vm = NULL;
+	assert_int_equal(host_vm_register(h, "tester", v, "we\"ird\\name \xc3\xa9", "/odd", &vm), 0);
+	int64_t id = json_integer_value(json_object_get(vm, "id"));
+	json_decref(vm);
+	struct strbuf sb = { 0 };
+	assert_int_equal(host_vm_list_text(h, NULL, &sb), 0);
+	json_error_t err;
+	json_t *doc = json_loads(sb.data, 0, &err);
+	if (!doc)
+		fail_msg("not JSON: %s in %s", err.text, sb.data);
+	json_t *vms = json_object_get(doc, "vms");
+	json_t *last = json_array_get(vms, json_array_size(vms) - 1);
+	assert_string_equal(json_string_value(json_object_get(last, "name")), "we\"ird\\name \xc3\xa9");
+	assert_string_equal(json_string_value(json_object_get(last, "role")), "admin");
+	json_decref(doc);
+	strbuf_free(&sb);
+
+	/* Filtered: a principal with a grant on this VM only sees just it. */
+	json_t *g = NULL;
+	char scope[32];
+	snprintf(scope, sizeof scope, "vm:%lld", (long long)id);
+	assert_int_equal(host_grant(h, "tester", "user:lister", scope, "operator", &g), 0);
+	json_decref(g);
+	struct host_principal p = { .user = "lister" };
+	struct host_access *acc = NULL;
+	assert_int_equal(host_access_load(h, &p, &acc), 0);
+	assert_int_equal(host_vm_list_text(h, acc, &sb), 0);
+	doc = json_loads(sb.data, 0, &err);
+	assert_non_null(doc);
+	vms = json_object_get(doc, "vms");
+	assert_int_equal(json_array_size(vms), 1);
+	assert_string_equal(json_string_value(json_object_get(json_array_get(vms, 0), "role")), "operator");
+	json_decref(doc);
+	strbuf_free(&sb);
+	host_access_free(acc);
+	host_close(h);
+	free(v);
+}
+
 static void datastore_paths(void **s)
 {
 	(void)s;
@@ -191,6 +236,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(inventory_persists),
+		cmocka_unit_test(list_text_is_json),
 		cmocka_unit_test(datastore_paths),
 		cmocka_unit_test(body_decoding),
 		cmocka_unit_test(http_status_of_errors),
