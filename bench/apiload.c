@@ -2,6 +2,8 @@
  * apiload - measure "list every VM with its state" through an API, the same
  * way for both peers:
  *   apiload velad SOCKET THREADS SECONDS     GET /api/v1/vms over velad's socket
+ *   apiload velad-https URL THREADS SECONDS  the same over HTTPS as $VELA_TOKEN's
+ *                                            user (a filtered list: no cache)
  *   apiload libvirt URI THREADS SECONDS      virConnectListAllDomains + name + state
  * Each thread keeps its own connection and lists in a loop; prints requests,
  * requests/s, p50 and p99 latency (ms) and the number of VMs in the last list.
@@ -64,8 +66,20 @@ static void *velad_worker(void *arg)
 	(void)arg;
 	CURL *c = curl_easy_init();
 	struct buf b = { 0 };
-	curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, target);
-	curl_easy_setopt(c, CURLOPT_URL, "http://velad/api/v1/vms");
+	struct curl_slist *h = NULL;
+	char url[512], auth[512];
+	if (strcmp(kind, "velad-https") == 0) {
+		snprintf(url, sizeof url, "%s/api/v1/vms", target);
+		snprintf(auth, sizeof auth, "Authorization: Bearer %s", getenv("VELA_TOKEN") ? getenv("VELA_TOKEN") : "");
+		h = curl_slist_append(h, auth);
+		curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+		curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 0L);
+		curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
+	} else {
+		snprintf(url, sizeof url, "http://velad/api/v1/vms");
+		curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, target);
+	}
+	curl_easy_setopt(c, CURLOPT_URL, url);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, sink);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
 	double end = now() + seconds;
@@ -84,6 +98,7 @@ static void *velad_worker(void *arg)
 		record(ms, count, rc != CURLE_OK);
 	}
 	free(b.p);
+	curl_slist_free_all(h);
 	curl_easy_cleanup(c);
 	return NULL;
 }
@@ -124,7 +139,7 @@ static int cmp(const void *a, const void *b)
 int main(int argc, char **argv)
 {
 	if (argc != 5) {
-		fprintf(stderr, "usage: apiload velad|libvirt SOCKET|URI THREADS SECONDS\n");
+		fprintf(stderr, "usage: apiload velad|velad-https|libvirt SOCKET|URL|URI THREADS SECONDS\n");
 		return 2;
 	}
 	kind = argv[1];

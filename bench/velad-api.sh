@@ -6,6 +6,8 @@
 #      SECS seconds: velad GET /api/v1/vms on its socket vs libvirt
 #      virConnectListAllDomains + virDomainGetName + virDomainGetState
 #      (what `virsh list --all` does).  Requests/s, p50, p99.
+#      Also velad over HTTPS as a user with a readonly grant on the host:
+#      that list is filtered per request, so it is never served from cache.
 #   3. Power-on latency, CLI to QEMU running, median of 5: `vela vm start ID`
 #      (through velad) vs `virsh start NAME`.
 # Usage: [N=1000] [RUNNING=20] [THREADS=4] [SECS=10] bench/velad-api.sh
@@ -59,7 +61,8 @@ gcc -O2 -Wall -o "$work/apiload" "$top/bench/apiload.c" -lcurl -lvirt -lpthread
 
 # ---- the same N guests in both
 mkdir -p "$VELA_HOME"
-"$top/build/bin/velad" --foreground --https-port 0 --http-port 0 > "$work/velad.out" 2>&1 &
+port=$((20000 + RANDOM % 40000))
+"$top/build/bin/velad" --foreground --https-port $port --http-port 0 --listen 127.0.0.1 > "$work/velad.out" 2>&1 &
 velad_pid=$!
 for ((i = 0; i < 50; i++)); do "$vela" host info >/dev/null 2>&1 && break; sleep 0.1; done
 ds=$VELA_HOME/datastores/local
@@ -89,15 +92,26 @@ echo "registered $N VMs in velad in $reg_ms ms (one curl each); defined them in 
 echo "running: velad $("$vela" --json vm list | grep -c '"state": "on"'), libvirt $($virsh list --state-running | grep -c vb-)"
 
 # ---- list every VM with its state
+benchuser=velabench$$
+useradd -M "$benchuser"
+trap 'userdel "$benchuser" 2>/dev/null; cleanup' EXIT
+pw=bench-$RANDOM-$RANDOM
+echo "$benchuser:$pw" | chpasswd
+"$vela" perm grant "user:$benchuser" host readonly >/dev/null
+token=$(VELA_PASSWORD=$pw "$vela" --host 127.0.0.1:$port --insecure --user "$benchuser" token create bench)
 v=$("$work/apiload" velad "$VELA_HOME/run/velad.sock" "$THREADS" "$SECS")
+f=$(VELA_TOKEN=$token "$work/apiload" velad-https "https://127.0.0.1:$port" "$THREADS" "$SECS")
 l=$("$work/apiload" libvirt qemu:///system "$THREADS" "$SECS")
 echo "$v"
+echo "$f"
 echo "$l"
 get() { echo "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 printf '%-8s %10s %10s %10s %6s\n' peer "req/s" p50_ms p99_ms vms
 printf '%-8s %10s %10s %10s %6s\n' velad "$(get "$v" rps)" "$(get "$v" p50_ms)" "$(get "$v" p99_ms)" "$(get "$v" vms)"
+printf '%-8s %10s %10s %10s %6s\n' "velad-ro" "$(get "$f" rps)" "$(get "$f" p50_ms)" "$(get "$f" p99_ms)" "$(get "$f" vms)"
 printf '%-8s %10s %10s %10s %6s\n' libvirt "$(get "$l" rps)" "$(get "$l" p50_ms)" "$(get "$l" p99_ms)" "$(get "$l" vms)"
 awk -v a="$(get "$v" rps)" -v b="$(get "$l" rps)" 'BEGIN {printf "throughput ratio velad/libvirt: %.2fx\n", a / b}'
+awk -v a="$(get "$f" rps)" -v b="$(get "$l" rps)" 'BEGIN {printf "throughput ratio velad (HTTPS, filtered)/libvirt: %.2fx\n", a / b}'
 
 # ---- power-on latency (CLI call until the guest's QEMU runs)
 vt=() lt=()
