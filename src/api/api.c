@@ -156,11 +156,11 @@ int api_decode_body(const char *body, size_t len, struct api_field *fields, size
 		if (json_is_null(v) && f->optional)
 			continue;
 		bool ok = (f->type == 's' && json_is_string(v)) || (f->type == 'i' && json_is_integer(v)) ||
-			  (f->type == 'b' && json_is_boolean(v));
+			  (f->type == 'b' && json_is_boolean(v)) || (f->type == 'a' && json_is_array(v));
 		if (!ok) {
 			json_decref(j);
-			return vela_error(VELA_E_INVAL, "request body: \"%s\" must be a %s", f->name,
-					  f->type == 's' ? "string" : f->type == 'i' ? "integer" : "boolean");
+			return vela_error(VELA_E_INVAL, "request body: \"%s\" must be a%s", f->name,
+					  f->type == 's' ? " string" : f->type == 'i' ? "n integer" : f->type == 'a' ? " list" : " boolean");
 		}
 		if (f->type == 's') {
 			f->s = json_string_value(v);
@@ -171,6 +171,7 @@ int api_decode_body(const char *body, size_t len, struct api_field *fields, size
 		}
 		f->i = f->type == 'i' ? json_integer_value(v) : 0;
 		f->b = f->type == 'b' && json_is_true(v);
+		f->j = f->type == 'a' ? v : NULL;
 		f->present = true;
 	}
 	for (size_t i = 0; i < n; i++)
@@ -567,6 +568,35 @@ static enum MHD_Result route_list(struct api *a, struct MHD_Connection *c, const
 	return send_text(c, strbuf_steal(&text));
 }
 
+static enum MHD_Result route_create(struct api *a, struct MHD_Connection *c, const struct caller *who,
+				    struct request *rq)
+{
+	struct api_field f[] = { { .name = "name", .type = 's' },
+				 { .name = "datastore", .type = 's', .optional = true },
+				 { .name = "folder", .type = 's', .optional = true },
+				 { .name = "memsize", .type = 'i', .optional = true },
+				 { .name = "vcpus", .type = 'i', .optional = true },
+				 { .name = "guestOS", .type = 's', .optional = true },
+				 { .name = "disks", .type = 'a', .optional = true },
+				 { .name = "cdrom", .type = 's', .optional = true },
+				 { .name = "nic", .type = 'b', .optional = true } };
+	json_t *doc = NULL, *out = NULL;
+	int r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
+	if (r == 0 && host_access_folder(who->access, f[2].s ? f[2].s : "/") < HOST_ROLE_ADMIN)
+		r = vela_error(VELA_E_PERM, "%s needs the admin role on folder %s to create VMs there", who->user,
+			       f[2].s ? f[2].s : "/");
+	if (r == 0 && ((f[3].present && (f[3].i < 16 || f[3].i > 1048576)) || (f[4].present && (f[4].i < 1 || f[4].i > 64))))
+		r = vela_error(VELA_E_RANGE, "create: memsize 16 MiB to 1 TiB, vcpus 1 to 64");
+	if (r == 0) {
+		struct host_vm_spec sp = { .name = f[0].s, .datastore = f[1].s, .folder = f[2].s,
+					   .memsize_mb = f[3].present ? (int)f[3].i : 512, .vcpus = f[4].present ? (int)f[4].i : 1,
+					   .guest_os = f[5].s, .disks = f[6].j, .cdrom = f[7].s, .nic = f[8].present ? f[8].b : true };
+		r = host_vm_create(a->host, who->user, &sp, &out);
+	}
+	json_decref(doc);
+	return reply(c, r, "vm", out);
+}
+
 static enum MHD_Result route_register(struct api *a, struct MHD_Connection *c, const struct caller *who,
 				      struct request *rq)
 {
@@ -735,6 +765,8 @@ static enum MHD_Result route(struct api *a, struct MHD_Connection *c, const stru
 		return route_list(a, c, who);
 	if (strcmp(path, "vms") == 0 && strcmp(method, "POST") == 0)
 		return route_register(a, c, who, rq);
+	if (strcmp(path, "vms/create") == 0 && strcmp(method, "POST") == 0)
+		return route_create(a, c, who, rq);
 	if (str_starts_with(path, "vms/")) {
 		const char *idp = path + 4, *slash = strchr(idp, '/');
 		size_t n = slash ? (size_t)(slash - idp) : strlen(idp);

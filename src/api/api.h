@@ -12,6 +12,8 @@
  *   PUT    /api/v1/datastores/NAME/files/REL    upload, streamed (host admin)
  *   GET    /api/v1/vms                       inventory with power states
  *   POST   /api/v1/vms                       register {config, name?, folder?}
+ *   POST   /api/v1/vms/create                a new VM {name, datastore?, folder?, memsize?,
+ *                                            vcpus?, guestOS?, disks?, cdrom?, nic?}
  *   GET    /api/v1/vms/ID                    one VM with its supervisor status
  *   DELETE /api/v1/vms/ID                    unregister (files stay)
  *   POST   /api/v1/vms/ID/power              {op: start|stop|reset|pause|unpause, mode?}
@@ -74,11 +76,12 @@ unsigned api_http_status(int code);
  */
 struct api_field {
 	const char *name;
-	char type;         /* 's', 'i', 'b' */
+	char type;         /* 's', 'i', 'b', 'a' (array, in j) */
 	bool optional;
 	const char *s;
 	long long i;
 	bool b;
+	json_t *j;         /* 'a': borrowed from *doc */
 	bool present;
 };
 int api_decode_body(const char *body, size_t len, struct api_field *fields, size_t n, json_t **doc);

@@ -44,6 +44,9 @@ struct cli {
 	unsigned limit;         /* event list --limit */
 	const char *order, *delay, *stop_action;   /* vm autostart --order --delay --stop */
 	bool off;               /* vm autostart --off */
+	const char *memsize, *vcpus, *guest_os, *datastore, *cdrom;   /* vm create */
+	const char *disks[4];   /* vm create --disk SIZE[:TYPE[:BUS]] */
+	unsigned n_disks;
 };
 
 /* --cache: true = through the host page cache (default), false = O_DIRECT. */

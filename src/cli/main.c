@@ -417,6 +417,8 @@ static void usage(FILE *f)
 		"  vela vm export-disk --end [--keep] FILE.vmx DISK  end it, fold the redo log back\n"
 		"  vela vm list                         the inventory (through velad)\n"
 		"  vela vm register [--name N] [--folder F] FILE.vmx  add a VM to the inventory\n"
+		"  vela vm create [--datastore D] [--folder F] [--memsize MB] [--vcpus N] [--guest-os G]\n"
+		"         [--disk SIZE[:TYPE[:BUS]]]... [--cdrom ISO] NAME  a new VM with new disks\n"
 		"  vela vm unregister VM                forget a VM (files stay)\n"
 		"  vela vm get VM                       one VM with its status\n"
 		"  vela vm autostart [--order N] [--delay S] [--stop soft|hard|none] [--off] VM\n"
@@ -511,6 +513,13 @@ static void usage(FILE *f)
 		"  --delay S          (vm autostart) seconds before the next VM starts\n"
 		"  --stop ACTION      (vm autostart) what host autostop does: soft, hard, none\n"
 		"  --off              (vm autostart) do not start with the host\n"
+		"  --datastore D      (vm create) where the VM's folder goes (default local)\n"
+		"  --memsize MB       (vm create) memory (default 512)\n"
+		"  --vcpus N          (vm create) virtual CPUs (default 1)\n"
+		"  --guest-os G       (vm create) guestOS (default other-64)\n"
+		"  --disk SPEC        (vm create) SIZE[:TYPE[:BUS]], up to 4; BUS scsi (default),\n"
+		"                     virtio, ide or sata\n"
+		"  --cdrom ISO        (vm create) [datastore] path of a CD-ROM image\n"
 		"  -h, --help         this text\n"
 		"  -V, --version      print the version\n"
 		"\n"
@@ -644,6 +653,20 @@ int main(int argc, char **argv)
 			c.delay = argv[++i];
 		} else if (strcmp(a, "--stop") == 0 && has_val) {
 			c.stop_action = argv[++i];
+		} else if (strcmp(a, "--memsize") == 0 && has_val) {
+			c.memsize = argv[++i];
+		} else if (strcmp(a, "--vcpus") == 0 && has_val) {
+			c.vcpus = argv[++i];
+		} else if (strcmp(a, "--guest-os") == 0 && has_val) {
+			c.guest_os = argv[++i];
+		} else if (strcmp(a, "--datastore") == 0 && has_val) {
+			c.datastore = argv[++i];
+		} else if (strcmp(a, "--cdrom") == 0 && has_val) {
+			c.cdrom = argv[++i];
+		} else if (strcmp(a, "--disk") == 0 && has_val) {
+			if (c.n_disks == ARRAY_SIZE(c.disks))
+				return cli_usage_error("at most 4 --disk%s", "");
+			c.disks[c.n_disks++] = argv[++i];
 		} else if (strcmp(a, "--off") == 0) {
 			c.off = true;
 		} else if (strcmp(a, "--send") == 0 && has_val) {
@@ -688,7 +711,7 @@ int main(int argc, char **argv)
 	const char *verb = words[1];
 	/* The inventory lives in velad; so does every VM named by id or name
 	 * rather than by its .vmx file, and everything with --host. */
-	static const char *const inventory_verbs[] = { "list", "register", "unregister", "get", "autostart" };
+	static const char *const inventory_verbs[] = { "list", "register", "unregister", "get", "autostart", "create" };
 	for (size_t i = 0; i < ARRAY_SIZE(inventory_verbs); i++)
 		if (strcmp(verb, inventory_verbs[i]) == 0)
 			return cmd_remote(&c, words, nw);

@@ -333,6 +333,50 @@ static int vm_command(struct client *cl, const char *verb, const char *const *ar
 		json_decref(reply);
 		return 0;
 	}
+	if (strcmp(verb, "create") == 0 && n == 1) {
+		json_t *body = json_pack("{s:s}", "name", args[0]);
+		static const struct { const char *key; size_t off; bool num; } opts[] = {
+			{ "datastore", offsetof(struct cli, datastore), false }, { "folder", offsetof(struct cli, folder), false },
+			{ "guestOS", offsetof(struct cli, guest_os), false }, { "cdrom", offsetof(struct cli, cdrom), false },
+			{ "memsize", offsetof(struct cli, memsize), true }, { "vcpus", offsetof(struct cli, vcpus), true } };
+		for (size_t k = 0; k < ARRAY_SIZE(opts); k++) {
+			const char *v = *(const char *const *)((const char *)c + opts[k].off);
+			uint64_t u;
+			if (!v)
+				continue;
+			if (opts[k].num && parse_u64(v, 1u << 20, &u) < 0) {
+				json_decref(body);
+				return vela_error_context(-VELA_E_RANGE, "--%s", opts[k].key);
+			}
+			json_object_set_new(body, opts[k].key, opts[k].num ? json_integer((json_int_t)u) : json_string(v));
+		}
+		json_t *disks = json_array();
+		for (unsigned k = 0; k < c->n_disks; k++) {
+			/* SIZE[:TYPE[:BUS]] */
+			CLEANUP_FREE char *spec = xstrdup(c->disks[k]);
+			char *type = strchr(spec, ':'), *bus = NULL;
+			if (type) {
+				*type++ = '\0';
+				if ((bus = strchr(type, ':')))
+					*bus++ = '\0';
+			}
+			json_t *d = json_pack("{s:s}", "size", spec);
+			if (type && *type)
+				json_object_set_new(d, "type", json_string(type));
+			if (bus && *bus)
+				json_object_set_new(d, "bus", json_string(bus));
+			json_array_append_new(disks, d);
+		}
+		json_object_set_new(body, "disks", disks);
+		if ((r = client_call(cl, "POST", "vms/create", body, &reply)) < 0)
+			return r;
+		json_t *vm = json_object_get(reply, "vm");
+		if (!c->json)
+			printf("%lld %s\n", (long long)json_integer_value(json_object_get(vm, "id")), str_of(vm, "config"));
+		print_reply_member(c, reply, "vm");
+		json_decref(reply);
+		return 0;
+	}
 	if (n < 1)
 		return vela_error(VELA_E_INVAL, "vm %s needs a VM (id or name)", verb);
 	if ((r = resolve_vm(cl, args[0], &id)) < 0)

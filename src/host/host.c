@@ -3,6 +3,7 @@
 #include "host.h"
 #include "vmx.h"
 #include "vmx-sup.h"
+#include "vdisk.h"
 #include "vela-config.h"
 
 #include <dirent.h>
@@ -490,6 +491,148 @@ int host_vm_register(struct host *h, const char *user, const char *config, const
 	*out = vm_json(id, display, folder, real, status);
 	json_decref(status);
 	return 0;
+}
+
+static bool vm_dir_name_ok(const char *s)
+{
+	if (!s || !*s || strlen(s) > 80 || s[0] == '.' || s[0] == ' ')
+		return false;
+	for (const char *c = s; *c; c++)
+		if (!(*c == '_' || *c == '-' || *c == '.' || *c == ' ' || (*c >= 'a' && *c <= 'z') ||
+		      (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9')))
+			return false;
+	return true;
+}
+
+/* The disks of a spec into .vmx keys and image files (made in dir). */
+static int create_disks(struct vmx_file *f, const char *dir, const char *name, json_t *disks)
+{
+	static const struct { const char *bus, *ctrl_key, *dev; int slots; enum vdisk_adapter adapter; } buses[] = {
+		{ "scsi", "scsi0", "lsilogic", 15, VDISK_ADAPTER_LSILOGIC },
+		{ "virtio", "virtio0", NULL, 15, VDISK_ADAPTER_VIRTIO },
+		{ "ide", "ide0", NULL, 2, VDISK_ADAPTER_IDE },   /* ide1 is the CD-ROM's */
+		{ "sata", "sata0", NULL, 30, VDISK_ADAPTER_IDE },
+	};
+	int used[ARRAY_SIZE(buses)] = { 0 };
+	size_t i;
+	json_t *d;
+	if (disks && (!json_is_array(disks) || json_array_size(disks) > 4))
+		return vela_error(VELA_E_INVAL, "create: \"disks\" is a list of at most 4 disks");
+	json_array_foreach(disks, i, d) {
+		json_t *jsize = json_object_get(d, "size");
+		const char *type = json_string_value(json_object_get(d, "type"));
+		const char *bus = json_string_value(json_object_get(d, "bus"));
+		uint64_t size = 0;
+		int r = 0;
+		if (!json_is_object(d))
+			return vela_error(VELA_E_INVAL, "create: disk %zu is not an object", i);
+		if (json_is_integer(jsize) && json_integer_value(jsize) > 0)
+			size = (uint64_t)json_integer_value(jsize);
+		else if (!json_is_string(jsize) || (r = parse_size(json_string_value(jsize), &size)) < 0)
+			return vela_error(VELA_E_INVAL, "create: disk %zu needs a size (bytes, or \"8g\")", i);
+		if (size < 1024 * 1024 || size > (64ull << 40))
+			return vela_error(VELA_E_RANGE, "create: disk %zu: size from 1 MiB to 64 TiB", i);
+		size_t b = 0;
+		while (b < ARRAY_SIZE(buses) && strcmp(buses[b].bus, bus ? bus : "scsi") != 0)
+			b++;
+		if (b == ARRAY_SIZE(buses))
+			return vela_error(VELA_E_INVAL, "create: disk %zu: bus scsi, virtio, ide or sata", i);
+		struct vdisk_create_opts o = { .type = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE, .size = size,
+					       .adapter = buses[b].adapter };
+		if (type && (r = vdisk_type_parse(type, &o.type)) < 0)
+			return vela_error_context(r, "create: disk %zu", i);
+		const char *ext = o.type == VDISK_TYPE_QCOW2 ? "qcow2" :
+				  o.type == VDISK_TYPE_RAW ? "img" :
+				  (o.type == VDISK_TYPE_VHD_DYNAMIC || o.type == VDISK_TYPE_VHD_FIXED) ? "vhd" : "vmdk";
+		CLEANUP_FREE char *file = i == 0 ? xasprintf("%s.%s", name, ext) : xasprintf("%s_%zu.%s", name, i, ext);
+		CLEANUP_FREE char *path = path_join(dir, file);
+		int unit = used[b]++;
+		if (unit >= buses[b].slots)
+			return vela_error(VELA_E_LIMIT, "create: at most %d %s disks", buses[b].slots, buses[b].bus);
+		if ((r = vdisk_create(path, &o)) < 0)
+			return vela_error_context(r, "create: disk %zu", i);
+		char key[64];
+		if (strcmp(buses[b].bus, "scsi") == 0 || strcmp(buses[b].bus, "sata") == 0) {
+			/* Controllers with a key of their own (virtio and IDE have none). */
+			snprintf(key, sizeof key, "%s.present", buses[b].ctrl_key);
+			vmx_set(f, key, "TRUE");
+		}
+		if (buses[b].dev) {
+			snprintf(key, sizeof key, "%s.virtualDev", buses[b].ctrl_key);
+			vmx_set(f, key, buses[b].dev);
+		}
+		snprintf(key, sizeof key, "%s:%d.present", buses[b].ctrl_key, unit);
+		vmx_set(f, key, "TRUE");
+		snprintf(key, sizeof key, "%s:%d.fileName", buses[b].ctrl_key, unit);
+		vmx_set(f, key, file);
+	}
+	return 0;
+}
+
+int host_vm_create(struct host *h, const char *user, const struct host_vm_spec *sp, json_t **out)
+{
+	if (!vm_dir_name_ok(sp->name))
+		return vela_error(VELA_E_BADNAME, "create: the name must be 1-80 letters, digits, spaces, '.', '_' or '-'"
+						  " (it names the VM's folder)");
+	if (sp->memsize_mb < 16 || sp->memsize_mb > 1048576 || sp->vcpus < 1 || sp->vcpus > 64)
+		return vela_error(VELA_E_RANGE, "create: memsize 16 MiB to 1 TiB, vcpus 1 to 64");
+	if (sp->folder && !folder_ok(sp->folder))
+		return vela_error(VELA_E_BADNAME, "create: bad inventory folder \"%.100s\"", sp->folder);
+	if (sp->guest_os && !name_ok(sp->guest_os, 64))
+		return vela_error(VELA_E_INVAL, "create: bad guestOS");
+	CLEANUP_FREE char *dir = NULL;
+	int r = host_ds_path(h, sp->datastore ? sp->datastore : DEFAULT_DATASTORE, sp->name, &dir);
+	if (r < 0)
+		return vela_error_context(r, "create");
+	if (mkdir(dir, 0755) < 0)
+		return errno == EEXIST ? vela_error(VELA_E_EXISTS, "create: %s already exists", dir)
+				       : vela_error_errno(errno, "create: %s", dir);
+	struct vmx_file *f = NULL;
+	CLEANUP_FREE char *vmx = xasprintf("%s/%s.vmx", dir, sp->name);
+	r = vmx_file_parse(vmx, "", 0, &f);
+	if (r == 0) {
+		char num[32];
+		vmx_set(f, "config.version", "8");
+		vmx_set(f, "virtualHW.version", "4");
+		vmx_set(f, "displayName", sp->name);
+		vmx_set(f, "guestOS", sp->guest_os ? sp->guest_os : "other-64");
+		snprintf(num, sizeof num, "%d", sp->memsize_mb);
+		vmx_set(f, "memsize", num);
+		snprintf(num, sizeof num, "%d", sp->vcpus);
+		vmx_set(f, "numvcpus", num);
+		if (sp->nic) {
+			vmx_set(f, "ethernet0.present", "TRUE");
+			vmx_set(f, "ethernet0.connectionType", "nat");
+		}
+		if (sp->cdrom) {
+			vmx_set(f, "ide1:0.present", "TRUE");
+			vmx_set(f, "ide1:0.deviceType", "cdrom-image");
+			vmx_set(f, "ide1:0.fileName", sp->cdrom);
+		}
+		r = create_disks(f, dir, sp->name, sp->disks);
+	}
+	if (r == 0)
+		r = vmx_file_save(f, vmx);
+	vmx_file_free(f);
+	if (r == 0)
+		r = host_vm_register(h, user, vmx, NULL, sp->folder, out);
+	if (r < 0) {
+		/* Nothing stays: the folder is ours (made above), so everything
+		 * in it goes (extent files of split disks too), then the folder. */
+		CLEANUP_FREE char *msg = xstrdup(vela_errmsg());
+		DIR *d = opendir(dir);
+		struct dirent *e;
+		while (d && (e = readdir(d)))
+			if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+				unlinkat(dirfd(d), e->d_name, 0);
+		if (d)
+			closedir(d);
+		rmdir(dir);
+		vela_error(-r, "%s", msg);
+	} else {
+		host_event(h, HOST_AUDIT, json_integer_value(json_object_get(*out, "id")), user, "vm.created", "%s", vmx);
+	}
+	return r;
 }
 
 int host_vm_unregister(struct host *h, const char *user, int64_t id)

@@ -46,6 +46,19 @@ void host_close(struct host *h);
  */
 int host_vm_register(struct host *h, const char *user, const char *config, const char *name, const char *folder,
 		     json_t **out);
+/*
+ * Create a new VM: a folder <name>/ in the datastore with <name>.vmx and its
+ * disks, registered in folder.  Everything made is removed again if a step
+ * fails.  disks: [{size: bytes or "8g", type?: vdisk type name (default
+ * monolithicSparse), bus?: scsi|virtio|ide|sata (default scsi)}], at most 4.
+ */
+struct host_vm_spec {
+	const char *name, *datastore, *folder, *guest_os, *cdrom;
+	int memsize_mb, vcpus;
+	bool nic;
+	json_t *disks;
+};
+int host_vm_create(struct host *h, const char *user, const struct host_vm_spec *spec, json_t **out);
 /* Forget a VM (files stay).  A VM that is not off is refused. */
 int host_vm_unregister(struct host *h, const char *user, int64_t id);
 /* All VMs: [{id, name, folder, config, state}], by id.  States are velad's

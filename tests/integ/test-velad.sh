@@ -122,6 +122,31 @@ expect_api 400 "an unknown severity is a 400" GET "/api/v1/events?severity=loud"
 check "bad requests registered nothing" test "$(api GET /api/v1/vms | sed '$d' | jq '.vms | length')" = "$n_before"
 check "velad is still alive after the bad requests" kill -0 "$velad_pid"
 
+# ---- creating VMs from a spec: folder, .vmx and disks; a failure leaves nothing
+expect_api 200 "create a VM from a spec" POST /api/v1/vms/create '{"name": "new web", "folder": "/prod", "memsize": 128, "vcpus": 2, "disks": [{"size": "64m"}, {"size": 1048576, "type": "qcow2", "bus": "virtio"}]}'
+idc=$(jq_reply .vm.id)
+newdir="$VELA_HOME/datastores/local/new web"
+check "its .vmx passes vela vmx check" "$VELA" vmx check "$newdir/new web.vmx"
+check "its first disk is a 64 MiB sparse VMDK qemu-img reads" sh -c "qemu-img info --output=json '$newdir/new web.vmdk' | jq -e '.\"virtual-size\" == 67108864 and .format == \"vmdk\"'"
+check "its second disk is qcow2" sh -c "qemu-img info --output=json '$newdir/new web_1.qcow2' | jq -e '.format == \"qcow2\"'"
+check "it is registered in /prod" test "$(jq_reply .vm.folder)" = /prod
+expect_api 409 "creating the same name again is refused" POST /api/v1/vms/create '{"name": "new web"}'
+expect_api 400 "a bad disk in a spec is refused" POST /api/v1/vms/create '{"name": "half", "disks": [{"size": "64m"}, {"size": "lots"}]}'
+check "... and leaves no folder behind" test ! -e "$VELA_HOME/datastores/local/half"
+expect_api 400 "a name with a slash is refused" POST /api/v1/vms/create '{"name": "../escape"}'
+expect_api 400 "an unknown disk type is refused" POST /api/v1/vms/create '{"name": "t1", "disks": [{"size": "64m", "type": "floppy"}]}'
+check "... and leaves no folder behind" test ! -e "$VELA_HOME/datastores/local/t1"
+expect_api 400 "memsize out of range is refused" POST /api/v1/vms/create '{"name": "t2", "memsize": 1}'
+expect_api 400 "disks must be a list" POST /api/v1/vms/create '{"name": "t3", "disks": {"size": 1}}'
+expect_api 200 "power on the created VM" POST /api/v1/vms/$idc/power '{"op": "start"}'
+check "... it runs" test "$(jq_reply .status.state)" = on
+expect_api 200 "power it off" POST /api/v1/vms/$idc/power '{"op": "stop", "mode": "hard"}'
+expect_api 200 "unregister it" DELETE /api/v1/vms/$idc
+out=$("$VELA" vm create --folder /prod --memsize 64 --disk 32m:qcow2:virtio --disk 16m cli-made)
+check "vela vm create prints the id and the .vmx" test "$(echo "$out" | awk '{print $2}')" = "$VELA_HOME/datastores/local/cli-made/cli-made.vmx"
+check "... with its disks" test -f "$VELA_HOME/datastores/local/cli-made/cli-made_1.vmdk" -a -f "$VELA_HOME/datastores/local/cli-made/cli-made.qcow2"
+check "vela vm unregister of it" "$VELA" vm unregister cli-made
+
 # ---- datastore files: browse, upload, download; hostile names change nothing
 head -c 3000000 /dev/urandom > "$VELA_HOME/iso.bin"
 mkdir -p "$VELA_HOME/datastores/local/iso"
@@ -245,7 +270,7 @@ expect_api 200 "unregister VM 3 (off)" DELETE /api/v1/vms/$id3
 check "its files stay" test -f "$VELA_HOME/datastores/local/ds3/ds3.vmx"
 expect_api 404 "it is gone from the inventory" GET /api/v1/vms/$id3
 expect_api 200 "audit events" GET "/api/v1/events?severity=audit&limit=1000"
-check "the unregistration is an audit event" test "$(jq_reply '[.events[] | select(.type == "vm.unregistered")] | length')" = 1
+check "the unregistration is an audit event" test "$(jq_reply "[.events[] | select(.type == \"vm.unregistered\" and .vm == $id3)] | length")" = 1
 
 # ---- the OpenAPI document: public, and it names every route of api.h
 out=$(curl -sk "$URL/api/v1/openapi.json")

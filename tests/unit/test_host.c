@@ -10,6 +10,7 @@
 #include "common.h"
 #include "api.h"
 #include "host.h"
+#include "vmx.h"
 
 static char home[64];
 
@@ -161,6 +162,40 @@ static void list_text_is_json(void **s)
 	free(v);
 }
 
+static void create_vm_or_nothing(void **s)
+{
+	(void)s;
+	struct host *h = open_host();
+	json_t *vm = NULL;
+	json_t *disks = json_pack("[{s:s}, {s:s, s:s}]", "size", "8m", "size", "4m", "type", "vhd-dynamic");
+	struct host_vm_spec sp = { .name = "made", .memsize_mb = 64, .vcpus = 1, .disks = disks };
+	assert_int_equal(host_vm_create(h, "tester", &sp, &vm), 0);
+	char *vmx = xasprintf("%s/datastores/local/made/made.vmx", home);
+	assert_string_equal(json_string_value(json_object_get(vm, "config")), vmx);
+	json_decref(vm);
+	struct vmx_file *f = NULL;
+	assert_int_equal(vmx_file_load(vmx, &f), 0);
+	assert_string_equal(vmx_get(f, "scsi0:1.fileName"), "made_1.vhd");
+	vmx_file_free(f);
+	free(vmx);
+	json_decref(disks);
+
+	/* The third disk is bad: the two made before it and the folder go. */
+	disks = json_pack("[{s:s}, {s:s}, {s:s}]", "size", "8m", "size", "8m", "size", "huge");
+	sp = (struct host_vm_spec){ .name = "undone", .memsize_mb = 64, .vcpus = 1, .disks = disks };
+	assert_int_equal(host_vm_create(h, "tester", &sp, &vm), -VELA_E_INVAL);
+	char *dir = xasprintf("%s/datastores/local/undone", home);
+	struct stat st;
+	assert_int_equal(stat(dir, &st), -1);
+	free(dir);
+	json_decref(disks);
+	sp = (struct host_vm_spec){ .name = "a/b", .memsize_mb = 64, .vcpus = 1 };
+	assert_int_equal(host_vm_create(h, "tester", &sp, &vm), -VELA_E_BADNAME);
+	sp = (struct host_vm_spec){ .name = "made", .memsize_mb = 64, .vcpus = 1 };
+	assert_int_equal(host_vm_create(h, "tester", &sp, &vm), -VELA_E_EXISTS);
+	host_close(h);
+}
+
 static void datastore_paths(void **s)
 {
 	(void)s;
@@ -237,6 +272,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(inventory_persists),
 		cmocka_unit_test(list_text_is_json),
+		cmocka_unit_test(create_vm_or_nothing),
 		cmocka_unit_test(datastore_paths),
 		cmocka_unit_test(body_decoding),
 		cmocka_unit_test(http_status_of_errors),
