@@ -98,17 +98,24 @@ unsigned api_http_status(int code)
 	}
 }
 
+/* Every JSON answer: text (taken), its status, and a cookie to set or NULL. */
+static enum MHD_Result send_json_text(struct MHD_Connection *c, unsigned status, char *text, const char *cookie)
+{
+	struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback(strlen(text), text, free);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
+	if (cookie)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_SET_COOKIE, cookie);
+	enum MHD_Result r = MHD_queue_response(c, status, resp);
+	MHD_destroy_response(resp);
+	return r;
+}
+
 static enum MHD_Result send_json(struct MHD_Connection *c, unsigned status, json_t *j)
 {
 	char *text = json_dumps(j, JSON_COMPACT);
 	json_decref(j);
-	size_t len = strlen(text);
-	struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback(len, text, free);
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-	MHD_add_response_header(resp, "Cache-Control", "no-store");
-	enum MHD_Result r = MHD_queue_response(c, status, resp);
-	MHD_destroy_response(resp);
-	return r;
+	return send_json_text(c, status, text, NULL);
 }
 
 static enum MHD_Result send_error(struct MHD_Connection *c, int code)
@@ -529,16 +536,6 @@ static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const s
 	return send_error(c, vela_error(VELA_E_NOTSUP, "%s is not allowed here", method));
 }
 
-static enum MHD_Result send_text(struct MHD_Connection *c, char *text)
-{
-	struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback(strlen(text), text, free);
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-	MHD_add_response_header(resp, "Cache-Control", "no-store");
-	enum MHD_Result r = MHD_queue_response(c, MHD_HTTP_OK, resp);
-	MHD_destroy_response(resp);
-	return r;
-}
-
 static enum MHD_Result route_list(struct api *a, struct MHD_Connection *c, const struct caller *who)
 {
 	bool everything = host_access_host(who->access) >= HOST_ROLE_ADMIN;
@@ -548,7 +545,7 @@ static enum MHD_Result route_list(struct api *a, struct MHD_Connection *c, const
 		char *copy = a->list_text && a->list_gen == gen ? xstrdup(a->list_text) : NULL;
 		pthread_mutex_unlock(&a->list_lock);
 		if (copy)
-			return send_text(c, copy);
+			return send_json_text(c, MHD_HTTP_OK, copy, NULL);
 	}
 	struct strbuf text = { 0 };
 	int r = host_vm_list_text(a->host, everything ? NULL : who->access, &text);
@@ -565,7 +562,15 @@ static enum MHD_Result route_list(struct api *a, struct MHD_Connection *c, const
 		a->list_gen = gen;
 		pthread_mutex_unlock(&a->list_lock);
 	}
-	return send_text(c, strbuf_steal(&text));
+	return send_json_text(c, MHD_HTTP_OK, strbuf_steal(&text), NULL);
+}
+
+static int need_folder_admin(const struct caller *who, const char *folder, const char *what)
+{
+	if (host_access_folder(who->access, folder ? folder : "/") >= HOST_ROLE_ADMIN)
+		return 0;
+	return vela_error(VELA_E_PERM, "%s needs the admin role on folder %s to %s VMs there", who->user,
+			  folder ? folder : "/", what);
 }
 
 static enum MHD_Result route_create(struct api *a, struct MHD_Connection *c, const struct caller *who,
@@ -582,9 +587,8 @@ static enum MHD_Result route_create(struct api *a, struct MHD_Connection *c, con
 				 { .name = "nic", .type = 'b', .optional = true } };
 	json_t *doc = NULL, *out = NULL;
 	int r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
-	if (r == 0 && host_access_folder(who->access, f[2].s ? f[2].s : "/") < HOST_ROLE_ADMIN)
-		r = vela_error(VELA_E_PERM, "%s needs the admin role on folder %s to create VMs there", who->user,
-			       f[2].s ? f[2].s : "/");
+	if (r == 0)
+		r = need_folder_admin(who, f[2].s, "create");
 	if (r == 0 && ((f[3].present && (f[3].i < 16 || f[3].i > 1048576)) || (f[4].present && (f[4].i < 1 || f[4].i > 64))))
 		r = vela_error(VELA_E_RANGE, "create: memsize 16 MiB to 1 TiB, vcpus 1 to 64");
 	if (r == 0) {
@@ -605,9 +609,8 @@ static enum MHD_Result route_register(struct api *a, struct MHD_Connection *c, c
 				 { .name = "folder", .type = 's', .optional = true } };
 	json_t *doc = NULL, *out = NULL;
 	int r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
-	if (r == 0 && host_access_folder(who->access, f[2].s ? f[2].s : "/") < HOST_ROLE_ADMIN)
-		r = vela_error(VELA_E_PERM, "%s needs the admin role on folder %s to register VMs there", who->user,
-			       f[2].s ? f[2].s : "/");
+	if (r == 0)
+		r = need_folder_admin(who, f[2].s, "register");
 	if (r == 0)
 		r = host_vm_register(a->host, who->user, f[0].s, f[1].s, f[2].s, &out);
 	json_decref(doc);
@@ -826,14 +829,8 @@ static enum MHD_Result route_login(struct api *a, struct MHD_Connection *c, cons
 	json_t *answer = json_pack("{s:b, s:o}", "ok", 1, "session", s);
 	char *text = json_dumps(answer, JSON_COMPACT);
 	json_decref(answer);
-	struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback(strlen(text), text, free);
 	CLEANUP_FREE char *cookie = xasprintf("vela_session=%s; Path=/; Secure; HttpOnly; SameSite=Strict", token);
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_SET_COOKIE, cookie);
-	MHD_add_response_header(resp, "Cache-Control", "no-store");
-	enum MHD_Result mr = MHD_queue_response(c, MHD_HTTP_OK, resp);
-	MHD_destroy_response(resp);
-	return mr;
+	return send_json_text(c, MHD_HTTP_OK, text, cookie);
 }
 
 struct listener {

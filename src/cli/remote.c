@@ -300,6 +300,30 @@ static int print_reply_member(const struct cli *c, json_t *reply, const char *ke
 	return 0;
 }
 
+/* POST body; print the new object (under key): as JSON, or its fields on
+ * one line for scripts ("3", "3 /path/x.vmx", the token's secret). */
+static int post_and_print(struct client *cl, const char *path, json_t *body, const char *key, const char *const *fields)
+{
+	json_t *reply = NULL;
+	int r = client_call(cl, "POST", path, body, &reply);
+	if (r < 0)
+		return r;
+	json_t *obj = json_object_get(reply, key);
+	if (!cl->c->json) {
+		for (size_t i = 0; fields[i]; i++) {
+			json_t *v = json_object_get(obj, fields[i]);
+			if (json_is_integer(v))
+				printf("%s%lld", i ? " " : "", (long long)json_integer_value(v));
+			else
+				printf("%s%s", i ? " " : "", str_of(obj, fields[i]));
+		}
+		printf("\n");
+	}
+	print_reply_member(cl->c, reply, key);
+	json_decref(reply);
+	return 0;
+}
+
 static int vm_command(struct client *cl, const char *verb, const char *const *args, size_t n)
 {
 	const struct cli *c = cl->c;
@@ -324,14 +348,8 @@ static int vm_command(struct client *cl, const char *verb, const char *const *ar
 			json_object_set_new(body, "name", json_string(c->name));
 		if (c->folder)
 			json_object_set_new(body, "folder", json_string(c->folder));
-		if ((r = client_call(cl, "POST", "vms", body, &reply)) < 0)
-			return r;
-		json_t *vm = json_object_get(reply, "vm");
-		if (!c->json)
-			printf("%lld\n", (long long)json_integer_value(json_object_get(vm, "id")));
-		print_reply_member(c, reply, "vm");
-		json_decref(reply);
-		return 0;
+		static const char *const fields[] = { "id", NULL };
+		return post_and_print(cl, "vms", body, "vm", fields);
 	}
 	if (strcmp(verb, "create") == 0 && n == 1) {
 		json_t *body = json_pack("{s:s}", "name", args[0]);
@@ -368,14 +386,8 @@ static int vm_command(struct client *cl, const char *verb, const char *const *ar
 			json_array_append_new(disks, d);
 		}
 		json_object_set_new(body, "disks", disks);
-		if ((r = client_call(cl, "POST", "vms/create", body, &reply)) < 0)
-			return r;
-		json_t *vm = json_object_get(reply, "vm");
-		if (!c->json)
-			printf("%lld %s\n", (long long)json_integer_value(json_object_get(vm, "id")), str_of(vm, "config"));
-		print_reply_member(c, reply, "vm");
-		json_decref(reply);
-		return 0;
+		static const char *const fields[] = { "id", "config", NULL };
+		return post_and_print(cl, "vms/create", body, "vm", fields);
 	}
 	if (n < 1)
 		return vela_error(VELA_E_INVAL, "vm %s needs a VM (id or name)", verb);
@@ -618,15 +630,11 @@ static int other_command(struct client *cl, const char *noun, const char *verb, 
 		if (strcmp(verb, "list") == 0 && n == 0)
 			return simple_list(cl, "permissions", "permissions", cols, heads);
 		if (strcmp(verb, "grant") == 0 && n == 3) {
-			r = client_call(cl, "POST", "permissions",
-					json_pack("{s:s, s:s, s:s}", "principal", args[0], "scope", args[1], "role", args[2]),
-					&reply);
-			if (r == 0 && !c->json)
-				printf("%lld\n", (long long)json_integer_value(json_object_get(json_object_get(reply, "permission"), "id")));
-			if (r == 0)
-				print_reply_member(c, reply, "permission");
-			json_decref(reply);
-			return r;
+			static const char *const fields[] = { "id", NULL };
+			return post_and_print(cl, "permissions",
+					      json_pack("{s:s, s:s, s:s}", "principal", args[0], "scope", args[1], "role",
+							args[2]),
+					      "permission", fields);
 		}
 		if (strcmp(verb, "revoke") == 0 && n == 1) {
 			CLEANUP_FREE char *p = xasprintf("permissions/%s", args[0]);
@@ -639,13 +647,8 @@ static int other_command(struct client *cl, const char *noun, const char *verb, 
 		if (strcmp(verb, "list") == 0 && n == 0)
 			return simple_list(cl, "tokens", "tokens", cols, heads);
 		if (strcmp(verb, "create") == 0 && n == 1) {
-			r = client_call(cl, "POST", "tokens", json_pack("{s:s}", "name", args[0]), &reply);
-			if (r == 0 && !c->json)
-				printf("%s\n", str_of(json_object_get(reply, "token"), "secret"));
-			if (r == 0)
-				print_reply_member(c, reply, "token");
-			json_decref(reply);
-			return r;
+			static const char *const fields[] = { "secret", NULL };
+			return post_and_print(cl, "tokens", json_pack("{s:s}", "name", args[0]), "token", fields);
 		}
 		if (strcmp(verb, "delete") == 0 && n == 1) {
 			CLEANUP_FREE char *p = xasprintf("tokens/%s", args[0]);

@@ -53,6 +53,38 @@ struct host {
 	pthread_cond_t refresh_cond;
 };
 
+/* Condition variables here wait with deadlines on the monotonic clock. */
+static void cond_init_monotonic(pthread_cond_t *c)
+{
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(c, &ca);
+	pthread_condattr_destroy(&ca);
+}
+
+static struct timespec deadline_in(int ms)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	t.tv_sec += ms / 1000;
+	t.tv_nsec += (ms % 1000) * 1000000l;
+	if (t.tv_nsec >= 1000000000l) {
+		t.tv_sec++;
+		t.tv_nsec -= 1000000000l;
+	}
+	return t;
+}
+
+/* Index of s in names[first..n), or -1: the enums' parse functions. */
+static int name_index(const char *const *names, size_t n, size_t first, const char *s)
+{
+	for (size_t i = first; s && i < n; i++)
+		if (strcmp(s, names[i]) == 0)
+			return (int)i;
+	return -1;
+}
+
 static const char *const severity_names[] = { "info", "warning", "error", "audit" };
 
 const char *host_severity_name(enum host_severity s)
@@ -62,12 +94,11 @@ const char *host_severity_name(enum host_severity s)
 
 int host_severity_parse(const char *s, enum host_severity *out)
 {
-	for (size_t i = 0; i < ARRAY_SIZE(severity_names); i++)
-		if (s && strcmp(s, severity_names[i]) == 0) {
-			*out = (enum host_severity)i;
-			return 0;
-		}
-	return vela_error(VELA_E_INVAL, "unknown severity \"%s\" (info, warning, error, audit)", s ? s : "");
+	int i = name_index(severity_names, ARRAY_SIZE(severity_names), 0, s);
+	if (i < 0)
+		return vela_error(VELA_E_INVAL, "unknown severity \"%.40s\" (info, warning, error, audit)", s ? s : "");
+	*out = (enum host_severity)i;
+	return 0;
 }
 
 /* ------------------------------------------------------------ database */
@@ -221,14 +252,7 @@ int host_event(struct host *h, enum host_severity sev, int64_t vm_id, const char
 
 bool host_event_wait(struct host *h, int64_t after_id, int timeout_ms)
 {
-	struct timespec until;
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += timeout_ms / 1000;
-	until.tv_nsec += (timeout_ms % 1000) * 1000000l;
-	if (until.tv_nsec >= 1000000000l) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000l;
-	}
+	struct timespec until = deadline_in(timeout_ms);
 	pthread_mutex_lock(&h->event_lock);
 	while (h->last_event <= after_id)
 		if (pthread_cond_timedwait(&h->event_cond, &h->event_lock, &until) != 0)
@@ -842,12 +866,11 @@ const char *host_role_name(enum host_role r)
 
 int host_role_parse(const char *s, enum host_role *out)
 {
-	for (size_t i = 1; i < ARRAY_SIZE(role_names); i++)
-		if (s && strcmp(s, role_names[i]) == 0) {
-			*out = (enum host_role)i;
-			return 0;
-		}
-	return vela_error(VELA_E_INVAL, "unknown role \"%.40s\" (readonly, operator, admin)", s ? s : "");
+	int i = name_index(role_names, ARRAY_SIZE(role_names), 1, s);   /* "none" is no role to grant */
+	if (i < 0)
+		return vela_error(VELA_E_INVAL, "unknown role \"%.40s\" (readonly, operator, admin)", s ? s : "");
+	*out = (enum host_role)i;
+	return 0;
 }
 
 struct grant {
@@ -1520,14 +1543,7 @@ static void *refresher(void *arg)
 	struct host *h = arg;
 	pthread_mutex_lock(&h->refresh_lock);
 	while (!h->stopping) {
-		struct timespec until;
-		clock_gettime(CLOCK_MONOTONIC, &until);
-		until.tv_sec += h->refresh_ms / 1000;
-		until.tv_nsec += (h->refresh_ms % 1000) * 1000000l;
-		if (until.tv_nsec >= 1000000000l) {
-			until.tv_sec++;
-			until.tv_nsec -= 1000000000l;
-		}
+		struct timespec until = deadline_in(h->refresh_ms);
 		pthread_cond_timedwait(&h->refresh_cond, &h->refresh_lock, &until);
 		if (h->stopping)
 			break;
@@ -1549,13 +1565,7 @@ int host_open(const struct host_opts *opts, struct host **out)
 	pthread_mutex_init(&h->db_lock, NULL);
 	pthread_mutex_init(&h->refresh_lock, NULL);
 	pthread_mutex_init(&h->event_lock, NULL);
-	{
-		pthread_condattr_t ca;
-		pthread_condattr_init(&ca);
-		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-		pthread_cond_init(&h->event_cond, &ca);
-		pthread_condattr_destroy(&ca);
-	}
+	cond_init_monotonic(&h->event_cond);
 	pthread_mutex_init(&h->oplocks_lock, NULL);
 	CLEANUP_FREE char *ds = path_join(h->home, "datastores/" DEFAULT_DATASTORE);
 	CLEANUP_FREE char *dbpath = path_join(h->home, "host.db");
@@ -1587,11 +1597,7 @@ int host_open(const struct host_opts *opts, struct host **out)
 	}
 	probe_states(h, true);
 	if (h->refresh_ms > 0) {
-		pthread_condattr_t ca;
-		pthread_condattr_init(&ca);
-		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-		pthread_cond_init(&h->refresh_cond, &ca);
-		pthread_condattr_destroy(&ca);
+		cond_init_monotonic(&h->refresh_cond);
 		if (pthread_create(&h->refresh_thread, NULL, refresher, h) != 0) {
 			host_close(h);
 			return vela_error(VELA_E_SYSTEM, "host: cannot start the state refresher");
