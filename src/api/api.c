@@ -208,22 +208,16 @@ static void caller_clear(struct caller *who)
 	memset(who, 0, sizeof *who);
 }
 
-static bool in_group(uid_t uid, gid_t gid)
+/* Is user (a name) a member of group vela?  The same group list as grants use. */
+static bool in_vela_group(const char *user)
 {
-	struct passwd pw, *pwp = NULL;
-	char buf[4096];
-	if (getpwuid_r(uid, &pw, buf, sizeof buf, &pwp) != 0 || !pwp)
-		return false;
-	if (pw.pw_gid == gid)
-		return true;
-	gid_t groups[256];
-	int ng = ARRAY_SIZE(groups);
-	if (getgrouplist(pw.pw_name, pw.pw_gid, groups, &ng) < 0)
-		return false;
-	for (int i = 0; i < ng; i++)
-		if (groups[i] == gid)
-			return true;
-	return false;
+	size_t n;
+	char **groups = auth_user_groups(user, &n);
+	bool member = false;
+	for (size_t i = 0; i < n && !member; i++)
+		member = strcmp(groups[i], "vela") == 0;
+	auth_groups_free(groups);
+	return member;
 }
 
 /* The local socket: the kernel says who is at the other end. */
@@ -240,7 +234,7 @@ static int identify_peer(struct api *a, struct MHD_Connection *c, struct caller 
 		snprintf(who->user, sizeof who->user, "%s", pw.pw_name);
 	else
 		snprintf(who->user, sizeof who->user, "uid:%u", (unsigned)cred.uid);
-	if (!(cred.uid == 0 || cred.uid == geteuid() || (a->have_vela_gid && in_group(cred.uid, a->vela_gid))))
+	if (!(cred.uid == 0 || cred.uid == geteuid() || (a->have_vela_gid && pwp && in_vela_group(who->user))))
 		return vela_error(VELA_E_PERM, "user %s may not use this socket (root or group vela only)", who->user);
 	who->superuser = true;
 	who->authenticated = true;
