@@ -1,6 +1,7 @@
 /* host.c - inventory, power control, events and datastores of one host. */
 #include "common.h"
 #include "host.h"
+#include "internal.h"
 #include "vmx.h"
 #include "vmx-sup.h"
 #include "vdisk.h"
@@ -18,43 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define DEFAULT_DATASTORE "local"
-#define STATUS_TIMEOUT_MS 5000
-
-/* One per registered VM that was ever operated on: serializes its power
- * operations (never held across two VMs, never with h->db_lock). */
-struct vm_oplock {
-	int64_t id;
-	pthread_mutex_t lock;
-	struct vm_oplock *next;
-};
-
-struct host {
-	char *home;
-	char *vmx_binary;
-	int power_timeout_ms;
-	sqlite3 *db;
-	pthread_mutex_t db_lock;        /* the connection is used by one thread at a time */
-	pthread_mutex_t oplocks_lock;
-	struct vm_oplock *oplocks;
-	atomic_ullong generation;       /* bumped by every change a VM list shows */
-	/* The newest event's id, for live streams waiting on event_cond. */
-	pthread_mutex_t event_lock;
-	pthread_cond_t event_cond;
-	int64_t last_event;
-	pthread_t autostart_tid;
-	bool autostarting;
-	atomic_bool autostart_stop;
-	/* The refresher: keeps vm_state current for changes made outside velad. */
-	int refresh_ms;
-	pthread_t refresh_thread;
-	bool refreshing, stopping;
-	pthread_mutex_t refresh_lock;
-	pthread_cond_t refresh_cond;
-};
-
 /* Condition variables here wait with deadlines on the monotonic clock. */
-static void cond_init_monotonic(pthread_cond_t *c)
+void host_cond_init(pthread_cond_t *c)
 {
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
@@ -63,7 +29,7 @@ static void cond_init_monotonic(pthread_cond_t *c)
 	pthread_condattr_destroy(&ca);
 }
 
-static struct timespec deadline_in(int ms)
+struct timespec host_deadline_in(int ms)
 {
 	struct timespec t;
 	clock_gettime(CLOCK_MONOTONIC, &t);
@@ -77,7 +43,7 @@ static struct timespec deadline_in(int ms)
 }
 
 /* Index of s in names[first..n), or -1: the enums' parse functions. */
-static int name_index(const char *const *names, size_t n, size_t first, const char *s)
+int host_name_index(const char *const *names, size_t n, size_t first, const char *s)
 {
 	for (size_t i = first; s && i < n; i++)
 		if (strcmp(s, names[i]) == 0)
@@ -94,7 +60,7 @@ const char *host_severity_name(enum host_severity s)
 
 int host_severity_parse(const char *s, enum host_severity *out)
 {
-	int i = name_index(severity_names, ARRAY_SIZE(severity_names), 0, s);
+	int i = host_name_index(severity_names, ARRAY_SIZE(severity_names), 0, s);
 	if (i < 0)
 		return vela_error(VELA_E_INVAL, "unknown severity \"%.40s\" (info, warning, error, audit)", s ? s : "");
 	*out = (enum host_severity)i;
@@ -103,7 +69,7 @@ int host_severity_parse(const char *s, enum host_severity *out)
 
 /* ------------------------------------------------------------ database */
 
-static int db_fail(struct host *h, const char *what)
+int host_db_fail(struct host *h, const char *what)
 {
 	return vela_error(VELA_E_IO, "host database: %s: %s", what, sqlite3_errmsg(h->db));
 }
@@ -149,18 +115,17 @@ static const char schema[] =
 	"  created INTEGER NOT NULL,"
 	"  expires INTEGER NOT NULL DEFAULT 0);";
 
-static void finalize_stmt(sqlite3_stmt **st)
+void host_db_finalize(sqlite3_stmt **st)
 {
 	if (*st)
 		sqlite3_finalize(*st);
 }
-#define CLEANUP_STMT __attribute__((cleanup(finalize_stmt)))
 
 /* Prepare sql; caller holds db_lock. */
-static int prepare(struct host *h, const char *sql, sqlite3_stmt **st)
+int host_db_prepare(struct host *h, const char *sql, sqlite3_stmt **st)
 {
 	if (sqlite3_prepare_v2(h->db, sql, -1, st, NULL) != SQLITE_OK)
-		return db_fail(h, "prepare");
+		return host_db_fail(h, "prepare");
 	return 0;
 }
 
@@ -177,7 +142,7 @@ static json_t *column_json(sqlite3_stmt *st, int i)
 }
 
 /* Every row of a stepped statement as an object keyed by column name. */
-static int rows_json(struct host *h, sqlite3_stmt *st, json_t **out)
+int host_db_rows(struct host *h, sqlite3_stmt *st, json_t **out)
 {
 	json_t *a = json_array();
 	int rc;
@@ -189,31 +154,31 @@ static int rows_json(struct host *h, sqlite3_stmt *st, json_t **out)
 	}
 	if (rc != SQLITE_DONE) {
 		json_decref(a);
-		return db_fail(h, "query");
+		return host_db_fail(h, "query");
 	}
 	*out = a;
 	return 0;
 }
 
 /* Every row of a query without parameters. */
-static int query_json(struct host *h, const char *sql, json_t **out)
+int host_db_query(struct host *h, const char *sql, json_t **out)
 {
 	pthread_mutex_lock(&h->db_lock);
 	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	int r = prepare(h, sql, &st);
+	int r = host_db_prepare(h, sql, &st);
 	if (r == 0)
-		r = rows_json(h, st, out);
+		r = host_db_rows(h, st, out);
 	pthread_mutex_unlock(&h->db_lock);
 	return r;
 }
 
 /* ------------------------------------------------------------- events */
 
-static int event_locked(struct host *h, enum host_severity sev, int64_t vm_id, const char *user, const char *type,
+int host_event_locked(struct host *h, enum host_severity sev, int64_t vm_id, const char *user, const char *type,
 			const char *msg)
 {
 	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	int r = prepare(h, "INSERT INTO events(time, severity, vm, user, type, message) VALUES(?,?,?,?,?,?)", &st);
+	int r = host_db_prepare(h, "INSERT INTO events(time, severity, vm, user, type, message) VALUES(?,?,?,?,?,?)", &st);
 	if (r < 0)
 		return r;
 	sqlite3_bind_int64(st, 1, time_real_ms());
@@ -224,7 +189,7 @@ static int event_locked(struct host *h, enum host_severity sev, int64_t vm_id, c
 	sqlite3_bind_text(st, 5, type, -1, SQLITE_TRANSIENT);
 	sqlite3_bind_text(st, 6, msg, -1, SQLITE_TRANSIENT);
 	if (sqlite3_step(st) != SQLITE_DONE)
-		return db_fail(h, "record event");
+		return host_db_fail(h, "record event");
 	pthread_mutex_lock(&h->event_lock);
 	h->last_event = sqlite3_last_insert_rowid(h->db);
 	pthread_cond_broadcast(&h->event_cond);
@@ -244,7 +209,7 @@ int host_event(struct host *h, enum host_severity sev, int64_t vm_id, const char
 		msg = NULL;
 	va_end(ap);
 	pthread_mutex_lock(&h->db_lock);
-	int r = event_locked(h, sev, vm_id, user, type, msg ? msg : "");
+	int r = host_event_locked(h, sev, vm_id, user, type, msg ? msg : "");
 	pthread_mutex_unlock(&h->db_lock);
 	free(msg);
 	return r;
@@ -252,7 +217,7 @@ int host_event(struct host *h, enum host_severity sev, int64_t vm_id, const char
 
 bool host_event_wait(struct host *h, int64_t after_id, int timeout_ms)
 {
-	struct timespec until = deadline_in(timeout_ms);
+	struct timespec until = host_deadline_in(timeout_ms);
 	pthread_mutex_lock(&h->event_lock);
 	while (h->last_event <= after_id)
 		if (pthread_cond_timedwait(&h->event_cond, &h->event_lock, &until) != 0)
@@ -295,7 +260,7 @@ int host_event_list(struct host *h, const struct host_event_query *q, const stru
 		" ORDER BY e.id DESC";
 	pthread_mutex_lock(&h->db_lock);
 	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	int r = prepare(h, sql, &st);
+	int r = host_db_prepare(h, sql, &st);
 	json_t *a = json_array();
 	if (r == 0) {
 		sqlite3_bind_int64(st, 1, q->vm_id);
@@ -313,7 +278,7 @@ int host_event_list(struct host *h, const struct host_event_query *q, const stru
 			json_array_insert_new(a, 0, o);
 		}
 		if (json_array_size(a) < limit && rc != SQLITE_DONE)
-			r = db_fail(h, "query events");
+			r = host_db_fail(h, "query events");
 	}
 	pthread_mutex_unlock(&h->db_lock);
 	if (r < 0) {
@@ -326,12 +291,7 @@ int host_event_list(struct host *h, const struct host_event_query *q, const stru
 
 /* ------------------------------------------------------------ VM rows */
 
-struct vm_row {
-	int64_t id;
-	char *name, *folder, *config;
-};
-
-static void vm_row_clear(struct vm_row *v)
+void host_vm_row_clear(struct vm_row *v)
 {
 	free(v->name);
 	free(v->folder);
@@ -339,11 +299,11 @@ static void vm_row_clear(struct vm_row *v)
 	memset(v, 0, sizeof *v);
 }
 
-static int vm_row_get(struct host *h, int64_t id, struct vm_row *v)
+int host_vm_row_get(struct host *h, int64_t id, struct vm_row *v)
 {
 	pthread_mutex_lock(&h->db_lock);
 	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	int r = prepare(h, "SELECT name, folder, config FROM vms WHERE id = ?", &st);
+	int r = host_db_prepare(h, "SELECT name, folder, config FROM vms WHERE id = ?", &st);
 	if (r == 0) {
 		sqlite3_bind_int64(st, 1, id);
 		int rc = sqlite3_step(st);
@@ -355,7 +315,7 @@ static int vm_row_get(struct host *h, int64_t id, struct vm_row *v)
 		} else if (rc == SQLITE_DONE) {
 			r = vela_error(VELA_E_NOTFOUND, "no VM with id %lld", (long long)id);
 		} else {
-			r = db_fail(h, "read VM");
+			r = host_db_fail(h, "read VM");
 		}
 	}
 	pthread_mutex_unlock(&h->db_lock);
@@ -363,7 +323,7 @@ static int vm_row_get(struct host *h, int64_t id, struct vm_row *v)
 }
 
 /* The power state as the supervisor reports it ("off" when none runs). */
-static json_t *vm_status(const char *config)
+json_t *host_vm_status(const char *config)
 {
 	if (!vmxsup_is_running(config))
 		return json_pack("{s:s}", "state", "off");
@@ -386,7 +346,7 @@ static json_t *vm_json(int64_t id, const char *name, const char *folder, const c
 	return o;
 }
 
-static struct vm_oplock *oplock_of(struct host *h, int64_t id)
+struct vm_oplock *host_oplock_of(struct host *h, int64_t id)
 {
 	pthread_mutex_lock(&h->oplocks_lock);
 	struct vm_oplock *l = h->oplocks;
@@ -405,10 +365,10 @@ static struct vm_oplock *oplock_of(struct host *h, int64_t id)
 
 /* What velad last saw of a VM's power, for the next start's reconcile (a
  * killed velad has no chance to write it at exit). */
-static void remember_state_locked(struct host *h, int64_t id, const char *state)
+void host_remember_state_locked(struct host *h, int64_t id, const char *state)
 {
 	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	if (prepare(h, "INSERT OR REPLACE INTO vm_state(vm, state) VALUES(?, ?)", &st) < 0)
+	if (host_db_prepare(h, "INSERT OR REPLACE INTO vm_state(vm, state) VALUES(?, ?)", &st) < 0)
 		return;
 	sqlite3_bind_int64(st, 1, id);
 	sqlite3_bind_text(st, 2, state ? state : "unknown", -1, SQLITE_TRANSIENT);
@@ -416,16 +376,16 @@ static void remember_state_locked(struct host *h, int64_t id, const char *state)
 	atomic_fetch_add(&h->generation, 1);
 }
 
-static void remember_state(struct host *h, int64_t id, json_t *status)
+void host_remember_state(struct host *h, int64_t id, json_t *status)
 {
 	pthread_mutex_lock(&h->db_lock);
-	remember_state_locked(h, id, json_string_value(json_object_get(status, "state")));
+	host_remember_state_locked(h, id, json_string_value(json_object_get(status, "state")));
 	pthread_mutex_unlock(&h->db_lock);
 }
 
 /* ----------------------------------------------------------- inventory */
 
-static bool name_ok(const char *s, size_t max)
+bool host_name_ok(const char *s, size_t max)
 {
 	if (!s || !*s || strlen(s) > max)
 		return false;
@@ -435,10 +395,10 @@ static bool name_ok(const char *s, size_t max)
 	return true;
 }
 
-static bool folder_ok(const char *s)
+bool host_folder_ok(const char *s)
 {
 	/* "/", "/a", "/a/b": absolute, no empty, "." or ".." parts. */
-	if (!name_ok(s, 1024) || s[0] != '/')
+	if (!host_name_ok(s, 1024) || s[0] != '/')
 		return false;
 	if (strcmp(s, "/") == 0)
 		return true;
@@ -457,9 +417,9 @@ int host_vm_register(struct host *h, const char *user, const char *config, const
 {
 	if (!config || !*config)
 		return vela_error(VELA_E_INVAL, "register: no configuration file given");
-	if (name && !name_ok(name, 255))
+	if (name && !host_name_ok(name, 255))
 		return vela_error(VELA_E_BADNAME, "register: the name must be 1-255 printable characters");
-	if (folder && !folder_ok(folder))
+	if (folder && !host_folder_ok(folder))
 		return vela_error(VELA_E_BADNAME, "register: bad folder \"%.100s\" (\"/\" or \"/a/b\", no \".\" or \"..\")",
 				  folder);
 	CLEANUP_FREE char *path = NULL;
@@ -481,7 +441,7 @@ int host_vm_register(struct host *h, const char *user, const char *config, const
 		free(display);
 		display = path_basename(real);
 	}
-	if (!name_ok(display, 255))
+	if (!host_name_ok(display, 255))
 		return vela_error(VELA_E_BADNAME, "register: the name must be 1-255 printable characters");
 	if (!folder)
 		folder = "/";
@@ -489,7 +449,7 @@ int host_vm_register(struct host *h, const char *user, const char *config, const
 	pthread_mutex_lock(&h->db_lock);
 	CLEANUP_STMT sqlite3_stmt *st = NULL;
 	int64_t id = 0;
-	r = prepare(h, "INSERT INTO vms(name, folder, config, created) VALUES(?,?,?,?)", &st);
+	r = host_db_prepare(h, "INSERT INTO vms(name, folder, config, created) VALUES(?,?,?,?)", &st);
 	if (r == 0) {
 		sqlite3_bind_text(st, 1, display, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, folder, -1, SQLITE_STATIC);
@@ -499,19 +459,19 @@ int host_vm_register(struct host *h, const char *user, const char *config, const
 		if (rc == SQLITE_CONSTRAINT)
 			r = vela_error(VELA_E_EXISTS, "%s is already registered", real);
 		else if (rc != SQLITE_DONE)
-			r = db_fail(h, "register");
+			r = host_db_fail(h, "register");
 		else
 			id = sqlite3_last_insert_rowid(h->db);
 	}
 	if (r == 0) {
 		atomic_fetch_add(&h->generation, 1);
-		r = event_locked(h, HOST_AUDIT, id, user, "vm.registered", real);
+		r = host_event_locked(h, HOST_AUDIT, id, user, "vm.registered", real);
 	}
 	pthread_mutex_unlock(&h->db_lock);
 	if (r < 0)
 		return r;
-	json_t *status = vm_status(real);
-	remember_state(h, id, status);
+	json_t *status = host_vm_status(real);
+	host_remember_state(h, id, status);
 	*out = vm_json(id, display, folder, real, status);
 	json_decref(status);
 	return 0;
@@ -600,9 +560,9 @@ int host_vm_create(struct host *h, const char *user, const struct host_vm_spec *
 						  " (it names the VM's folder)");
 	if (sp->memsize_mb < 16 || sp->memsize_mb > 1048576 || sp->vcpus < 1 || sp->vcpus > 64)
 		return vela_error(VELA_E_RANGE, "create: memsize 16 MiB to 1 TiB, vcpus 1 to 64");
-	if (sp->folder && !folder_ok(sp->folder))
+	if (sp->folder && !host_folder_ok(sp->folder))
 		return vela_error(VELA_E_BADNAME, "create: bad inventory folder \"%.100s\"", sp->folder);
-	if (sp->guest_os && !name_ok(sp->guest_os, 64))
+	if (sp->guest_os && !host_name_ok(sp->guest_os, 64))
 		return vela_error(VELA_E_INVAL, "create: bad guestOS");
 	CLEANUP_FREE char *dir = NULL;
 	int r = host_ds_path(h, sp->datastore ? sp->datastore : DEFAULT_DATASTORE, sp->name, &dir);
@@ -662,10 +622,10 @@ int host_vm_create(struct host *h, const char *user, const struct host_vm_spec *
 int host_vm_unregister(struct host *h, const char *user, int64_t id)
 {
 	struct vm_row v = { 0 };
-	int r = vm_row_get(h, id, &v);
+	int r = host_vm_row_get(h, id, &v);
 	if (r < 0)
 		return r;
-	struct vm_oplock *l = oplock_of(h, id);
+	struct vm_oplock *l = host_oplock_of(h, id);
 	pthread_mutex_lock(&l->lock);
 	if (vmxsup_is_running(v.config)) {
 		r = vela_error(VELA_E_BADSTATE, "VM %lld (%s) is powered on: power it off before unregistering",
@@ -673,19 +633,19 @@ int host_vm_unregister(struct host *h, const char *user, int64_t id)
 	} else {
 		pthread_mutex_lock(&h->db_lock);
 		CLEANUP_STMT sqlite3_stmt *st = NULL;
-		r = prepare(h, "DELETE FROM vms WHERE id = ?", &st);
+		r = host_db_prepare(h, "DELETE FROM vms WHERE id = ?", &st);
 		if (r == 0) {
 			sqlite3_bind_int64(st, 1, id);
 			if (sqlite3_step(st) != SQLITE_DONE)
-				r = db_fail(h, "unregister");
+				r = host_db_fail(h, "unregister");
 			atomic_fetch_add(&h->generation, 1);
 		}
 		if (r == 0)
-			r = event_locked(h, HOST_AUDIT, id, user, "vm.unregistered", v.config);
+			r = host_event_locked(h, HOST_AUDIT, id, user, "vm.unregistered", v.config);
 		pthread_mutex_unlock(&h->db_lock);
 	}
 	pthread_mutex_unlock(&l->lock);
-	vm_row_clear(&v);
+	host_vm_row_clear(&v);
 	return r;
 }
 
@@ -694,7 +654,7 @@ int host_vm_list(struct host *h, json_t **out)
 	/* States come from the cache the refresher keeps (and power
 	 * operations update at once): a list costs one query, however many
 	 * VMs run. */
-	return query_json(h,
+	return host_db_query(h,
 			  "SELECT v.id, v.name, v.folder, v.config, COALESCE(s.state, 'off') AS state"
 			  " FROM vms v LEFT JOIN vm_state s ON s.vm = v.id ORDER BY v.id",
 			  out);
@@ -704,7 +664,7 @@ int host_vm_list_text(struct host *h, const struct host_access *access, struct s
 {
 	pthread_mutex_lock(&h->db_lock);
 	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	int r = prepare(h,
+	int r = host_db_prepare(h,
 			"SELECT v.id, v.name, v.folder, v.config, COALESCE(s.state, 'off')"
 			" FROM vms v LEFT JOIN vm_state s ON s.vm = v.id ORDER BY v.id",
 			&st);
@@ -733,7 +693,7 @@ int host_vm_list_text(struct host *h, const struct host_access *access, struct s
 		first = false;
 	}
 	if (r == 0 && rc != SQLITE_DONE)
-		r = db_fail(h, "list VMs");
+		r = host_db_fail(h, "list VMs");
 	pthread_mutex_unlock(&h->db_lock);
 	strbuf_puts(out, "]}");
 	return r;
@@ -747,25 +707,25 @@ uint64_t host_generation(struct host *h)
 int host_vm_folder(struct host *h, int64_t id, char **folder)
 {
 	struct vm_row v = { 0 };
-	int r = vm_row_get(h, id, &v);
+	int r = host_vm_row_get(h, id, &v);
 	if (r == 0) {
 		*folder = v.folder;
 		v.folder = NULL;
 	}
-	vm_row_clear(&v);
+	host_vm_row_clear(&v);
 	return r;
 }
 
 int host_vm_get(struct host *h, int64_t id, json_t **out)
 {
 	struct vm_row v = { 0 };
-	int r = vm_row_get(h, id, &v);
+	int r = host_vm_row_get(h, id, &v);
 	if (r < 0)
 		return r;
-	json_t *status = vm_status(v.config);
+	json_t *status = host_vm_status(v.config);
 	json_t *o = vm_json(id, v.name, v.folder, v.config, status);
 	json_object_set_new(o, "status", status);
-	vm_row_clear(&v);
+	host_vm_row_clear(&v);
 	*out = o;
 	return 0;
 }
@@ -803,10 +763,10 @@ int host_vm_power(struct host *h, const char *user, int64_t id, const char *op, 
 	if (!op)
 		return vela_error(VELA_E_INVAL, "power: no operation given");
 	struct vm_row v = { 0 };
-	int r = vm_row_get(h, id, &v);
+	int r = host_vm_row_get(h, id, &v);
 	if (r < 0)
 		return r;
-	struct vm_oplock *l = oplock_of(h, id);
+	struct vm_oplock *l = host_oplock_of(h, id);
 	pthread_mutex_lock(&l->lock);
 	json_t *reply = NULL;
 	r = power_locked(h, &v, op, mode, &reply);
@@ -819,10 +779,10 @@ int host_vm_power(struct host *h, const char *user, int64_t id, const char *op, 
 			   op, mode ? " " : "", mode ? mode : "", vela_errmsg());
 	else
 		host_event(h, HOST_AUDIT, id, user, "vm.power", "%s%s%s", op, mode ? " " : "", mode ? mode : "");
-	json_t *status = vm_status(v.config);
-	remember_state(h, id, status);
+	json_t *status = host_vm_status(v.config);
+	host_remember_state(h, id, status);
 	pthread_mutex_unlock(&l->lock);
-	vm_row_clear(&v);
+	host_vm_row_clear(&v);
 	if (r < 0) {
 		json_decref(status);
 		return r;
@@ -836,7 +796,7 @@ int host_vm_answer(struct host *h, const char *user, int64_t id, const char *cho
 	if (!choice || !*choice)
 		return vela_error(VELA_E_INVAL, "answer: no choice given");
 	struct vm_row v = { 0 };
-	int r = vm_row_get(h, id, &v);
+	int r = host_vm_row_get(h, id, &v);
 	if (r < 0)
 		return r;
 	json_t *reply = NULL, *req = json_pack("{s:s, s:s}", "cmd", "answer", "choice", choice);
@@ -848,302 +808,10 @@ int host_vm_answer(struct host *h, const char *user, int64_t id, const char *cho
 	else
 		vela_error_context(r, "VM %lld (%s)", (long long)id, v.name);
 	if (r == 0) {
-		*out = vm_status(v.config);
-		remember_state(h, id, *out);
+		*out = host_vm_status(v.config);
+		host_remember_state(h, id, *out);
 	}
-	vm_row_clear(&v);
-	return r;
-}
-
-/* ------------------------------------------------------ access control */
-
-static const char *const role_names[] = { "none", "readonly", "operator", "admin" };
-
-const char *host_role_name(enum host_role r)
-{
-	return (unsigned)r < ARRAY_SIZE(role_names) ? role_names[r] : "none";
-}
-
-int host_role_parse(const char *s, enum host_role *out)
-{
-	int i = name_index(role_names, ARRAY_SIZE(role_names), 1, s);   /* "none" is no role to grant */
-	if (i < 0)
-		return vela_error(VELA_E_INVAL, "unknown role \"%.40s\" (readonly, operator, admin)", s ? s : "");
-	*out = (enum host_role)i;
-	return 0;
-}
-
-struct grant {
-	enum { SCOPE_HOST, SCOPE_FOLDER, SCOPE_VM } kind;
-	char *folder;
-	int64_t vm;
-	enum host_role role;
-};
-
-struct host_access {
-	bool superuser;
-	struct grant *g;
-	size_t n;
-};
-
-static int parse_scope(const char *scope, struct grant *g)
-{
-	memset(g, 0, sizeof *g);
-	if (scope && strcmp(scope, "host") == 0) {
-		g->kind = SCOPE_HOST;
-		return 0;
-	}
-	if (scope && str_starts_with(scope, "folder:") && folder_ok(scope + 7)) {
-		g->kind = SCOPE_FOLDER;
-		g->folder = xstrdup(scope + 7);
-		return 0;
-	}
-	uint64_t id;
-	if (scope && str_starts_with(scope, "vm:") && parse_u64(scope + 3, INT64_MAX, &id) == 0 && id > 0) {
-		g->kind = SCOPE_VM;
-		g->vm = (int64_t)id;
-		return 0;
-	}
-	return vela_error(VELA_E_INVAL, "bad scope \"%.100s\" (host, folder:/a/b or vm:ID)", scope ? scope : "");
-}
-
-static bool principal_ok(const char *p)
-{
-	const char *name = str_starts_with(p, "user:") ? p + 5 : str_starts_with(p, "group:") ? p + 6 : NULL;
-	if (!name || !*name || strlen(name) > 64)
-		return false;
-	for (const char *c = name; *c; c++)
-		if (!(*c == '_' || *c == '-' || *c == '.' || *c == '@' || (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
-		      (*c >= '0' && *c <= '9')))
-			return false;
-	return true;
-}
-
-int host_access_load(struct host *h, const struct host_principal *p, struct host_access **out)
-{
-	struct host_access *a = xcalloc(1, sizeof *a);
-	a->superuser = p->superuser;
-	pthread_mutex_lock(&h->db_lock);
-	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	int r = prepare(h, "SELECT principal, scope, role FROM grants", &st);
-	int rc = SQLITE_DONE;
-	while (r == 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-		const char *who = (const char *)sqlite3_column_text(st, 0);
-		bool match = p->user && str_starts_with(who, "user:") && strcmp(who + 5, p->user) == 0;
-		for (size_t i = 0; !match && i < p->n_groups; i++)
-			match = str_starts_with(who, "group:") && strcmp(who + 6, p->groups[i]) == 0;
-		struct grant g;
-		enum host_role role;
-		if (!match || host_role_parse((const char *)sqlite3_column_text(st, 2), &role) < 0 ||
-		    parse_scope((const char *)sqlite3_column_text(st, 1), &g) < 0)
-			continue;
-		g.role = role;
-		a->g = xrealloc(a->g, (a->n + 1) * sizeof *a->g);
-		a->g[a->n++] = g;
-	}
-	if (r == 0 && rc != SQLITE_DONE)
-		r = db_fail(h, "read grants");
-	pthread_mutex_unlock(&h->db_lock);
-	vela_error_clear();   /* skipped bad rows leave no message behind */
-	if (r < 0) {
-		host_access_free(a);
-		return r;
-	}
-	*out = a;
-	return 0;
-}
-
-void host_access_free(struct host_access *a)
-{
-	if (!a)
-		return;
-	for (size_t i = 0; i < a->n; i++)
-		free(a->g[i].folder);
-	free(a->g);
-	free(a);
-}
-
-static enum host_role strongest(const struct host_access *a, int64_t vm, const char *folder)
-{
-	if (a->superuser)
-		return HOST_ROLE_ADMIN;
-	enum host_role best = HOST_ROLE_NONE;
-	for (size_t i = 0; i < a->n; i++) {
-		const struct grant *g = &a->g[i];
-		bool covers = g->kind == SCOPE_HOST;
-		if (g->kind == SCOPE_FOLDER && folder) {
-			size_t n = strlen(g->folder);
-			covers = strcmp(g->folder, "/") == 0 ||
-				 (strncmp(folder, g->folder, n) == 0 && (folder[n] == '\0' || folder[n] == '/'));
-		}
-		if (g->kind == SCOPE_VM)
-			covers = vm > 0 && g->vm == vm;
-		if (covers && g->role > best)
-			best = g->role;
-	}
-	return best;
-}
-
-enum host_role host_access_host(const struct host_access *a)
-{
-	return strongest(a, 0, NULL);
-}
-
-enum host_role host_access_folder(const struct host_access *a, const char *folder)
-{
-	return strongest(a, 0, folder);
-}
-
-enum host_role host_access_vm(const struct host_access *a, int64_t vm_id, const char *folder)
-{
-	return strongest(a, vm_id, folder);
-}
-
-int host_grant(struct host *h, const char *by, const char *principal, const char *scope, const char *role, json_t **out)
-{
-	struct grant g;
-	enum host_role r_role;
-	if (!principal || !principal_ok(principal))
-		return vela_error(VELA_E_INVAL, "bad principal \"%.80s\" (user:NAME or group:NAME)", principal ? principal : "");
-	int r = parse_scope(scope, &g);
-	free(g.folder);
-	if (r < 0 || (r = host_role_parse(role, &r_role)) < 0)
-		return r;
-	pthread_mutex_lock(&h->db_lock);
-	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	r = prepare(h, "INSERT INTO grants(principal, scope, role) VALUES(?,?,?)"
-		       " ON CONFLICT(principal, scope) DO UPDATE SET role = excluded.role", &st);
-	int64_t id = 0;
-	if (r == 0) {
-		sqlite3_bind_text(st, 1, principal, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, scope, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 3, role, -1, SQLITE_STATIC);
-		if (sqlite3_step(st) != SQLITE_DONE)
-			r = db_fail(h, "grant");
-	}
-	if (r == 0) {
-		CLEANUP_STMT sqlite3_stmt *q = NULL;
-		if ((r = prepare(h, "SELECT id FROM grants WHERE principal = ? AND scope = ?", &q)) == 0) {
-			sqlite3_bind_text(q, 1, principal, -1, SQLITE_STATIC);
-			sqlite3_bind_text(q, 2, scope, -1, SQLITE_STATIC);
-			id = sqlite3_step(q) == SQLITE_ROW ? sqlite3_column_int64(q, 0) : 0;
-		}
-	}
-	if (r == 0) {
-		CLEANUP_FREE char *msg = xasprintf("%s gets %s on %s", principal, role, scope);
-		r = event_locked(h, HOST_AUDIT, 0, by, "permission.granted", msg);
-	}
-	pthread_mutex_unlock(&h->db_lock);
-	if (r < 0)
-		return r;
-	*out = json_pack("{s:I, s:s, s:s, s:s}", "id", (json_int_t)id, "principal", principal, "scope", scope, "role", role);
-	return 0;
-}
-
-int host_revoke(struct host *h, const char *by, int64_t id)
-{
-	pthread_mutex_lock(&h->db_lock);
-	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	int r = prepare(h, "DELETE FROM grants WHERE id = ?", &st);
-	if (r == 0) {
-		sqlite3_bind_int64(st, 1, id);
-		if (sqlite3_step(st) != SQLITE_DONE)
-			r = db_fail(h, "revoke");
-		else if (sqlite3_changes(h->db) == 0)
-			r = vela_error(VELA_E_NOTFOUND, "no grant with id %lld", (long long)id);
-	}
-	if (r == 0) {
-		CLEANUP_FREE char *msg = xasprintf("grant %lld revoked", (long long)id);
-		r = event_locked(h, HOST_AUDIT, 0, by, "permission.revoked", msg);
-	}
-	pthread_mutex_unlock(&h->db_lock);
-	return r;
-}
-
-int host_grant_list(struct host *h, json_t **out)
-{
-	return query_json(h, "SELECT id, principal, scope, role FROM grants ORDER BY id", out);
-}
-
-int host_token_create(struct host *h, const char *user, const char *name, int64_t expires_ms, const char *digest,
-		      json_t **out)
-{
-	if (!name_ok(name, 100))
-		return vela_error(VELA_E_BADNAME, "token name: 1-100 printable characters");
-	pthread_mutex_lock(&h->db_lock);
-	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	int64_t now = time_real_ms(), id = 0;
-	int r = prepare(h, "INSERT INTO tokens(user, name, digest, created, expires) VALUES(?,?,?,?,?)", &st);
-	if (r == 0) {
-		sqlite3_bind_text(st, 1, user, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 3, digest, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 4, now);
-		sqlite3_bind_int64(st, 5, expires_ms);
-		if (sqlite3_step(st) != SQLITE_DONE)
-			r = db_fail(h, "create token");
-		else
-			id = sqlite3_last_insert_rowid(h->db);
-	}
-	if (r == 0)
-		r = event_locked(h, HOST_AUDIT, 0, user, "token.created", name);
-	pthread_mutex_unlock(&h->db_lock);
-	if (r < 0)
-		return r;
-	*out = json_pack("{s:I, s:s, s:s, s:I, s:I}", "id", (json_int_t)id, "user", user, "name", name, "created",
-			 (json_int_t)now, "expires", (json_int_t)expires_ms);
-	return 0;
-}
-
-int host_token_check(struct host *h, const char *digest, char **user)
-{
-	pthread_mutex_lock(&h->db_lock);
-	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	int r = prepare(h, "SELECT user, expires FROM tokens WHERE digest = ?", &st);
-	if (r == 0) {
-		sqlite3_bind_text(st, 1, digest, -1, SQLITE_STATIC);
-		int64_t now = time_real_ms();
-		if (sqlite3_step(st) == SQLITE_ROW &&
-		    (sqlite3_column_int64(st, 1) == 0 || sqlite3_column_int64(st, 1) > now))
-			*user = xstrdup((const char *)sqlite3_column_text(st, 0));
-		else
-			r = vela_error(VELA_E_SESSION, "unknown or expired API token");
-	}
-	pthread_mutex_unlock(&h->db_lock);
-	return r;
-}
-
-int host_token_list(struct host *h, const char *user, json_t **out)
-{
-	pthread_mutex_lock(&h->db_lock);
-	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	int r = prepare(h, "SELECT id, user, name, created, expires FROM tokens WHERE ?1 IS NULL OR user = ?1 ORDER BY id",
-			&st);
-	if (r == 0) {
-		if (user)
-			sqlite3_bind_text(st, 1, user, -1, SQLITE_STATIC);
-		r = rows_json(h, st, out);
-	}
-	pthread_mutex_unlock(&h->db_lock);
-	return r;
-}
-
-int host_token_delete(struct host *h, const char *user, int64_t id)
-{
-	pthread_mutex_lock(&h->db_lock);
-	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	int r = prepare(h, "DELETE FROM tokens WHERE id = ?1 AND (?2 IS NULL OR user = ?2)", &st);
-	if (r == 0) {
-		sqlite3_bind_int64(st, 1, id);
-		if (user)
-			sqlite3_bind_text(st, 2, user, -1, SQLITE_STATIC);
-		if (sqlite3_step(st) != SQLITE_DONE)
-			r = db_fail(h, "delete token");
-		else if (sqlite3_changes(h->db) == 0)
-			r = vela_error(VELA_E_NOTFOUND, "no API token %lld%s%s", (long long)id, user ? " of " : "",
-				       user ? user : "");
-	}
-	pthread_mutex_unlock(&h->db_lock);
+	host_vm_row_clear(&v);
 	return r;
 }
 
@@ -1157,12 +825,12 @@ int host_autostart_set(struct host *h, const char *user, int64_t id, const struc
 	if (strcmp(stop, "soft") != 0 && strcmp(stop, "hard") != 0 && strcmp(stop, "none") != 0)
 		return vela_error(VELA_E_INVAL, "autostart: stop must be soft, hard or none, not \"%.20s\"", stop);
 	struct vm_row v = { 0 };
-	int r = vm_row_get(h, id, &v);
+	int r = host_vm_row_get(h, id, &v);
 	if (r < 0)
 		return r;
 	pthread_mutex_lock(&h->db_lock);
 	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	r = prepare(h, "INSERT OR REPLACE INTO autostart(vm, enabled, ord, delay, stop) VALUES(?,?,?,?,?)", &st);
+	r = host_db_prepare(h, "INSERT OR REPLACE INTO autostart(vm, enabled, ord, delay, stop) VALUES(?,?,?,?,?)", &st);
 	if (r == 0) {
 		sqlite3_bind_int64(st, 1, id);
 		sqlite3_bind_int(st, 2, a->enabled);
@@ -1170,24 +838,24 @@ int host_autostart_set(struct host *h, const char *user, int64_t id, const struc
 		sqlite3_bind_int(st, 4, a->delay_s);
 		sqlite3_bind_text(st, 5, stop, -1, SQLITE_STATIC);
 		if (sqlite3_step(st) != SQLITE_DONE)
-			r = db_fail(h, "autostart");
+			r = host_db_fail(h, "autostart");
 	}
 	if (r == 0) {
 		CLEANUP_FREE char *msg = xasprintf("autostart %s, order %d, delay %d s, stop %s", a->enabled ? "on" : "off",
 						   a->order, a->delay_s, stop);
-		r = event_locked(h, HOST_AUDIT, id, user, "vm.autostart.set", msg);
+		r = host_event_locked(h, HOST_AUDIT, id, user, "vm.autostart.set", msg);
 	}
 	pthread_mutex_unlock(&h->db_lock);
 	if (r == 0)
 		*out = json_pack("{s:I, s:s, s:b, s:i, s:i, s:s}", "vm", (json_int_t)id, "name", v.name, "enabled", a->enabled,
 				 "order", a->order, "delay", a->delay_s, "stop", stop);
-	vm_row_clear(&v);
+	host_vm_row_clear(&v);
 	return r;
 }
 
 int host_autostart_list(struct host *h, json_t **out)
 {
-	return query_json(h,
+	return host_db_query(h,
 			  "SELECT a.vm, v.name, a.enabled, a.ord AS \"order\", a.delay, a.stop FROM autostart a"
 			  " JOIN vms v ON v.id = a.vm ORDER BY a.ord, a.vm",
 			  out);
@@ -1244,7 +912,7 @@ int host_autostop_run(struct host *h, const char *user)
 	/* Every registered VM, in reverse start order; those without a
 	 * setting last, stopped softly. */
 	json_t *vms = NULL;
-	int r = query_json(h,
+	int r = host_db_query(h,
 			   "SELECT v.id, COALESCE(a.stop, 'soft') AS stop FROM vms v LEFT JOIN autostart a ON a.vm = v.id"
 			   " ORDER BY a.ord IS NULL, a.ord DESC, v.id DESC",
 			   &vms);
@@ -1257,10 +925,10 @@ int host_autostop_run(struct host *h, const char *user)
 		int64_t id = json_integer_value(json_object_get(e, "id"));
 		const char *stop = json_string_value(json_object_get(e, "stop"));
 		struct vm_row v = { 0 };
-		if (strcmp(stop, "none") == 0 || vm_row_get(h, id, &v) < 0)
+		if (strcmp(stop, "none") == 0 || host_vm_row_get(h, id, &v) < 0)
 			continue;
 		bool running = vmxsup_is_running(v.config);
-		vm_row_clear(&v);
+		host_vm_row_clear(&v);
 		if (!running)
 			continue;
 		json_t *status = NULL;
@@ -1274,195 +942,7 @@ int host_autostop_run(struct host *h, const char *user)
 	return 0;
 }
 
-/* ---------------------------------------------------- host, datastores */
-
-static char *datastores_dir(struct host *h)
-{
-	return path_join(h->home, "datastores");
-}
-
-int host_datastore_list(struct host *h, json_t **out)
-{
-	CLEANUP_FREE char *dir = datastores_dir(h);
-	DIR *d = opendir(dir);
-	if (!d)
-		return vela_error_errno(errno, "datastores: %s", dir);
-	json_t *a = json_array();
-	struct dirent *e;
-	while ((e = readdir(d))) {
-		if (e->d_name[0] == '.')
-			continue;
-		CLEANUP_FREE char *p = path_join(dir, e->d_name);
-		struct statvfs vfs;
-		struct stat st;
-		if (stat(p, &st) < 0 || !S_ISDIR(st.st_mode) || statvfs(p, &vfs) < 0)
-			continue;
-		CLEANUP_FREE char *real = realpath(p, NULL);
-		json_array_append_new(a, json_pack("{s:s, s:s, s:I, s:I}", "name", e->d_name, "path", real ? real : p,
-						   "capacity", (json_int_t)((uint64_t)vfs.f_blocks * vfs.f_frsize),
-						   "free", (json_int_t)((uint64_t)vfs.f_bavail * vfs.f_frsize)));
-	}
-	closedir(d);
-	*out = a;
-	return 0;
-}
-
-static bool ds_name_ok(const char *ds)
-{
-	if (!ds || !*ds || strlen(ds) > 64 || ds[0] == '.')
-		return false;
-	for (const char *c = ds; *c; c++)
-		if (!(*c == '_' || *c == '-' || *c == '.' || (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
-		      (*c >= '0' && *c <= '9')))
-			return false;
-	return true;
-}
-
-static bool rel_ok(const char *rel)
-{
-	if (!rel || strlen(rel) > 1024 || rel[0] == '/')
-		return false;
-	if (!*rel)
-		return true;   /* the datastore's top */
-	for (const char *p = rel; *p;) {
-		const char *end = strchr(p, '/');
-		size_t n = end ? (size_t)(end - p) : strlen(p);
-		if (n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
-			return false;
-		for (size_t i = 0; i < n; i++)
-			if ((unsigned char)p[i] < 0x20 || p[i] == 0x7f)
-				return false;
-		p += n + (end != NULL);
-		if (end && !*p)
-			return false;   /* a trailing slash */
-	}
-	return true;
-}
-
-int host_ds_path(struct host *h, const char *ds, const char *rel, char **abs)
-{
-	if (!ds_name_ok(ds))
-		return vela_error(VELA_E_BADNAME, "bad datastore name \"%.64s\"", ds ? ds : "");
-	if (!rel_ok(rel))
-		return vela_error(VELA_E_BADNAME, "bad path in a datastore: no \"..\", \".\" or empty parts, no control characters");
-	CLEANUP_FREE char *dir = datastores_dir(h);
-	CLEANUP_FREE char *top = path_join(dir, ds);
-	CLEANUP_FREE char *root = realpath(top, NULL);
-	if (!root)
-		return vela_error(VELA_E_NOTFOUND, "no datastore \"%s\"", ds);
-	char *p = *rel ? path_join(root, rel) : xstrdup(root);
-	/* What exists of the path must stay inside the datastore, links
-	 * followed: resolve the longest existing prefix. */
-	CLEANUP_FREE char *probe = xstrdup(p);
-	for (;;) {
-		CLEANUP_FREE char *real = realpath(probe, NULL);
-		if (real) {
-			size_t n = strlen(root);
-			if (strncmp(real, root, n) != 0 || (real[n] != '\0' && real[n] != '/')) {
-				free(p);
-				return vela_error(VELA_E_PERM, "%s leads out of datastore %s", rel, ds);
-			}
-			break;
-		}
-		char *slash = strrchr(probe, '/');
-		if (!slash || slash == probe)
-			break;
-		*slash = '\0';
-	}
-	*abs = p;
-	return 0;
-}
-
-int host_ds_browse(struct host *h, const char *ds, const char *rel, json_t **out)
-{
-	CLEANUP_FREE char *path = NULL;
-	int r = host_ds_path(h, ds, rel ? rel : "", &path);
-	if (r < 0)
-		return r;
-	DIR *d = opendir(path);
-	if (!d)
-		return vela_error_errno(errno, "[%s] %s", ds, rel ? rel : "");
-	json_t *a = json_array();
-	struct dirent *e;
-	while ((e = readdir(d))) {
-		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 || str_starts_with(e->d_name, ".vela-upload-"))
-			continue;
-		struct stat st;
-		if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-			continue;
-		const char *type = S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "folder" : "other";
-		json_array_append_new(a, json_pack("{s:s, s:s, s:I, s:I}", "name", e->d_name, "type", type, "size",
-						   (json_int_t)st.st_size, "mtime", (json_int_t)st.st_mtime * 1000));
-	}
-	closedir(d);
-	*out = a;
-	return 0;
-}
-
-struct host_upload {
-	int fd;
-	char *tmp, *final, *ds, *rel;
-	uint64_t bytes;
-};
-
-int host_ds_upload_begin(struct host *h, const char *ds, const char *rel, struct host_upload **up, int *fd)
-{
-	CLEANUP_FREE char *path = NULL;
-	int r = host_ds_path(h, ds, rel, &path);
-	if (r < 0)
-		return r;
-	if (!*rel)
-		return vela_error(VELA_E_BADNAME, "upload: name a file in datastore %s", ds);
-	struct stat st;
-	if (lstat(path, &st) == 0)
-		return vela_error(VELA_E_EXISTS, "[%s] %s already exists", ds, rel);
-	CLEANUP_FREE char *dir = path_dirname(path);
-	if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
-		return vela_error(VELA_E_NOTFOUND, "upload: no folder for [%s] %s", ds, rel);
-	struct host_upload *u = xcalloc(1, sizeof *u);
-	u->tmp = xasprintf("%s/.vela-upload-XXXXXX", dir);
-	u->fd = mkostemp(u->tmp, O_CLOEXEC);
-	if (u->fd < 0) {
-		r = vela_error_errno(errno, "upload to [%s] %s", ds, rel);
-		free(u->tmp);
-		free(u);
-		return r;
-	}
-	fchmod(u->fd, 0644);   /* an ISO others may read, as any datastore file */
-	u->final = xstrdup(path);
-	u->ds = xstrdup(ds);
-	u->rel = xstrdup(rel);
-	*up = u;
-	*fd = u->fd;
-	return 0;
-}
-
-int host_ds_upload_end(struct host *h, const char *user, struct host_upload *u, bool ok, json_t **out)
-{
-	int r = 0;
-	struct stat st;
-	if (ok && fstat(u->fd, &st) == 0)
-		u->bytes = (uint64_t)st.st_size;
-	if (ok && fsync(u->fd) < 0)
-		r = vela_error_errno(errno, "upload [%s] %s: sync", u->ds, u->rel);
-	close(u->fd);
-	/* link() never replaces: a file that appeared meanwhile wins. */
-	if (ok && r == 0 && link(u->tmp, u->final) < 0)
-		r = errno == EEXIST ? vela_error(VELA_E_EXISTS, "[%s] %s already exists", u->ds, u->rel)
-				    : vela_error_errno(errno, "upload [%s] %s", u->ds, u->rel);
-	unlink(u->tmp);
-	if (ok && r == 0) {
-		host_event(h, HOST_AUDIT, 0, user, "datastore.upload", "[%s] %s (%llu bytes)", u->ds, u->rel,
-			   (unsigned long long)u->bytes);
-		*out = json_pack("{s:s, s:s, s:I}", "datastore", u->ds, "path", u->rel, "size", (json_int_t)u->bytes);
-	}
-	free(u->tmp);
-	free(u->final);
-	free(u->ds);
-	free(u->rel);
-	free(u);
-	return r;
-}
+/* ---------------------------------------------------------------- host */
 
 int host_info(struct host *h, json_t **out)
 {
@@ -1505,7 +985,7 @@ static void probe_states(struct host *h, bool at_start)
 	json_array_foreach(vms, i, vm) {
 		int64_t id = json_integer_value(json_object_get(vm, "id"));
 		const char *was = json_string_value(json_object_get(vm, "state"));
-		json_t *status = vm_status(json_string_value(json_object_get(vm, "config")));
+		json_t *status = host_vm_status(json_string_value(json_object_get(vm, "config")));
 		const char *now = json_string_value(json_object_get(status, "state"));
 		if (strcmp(now, "unknown") == 0 || (!at_start && strcmp(was, now) == 0)) {
 			json_decref(status);   /* starting or exiting right now: next round */
@@ -1513,23 +993,23 @@ static void probe_states(struct host *h, bool at_start)
 		}
 		/* A power operation of velad's own is under way: it records the
 		 * outcome itself. */
-		struct vm_oplock *l = oplock_of(h, id);
+		struct vm_oplock *l = host_oplock_of(h, id);
 		if (!at_start && pthread_mutex_trylock(&l->lock) != 0) {
 			json_decref(status);
 			continue;
 		}
 		pthread_mutex_lock(&h->db_lock);
 		if (at_start && strcmp(was, "off") != 0 && strcmp(now, "off") == 0)
-			event_locked(h, HOST_WARNING, id, NULL, "vm.off.unattended", "powered off while velad was not running");
+			host_event_locked(h, HOST_WARNING, id, NULL, "vm.off.unattended", "powered off while velad was not running");
 		else if (at_start && strcmp(now, "off") != 0)
-			event_locked(h, HOST_INFO, id, NULL, "vm.reattached", now);
+			host_event_locked(h, HOST_INFO, id, NULL, "vm.reattached", now);
 		else if (!at_start && strcmp(now, "off") == 0)
-			event_locked(h, HOST_INFO, id, NULL, "vm.state", "powered off (by the guest, or outside velad)");
+			host_event_locked(h, HOST_INFO, id, NULL, "vm.state", "powered off (by the guest, or outside velad)");
 		else if (!at_start) {
 			CLEANUP_FREE char *msg = xasprintf("%s (was %s)", now, was);
-			event_locked(h, HOST_INFO, id, NULL, "vm.state", msg);
+			host_event_locked(h, HOST_INFO, id, NULL, "vm.state", msg);
 		}
-		remember_state_locked(h, id, now);
+		host_remember_state_locked(h, id, now);
 		pthread_mutex_unlock(&h->db_lock);
 		if (!at_start)
 			pthread_mutex_unlock(&l->lock);
@@ -1543,7 +1023,7 @@ static void *refresher(void *arg)
 	struct host *h = arg;
 	pthread_mutex_lock(&h->refresh_lock);
 	while (!h->stopping) {
-		struct timespec until = deadline_in(h->refresh_ms);
+		struct timespec until = host_deadline_in(h->refresh_ms);
 		pthread_cond_timedwait(&h->refresh_cond, &h->refresh_lock, &until);
 		if (h->stopping)
 			break;
@@ -1565,13 +1045,13 @@ int host_open(const struct host_opts *opts, struct host **out)
 	pthread_mutex_init(&h->db_lock, NULL);
 	pthread_mutex_init(&h->refresh_lock, NULL);
 	pthread_mutex_init(&h->event_lock, NULL);
-	cond_init_monotonic(&h->event_cond);
+	host_cond_init(&h->event_cond);
 	pthread_mutex_init(&h->oplocks_lock, NULL);
 	CLEANUP_FREE char *ds = path_join(h->home, "datastores/" DEFAULT_DATASTORE);
 	CLEANUP_FREE char *dbpath = path_join(h->home, "host.db");
 	int r = mkdir_p(h->home, 0755);
 	if (r == 0) {
-		CLEANUP_FREE char *dsdir = datastores_dir(h);
+		CLEANUP_FREE char *dsdir = host_datastores_dir(h);
 		struct stat st;
 		/* First start: the default local datastore. */
 		if (stat(dsdir, &st) < 0)
@@ -1597,7 +1077,7 @@ int host_open(const struct host_opts *opts, struct host **out)
 	}
 	probe_states(h, true);
 	if (h->refresh_ms > 0) {
-		cond_init_monotonic(&h->refresh_cond);
+		host_cond_init(&h->refresh_cond);
 		if (pthread_create(&h->refresh_thread, NULL, refresher, h) != 0) {
 			host_close(h);
 			return vela_error(VELA_E_SYSTEM, "host: cannot start the state refresher");
