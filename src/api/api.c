@@ -48,8 +48,7 @@ struct request {
 	bool too_big;
 	/* A datastore upload streams to a file instead of the body buffer. */
 	struct host_upload *upload;
-	int upload_fd;
-	int upload_error;      /* refused at the headers, or a write failed */
+	int upload_error;      /* refused at the headers */
 	char user[65];
 };
 
@@ -84,6 +83,7 @@ unsigned api_http_status(int code)
 	case VELA_E_LOCKED:
 	case VELA_E_NOTRUNNING:
 	case VELA_E_NOTEMPTY:
+	case VELA_E_CANCELED:
 		return MHD_HTTP_CONFLICT;
 	case VELA_E_TOOBIG:
 		return MHD_HTTP_CONTENT_TOO_LARGE;
@@ -318,6 +318,14 @@ static int need_host(const struct caller *who, enum host_role need)
 	return 0;
 }
 
+static int need_folder_admin(const struct caller *who, const char *folder, const char *what)
+{
+	if (host_access_folder(who->access, folder ? folder : "/") >= HOST_ROLE_ADMIN)
+		return 0;
+	return vela_error(VELA_E_PERM, "%s needs the admin role on folder %s to %s VMs there", who->user,
+			  folder ? folder : "/", what);
+}
+
 /* --------------------------------------------------------------- routes */
 
 static bool parse_id(const char *s, size_t n, int64_t *out)
@@ -471,6 +479,229 @@ static enum MHD_Result route_event_stream(struct api *a, struct MHD_Connection *
 	return mr;
 }
 
+/* ---------------------------------------------------------------- tasks */
+
+/* How long a request with wait (the default) waits for its task: beyond,
+ * it answers 202 with the task, which goes on. */
+#define TASK_WAIT_MS (15 * 60 * 1000)
+
+/* What a task thread needs of the request (the request is gone when the
+ * caller did not wait). */
+struct job {
+	char user[65];
+	int64_t vm;
+	char op[16], mode[16];
+	bool files;
+	struct host_vm_spec spec;
+	json_t *doc;           /* owns the strings spec points into */
+};
+
+static void job_free(void *p)
+{
+	struct job *j = p;
+	json_decref(j->doc);
+	free(j);
+}
+
+static struct job *job_new(const struct caller *who, int64_t vm)
+{
+	struct job *j = xcalloc(1, sizeof *j);
+	snprintf(j->user, sizeof j->user, "%s", who->user);
+	j->vm = vm;
+	return j;
+}
+
+static int power_job(struct host *h, struct host_task *t, void *arg, json_t **result)
+{
+	struct job *j = arg;
+	return host_vm_power(h, j->user, j->vm, j->op, j->mode[0] ? j->mode : NULL, t, result);
+}
+
+static int create_job(struct host *h, struct host_task *t, void *arg, json_t **result)
+{
+	struct job *j = arg;
+	return host_vm_create(h, j->user, &j->spec, t, result);
+}
+
+static int delete_job(struct host *h, struct host_task *t, void *arg, json_t **result)
+{
+	struct job *j = arg;
+	return host_vm_delete(h, j->user, j->vm, j->files, t, result);
+}
+
+static int autostop_job(struct host *h, struct host_task *t, void *arg, json_t **result)
+{
+	struct job *j = arg;
+	int r = host_autostop_run(h, j->user, t);
+	if (r == 0)
+		*result = json_object();
+	return r;
+}
+
+/*
+ * Run a job as a task.  With ?wait=0 the answer is 202 {task} at once;
+ * otherwise the request waits for the end and answers as the operation
+ * does (its result under key, or its error), with the task's id.
+ */
+static enum MHD_Result run_task(struct api *a, struct MHD_Connection *c, const char *type, const char *target,
+				bool cancelable, host_task_fn fn, struct job *j, const char *key)
+{
+	const char *w = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "wait");
+	bool wait = !w || strcmp(w, "0") != 0;
+	struct host_task *t = NULL;
+	int r = host_task_begin(a->host, j->user, j->vm, type, target, cancelable, &t);
+	if (r < 0) {
+		job_free(j);
+		return send_error(c, r);
+	}
+	int64_t id = host_task_id(t);
+	if ((r = host_task_spawn(a->host, t, fn, j, job_free)) < 0)
+		return send_error(c, r);
+	json_t *task = NULL;
+	r = wait ? host_task_wait(a->host, id, TASK_WAIT_MS, &task) : host_task_get(a->host, id, &task);
+	if (r < 0)
+		return send_error(c, r);
+	const char *state = json_string_value(json_object_get(task, "state"));
+	if (strcmp(state, "success") == 0) {
+		json_t *answer = json_pack("{s:b, s:O, s:I}", "ok", 1, key, json_object_get(task, "result"), "task",
+					   (json_int_t)id);
+		json_decref(task);
+		return send_json(c, MHD_HTTP_OK, answer);
+	}
+	if (strcmp(state, "running") == 0)
+		return send_json(c, MHD_HTTP_ACCEPTED, json_pack("{s:b, s:o}", "ok", 1, "task", task));
+	json_t *err = json_object_get(task, "error");
+	r = vela_error((int)json_integer_value(json_object_get(err, "code")), "%s",
+		       json_string_value(json_object_get(err, "message")));
+	json_decref(task);
+	return send_error(c, r ? r : -VELA_E_INTERNAL);
+}
+
+/* Tasks of a VM need its role; host tasks the host's; one's own are one's own. */
+static int need_task(struct api *a, const struct caller *who, int64_t id, enum host_role need, json_t **task)
+{
+	int r = host_task_get(a->host, id, task);
+	if (r < 0)
+		return r;
+	const char *owner = json_string_value(json_object_get(*task, "user"));
+	int64_t vm = json_integer_value(json_object_get(*task, "vm"));
+	if (owner && strcmp(owner, who->user) == 0)
+		return 0;
+	if (vm)
+		r = need_vm(a, who, vm, need);
+	else if (host_access_host(who->access) < HOST_ROLE_READONLY)
+		r = vela_error(VELA_E_NOTFOUND, "no task %lld", (long long)id);
+	else
+		r = need_host(who, need);
+	if (r == -VELA_E_NOTFOUND)
+		r = vela_error(VELA_E_NOTFOUND, "no task %lld", (long long)id);
+	if (r < 0) {
+		json_decref(*task);
+		*task = NULL;
+	}
+	return r;
+}
+
+static enum MHD_Result route_tasks(struct api *a, struct MHD_Connection *c, const struct caller *who,
+				   const char *method, const char *rest)
+{
+	json_t *out = NULL;
+	int r = 0, bad = 0;
+	if (!*rest && strcmp(method, "GET") == 0) {
+		struct host_task_query q = {
+			.vm = query_i64(c, "vm", 0, &bad),
+			.after_id = query_i64(c, "after", 0, &bad),
+			.limit = (unsigned)query_i64(c, "limit", 100, &bad),
+			.state = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "state"),
+		};
+		if (bad)
+			return send_error(c, bad);
+		if (q.limit > 10000)
+			return send_error(c, vela_error(VELA_E_RANGE, "limit: at most 10000"));
+		r = host_task_list(a->host, &q, who->access, who->user, &out);
+		return reply(c, r, "tasks", out);
+	}
+	const char *slash = strchr(rest, '/');
+	size_t n = slash ? (size_t)(slash - rest) : strlen(rest);
+	int64_t id;
+	if (!parse_id(rest, n, &id))
+		return send_error(c, vela_error(VELA_E_NOTFOUND, "no such task: \"%.40s\"", rest));
+	if (!slash && strcmp(method, "GET") == 0) {
+		/* ?wait=SECONDS: answer when the task has ended (or then). */
+		int64_t wait_s = query_i64(c, "wait", 0, &bad);
+		if (bad)
+			return send_error(c, bad);
+		if (wait_s > 600)
+			return send_error(c, vela_error(VELA_E_RANGE, "wait: at most 600 seconds"));
+		if ((r = need_task(a, who, id, HOST_ROLE_READONLY, &out)) == 0 && wait_s > 0) {
+			json_decref(out);
+			out = NULL;
+			r = host_task_wait(a->host, id, (int)wait_s * 1000, &out);
+		}
+		return reply(c, r, "task", out);
+	}
+	if (slash && strcmp(slash, "/cancel") == 0 && strcmp(method, "POST") == 0) {
+		if ((r = need_task(a, who, id, HOST_ROLE_OPERATOR, &out)) == 0) {
+			json_int_t vm = json_integer_value(json_object_get(out, "vm"));
+			const char *type = json_string_value(json_object_get(out, "type"));
+			/* Host tasks (autostart, autostop, uploads) are the
+			 * administrator's to stop, unless one's own. */
+			if (!vm && strcmp(json_string_value(json_object_get(out, "user")), who->user) != 0)
+				r = need_host(who, HOST_ROLE_ADMIN);
+			if (r == 0)
+				r = host_task_cancel(a->host, who->user, id);
+			if (r < 0 && r != -VELA_E_BADSTATE && r != -VELA_E_NOTSUP)
+				vela_error_context(r, "cancel %s", type);
+			json_decref(out);
+			out = NULL;
+		}
+		if (r == 0)
+			r = host_task_get(a->host, id, &out);
+		return reply(c, r, "task", out);
+	}
+	return send_error(c, vela_error(VELA_E_NOTFOUND, "no such resource: tasks/%.40s", rest));
+}
+
+/* Questions of the VMs the caller may see: [{vm, name, question}]. */
+static enum MHD_Result route_questions(struct api *a, struct MHD_Connection *c, const struct caller *who)
+{
+	json_t *vms = NULL, *out = json_array();
+	int r = host_vm_list(a->host, &vms);
+	size_t i;
+	json_t *vm;
+	json_array_foreach(vms, i, vm) {
+		if (strcmp(json_string_value(json_object_get(vm, "state")), "stuck") != 0)
+			continue;
+		int64_t id = json_integer_value(json_object_get(vm, "id"));
+		if (host_access_vm(who->access, id, json_string_value(json_object_get(vm, "folder"))) < HOST_ROLE_READONLY)
+			continue;
+		json_t *full = NULL;
+		if (host_vm_get(a->host, id, &full) < 0)
+			continue;   /* unregistered meanwhile */
+		json_t *q = json_object_get(json_object_get(full, "status"), "question");
+		if (q)
+			json_array_append_new(out, json_pack("{s:I, s:O, s:O}", "vm", (json_int_t)id, "name",
+							     json_object_get(vm, "name"), "question", q));
+		json_decref(full);
+	}
+	json_decref(vms);
+	return reply(c, r, "questions", out);
+}
+
+/* A request body that is one JSON object of at most max_body bytes. */
+static int decode_object(const struct request *rq, json_t **out)
+{
+	json_error_t jerr;
+	json_t *doc = rq->body.len ? json_loadb(rq->body.data, rq->body.len, JSON_REJECT_DUPLICATES, &jerr) : NULL;
+	if (!json_is_object(doc)) {
+		json_decref(doc);
+		return vela_error(VELA_E_INVAL, "request body: a JSON object is needed%s%s", rq->body.len ? ": " : "",
+				  rq->body.len ? jerr.text : "");
+	}
+	*out = doc;
+	return 0;
+}
+
 static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const struct caller *who, const char *method,
 				int64_t id, const char *action, struct request *rq)
 {
@@ -483,19 +714,56 @@ static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const s
 			return reply(c, r, "vm", out);
 		}
 		if (strcmp(method, "DELETE") == 0) {
-			if ((r = need_vm(a, who, id, HOST_ROLE_ADMIN)) == 0)
+			/* ?files=1 deletes the VM's files too (a task); without,
+			 * the VM is only forgotten. */
+			const char *files = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "files");
+			if ((r = need_vm(a, who, id, HOST_ROLE_ADMIN)) < 0)
+				return send_error(c, r);
+			if (!files || strcmp(files, "0") == 0) {
 				r = host_vm_unregister(a->host, who->user, id);
-			return reply(c, r, NULL, NULL);
+				return reply(c, r, NULL, NULL);
+			}
+			struct job *j = job_new(who, id);
+			j->files = true;
+			return run_task(a, c, "vm.delete", "with files", false, delete_job, j, "deleted");
+		}
+		if (strcmp(method, "PATCH") == 0) {
+			if ((r = decode_object(rq, &doc)) == 0 && (r = need_vm(a, who, id, HOST_ROLE_ADMIN)) == 0) {
+				const char *folder = json_string_value(json_object_get(doc, "folder"));
+				if (folder)
+					r = need_folder_admin(who, folder, "move");
+			}
+			if (r == 0)
+				r = host_vm_reconfigure(a->host, who->user, id, doc, &out);
+			json_decref(doc);
+			return reply(c, r, "vm", out);
 		}
 	} else if (strcmp(action, "power") == 0 && strcmp(method, "POST") == 0) {
+		static const char *const ops[] = { "start", "stop", "reset", "pause", "unpause" };
 		struct api_field f[] = { { .name = "op", .type = 's' }, { .name = "mode", .type = 's', .optional = true } };
 		r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
+		size_t k = 0;
+		while (r == 0 && k < ARRAY_SIZE(ops) && strcmp(f[0].s, ops[k]) != 0)
+			k++;
+		if (r == 0 && k == ARRAY_SIZE(ops))
+			r = vela_error(VELA_E_INVAL, "unknown power operation \"%.20s\" (start, stop, reset, pause, unpause)",
+				       f[0].s);
+		if (r == 0 && f[1].s && strcmp(f[1].s, "hard") != 0 && strcmp(f[1].s, "soft") != 0 &&
+		    strcmp(f[1].s, "trysoft") != 0)
+			r = vela_error(VELA_E_INVAL, "mode: hard, soft or trysoft");
 		if (r == 0)
 			r = need_vm(a, who, id, HOST_ROLE_OPERATOR);
-		if (r == 0)
-			r = host_vm_power(a->host, who->user, id, f[0].s, f[1].s, &out);
+		if (r < 0) {
+			json_decref(doc);
+			return send_error(c, r);
+		}
+		struct job *j = job_new(who, id);
+		snprintf(j->op, sizeof j->op, "%s", ops[k]);
+		snprintf(j->mode, sizeof j->mode, "%s", f[1].s ? f[1].s : "");
 		json_decref(doc);
-		return reply(c, r, "status", out);
+		CLEANUP_FREE char *type = xasprintf("vm.power.%s", j->op);
+		/* Cancelable while it waits behind another operation on the VM. */
+		return run_task(a, c, type, j->mode, true, power_job, j, "status");
 	} else if (strcmp(action, "autostart") == 0 && strcmp(method, "PUT") == 0) {
 		struct api_field f[] = { { .name = "enabled", .type = 'b' },
 					 { .name = "order", .type = 'i', .optional = true },
@@ -559,13 +827,6 @@ static enum MHD_Result route_list(struct api *a, struct MHD_Connection *c, const
 	return send_json_text(c, MHD_HTTP_OK, strbuf_steal(&text), NULL);
 }
 
-static int need_folder_admin(const struct caller *who, const char *folder, const char *what)
-{
-	if (host_access_folder(who->access, folder ? folder : "/") >= HOST_ROLE_ADMIN)
-		return 0;
-	return vela_error(VELA_E_PERM, "%s needs the admin role on folder %s to %s VMs there", who->user,
-			  folder ? folder : "/", what);
-}
 
 static enum MHD_Result route_create(struct api *a, struct MHD_Connection *c, const struct caller *who,
 				    struct request *rq)
@@ -579,20 +840,22 @@ static enum MHD_Result route_create(struct api *a, struct MHD_Connection *c, con
 				 { .name = "disks", .type = 'a', .optional = true },
 				 { .name = "cdrom", .type = 's', .optional = true },
 				 { .name = "nic", .type = 'b', .optional = true } };
-	json_t *doc = NULL, *out = NULL;
+	json_t *doc = NULL;
 	int r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
 	if (r == 0)
 		r = need_folder_admin(who, f[2].s, "create");
 	if (r == 0 && ((f[3].present && (f[3].i < 16 || f[3].i > 1048576)) || (f[4].present && (f[4].i < 1 || f[4].i > 64))))
 		r = vela_error(VELA_E_RANGE, "create: memsize 16 MiB to 1 TiB, vcpus 1 to 64");
-	if (r == 0) {
-		struct host_vm_spec sp = { .name = f[0].s, .datastore = f[1].s, .folder = f[2].s,
-					   .memsize_mb = f[3].present ? (int)f[3].i : 512, .vcpus = f[4].present ? (int)f[4].i : 1,
-					   .guest_os = f[5].s, .disks = f[6].j, .cdrom = f[7].s, .nic = f[8].present ? f[8].b : true };
-		r = host_vm_create(a->host, who->user, &sp, &out);
+	if (r < 0) {
+		json_decref(doc);
+		return send_error(c, r);
 	}
-	json_decref(doc);
-	return reply(c, r, "vm", out);
+	struct job *j = job_new(who, 0);
+	j->spec = (struct host_vm_spec){ .name = f[0].s, .datastore = f[1].s, .folder = f[2].s,
+					 .memsize_mb = f[3].present ? (int)f[3].i : 512, .vcpus = f[4].present ? (int)f[4].i : 1,
+					 .guest_os = f[5].s, .disks = f[6].j, .cdrom = f[7].s, .nic = f[8].present ? f[8].b : true };
+	j->doc = doc;   /* the spec's strings live in it */
+	return run_task(a, c, "vm.create", f[0].s, true, create_job, j, "vm");
 }
 
 static enum MHD_Result route_register(struct api *a, struct MHD_Connection *c, const struct caller *who,
@@ -754,8 +1017,28 @@ static enum MHD_Result route(struct api *a, struct MHD_Connection *c, const stru
 		return reply(c, r, "autostart", out);
 	}
 	if (strcmp(path, "host/autostop") == 0 && strcmp(method, "POST") == 0) {
+		if ((r = need_host(who, HOST_ROLE_ADMIN)) < 0)
+			return send_error(c, r);
+		return run_task(a, c, "host.autostop", "", false, autostop_job, job_new(who, 0), "autostop");
+	}
+	if (strcmp(path, "tasks") == 0 || str_starts_with(path, "tasks/"))
+		return route_tasks(a, c, who, method, path[5] ? path + 6 : "");
+	if (strcmp(path, "questions") == 0 && get)
+		return route_questions(a, c, who);
+	if (strcmp(path, "datastores") == 0 && strcmp(method, "POST") == 0) {
+		struct api_field f[] = { { .name = "name", .type = 's' }, { .name = "path", .type = 's' } };
+		json_t *doc = NULL;
+		r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
+		if (r == 0)
+			r = need_host(who, HOST_ROLE_ADMIN);
+		if (r == 0)
+			r = host_datastore_add(a->host, who->user, f[0].s, f[1].s, &out);
+		json_decref(doc);
+		return reply(c, r, "datastore", out);
+	}
+	if (str_starts_with(path, "datastores/") && strcmp(method, "DELETE") == 0 && !strchr(path + 11, '/')) {
 		if ((r = need_host(who, HOST_ROLE_ADMIN)) == 0)
-			r = host_autostop_run(a->host, who->user);
+			r = host_datastore_remove(a->host, who->user, path + 11);
 		return reply(c, r, NULL, NULL);
 	}
 	if (strcmp(path, "vms") == 0 && get)
@@ -852,8 +1135,13 @@ static void begin_upload(struct listener *l, struct MHD_Connection *c, const cha
 		r = need_host(&who, HOST_ROLE_ADMIN);
 	if (r == 0 && (!split_ds_url(p, name, sizeof name, &what, &rest) || !str_starts_with(what, "files/")))
 		r = vela_error(VELA_E_NOTFOUND, "no such resource: datastores/%.80s", p);
-	if (r == 0)
-		r = host_ds_upload_begin(l->api->host, name, rest, &rq->upload, &rq->upload_fd);
+	if (r == 0) {
+		const char *len = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+		uint64_t expected = 0;
+		if (len && parse_u64(len, UINT64_MAX, &expected) < 0)
+			expected = 0;
+		r = host_ds_upload_begin(l->api->host, who.user, name, rest, expected, &rq->upload);
+	}
 	snprintf(rq->user, sizeof rq->user, "%s", who.user);
 	caller_clear(&who);
 	if (r < 0) {
@@ -867,11 +1155,8 @@ static enum MHD_Result end_upload(struct api *a, struct MHD_Connection *c, struc
 	json_t *out = NULL;
 	int r = rq->upload_error;
 	if (rq->upload) {
-		int w = r;
-		r = host_ds_upload_end(a->host, rq->user, rq->upload, w == 0, &out);
+		r = host_ds_upload_end(a->host, rq->user, rq->upload, 0, &out);
 		rq->upload = NULL;
-		if (w < 0)
-			r = vela_error(-w, "upload: %s", w == -VELA_E_DISKFULL ? "the datastore is full" : "write failed");
 	} else {
 		vela_error(-r, "%s", rq->body.data ? rq->body.data : "upload refused");
 	}
@@ -888,16 +1173,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	if (!rq) {
 		/* First call: headers only. */
 		*con_cls = rq = xcalloc(1, sizeof *rq);
-		rq->upload_fd = -1;
 		if (strcmp(method, "PUT") == 0 && str_starts_with(url, API_PREFIX "datastores/"))
 			begin_upload(l, c, url + strlen(API_PREFIX "datastores/"), rq);
 		return MHD_YES;
 	}
 	if (*upload_size) {
 		if (rq->upload) {
-			/* Streamed to the file; a failure is answered at the end. */
-			if (!rq->upload_error && write_all(rq->upload_fd, upload_data, *upload_size) < 0)
-				rq->upload_error = errno == ENOSPC ? -VELA_E_DISKFULL : -VELA_E_WRITE;
+			/* Streamed to the file; a failure (or a cancel) is
+			 * answered at the end. */
+			host_ds_upload_write(rq->upload, upload_data, *upload_size);
 		} else if (rq->upload_error) {
 			;   /* refused at the headers: the body is dropped */
 		} else if (rq->body.len + *upload_size > a->max_body) {
@@ -1038,7 +1322,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 	if (rq) {
 		if (rq->upload) {   /* the client went away mid-upload: nothing appears */
 			json_t *none = NULL;
-			host_ds_upload_end(((struct api *)cls)->host, rq->user, rq->upload, false, &none);
+			vela_error(VELA_E_CONNRESET, "the client went away");
+			host_ds_upload_end(((struct api *)cls)->host, rq->user, rq->upload, -VELA_E_CONNRESET, &none);
 		}
 		strbuf_free(&rq->body);
 		free(rq);

@@ -113,7 +113,22 @@ static const char schema[] =
 	"  name TEXT NOT NULL,"
 	"  digest TEXT NOT NULL UNIQUE,"
 	"  created INTEGER NOT NULL,"
-	"  expires INTEGER NOT NULL DEFAULT 0);";
+	"  expires INTEGER NOT NULL DEFAULT 0);"
+	"CREATE TABLE IF NOT EXISTS tasks("
+	"  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+	"  type TEXT NOT NULL,"
+	"  vm INTEGER NOT NULL DEFAULT 0,"
+	"  user TEXT NOT NULL,"
+	"  target TEXT NOT NULL,"
+	"  state TEXT NOT NULL,"
+	"  progress INTEGER NOT NULL,"
+	"  cancelable INTEGER NOT NULL,"
+	"  created INTEGER NOT NULL,"
+	"  ended INTEGER,"
+	"  result TEXT,"
+	"  error_code INTEGER,"
+	"  error TEXT);"
+	"CREATE INDEX IF NOT EXISTS tasks_by_vm ON tasks(vm, id);";
 
 void host_db_finalize(sqlite3_stmt **st)
 {
@@ -489,7 +504,7 @@ static bool vm_dir_name_ok(const char *s)
 }
 
 /* The disks of a spec into .vmx keys and image files (made in dir). */
-static int create_disks(struct vmx_file *f, const char *dir, const char *name, json_t *disks)
+int host_create_disks(struct vmx_file *f, const char *dir, const char *name, json_t *disks, struct host_task *t)
 {
 	static const struct { const char *bus, *ctrl_key, *dev; int slots; enum vdisk_adapter adapter; } buses[] = {
 		{ "scsi", "scsi0", "lsilogic", 15, VDISK_ADAPTER_LSILOGIC },
@@ -533,6 +548,9 @@ static int create_disks(struct vmx_file *f, const char *dir, const char *name, j
 		int unit = used[b]++;
 		if (unit >= buses[b].slots)
 			return vela_error(VELA_E_LIMIT, "create: at most %d %s disks", buses[b].slots, buses[b].bus);
+		if (host_task_cancelled(t))
+			return vela_error(VELA_E_CANCELED, "create: cancelled");
+		host_task_progress(t, (unsigned)(i * 90 / json_array_size(disks)));
 		if ((r = vdisk_create(path, &o)) < 0)
 			return vela_error_context(r, "create: disk %zu", i);
 		char key[64];
@@ -553,7 +571,7 @@ static int create_disks(struct vmx_file *f, const char *dir, const char *name, j
 	return 0;
 }
 
-int host_vm_create(struct host *h, const char *user, const struct host_vm_spec *sp, json_t **out)
+int host_vm_create(struct host *h, const char *user, const struct host_vm_spec *sp, struct host_task *t, json_t **out)
 {
 	if (!vm_dir_name_ok(sp->name))
 		return vela_error(VELA_E_BADNAME, "create: the name must be 1-80 letters, digits, spaces, '.', '_' or '-'"
@@ -593,7 +611,7 @@ int host_vm_create(struct host *h, const char *user, const struct host_vm_spec *
 			vmx_set(f, "ide1:0.deviceType", "cdrom-image");
 			vmx_set(f, "ide1:0.fileName", sp->cdrom);
 		}
-		r = create_disks(f, dir, sp->name, sp->disks);
+		r = host_create_disks(f, dir, sp->name, sp->disks, t);
 	}
 	if (r == 0)
 		r = vmx_file_save(f, vmx);
@@ -621,31 +639,9 @@ int host_vm_create(struct host *h, const char *user, const struct host_vm_spec *
 
 int host_vm_unregister(struct host *h, const char *user, int64_t id)
 {
-	struct vm_row v = { 0 };
-	int r = host_vm_row_get(h, id, &v);
-	if (r < 0)
-		return r;
-	struct vm_oplock *l = host_oplock_of(h, id);
-	pthread_mutex_lock(&l->lock);
-	if (vmxsup_is_running(v.config)) {
-		r = vela_error(VELA_E_BADSTATE, "VM %lld (%s) is powered on: power it off before unregistering",
-			       (long long)id, v.name);
-	} else {
-		pthread_mutex_lock(&h->db_lock);
-		CLEANUP_STMT sqlite3_stmt *st = NULL;
-		r = host_db_prepare(h, "DELETE FROM vms WHERE id = ?", &st);
-		if (r == 0) {
-			sqlite3_bind_int64(st, 1, id);
-			if (sqlite3_step(st) != SQLITE_DONE)
-				r = host_db_fail(h, "unregister");
-			atomic_fetch_add(&h->generation, 1);
-		}
-		if (r == 0)
-			r = host_event_locked(h, HOST_AUDIT, id, user, "vm.unregistered", v.config);
-		pthread_mutex_unlock(&h->db_lock);
-	}
-	pthread_mutex_unlock(&l->lock);
-	host_vm_row_clear(&v);
+	json_t *out = NULL;
+	int r = host_vm_delete(h, user, id, false, NULL, &out);
+	json_decref(out);
 	return r;
 }
 
@@ -725,6 +721,7 @@ int host_vm_get(struct host *h, int64_t id, json_t **out)
 	json_t *status = host_vm_status(v.config);
 	json_t *o = vm_json(id, v.name, v.folder, v.config, status);
 	json_object_set_new(o, "status", status);
+	json_object_set_new(o, "settings", host_vm_settings(v.config));
 	host_vm_row_clear(&v);
 	*out = o;
 	return 0;
@@ -758,7 +755,8 @@ static int power_locked(struct host *h, const struct vm_row *v, const char *op, 
 	return r;
 }
 
-int host_vm_power(struct host *h, const char *user, int64_t id, const char *op, const char *mode, json_t **out)
+int host_vm_power(struct host *h, const char *user, int64_t id, const char *op, const char *mode, struct host_task *t,
+		  json_t **out)
 {
 	if (!op)
 		return vela_error(VELA_E_INVAL, "power: no operation given");
@@ -769,9 +767,14 @@ int host_vm_power(struct host *h, const char *user, int64_t id, const char *op, 
 	struct vm_oplock *l = host_oplock_of(h, id);
 	pthread_mutex_lock(&l->lock);
 	json_t *reply = NULL;
-	r = power_locked(h, &v, op, mode, &reply);
+	/* A task cancelled while it waited behind another operation on the
+	 * VM never starts. */
+	if (host_task_cancelled(t))
+		r = vela_error(VELA_E_CANCELED, "%s of VM %lld cancelled before it began", op, (long long)id);
+	else
+		r = power_locked(h, &v, op, mode, &reply);
 	json_decref(reply);
-	if (r == -VELA_E_INVAL)
+	if (r == -VELA_E_INVAL || r == -VELA_E_CANCELED)
 		;   /* a malformed request changed nothing and is no event */
 	else if (r < 0)
 		/* A refusal of the state machine is a warning; a failure an error. */
@@ -861,17 +864,19 @@ int host_autostart_list(struct host *h, json_t **out)
 			  out);
 }
 
-static void *autostart_thread(void *arg)
+static int autostart_task(struct host *h, struct host_task *t, void *arg, json_t **result)
 {
-	struct host *h = arg;
+	(void)arg;
 	json_t *list = NULL;
-	if (host_autostart_list(h, &list) < 0) {
-		vela_log(VELA_LOG_ERROR, "autostart: %s", vela_errmsg());
-		return NULL;
-	}
-	size_t i;
+	int r = host_autostart_list(h, &list);
+	if (r < 0)
+		return r;
+	size_t i, started = 0, n = json_array_size(list);
 	json_t *e;
 	json_array_foreach(list, i, e) {
+		host_task_progress(t, (unsigned)(i * 100 / (n ? n : 1)));
+		if (host_task_cancelled(t))
+			break;
 		if (!json_integer_value(json_object_get(e, "enabled")))
 			continue;
 		int64_t id = json_integer_value(json_object_get(e, "vm"));
@@ -879,35 +884,36 @@ static void *autostart_thread(void *arg)
 		CLEANUP_FREE char *folder = NULL;
 		if (host_vm_folder(h, id, &folder) < 0)
 			continue;   /* unregistered meanwhile */
-		int r = host_vm_power(h, "autostart", id, "start", NULL, &status);
+		r = host_vm_power(h, "autostart", id, "start", NULL, NULL, &status);
 		json_decref(status);
 		if (r == -VELA_E_BADSTATE)
 			continue;   /* already on: no delay owed */
 		if (r < 0)
 			vela_log(VELA_LOG_WARN, "autostart of VM %lld: %s", (long long)id, vela_errmsg());
+		else
+			started++;
 		/* The delay lets this VM's services come up before the next
-		 * one needs them; it ends early when velad stops. */
+		 * one needs them; it ends early on cancel (velad stopping). */
 		int64_t until = time_mono_ms() + json_integer_value(json_object_get(e, "delay")) * 1000;
-		while (time_mono_ms() < until && !atomic_load(&h->autostart_stop))
+		while (time_mono_ms() < until && !host_task_cancelled(t))
 			usleep(50 * 1000);
-		if (atomic_load(&h->autostart_stop))
-			break;
 	}
 	json_decref(list);
-	return NULL;
+	if (host_task_cancelled(t))
+		return vela_error(VELA_E_CANCELED, "autostart cancelled after %zu VMs", started);
+	*result = json_pack("{s:I}", "started", (json_int_t)started);
+	return 0;
 }
 
 void host_autostart_run(struct host *h)
 {
-	if (h->autostarting)
-		return;
-	if (pthread_create(&h->autostart_tid, NULL, autostart_thread, h) == 0)
-		h->autostarting = true;
-	else
-		vela_log(VELA_LOG_ERROR, "autostart: no thread");
+	struct host_task *t = NULL;
+	if (host_task_begin(h, "autostart", 0, "host.autostart", "", true, &t) < 0 ||
+	    host_task_spawn(h, t, autostart_task, NULL, NULL) < 0)
+		vela_log(VELA_LOG_ERROR, "autostart: %s", vela_errmsg());
 }
 
-int host_autostop_run(struct host *h, const char *user)
+int host_autostop_run(struct host *h, const char *user, struct host_task *t)
 {
 	/* Every registered VM, in reverse start order; those without a
 	 * setting last, stopped softly. */
@@ -932,7 +938,8 @@ int host_autostop_run(struct host *h, const char *user)
 		if (!running)
 			continue;
 		json_t *status = NULL;
-		r = host_vm_power(h, user, id, "stop", strcmp(stop, "hard") == 0 ? "hard" : "trysoft", &status);
+		host_task_progress(t, (unsigned)(i * 100 / json_array_size(vms)));
+		r = host_vm_power(h, user, id, "stop", strcmp(stop, "hard") == 0 ? "hard" : "trysoft", NULL, &status);
 		json_decref(status);
 		failed += r < 0;
 	}
@@ -1029,6 +1036,7 @@ static void *refresher(void *arg)
 			break;
 		pthread_mutex_unlock(&h->refresh_lock);
 		probe_states(h, false);
+		host_ds_check_space(h);
 		pthread_mutex_lock(&h->refresh_lock);
 	}
 	pthread_mutex_unlock(&h->refresh_lock);
@@ -1047,6 +1055,9 @@ int host_open(const struct host_opts *opts, struct host **out)
 	pthread_mutex_init(&h->event_lock, NULL);
 	host_cond_init(&h->event_cond);
 	pthread_mutex_init(&h->oplocks_lock, NULL);
+	pthread_mutex_init(&h->task_lock, NULL);
+	host_cond_init(&h->task_cond);
+	h->low_space_percent = opts->low_space_percent > 0 ? opts->low_space_percent : 10;
 	CLEANUP_FREE char *ds = path_join(h->home, "datastores/" DEFAULT_DATASTORE);
 	CLEANUP_FREE char *dbpath = path_join(h->home, "host.db");
 	int r = mkdir_p(h->home, 0755);
@@ -1075,6 +1086,11 @@ int host_open(const struct host_opts *opts, struct host **out)
 		host_close(h);
 		return r;
 	}
+	r = host_tasks_recover(h);
+	if (r < 0) {
+		host_close(h);
+		return r;
+	}
 	probe_states(h, true);
 	if (h->refresh_ms > 0) {
 		host_cond_init(&h->refresh_cond);
@@ -1093,10 +1109,8 @@ void host_close(struct host *h)
 {
 	if (!h)
 		return;
-	if (h->autostarting) {
-		atomic_store(&h->autostart_stop, true);
-		pthread_join(h->autostart_tid, NULL);
-	}
+	if (h->db)
+		host_tasks_shutdown(h);
 	if (h->refreshing) {
 		pthread_mutex_lock(&h->refresh_lock);
 		h->stopping = true;
@@ -1119,6 +1133,9 @@ void host_close(struct host *h)
 	pthread_mutex_destroy(&h->oplocks_lock);
 	pthread_mutex_destroy(&h->refresh_lock);
 	pthread_mutex_destroy(&h->event_lock);
+	host_ds_state_free(h);
+	pthread_mutex_destroy(&h->task_lock);
+	pthread_cond_destroy(&h->task_cond);
 	pthread_cond_destroy(&h->event_cond);
 	free(h->home);
 	free(h->vmx_binary);

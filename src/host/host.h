@@ -24,12 +24,15 @@
 
 struct host;
 struct host_access;
+struct host_task;
+struct strbuf;
 
 struct host_opts {
 	const char *home;         /* NULL = vela_home() */
 	const char *vmx_binary;   /* vela-vmx to start VMs with; NULL = the default search */
 	int power_timeout_ms;     /* how long a power operation may take; 0 = 120 s */
 	int refresh_ms;           /* how often states are checked for outside changes; 0 = 1 s, < 0 = never */
+	int low_space_percent;    /* a datastore with less free space is reported (event); 0 = 10 */
 };
 
 /* Open (or create) the host database, make the default datastore on first
@@ -58,9 +61,29 @@ struct host_vm_spec {
 	bool nic;
 	json_t *disks;
 };
-int host_vm_create(struct host *h, const char *user, const struct host_vm_spec *spec, json_t **out);
+int host_vm_create(struct host *h, const char *user, const struct host_vm_spec *spec, struct host_task *t, json_t **out);
 /* Forget a VM (files stay).  A VM that is not off is refused. */
 int host_vm_unregister(struct host *h, const char *user, int64_t id);
+/*
+ * Forget a VM and, with files, delete what it owns: the images of its disks'
+ * chains that lie in its folder, its .vmx and the files named after it
+ * (.vmsd, logs), then the folder when empty.  Disks outside the folder are
+ * kept (they may be shared).  *out: {id, removed: [...], kept: [...],
+ * folder_removed}.  A VM that is not off is refused.
+ */
+int host_vm_delete(struct host *h, const char *user, int64_t id, bool files, struct host_task *t, json_t **out);
+/*
+ * Change settings: {name, folder, memsize, vcpus, guestOS, annotation,
+ * cdrom ("" = none), nic (bool)}.  Inventory changes (name, folder) apply
+ * at once; the .vmx is edited at once when the VM is off, and through its
+ * supervisor when it runs: then the VM keeps running as it was and
+ * status.pending_changes lists the edits until the next power cycle.  *out
+ * gets the VM as host_vm_get.
+ */
+int host_vm_reconfigure(struct host *h, const char *user, int64_t id, json_t *changes, json_t **out);
+/* The VM's settings as its .vmx says: {memsize, vcpus, guestOS, annotation,
+ * disks, cdroms, nics}. */
+json_t *host_vm_settings(const char *config);
 /* All VMs: [{id, name, folder, config, state}], by id.  States are velad's
  * view: exact after its own operations, at most one refresh old for changes
  * made elsewhere. */
@@ -85,9 +108,54 @@ int host_vm_get(struct host *h, int64_t id, json_t **out);
  * reset) = hard, soft or trysoft (NULL = trysoft).  *out gets the VM's status
  * afterwards.  Refusals of the state machine come back as VELA_E_BADSTATE.
  */
-int host_vm_power(struct host *h, const char *user, int64_t id, const char *op, const char *mode, json_t **out);
+int host_vm_power(struct host *h, const char *user, int64_t id, const char *op, const char *mode, struct host_task *t,
+		  json_t **out);
 /* Answer the VM's pending question. */
 int host_vm_answer(struct host *h, const char *user, int64_t id, const char *choice, json_t **out);
+
+/* ---- tasks
+ *
+ * A long operation (power, create, delete, upload, autostart, autostop) is
+ * a task: it has a state (running, then success, error or cancelled), a
+ * progress 0-100, a result or an error {code, name, message}, and may be
+ * cancelled while it runs when its kind allows (cancelling is a request:
+ * the operation stops at its next safe point, leaving nothing half done).
+ * The newest 10,000 tasks are kept; tasks a stopped velad cut off end as
+ * errors at the next start.
+ */
+struct host_task;
+int host_task_begin(struct host *h, const char *user, int64_t vm, const char *type, const char *target,
+		    bool cancelable, struct host_task **out);
+int64_t host_task_id(const struct host_task *t);
+void host_task_progress(struct host_task *t, unsigned percent);
+/* Whether a cancel was asked for (false for t NULL: operations take an
+ * optional task). */
+bool host_task_cancelled(const struct host_task *t);
+/* End a task: r = 0 with result (stolen, may be NULL), or r < 0 with the
+ * thread's error message.  Frees t. */
+void host_task_end(struct host *h, struct host_task *t, int r, json_t *result);
+/* Run fn in a thread of its own and end t with what it returns; free_arg
+ * (may be NULL) frees arg afterwards. */
+typedef int (*host_task_fn)(struct host *h, struct host_task *t, void *arg, json_t **result);
+int host_task_spawn(struct host *h, struct host_task *t, host_task_fn fn, void *arg, void (*free_arg)(void *));
+/* {id, type, vm, user, target, state, progress, cancelable, created, ended,
+ * result, error, cancel_requested (while running)} */
+int host_task_get(struct host *h, int64_t id, json_t **out);
+/* Wait until the task ended (or timeout_ms passed), then get it. */
+int host_task_wait(struct host *h, int64_t id, int timeout_ms, json_t **out);
+struct host_task_query {
+	int64_t vm;               /* 0 = any */
+	const char *state;        /* NULL = any */
+	int64_t after_id;
+	unsigned limit;           /* 0 = 100 (the newest) */
+};
+/* Oldest first.  With access, only tasks of VMs the principal may read,
+ * host tasks with readonly on the host, and user's own tasks. */
+int host_task_list(struct host *h, const struct host_task_query *q, const struct host_access *access, const char *user,
+		   json_t **out);
+/* Ask a running task to stop: VELA_E_NOTSUP if its kind cannot, VELA_E_BADSTATE
+ * if it has ended. */
+int host_task_cancel(struct host *h, const char *user, int64_t id);
 
 /* ---- autostart and autostop
  *
@@ -111,7 +179,7 @@ void host_autostart_run(struct host *h);
 /* Stop the running VMs as their autostop says, in reverse start order; every
  * VM that has no setting gets the default (soft, then hard after the power
  * timeout).  Waits until done. */
-int host_autostop_run(struct host *h, const char *user);
+int host_autostop_run(struct host *h, const char *user, struct host_task *t);
 
 /* ---- events */
 
@@ -194,18 +262,36 @@ int host_token_delete(struct host *h, const char *user, int64_t id);
 int host_ds_path(struct host *h, const char *ds, const char *rel, char **abs);
 /* The entries of a folder: [{name, type: file|folder|other, size, mtime}]. */
 int host_ds_browse(struct host *h, const char *ds, const char *rel, json_t **out);
-/* Uploads land in a hidden temporary file next to the target and appear
+/*
+ * Uploads land in a hidden temporary file next to the target and appear
  * under their name only when complete (an existing file is never
- * replaced).  begin gives the descriptor to write to. */
+ * replaced).  Each upload is a task (datastore.upload) with progress
+ * against expected (bytes; 0 = unknown), which a cancel ends: the next
+ * write fails with VELA_E_CANCELED.  An expected size above the free
+ * space is refused at once (VELA_E_DISKFULL).
+ */
 struct host_upload;
-int host_ds_upload_begin(struct host *h, const char *ds, const char *rel, struct host_upload **up, int *fd);
-/* ok: make the file appear (VELA_E_EXISTS if a file took the name meanwhile);
- * !ok: throw it away.  Always frees up. */
-int host_ds_upload_end(struct host *h, const char *user, struct host_upload *up, bool ok, json_t **out);
+int host_ds_upload_begin(struct host *h, const char *user, const char *ds, const char *rel, uint64_t expected,
+			 struct host_upload **up);
+int64_t host_ds_upload_task(const struct host_upload *up);
+/* Append data; the first failure sticks (and is the upload's outcome). */
+int host_ds_upload_write(struct host_upload *up, const void *data, size_t n);
+/* why = 0: the sender is done, make the file appear (VELA_E_EXISTS if a
+ * file took the name meanwhile); why < 0: the upload was cut off, throw it
+ * away.  Ends the task, always frees up. */
+int host_ds_upload_end(struct host *h, const char *user, struct host_upload *up, int why, json_t **out);
 
 /* {name, version, home, vms, running, datastores:[...]} */
 int host_info(struct host *h, json_t **out);
-/* [{name, path, capacity, free}] */
+/* [{name, path, capacity, free, low_space, default, linked}] */
 int host_datastore_list(struct host *h, json_t **out);
+/*
+ * Add a folder anywhere on the host (a mounted NFS export, a second disk) as
+ * a datastore: a link $VELA_HOME/datastores/<name> to it.  Refused when it
+ * overlaps a datastore.  Removing forgets it (its files stay) and is refused
+ * while VMs registered from it remain, and for the default datastore.
+ */
+int host_datastore_add(struct host *h, const char *user, const char *name, const char *path, json_t **out);
+int host_datastore_remove(struct host *h, const char *user, const char *name);
 
 #endif /* VELA_HOST_H */

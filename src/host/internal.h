@@ -40,15 +40,21 @@ struct host {
 	pthread_mutex_t event_lock;
 	pthread_cond_t event_cond;
 	int64_t last_event;
-	pthread_t autostart_tid;
-	bool autostarting;
-	atomic_bool autostart_stop;
 	/* The refresher: keeps vm_state current for changes made outside velad. */
 	int refresh_ms;
 	pthread_t refresh_thread;
 	bool refreshing, stopping;
 	pthread_mutex_t refresh_lock;
 	pthread_cond_t refresh_cond;
+	/* Running tasks (task.c). */
+	pthread_mutex_t task_lock;
+	pthread_cond_t task_cond;       /* a task ended, or a task thread exited */
+	struct host_task *tasks;
+	int task_threads;
+	bool tasks_closing;
+	/* Datastores short of space (datastore.c), under refresh_lock. */
+	struct ds_space *low_space;
+	int low_space_percent;
 };
 
 /* A VM's row of the inventory. */
@@ -86,8 +92,12 @@ void host_remember_state_locked(struct host *h, int64_t id, const char *state);
 void host_remember_state(struct host *h, int64_t id, json_t *status);
 bool host_name_ok(const char *s, size_t max);
 bool host_folder_ok(const char *s);
-/* Disk specs into .vmx keys and new image files in dir (free units only). */
-int host_create_disks(struct vmx_file *f, const char *dir, const char *name, json_t *disks);
+/* Disk specs into .vmx keys and new image files in dir; progress and cancel
+ * through t (may be NULL). */
+int host_create_disks(struct vmx_file *f, const char *dir, const char *name, json_t *disks, struct host_task *t);
+
+/* Drop a VM's rows (inventory, state, autostart, its grants); db_lock held. */
+int host_vm_forget_locked(struct host *h, int64_t id);
 
 /* ---- datastores */
 char *host_datastores_dir(struct host *h);
@@ -100,10 +110,5 @@ void host_ds_state_free(struct host *h);
 int host_tasks_recover(struct host *h);
 /* At close: cancel what runs and wait for it. */
 void host_tasks_shutdown(struct host *h);
-
-/* ---- pending configuration (vmconfig.c) */
-/* Write the edits kept for a VM that was on into its .vmx, now that it is
- * off; caller holds the VM's oplock. */
-int host_pending_apply(struct host *h, int64_t id, const char *config);
 
 #endif /* VELA_HOST_INTERNAL_H */

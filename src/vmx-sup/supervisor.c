@@ -1181,6 +1181,36 @@ static int req_disk(struct sup *s, struct ctl_client *c, const char *cmd, json_t
 	return 0;
 }
 
+/*
+ * Edit the .vmx for the next power-on: {cmd: edit, keys: {key: value or
+ * null}}.  Done here, under the lock the supervisor's own writes take (a
+ * live disk operation records its new top in the same file), so two
+ * writers never lose each other's change.  The running VM is untouched: the
+ * edits show as pending_changes until the next power cycle.
+ */
+static int req_edit(struct sup *s, json_t *edits)
+{
+	if (!json_is_object(edits) || json_object_size(edits) == 0 || json_object_size(edits) > 256)
+		return vela_error(VELA_E_INVAL, "edit: \"keys\" is an object of 1-256 key: value (or null) pairs");
+	size_t n = json_object_size(edits), i = 0;
+	CLEANUP_FREE const char **keys = xcalloc(n, sizeof *keys);
+	CLEANUP_FREE const char **values = xcalloc(n, sizeof *values);
+	const char *k;
+	json_t *v;
+	json_object_foreach(edits, k, v) {
+		if (!json_is_string(v) && !json_is_null(v))
+			return vela_error(VELA_E_INVAL, "edit: the value of %.64s is not a string or null", k);
+		keys[i] = k;
+		values[i++] = json_string_value(v);
+	}
+	pthread_mutex_lock(&s->file_lock);
+	int r = vmx_file_edit(s->config_path, keys, values, n);
+	pthread_mutex_unlock(&s->file_lock);
+	if (r == 0)
+		log_info("event: the configuration was edited through the control socket (%zu key%s)", n, n == 1 ? "" : "s");
+	return r;
+}
+
 static void handle_request(struct sup *s, struct ctl_client *c, const char *line)
 {
 	json_error_t jerr;
@@ -1219,6 +1249,8 @@ static void handle_request(struct sup *s, struct ctl_client *c, const char *line
 		r = req_answer(s, c, json_string_value(json_object_get(req, "choice")));
 	} else if (strcmp(cmd, "scrollback") == 0) {
 		r = req_scrollback(s, &reply);
+	} else if (strcmp(cmd, "edit") == 0) {
+		r = req_edit(s, json_object_get(req, "keys"));
 	} else if (strcmp(cmd, "addredo") == 0 || strcmp(cmd, "commit") == 0 || strcmp(cmd, "disk-stats") == 0 ||
 		   strcmp(cmd, "disk-limit") == 0 || strcmp(cmd, "export-disk") == 0) {
 		r = req_disk(s, c, cmd, req, &reply);

@@ -51,6 +51,15 @@ char *vmx_file_serialize(const struct vmx_file *f, size_t *len);
 /* Write atomically to path. */
 int vmx_file_save(const struct vmx_file *f, const char *path);
 
+/*
+ * Edit a .vmx on disk: set keys[i] to values[i] (NULL = remove the key), in
+ * order, then check that the result still makes a valid VM (files need not
+ * exist) and write it atomically.  An edit that would break the file is
+ * refused (VELA_E_CONFIG) and leaves it as it was.  Other lines, comments
+ * and order are kept.
+ */
+int vmx_file_edit(const char *path, const char *const *keys, const char *const *values, size_t n);
+
 /* ------------------------------------------------------------ the model */
 
 enum vmx_bus { VMX_BUS_IDE, VMX_BUS_SCSI, VMX_BUS_SATA, VMX_BUS_VIRTIO };

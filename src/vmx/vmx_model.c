@@ -670,3 +670,24 @@ void vmx_model_free(struct vmx_model *m)
 	free(m->floppy.path);
 	free(m);
 }
+
+int vmx_file_edit(const char *path, const char *const *keys, const char *const *values, size_t n)
+{
+	struct vmx_file *f = NULL;
+	int r = vmx_file_load(path, &f);
+	for (size_t i = 0; r == 0 && i < n; i++) {
+		if (values[i])
+			r = vmx_set(f, keys[i], values[i]);
+		else
+			vmx_unset(f, keys[i]);
+	}
+	struct vmx_model *m = NULL;
+	struct vmx_model_opts mo = { .check_files = false };
+	if (r == 0)
+		r = vmx_model_build(f, path, &mo, NULL, &m);
+	vmx_model_free(m);
+	if (r == 0 && vmx_file_dirty(f))
+		r = vmx_file_save(f, path);
+	vmx_file_free(f);
+	return r < 0 ? vela_error_context(r, "edit %s", path) : 0;
+}

@@ -11,6 +11,9 @@
 #include "api.h"
 #include "host.h"
 #include "vmx.h"
+#include "vdisk.h"
+
+#include <unistd.h>
 
 static char home[64];
 
@@ -78,9 +81,9 @@ static void inventory_persists(void **s)
 	assert_string_equal(json_string_value(json_object_get(json_array_get(list, 1), "name")), "Beta VM");
 	assert_string_equal(json_string_value(json_object_get(json_array_get(list, 0), "folder")), "/prod/web");
 	json_decref(list);
-	assert_int_equal(host_vm_power(h, "tester", ida, "stop", "hard", &vm), -VELA_E_BADSTATE);
-	assert_int_equal(host_vm_power(h, "tester", ida, "explode", NULL, &vm), -VELA_E_INVAL);
-	assert_int_equal(host_vm_power(h, "tester", 9999, "start", NULL, &vm), -VELA_E_NOTFOUND);
+	assert_int_equal(host_vm_power(h, "tester", ida, "stop", "hard", NULL, &vm), -VELA_E_BADSTATE);
+	assert_int_equal(host_vm_power(h, "tester", ida, "explode", NULL, NULL, &vm), -VELA_E_INVAL);
+	assert_int_equal(host_vm_power(h, "tester", 9999, "start", NULL, NULL, &vm), -VELA_E_NOTFOUND);
 	assert_int_equal(host_vm_unregister(h, "tester", idb), 0);
 	assert_int_equal(host_vm_get(h, idb, &vm), -VELA_E_NOTFOUND);
 	assert_int_equal(host_vm_get(h, ida, &vm), 0);
@@ -169,7 +172,7 @@ static void create_vm_or_nothing(void **s)
 	json_t *vm = NULL;
 	json_t *disks = json_pack("[{s:s}, {s:s, s:s}]", "size", "8m", "size", "4m", "type", "vhd-dynamic");
 	struct host_vm_spec sp = { .name = "made", .memsize_mb = 64, .vcpus = 1, .disks = disks };
-	assert_int_equal(host_vm_create(h, "tester", &sp, &vm), 0);
+	assert_int_equal(host_vm_create(h, "tester", &sp, NULL, &vm), 0);
 	char *vmx = xasprintf("%s/datastores/local/made/made.vmx", home);
 	assert_string_equal(json_string_value(json_object_get(vm, "config")), vmx);
 	json_decref(vm);
@@ -183,16 +186,16 @@ static void create_vm_or_nothing(void **s)
 	/* The third disk is bad: the two made before it and the folder go. */
 	disks = json_pack("[{s:s}, {s:s}, {s:s}]", "size", "8m", "size", "8m", "size", "huge");
 	sp = (struct host_vm_spec){ .name = "undone", .memsize_mb = 64, .vcpus = 1, .disks = disks };
-	assert_int_equal(host_vm_create(h, "tester", &sp, &vm), -VELA_E_INVAL);
+	assert_int_equal(host_vm_create(h, "tester", &sp, NULL, &vm), -VELA_E_INVAL);
 	char *dir = xasprintf("%s/datastores/local/undone", home);
 	struct stat st;
 	assert_int_equal(stat(dir, &st), -1);
 	free(dir);
 	json_decref(disks);
 	sp = (struct host_vm_spec){ .name = "a/b", .memsize_mb = 64, .vcpus = 1 };
-	assert_int_equal(host_vm_create(h, "tester", &sp, &vm), -VELA_E_BADNAME);
+	assert_int_equal(host_vm_create(h, "tester", &sp, NULL, &vm), -VELA_E_BADNAME);
 	sp = (struct host_vm_spec){ .name = "made", .memsize_mb = 64, .vcpus = 1 };
-	assert_int_equal(host_vm_create(h, "tester", &sp, &vm), -VELA_E_EXISTS);
+	assert_int_equal(host_vm_create(h, "tester", &sp, NULL, &vm), -VELA_E_EXISTS);
 	host_close(h);
 }
 
@@ -223,6 +226,173 @@ static void datastore_paths(void **s)
 	assert_int_equal(host_ds_path(h, "local", "out/new/file", &p), -VELA_E_PERM);
 	unlink(link);
 	free(link);
+	host_close(h);
+}
+
+static int slow_task(struct host *h, struct host_task *t, void *arg, json_t **result)
+{
+	(void)h;
+	int *steps = arg;
+	for (int i = 0; i < 200; i++) {
+		host_task_progress(t, (unsigned)i / 2);
+		if (host_task_cancelled(t))
+			return vela_error(VELA_E_CANCELED, "stopped at step %d", i);
+		usleep(10 * 1000);
+		(*steps)++;
+	}
+	*result = json_pack("{s:i}", "steps", *steps);
+	return 0;
+}
+
+static void tasks_progress_cancel_recover(void **s)
+{
+	(void)s;
+	struct host *h = open_host();
+	struct host_task *t = NULL;
+	json_t *got = NULL, *list = NULL;
+	/* Driven from outside: progress is live, the end is recorded. */
+	assert_int_equal(host_task_begin(h, "ann", 0, "datastore.upload", "[local] x.iso", true, &t), 0);
+	int64_t up = host_task_id(t);
+	host_task_progress(t, 40);
+	assert_int_equal(host_task_get(h, up, &got), 0);
+	assert_string_equal(json_string_value(json_object_get(got, "state")), "running");
+	assert_int_equal(json_integer_value(json_object_get(got, "progress")), 40);
+	json_decref(got);
+	host_task_end(h, t, 0, json_pack("{s:i}", "size", 7));
+	assert_int_equal(host_task_get(h, up, &got), 0);
+	assert_string_equal(json_string_value(json_object_get(got, "state")), "success");
+	assert_int_equal(json_integer_value(json_object_get(json_object_get(got, "result"), "size")), 7);
+	json_decref(got);
+	assert_int_equal(host_task_cancel(h, "ann", up), -VELA_E_BADSTATE);
+
+	/* Run in a thread, cancelled midway: it ends cancelled. */
+	int steps = 0;
+	assert_int_equal(host_task_begin(h, "bob", 0, "test.slow", "", true, &t), 0);
+	int64_t slow = host_task_id(t);
+	assert_int_equal(host_task_spawn(h, t, slow_task, &steps, NULL), 0);
+	usleep(100 * 1000);
+	assert_int_equal(host_task_cancel(h, "bob", slow), 0);
+	assert_int_equal(host_task_wait(h, slow, 10000, &got), 0);
+	assert_string_equal(json_string_value(json_object_get(got, "state")), "cancelled");
+	assert_string_equal(json_string_value(json_object_get(json_object_get(got, "error"), "name")), "VELA_E_CANCELED");
+	assert_true(steps > 0 && steps < 200);
+	json_decref(got);
+
+	/* Not cancelable; and cut off by a stop of velad. */
+	assert_int_equal(host_task_begin(h, "cy", 0, "vm.delete", "", false, &t), 0);
+	int64_t cut = host_task_id(t);
+	assert_int_equal(host_task_cancel(h, "cy", cut), -VELA_E_NOTSUP);
+	struct host_task_query q = { .state = "running" };
+	assert_int_equal(host_task_list(h, &q, NULL, NULL, &list), 0);
+	assert_int_equal(json_array_size(list), 1);
+	json_decref(list);
+	host_task_end(h, t, 0, NULL);   /* (a real stop would leave it running in the database) */
+	host_close(h);
+	h = open_host();
+	assert_int_equal(host_task_get(h, cut, &got), 0);
+	assert_string_equal(json_string_value(json_object_get(got, "state")), "success");
+	json_decref(got);
+	q = (struct host_task_query){ .vm = 0 };
+	assert_int_equal(host_task_list(h, &q, NULL, NULL, &list), 0);
+	assert_true(json_array_size(list) >= 3);   /* autostart's own, too */
+	json_decref(list);
+	host_close(h);
+}
+
+static void reconfigure_and_delete(void **s)
+{
+	(void)s;
+	struct host *h = open_host();
+	json_t *vm = NULL, *out = NULL;
+	json_t *disks = json_pack("[{s:s}]", "size", "8m");
+	struct host_vm_spec sp = { .name = "edit", .memsize_mb = 64, .vcpus = 1, .disks = disks };
+	assert_int_equal(host_vm_create(h, "tester", &sp, NULL, &vm), 0);
+	json_decref(disks);
+	int64_t id = json_integer_value(json_object_get(vm, "id"));
+	char *vmx = xstrdup(json_string_value(json_object_get(vm, "config")));
+	json_decref(vm);
+	json_t *ch = json_pack("{s:i, s:i, s:s, s:s, s:s}", "memsize", 256, "vcpus", 2, "annotation", "web tier", "name",
+			       "edited", "folder", "/prod");
+	assert_int_equal(host_vm_reconfigure(h, "tester", id, ch, &out), 0);
+	json_decref(ch);
+	assert_string_equal(json_string_value(json_object_get(out, "name")), "edited");
+	assert_string_equal(json_string_value(json_object_get(out, "folder")), "/prod");
+	json_t *set = json_object_get(out, "settings");
+	assert_int_equal(json_integer_value(json_object_get(set, "memsize")), 256);
+	assert_int_equal(json_integer_value(json_object_get(set, "vcpus")), 2);
+	json_decref(out);
+	struct vmx_file *f = NULL;
+	assert_int_equal(vmx_file_load(vmx, &f), 0);
+	assert_string_equal(vmx_get(f, "memsize"), "256");
+	assert_string_equal(vmx_get(f, "numvcpus"), "2");
+	assert_string_equal(vmx_get(f, "displayName"), "edited");
+	vmx_file_free(f);
+	/* Bad changes change nothing. */
+	ch = json_pack("{s:i, s:i}", "vcpus", 4, "memsize", 1);
+	assert_int_equal(host_vm_reconfigure(h, "tester", id, ch, &out), -VELA_E_RANGE);
+	json_decref(ch);
+	ch = json_pack("{s:i, s:b}", "vcpus", 4, "colour", 1);
+	assert_int_equal(host_vm_reconfigure(h, "tester", id, ch, &out), -VELA_E_INVAL);
+	json_decref(ch);
+	assert_int_equal(vmx_file_load(vmx, &f), 0);
+	assert_string_equal(vmx_get(f, "numvcpus"), "2");
+	vmx_file_free(f);
+
+	/* A disk outside the folder is kept; the folder goes. */
+	char *outside = xasprintf("%s/shared.vmdk", home);
+	struct vdisk_create_opts dco = { .type = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE, .size = 1 << 20 };
+	assert_int_equal(vdisk_create(outside, &dco), 0);
+	const char *k[] = { "scsi0:1.present", "scsi0:1.fileName" }, *v[] = { "TRUE", outside };
+	assert_int_equal(vmx_file_edit(vmx, k, v, 2), 0);
+	assert_int_equal(host_vm_delete(h, "tester", id, true, NULL, &out), 0);
+	assert_int_equal(json_array_size(json_object_get(out, "kept")), 1);
+	assert_true(json_array_size(json_object_get(out, "removed")) >= 2);
+	assert_true(json_is_true(json_object_get(out, "folder_removed")));
+	json_decref(out);
+	struct stat st;
+	assert_int_equal(stat(vmx, &st), -1);
+	assert_int_equal(stat(outside, &st), 0);
+	assert_int_equal(host_vm_get(h, id, &out), -VELA_E_NOTFOUND);
+	free(outside);
+	free(vmx);
+	host_close(h);
+}
+
+static void datastores_add_remove(void **s)
+{
+	(void)s;
+	struct host *h = open_host();
+	json_t *out = NULL;
+	char *dir = xasprintf("%s/elsewhere", home);
+	assert_int_equal(mkdir(dir, 0755), 0);
+	assert_int_equal(host_datastore_add(h, "tester", "nfs1", dir, &out), 0);
+	assert_true(json_is_true(json_object_get(out, "linked")));
+	json_decref(out);
+	char *p = NULL;
+	assert_int_equal(host_ds_path(h, "nfs1", "x.iso", &p), 0);
+	assert_non_null(strstr(p, "/elsewhere/x.iso"));
+	free(p);
+	assert_int_equal(host_datastore_add(h, "tester", "nfs1", dir, &out), -VELA_E_EXISTS);
+	assert_int_equal(host_datastore_add(h, "tester", "again", dir, &out), -VELA_E_EXISTS);   /* same folder */
+	assert_int_equal(host_datastore_add(h, "tester", "nope", "/no/such/dir", &out), -VELA_E_NOTFOUND);
+	assert_int_equal(host_datastore_add(h, "tester", "../x", dir, &out), -VELA_E_BADNAME);
+	assert_int_equal(host_datastore_add(h, "tester", "rel", "relative/path", &out), -VELA_E_INVAL);
+	/* In use by a registered VM: kept. */
+	json_t *vm = NULL;
+	struct host_vm_spec sp = { .name = "onnfs", .datastore = "nfs1", .memsize_mb = 64, .vcpus = 1 };
+	assert_int_equal(host_vm_create(h, "tester", &sp, NULL, &vm), 0);
+	int64_t id = json_integer_value(json_object_get(vm, "id"));
+	json_decref(vm);
+	assert_int_equal(host_datastore_remove(h, "tester", "nfs1"), -VELA_E_BUSY);
+	assert_int_equal(host_vm_unregister(h, "tester", id), 0);
+	assert_int_equal(host_datastore_remove(h, "tester", "nfs1"), 0);
+	assert_int_equal(host_datastore_remove(h, "tester", "nfs1"), -VELA_E_NOTFOUND);
+	assert_int_equal(host_datastore_remove(h, "tester", "local"), -VELA_E_BADSTATE);
+	struct stat st;
+	char *kept = xasprintf("%s/onnfs/onnfs.vmx", dir);
+	assert_int_equal(stat(kept, &st), 0);   /* files stay */
+	free(kept);
+	free(dir);
 	host_close(h);
 }
 
@@ -274,6 +444,9 @@ int main(void)
 		cmocka_unit_test(list_text_is_json),
 		cmocka_unit_test(create_vm_or_nothing),
 		cmocka_unit_test(datastore_paths),
+		cmocka_unit_test(tasks_progress_cancel_recover),
+		cmocka_unit_test(reconfigure_and_delete),
+		cmocka_unit_test(datastores_add_remove),
 		cmocka_unit_test(body_decoding),
 		cmocka_unit_test(http_status_of_errors),
 	};
