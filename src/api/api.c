@@ -562,6 +562,8 @@ static enum MHD_Result run_task(struct api *a, struct MHD_Connection *c, const c
 	if (r < 0)
 		return send_error(c, r);
 	const char *state = json_string_value(json_object_get(task, "state"));
+	if (!wait)   /* 202 whatever it did meanwhile: the caller asked for the task */
+		return send_json(c, MHD_HTTP_ACCEPTED, json_pack("{s:b, s:o}", "ok", 1, "task", task));
 	if (strcmp(state, "success") == 0) {
 		json_t *answer = json_pack("{s:b, s:O, s:I}", "ok", 1, key, json_object_get(task, "result"), "task",
 					   (json_int_t)id);
@@ -1179,9 +1181,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 	}
 	if (*upload_size) {
 		if (rq->upload) {
-			/* Streamed to the file; a failure (or a cancel) is
-			 * answered at the end. */
-			host_ds_upload_write(rq->upload, upload_data, *upload_size);
+			/* Streamed to the file.  A failure (a cancel, a full
+			 * datastore) is answered at once: MHD sends the answer
+			 * and closes the connection, so the sender stops. */
+			if (host_ds_upload_write(rq->upload, upload_data, *upload_size) < 0) {
+				*upload_size = 0;
+				return end_upload(a, c, rq);
+			}
 		} else if (rq->upload_error) {
 			;   /* refused at the headers: the body is dropped */
 		} else if (rq->body.len + *upload_size > a->max_body) {

@@ -47,6 +47,8 @@ struct cli {
 	const char *memsize, *vcpus, *guest_os, *datastore, *cdrom;   /* vm create */
 	const char *disks[4];   /* vm create --disk SIZE[:TYPE[:BUS]] */
 	unsigned n_disks;
+	bool files;             /* vm delete --files */
+	const char *state;      /* task list --state */
 };
 
 /* --cache: true = through the host page cache (default), false = O_DIRECT. */

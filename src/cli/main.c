@@ -420,6 +420,10 @@ static void usage(FILE *f)
 		"  vela vm create [--datastore D] [--folder F] [--memsize MB] [--vcpus N] [--guest-os G]\n"
 		"         [--disk SIZE[:TYPE[:BUS]]]... [--cdrom ISO] NAME  a new VM with new disks\n"
 		"  vela vm unregister VM                forget a VM (files stay)\n"
+		"  vela vm delete [--files] VM          forget a VM; with --files, delete its files\n"
+		"  vela vm set VM KEY=VALUE...          change memsize, vcpus, guestOS, annotation,\n"
+		"                                       name, folder, cdrom, nic (on|off); a running\n"
+		"                                       VM gets them at its next power cycle\n"
 		"  vela vm get VM                       one VM with its status\n"
 		"  vela vm autostart [--order N] [--delay S] [--stop soft|hard|none] [--off] VM\n"
 		"                                       start VM with the host (or not)\n"
@@ -430,6 +434,13 @@ static void usage(FILE *f)
 		"  vela ds browse NAME [PATH]           the files of a datastore folder\n"
 		"  vela ds upload NAME LOCAL PATH       copy a file (an ISO) into a datastore\n"
 		"  vela ds download NAME PATH LOCAL     copy a file out of a datastore\n"
+		"  vela ds add NAME PATH                make a folder of the host a datastore\n"
+		"  vela ds remove NAME                  forget a datastore (its files stay)\n"
+		"  vela task list [--vm VM] [--state S] [--limit N]  recent tasks, progress\n"
+		"  vela task get ID                     one task\n"
+		"  vela task wait [--timeout S] ID      wait until a task has ended\n"
+		"  vela task cancel ID                  ask a running task to stop\n"
+		"  vela question list                   questions VMs wait on\n"
 		"  vela event list [--vm VM] [--severity S] [--limit N]  the event log\n"
 		"  vela event follow [--vm VM] [--severity S]  new events as they happen\n"
 		"  vela perm list                       grants of roles\n"
@@ -490,7 +501,10 @@ static void usage(FILE *f)
 		"  --queues N         (disk serve --vhost-user) request queues offered (default 1)\n"
 		"  --readonly         (disk serve) refuse writes\n"
 		"  --freeze           (vm commit) hold guest I/O for the whole merge\n"
-		"  --no-wait          (vm commit) return once the merge has started\n"
+		"  --no-wait          (vm commit) return once the merge has started;\n"
+		"                     (through velad) print the task's id and return\n"
+		"  --files            (vm delete) delete the VM's files too\n"
+		"  --state S          (task list) running, success, error or cancelled\n"
 		"  --description D    (vm snapshot create) what the snapshot is for\n"
 		"  --end              (vm export-disk) end the export\n"
 		"  --iops N, --bps N  (vm disk-limit) I/O per second, bytes per second, read and\n"
@@ -547,7 +561,7 @@ int main(int argc, char **argv)
 	bool dump = false;
 	unsigned count = 1;
 	uint64_t v;
-	const char *words[8];
+	const char *words[24];
 	size_t nw = 0;
 
 	vela_log_set_level(VELA_LOG_WARN);
@@ -669,6 +683,10 @@ int main(int argc, char **argv)
 			c.disks[c.n_disks++] = argv[++i];
 		} else if (strcmp(a, "--off") == 0) {
 			c.off = true;
+		} else if (strcmp(a, "--files") == 0) {
+			c.files = true;
+		} else if (strcmp(a, "--state") == 0 && has_val) {
+			c.state = argv[++i];
 		} else if (strcmp(a, "--send") == 0 && has_val) {
 			send = argv[++i];
 		} else if (strcmp(a, "--wait") == 0 && has_val) {
@@ -701,7 +719,7 @@ int main(int argc, char **argv)
 			return cmd_vmx_check(&c, words[2]);
 		return cli_usage_error("usage: vela vmx check FILE.vmx%s", "");
 	}
-	static const char *const remote_nouns[] = { "host", "ds", "event", "perm", "token" };
+	static const char *const remote_nouns[] = { "host", "ds", "event", "perm", "token", "task", "question" };
 	for (size_t i = 0; i < ARRAY_SIZE(remote_nouns); i++)
 		if (strcmp(words[0], remote_nouns[i]) == 0)
 			return cmd_remote(&c, words, nw);
@@ -711,7 +729,8 @@ int main(int argc, char **argv)
 	const char *verb = words[1];
 	/* The inventory lives in velad; so does every VM named by id or name
 	 * rather than by its .vmx file, and everything with --host. */
-	static const char *const inventory_verbs[] = { "list", "register", "unregister", "get", "autostart", "create" };
+	static const char *const inventory_verbs[] = { "list", "register", "unregister", "get", "autostart", "create",
+							"delete", "set" };
 	for (size_t i = 0; i < ARRAY_SIZE(inventory_verbs); i++)
 		if (strcmp(verb, inventory_verbs[i]) == 0)
 			return cmd_remote(&c, words, nw);

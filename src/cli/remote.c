@@ -41,6 +41,20 @@ static int client_call(struct client *cl, const char *method, const char *path, 
 	return client_request(cl, method, path, body, NULL, NULL, reply);
 }
 
+/* Where and how to connect: the local socket, or TLS as configured. */
+static void client_transport(struct client *cl, CURL *k)
+{
+	curl_easy_setopt(k, CURLOPT_NOSIGNAL, 1L);
+	if (cl->socket)
+		curl_easy_setopt(k, CURLOPT_UNIX_SOCKET_PATH, cl->socket);
+	if (cl->c->insecure) {
+		curl_easy_setopt(k, CURLOPT_SSL_VERIFYPEER, 0L);
+		curl_easy_setopt(k, CURLOPT_SSL_VERIFYHOST, 0L);
+	} else if (cl->c->ca) {
+		curl_easy_setopt(k, CURLOPT_CAINFO, cl->c->ca);
+	}
+}
+
 static int client_request(struct client *cl, const char *method, const char *path, json_t *body, FILE *send,
 			  FILE *receive, json_t **reply)
 {
@@ -73,18 +87,12 @@ static int client_request(struct client *cl, const char *method, const char *pat
 	}
 	if ((send || receive) && isatty(2))
 		curl_easy_setopt(k, CURLOPT_NOPROGRESS, 0L);
-	curl_easy_setopt(k, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(k, CURLOPT_TIMEOUT, 600L);
+	/* Tasks answer when done (or 202 after 15 minutes); uploads of big
+	 * ISOs take what they take. */
+	curl_easy_setopt(k, CURLOPT_TIMEOUT, send || receive ? 0L : 1000L);
 	if (text)
 		curl_easy_setopt(k, CURLOPT_POSTFIELDS, text);
-	if (cl->socket)
-		curl_easy_setopt(k, CURLOPT_UNIX_SOCKET_PATH, cl->socket);
-	if (cl->c->insecure) {
-		curl_easy_setopt(k, CURLOPT_SSL_VERIFYPEER, 0L);
-		curl_easy_setopt(k, CURLOPT_SSL_VERIFYHOST, 0L);
-	} else if (cl->c->ca) {
-		curl_easy_setopt(k, CURLOPT_CAINFO, cl->c->ca);
-	}
+	client_transport(cl, k);
 	CURLcode rc = curl_easy_perform(k);
 	curl_slist_free_all(h);
 	if (receive && rc == CURLE_HTTP_RETURNED_ERROR) {
@@ -324,6 +332,60 @@ static int post_and_print(struct client *cl, const char *path, json_t *body, con
 	return 0;
 }
 
+/* With --no-wait: the request answers 202 with its task; print the id. */
+static int start_task(struct client *cl, const char *method, const char *path, json_t *body)
+{
+	json_t *reply = NULL;
+	int r = client_call(cl, method, path, body, &reply);
+	if (r < 0)
+		return r;
+	json_t *t = json_object_get(reply, "task");
+	if (cl->c->json)
+		cli_print_json(json_is_object(t) ? t : reply);
+	else if (json_is_object(t))
+		printf("%lld\n", (long long)json_integer_value(json_object_get(t, "id")));
+	else   /* it ended before the answer: its id is a number */
+		printf("%lld\n", (long long)json_integer_value(t));
+	json_decref(reply);
+	return 0;
+}
+
+/* KEY=VALUE words of `vm set` as the PATCH body. */
+static int settings_body(const char *const *words, size_t n, json_t **out)
+{
+	json_t *body = json_object();
+	for (size_t i = 0; i < n; i++) {
+		const char *eq = strchr(words[i], '=');
+		if (!eq || eq == words[i]) {
+			json_decref(body);
+			return vela_error(VELA_E_INVAL, "vm set: \"%s\" is not KEY=VALUE", words[i]);
+		}
+		CLEANUP_FREE char *key = xstrndup(words[i], (size_t)(eq - words[i]));
+		const char *v = eq + 1;
+		json_t *val;
+		if (strcmp(key, "memsize") == 0 || strcmp(key, "vcpus") == 0) {
+			uint64_t u;
+			if (parse_u64(v, 1u << 21, &u) < 0) {
+				json_decref(body);
+				return vela_error(VELA_E_INVAL, "vm set: %s must be a number", key);
+			}
+			val = json_integer((json_int_t)u);
+		} else if (strcmp(key, "nic") == 0) {
+			bool b;
+			if (parse_bool(v, &b) < 0) {
+				json_decref(body);
+				return vela_error(VELA_E_INVAL, "vm set: nic is on or off");
+			}
+			val = json_boolean(b);
+		} else {
+			val = json_string(v);
+		}
+		json_object_set_new(body, key, val);
+	}
+	*out = body;
+	return 0;
+}
+
 static int vm_command(struct client *cl, const char *verb, const char *const *args, size_t n)
 {
 	const struct cli *c = cl->c;
@@ -387,6 +449,8 @@ static int vm_command(struct client *cl, const char *verb, const char *const *ar
 		}
 		json_object_set_new(body, "disks", disks);
 		static const char *const fields[] = { "id", "config", NULL };
+		if (c->no_wait)
+			return start_task(cl, "POST", "vms/create?wait=0", body);
 		return post_and_print(cl, "vms/create", body, "vm", fields);
 	}
 	if (n < 1)
@@ -394,9 +458,48 @@ static int vm_command(struct client *cl, const char *verb, const char *const *ar
 	if ((r = resolve_vm(cl, args[0], &id)) < 0)
 		return r;
 	CLEANUP_FREE char *path = xasprintf("vms/%lld", id);
-	CLEANUP_FREE char *power = xasprintf("vms/%lld/power", id);
+	CLEANUP_FREE char *power = xasprintf("vms/%lld/power%s", id, c->no_wait ? "?wait=0" : "");
 	if (strcmp(verb, "unregister") == 0 && n == 1) {
 		return client_call(cl, "DELETE", path, NULL, NULL);
+	} else if (strcmp(verb, "delete") == 0 && n == 1) {
+		if (!c->files)
+			return client_call(cl, "DELETE", path, NULL, NULL);
+		CLEANUP_FREE char *p = xasprintf("%s?files=1%s", path, c->no_wait ? "&wait=0" : "");
+		if (c->no_wait)
+			return start_task(cl, "DELETE", p, NULL);
+		r = client_call(cl, "DELETE", p, NULL, &reply);
+		if (r == 0 && !c->json) {
+			json_t *d = json_object_get(reply, "deleted");
+			printf("removed %zu files", json_array_size(json_object_get(d, "removed")));
+			size_t i;
+			json_t *k;
+			json_array_foreach(json_object_get(d, "kept"), i, k)
+				printf("%s%s", i ? ", " : "; kept (outside the VM's folder, or undeletable): ",
+				       json_string_value(k));
+			printf("\n");
+		}
+		if (r == 0)
+			print_reply_member(c, reply, "deleted");
+		json_decref(reply);
+		return r;
+	} else if (strcmp(verb, "set") == 0 && n >= 2) {
+		json_t *body = NULL;
+		if ((r = settings_body(args + 1, n - 1, &body)) < 0)
+			return r;
+		r = client_call(cl, "PATCH", path, body, &reply);
+		if (r == 0 && !c->json) {
+			json_t *pend = json_object_get(json_object_get(json_object_get(reply, "vm"), "status"), "pending_changes");
+			size_t i;
+			json_t *p;
+			json_array_foreach(pend, i, p)
+				printf("%s%s", i ? " " : "pending until the next power cycle: ", str_of(p, "key"));
+			if (json_array_size(pend))
+				printf("\n");
+		}
+		if (r == 0)
+			print_reply_member(c, reply, "vm");
+		json_decref(reply);
+		return r;
 	} else if (strcmp(verb, "autostart") == 0 && n == 1) {
 		json_t *body = json_pack("{s:b}", "enabled", !c->off);
 		static const struct { const char *key; size_t off; } nums[] = {
@@ -430,10 +533,15 @@ static int vm_command(struct client *cl, const char *verb, const char *const *ar
 		CLEANUP_FREE char *p = xasprintf("vms/%lld/answer", id);
 		r = client_call(cl, "POST", p, json_pack("{s:s}", "choice", args[1]), &reply);
 	} else if ((strcmp(verb, "start") == 0 || strcmp(verb, "pause") == 0 || strcmp(verb, "unpause") == 0) && n == 1) {
-		r = client_call(cl, "POST", power, json_pack("{s:s}", "op", verb), &reply);
+		json_t *body = json_pack("{s:s}", "op", verb);
+		if (c->no_wait)
+			return start_task(cl, "POST", power, body);
+		r = client_call(cl, "POST", power, body, &reply);
 	} else if ((strcmp(verb, "stop") == 0 || strcmp(verb, "reset") == 0) && n <= 2) {
-		r = client_call(cl, "POST", power, json_pack("{s:s, s:s}", "op", verb, "mode", n == 2 ? args[1] : "trysoft"),
-				&reply);
+		json_t *body = json_pack("{s:s, s:s}", "op", verb, "mode", n == 2 ? args[1] : "trysoft");
+		if (c->no_wait)
+			return start_task(cl, "POST", power, body);
+		r = client_call(cl, "POST", power, body, &reply);
 	} else {
 		return vela_error(VELA_E_INVAL, "unknown or malformed vm command \"%s\" for velad", verb);
 	}
@@ -474,6 +582,74 @@ static void print_event(const struct cli *c, json_t *e)
 	fflush(stdout);
 }
 
+struct follow {
+	const struct cli *c;
+	struct strbuf line;
+	unsigned shown;
+};
+
+/* SSE: "data: {event}" lines; comments (": keep-alive") and ids skipped. */
+static size_t on_stream_data(char *p, size_t size, size_t n, void *arg)
+{
+	struct follow *f = arg;
+	for (size_t i = 0; i < size * n; i++) {
+		if (p[i] != '\n') {
+			strbuf_append(&f->line, p + i, 1);
+			continue;
+		}
+		if (f->line.len > 6 && strncmp(f->line.data, "data: ", 6) == 0) {
+			json_t *e = json_loads(f->line.data + 6, 0, NULL);
+			if (e) {
+				print_event(f->c, e);
+				f->shown++;
+			}
+			json_decref(e);
+		}
+		strbuf_reset(&f->line);
+		if (f->c->count && f->shown >= f->c->count)
+			return 0;   /* enough: end the transfer */
+	}
+	return size * n;
+}
+
+static int on_stream_progress(void *arg, curl_off_t a, curl_off_t b, curl_off_t c, curl_off_t d)
+{
+	(void)arg, (void)a, (void)b, (void)c, (void)d;
+	return follow_stop ? 1 : 0;
+}
+
+static int follow_stream(struct client *cl, const char *path)
+{
+	struct follow f = { .c = cl->c };
+	signal(SIGINT, on_follow_signal);
+	signal(SIGTERM, on_follow_signal);
+	CLEANUP_FREE char *url = xasprintf("%s/api/v1/%s", cl->base, path);
+	CLEANUP_FREE char *auth = cl->token ? xasprintf("Authorization: Bearer %s", cl->token) : NULL;
+	struct curl_slist *h = auth ? curl_slist_append(NULL, auth) : NULL;
+	CURL *k = cl->curl;
+	curl_easy_reset(k);
+	client_transport(cl, k);
+	curl_easy_setopt(k, CURLOPT_URL, url);
+	curl_easy_setopt(k, CURLOPT_HTTPHEADER, h);
+	curl_easy_setopt(k, CURLOPT_WRITEFUNCTION, on_stream_data);
+	curl_easy_setopt(k, CURLOPT_WRITEDATA, &f);
+	curl_easy_setopt(k, CURLOPT_XFERINFOFUNCTION, on_stream_progress);
+	curl_easy_setopt(k, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(k, CURLOPT_FAILONERROR, 1L);
+	if (cl->c->timeout_s)
+		curl_easy_setopt(k, CURLOPT_TIMEOUT, (long)cl->c->timeout_s);
+	CURLcode rc = curl_easy_perform(k);
+	curl_slist_free_all(h);
+	strbuf_free(&f.line);
+	/* Ends by --count (write aborted), --timeout, ^C or velad stopping. */
+	if (rc == CURLE_OK || rc == CURLE_WRITE_ERROR || rc == CURLE_OPERATION_TIMEDOUT || rc == CURLE_ABORTED_BY_CALLBACK)
+		return 0;
+	long status = 0;
+	curl_easy_getinfo(k, CURLINFO_RESPONSE_CODE, &status);
+	return vela_error(status == 403 ? VELA_E_PERM : status == 401 ? VELA_E_SESSION : VELA_E_NOTCONN,
+			  "event stream: %s%s", curl_easy_strerror(rc), status ? "" : "");
+}
+
 static int event_command(struct client *cl, const char *verb, size_t n)
 {
 	const struct cli *c = cl->c;
@@ -483,27 +659,29 @@ static int event_command(struct client *cl, const char *verb, size_t n)
 		return vela_error(VELA_E_INVAL, "event %s takes options only (--vm, --severity, --limit)", verb);
 	if (c->vm && (r = resolve_vm(cl, c->vm, &vm)) < 0)
 		return r;
-	struct strbuf q = { 0 };
-	strbuf_printf(&q, "events?limit=%u", c->limit ? c->limit : 100);
+	struct strbuf q = { 0 }, filters = { 0 };
+	strbuf_puts(&filters, "");
 	if (vm)
-		strbuf_printf(&q, "&vm=%lld", vm);
+		strbuf_printf(&filters, "&vm=%lld", vm);
 	if (c->severity) {
 		for (const char *p = c->severity; *p; p++)
 			if (!(*p >= 'a' && *p <= 'z')) {
-				strbuf_free(&q);
+				strbuf_free(&filters);
 				return vela_error(VELA_E_INVAL, "--severity: info, warning, error or audit");
 			}
-		strbuf_printf(&q, "&severity=%s", c->severity);
+		strbuf_printf(&filters, "&severity=%s", c->severity);
 	}
+	strbuf_printf(&q, "events?limit=%u%s", c->limit ? c->limit : 100, filters.data);
 	json_t *reply = NULL;
 	r = client_call(cl, "GET", q.data, NULL, &reply);
 	if (r < 0) {
 		strbuf_free(&q);
+		strbuf_free(&filters);
 		return r;
 	}
 	json_t *ev = json_object_get(reply, "events");
 	long long after = 0;
-	size_t i, shown = 0;
+	size_t i;
 	json_t *e;
 	if (strcmp(verb, "list") == 0) {
 		if (c->json)
@@ -513,37 +691,26 @@ static int event_command(struct client *cl, const char *verb, size_t n)
 				print_event(c, e);
 		json_decref(reply);
 		strbuf_free(&q);
+		strbuf_free(&filters);
 		return 0;
 	}
 	if (strcmp(verb, "follow") != 0) {
 		json_decref(reply);
 		strbuf_free(&q);
+		strbuf_free(&filters);
 		return vela_error(VELA_E_INVAL, "unknown event command \"%s\" (list, follow)", verb);
 	}
-	/* follow: the recent ones, then new ones as they come, until ^C or
-	 * --count N new events or --timeout S. */
+	/* follow: the recent ones, then new ones as they come (the server's
+	 * event stream), until ^C or --count N new events or --timeout S. */
 	json_array_foreach(ev, i, e) {
 		print_event(c, e);
 		after = json_integer_value(json_object_get(e, "id"));
 	}
 	json_decref(reply);
-	signal(SIGINT, on_follow_signal);
-	signal(SIGTERM, on_follow_signal);
-	int64_t deadline = c->timeout_s ? time_mono_ms() + c->timeout_s * 1000ll : 0;
-	while (!follow_stop && (!c->count || shown < c->count) && (!deadline || time_mono_ms() < deadline)) {
-		CLEANUP_FREE char *p = xasprintf("%s&after=%lld", q.data, after);
-		if ((r = client_call(cl, "GET", p, NULL, &reply)) < 0)
-			break;
-		json_array_foreach(json_object_get(reply, "events"), i, e) {
-			print_event(c, e);
-			after = json_integer_value(json_object_get(e, "id"));
-			shown++;
-		}
-		json_decref(reply);
-		usleep(300 * 1000);
-	}
+	CLEANUP_FREE char *stream = xasprintf("events/stream?after=%lld%s", after, filters.data);
 	strbuf_free(&q);
-	return r < 0 ? r : 0;
+	strbuf_free(&filters);
+	return follow_stream(cl, stream);
 }
 
 static int simple_list(struct client *cl, const char *path, const char *key, const char *const *cols,
@@ -555,6 +722,113 @@ static int simple_list(struct client *cl, const char *path, const char *key, con
 		print_table(cl->c, json_object_get(reply, key), cols, heads);
 	json_decref(reply);
 	return r;
+}
+
+static void print_task(const struct cli *c, json_t *t)
+{
+	if (c->json) {
+		cli_print_json(t);
+		return;
+	}
+	printf("%lld %s %s %lld%%", (long long)json_integer_value(json_object_get(t, "id")), str_of(t, "type"),
+	       str_of(t, "state"), (long long)json_integer_value(json_object_get(t, "progress")));
+	json_t *err = json_object_get(t, "error");
+	if (json_is_object(err))
+		printf(": %s", str_of(err, "message"));
+	printf("\n");
+}
+
+/* A task's error as ours: `vela task wait` fails as the task did. */
+static int task_outcome(json_t *t)
+{
+	json_t *err = json_object_get(t, "error");
+	if (!json_is_object(err))
+		return 0;
+	int code = (int)json_integer_value(json_object_get(err, "code"));
+	return vela_error(code > 0 ? code : VELA_E_INTERNAL, "task %lld: %s",
+			  (long long)json_integer_value(json_object_get(t, "id")), str_of(err, "message"));
+}
+
+static int task_command(struct client *cl, const char *verb, const char *const *args, size_t n)
+{
+	const struct cli *c = cl->c;
+	json_t *reply = NULL;
+	int r;
+	if (strcmp(verb, "list") == 0 && n == 0) {
+		long long vm = 0;
+		if (c->vm && (r = resolve_vm(cl, c->vm, &vm)) < 0)
+			return r;
+		if (c->state && strcmp(c->state, "running") != 0 && strcmp(c->state, "success") != 0 &&
+		    strcmp(c->state, "error") != 0 && strcmp(c->state, "cancelled") != 0)
+			return vela_error(VELA_E_INVAL, "--state: running, success, error or cancelled");
+		CLEANUP_FREE char *p = xasprintf("tasks?limit=%u&vm=%lld%s%s", c->limit ? c->limit : 100, vm,
+						 c->state ? "&state=" : "", c->state ? c->state : "");
+		static const char *const cols[] = { "id", "type", "vm", "user", "state", "progress", "target", NULL };
+		static const char *const heads[] = { "ID", "TYPE", "VM", "USER", "STATE", "PROGRESS", "TARGET", NULL };
+		return simple_list(cl, p, "tasks", cols, heads);
+	}
+	uint64_t id;
+	if (n != 1 || parse_u64(args[0], INT64_MAX, &id) < 0 || id == 0)
+		return vela_error(VELA_E_INVAL, "task %s needs a task id", verb);
+	if (strcmp(verb, "get") == 0 || strcmp(verb, "wait") == 0) {
+		bool wait = strcmp(verb, "wait") == 0;
+		int64_t deadline = time_mono_ms() + (c->timeout_s ? c->timeout_s : 86400) * 1000ll;
+		for (;;) {
+			int64_t left = (deadline - time_mono_ms()) / 1000;
+			CLEANUP_FREE char *p = xasprintf("tasks/%llu?wait=%lld", (unsigned long long)id,
+							 (long long)(wait ? (left > 600 ? 600 : left < 1 ? 0 : left) : 0));
+			if ((r = client_call(cl, "GET", p, NULL, &reply)) < 0)
+				return r;
+			json_t *t = json_object_get(reply, "task");
+			if (!wait || strcmp(str_of(t, "state"), "running") != 0 || time_mono_ms() >= deadline) {
+				print_task(c, t);
+				r = wait && strcmp(str_of(t, "state"), "running") == 0
+					    ? vela_error(VELA_E_TIMEOUT, "task %llu still runs", (unsigned long long)id)
+				    : wait ? task_outcome(t) : 0;
+				json_decref(reply);
+				return r;
+			}
+			json_decref(reply);
+		}
+	}
+	if (strcmp(verb, "cancel") == 0) {
+		CLEANUP_FREE char *p = xasprintf("tasks/%llu/cancel", (unsigned long long)id);
+		r = client_call(cl, "POST", p, NULL, &reply);
+		if (r == 0)
+			print_task(c, json_object_get(reply, "task"));
+		json_decref(reply);
+		return r;
+	}
+	return vela_error(VELA_E_INVAL, "unknown task command \"%s\" (list, get, wait, cancel)", verb);
+}
+
+/*
+ * velad ends an upload it cannot finish (cancelled, datastore full) by
+ * closing the connection at once, so the sender stops sending; the reason
+ * is in the upload's task.  r: the connection error, kept when no task
+ * tells more.
+ */
+static int upload_outcome(struct client *cl, const char *ds, const char *rel, int r)
+{
+	CLEANUP_FREE char *msg = xstrdup(vela_errmsg());
+	CLEANUP_FREE char *target = xasprintf("[%s] %s", ds, rel);
+	json_t *reply = NULL;
+	if (client_call(cl, "GET", "tasks?limit=50", NULL, &reply) == 0) {
+		json_t *tasks = json_object_get(reply, "tasks"), *t;
+		for (size_t i = json_array_size(tasks); i-- > 0;) {
+			t = json_array_get(tasks, i);
+			if (strcmp(str_of(t, "type"), "datastore.upload") == 0 && strcmp(str_of(t, "target"), target) == 0) {
+				if (json_is_object(json_object_get(t, "error"))) {
+					r = task_outcome(t);
+					json_decref(reply);
+					return r;
+				}
+				break;
+			}
+		}
+	}
+	json_decref(reply);
+	return vela_error(-r, "%s", msg);
 }
 
 static int other_command(struct client *cl, const char *noun, const char *verb, const char *const *args, size_t n)
@@ -600,6 +874,8 @@ static int other_command(struct client *cl, const char *noun, const char *verb, 
 				return vela_error_errno(errno, "%s", local);
 			r = client_request(cl, "PUT", p, NULL, f, NULL, &reply);
 			fclose(f);
+			if (r == -VELA_E_NOTCONN)
+				r = upload_outcome(cl, args[0], remote, r);
 			if (r == 0)
 				print_reply_member(c, reply, "file");
 			json_decref(reply);
@@ -618,6 +894,45 @@ static int other_command(struct client *cl, const char *noun, const char *verb, 
 		if (r < 0)
 			unlink(tmp);
 		return r;
+	}
+	if (strcmp(noun, "ds") == 0 && strcmp(verb, "add") == 0 && n == 2) {
+		CLEANUP_FREE char *abs = args[1][0] == '/' ? xstrdup(args[1]) : realpath(args[1], NULL);
+		if (!abs)
+			return vela_error_errno(errno, "%s", args[1]);
+		static const char *const fields[] = { "name", "path", NULL };
+		return post_and_print(cl, "datastores", json_pack("{s:s, s:s}", "name", args[0], "path", abs), "datastore",
+				      fields);
+	}
+	if (strcmp(noun, "ds") == 0 && strcmp(verb, "remove") == 0 && n == 1) {
+		char *e = curl_easy_escape(cl->curl, args[0], 0);
+		CLEANUP_FREE char *p = xasprintf("datastores/%s", e);
+		curl_free(e);
+		return client_call(cl, "DELETE", p, NULL, NULL);
+	}
+	if (strcmp(noun, "task") == 0)
+		return task_command(cl, verb, args, n);
+	if (strcmp(noun, "question") == 0 && strcmp(verb, "list") == 0 && n == 0) {
+		if ((r = client_call(cl, "GET", "questions", NULL, &reply)) < 0)
+			return r;
+		json_t *rows = json_array(), *qs = json_object_get(reply, "questions");
+		size_t i;
+		json_t *q;
+		json_array_foreach(qs, i, q) {
+			json_t *question = json_object_get(q, "question");
+			CLEANUP_FREE char *choices = json_dumps(json_object_get(question, "choices"), JSON_COMPACT);
+			json_array_append_new(rows, json_pack("{s:O, s:O, s:s, s:O}", "vm", json_object_get(q, "vm"), "name",
+							      json_object_get(q, "name"), "choices", choices ? choices : "",
+							      "text", json_object_get(question, "text")));
+		}
+		static const char *const cols[] = { "vm", "name", "choices", "text", NULL };
+		static const char *const heads[] = { "VM", "NAME", "CHOICES", "QUESTION", NULL };
+		if (c->json)
+			cli_print_json(qs);
+		else
+			print_table(c, rows, cols, heads);
+		json_decref(rows);
+		json_decref(reply);
+		return 0;
 	}
 	if (strcmp(noun, "ds") == 0 && strcmp(verb, "list") == 0 && n == 0) {
 		static const char *const cols[] = { "name", "capacity", "free", "path", NULL };

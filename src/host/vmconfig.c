@@ -237,6 +237,19 @@ static void add_unique(json_t *list, const char *path)
 	json_array_append_new(list, json_string(path));
 }
 
+/* The supervisor's log in the VM's folder: vela.log and its rotated
+ * vela-N.log. */
+static bool supervisor_log(const char *name)
+{
+	if (strcmp(name, "vela.log") == 0)
+		return true;
+	if (strncmp(name, "vela-", 5) != 0)
+		return false;
+	const char *p = name + 5;
+	size_t digits = strspn(p, "0123456789");
+	return digits > 0 && strcmp(p + digits, ".log") == 0;
+}
+
 /*
  * The files a VM owns, in the order to delete them: every image of each
  * disk's chain (top first) that lies in the VM's folder, then the files of
@@ -294,6 +307,11 @@ static int vm_files(const char *config, json_t **files, json_t **kept)
 	if (dd)
 		rewinddir(dd);
 	while (dd && (e = readdir(dd))) {
+		if (!shared && supervisor_log(e->d_name)) {
+			CLEANUP_FREE char *p = path_join(dir, e->d_name);
+			add_unique(*files, p);
+			continue;
+		}
 		if (strncmp(e->d_name, base, stem) != 0 || strcmp(e->d_name, base) == 0)
 			continue;
 		char c = e->d_name[stem];
@@ -306,9 +324,6 @@ static int vm_files(const char *config, json_t **files, json_t **kept)
 	}
 	if (dd)
 		closedir(dd);
-	CLEANUP_FREE char *logf = path_join(dir, "vela.log");
-	if (!shared && access(logf, F_OK) == 0)
-		add_unique(*files, logf);
 	add_unique(*files, config);
 	return 0;
 }

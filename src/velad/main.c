@@ -23,14 +23,16 @@ static void usage(FILE *f)
 		"  --http-port N     port that redirects to HTTPS (default 8222; 0 = none)\n"
 		"  --listen ADDR     address of both ports (default every address)\n"
 		"  --config FILE     settings (default <home>/velad.conf): https_port, http_port,\n"
-		"                    listen, session_idle_minutes, one \"key = value\" a line\n"
+		"                    listen, session_idle_minutes, low_space_percent (a datastore\n"
+		"                    with less free space is reported; default 10), one\n"
+		"                    \"key = value\" a line\n"
 		"  -v, --verbose     debug logging\n"
 		"  -h, --help        this text\n"
 		"  -V, --version     print the version\n");
 }
 
 struct settings {
-	uint64_t https_port, http_port, idle_minutes;
+	uint64_t https_port, http_port, idle_minutes, low_space_percent;
 	char *listen;
 };
 
@@ -60,8 +62,11 @@ static int read_config(const char *path, bool must_exist, struct settings *st)
 		}
 		uint64_t *num = strcmp(key, "https_port") == 0 ? &st->https_port :
 				strcmp(key, "http_port") == 0 ? &st->http_port :
-				strcmp(key, "session_idle_minutes") == 0 ? &st->idle_minutes : NULL;
-		if (num && (r = parse_u64(value, strcmp(key, "session_idle_minutes") == 0 ? 10080 : 65535, num)) < 0)
+				strcmp(key, "session_idle_minutes") == 0 ? &st->idle_minutes :
+				strcmp(key, "low_space_percent") == 0 ? &st->low_space_percent : NULL;
+		uint64_t max = strcmp(key, "session_idle_minutes") == 0 ? 10080 :
+			       strcmp(key, "low_space_percent") == 0 ? 90 : 65535;
+		if (num && (r = parse_u64(value, max, num)) < 0)
 			return vela_error_context(r, "%s:%u: %s", path, lineno, key);
 		if (!num && strcmp(key, "listen") == 0) {
 			free(st->listen);
@@ -176,7 +181,7 @@ int main(int argc, char **argv)
 	if (vela_log_open_file(log, 5, 10u << 20) < 0)
 		fprintf(stderr, "velad: log %s: %s\n", log, vela_errmsg());
 
-	struct host_opts ho = { .vmx_binary = getenv("VELA_VMX_BINARY") };
+	struct host_opts ho = { .vmx_binary = getenv("VELA_VMX_BINARY"), .low_space_percent = (int)st.low_space_percent };
 	struct host *h = NULL;
 	struct api *a = NULL;
 	r = host_open(&ho, &h);

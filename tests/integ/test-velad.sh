@@ -55,6 +55,7 @@ start_velad() {
 
 stop_all() {
 	[ -n "$velad_pid" ] && kill -9 "$velad_pid" 2>/dev/null
+	mountpoint -q "$VELA_HOME/small-mnt" 2>/dev/null && umount "$VELA_HOME/small-mnt"
 	for u in "$TESTUSER" "$RO" "$OP" "$AD" "$NOBODY"; do userdel "$u" >/dev/null 2>&1; done
 	groupdel "$GRP" >/dev/null 2>&1
 	cleanup
@@ -272,6 +273,145 @@ expect_api 404 "it is gone from the inventory" GET /api/v1/vms/$id3
 expect_api 200 "audit events" GET "/api/v1/events?severity=audit&limit=1000"
 check "the unregistration is an audit event" test "$(jq_reply "[.events[] | select(.type == \"vm.unregistered\" and .vm == $id3)] | length")" = 1
 
+# ---- tasks: long operations have a record, progress, a result and a cancel
+expect_api 200 "power on VM 2 (a task, waited for)" POST /api/v1/vms/$id2/power '{"op": "start"}'
+ptask=$(jq_reply .task)
+expect_api 200 "its task" GET /api/v1/tasks/$ptask
+check "... vm.power.start by root, ended in success with the status" test "$(jq_reply '.task.type + "|" + .task.user + "|" + .task.state + "|" + .task.result.state + "|" + (.task.progress | tostring)')" = "vm.power.start|root|success|on|100"
+check "guest 2 runs again" wait_console "$vmx2" "VELA-GUEST-TICK 2" 1 60
+
+# ---- reconfiguring a running VM: the edits wait for the next power cycle
+run_in_guest "$vmx2" 'set -- $(grep MemTotal /proc/meminfo); echo CPUS-$(grep -c ^processor /proc/cpuinfo)-MEM-$(($2/1024))'
+check "the guest has 1 vCPU" console_has "$vmx2" "CPUS-1-MEM-"
+expect_api 200 "reconfigure the running VM: 2 vCPUs, 400 MiB, a note" PATCH /api/v1/vms/$id2 '{"vcpus": 2, "memsize": 400, "annotation": "db tier"}'
+check "... the edits are pending" test "$(jq_reply '[.vm.status.pending_changes[].key] | sort | join(",")')" = "annotation,memsize,numvcpus"
+check "... the settings show the next power-on's values" test "$(jq_reply '(.vm.settings.vcpus | tostring) + "|" + (.vm.settings.memsize | tostring)')" = "2|400"
+check "... the VM kept running" test "$(state_of "$vmx2")" = on
+check "... and its .vmx says so" grep -qx 'numvcpus = "2"' "$vmx2"
+expect_api 400 "a bad value is refused" PATCH /api/v1/vms/$id2 '{"vcpus": 0}'
+expect_api 400 "an unknown setting is refused" PATCH /api/v1/vms/$id2 '{"colour": "red"}'
+expect_api 400 "a wrong type is refused" PATCH /api/v1/vms/$id2 '{"memsize": "lots"}'
+expect_api 400 "an empty change set is refused" PATCH /api/v1/vms/$id2 '{}'
+expect_api 400 "a non-object is refused" PATCH /api/v1/vms/$id2 '[1]'
+check "the refused edits changed nothing" grep -qx 'numvcpus = "2"' "$vmx2"
+expect_api 409 "deleting a running VM is refused" DELETE "/api/v1/vms/$id2?files=1"
+check "... its files stay" test -f "$vmx2"
+expect_api 202 "a hard stop with wait=0 answers 202 with its task" POST "/api/v1/vms/$id2/power?wait=0" '{"op": "stop", "mode": "hard"}'
+stask=$(jq_reply .task.id)
+expect_api 200 "wait for the task" GET "/api/v1/tasks/$stask?wait=60"
+check "... it ended with the VM off" test "$(jq_reply '.task.state + "|" + .task.result.state')" = "success|off"
+expect_api 200 "power on again" POST /api/v1/vms/$id2/power '{"op": "start"}'
+expect_api 200 "get it" GET /api/v1/vms/$id2
+check "after the power cycle nothing is pending" test "$(jq_reply '.vm.status.pending_changes | length')" = 0
+run_in_guest "$vmx2" 'set -- $(grep MemTotal /proc/meminfo); echo CPUS-$(grep -c ^processor /proc/cpuinfo)-MEM-$(($2/1024))'
+check "the guest has 2 vCPUs now" console_has "$vmx2" "CPUS-2-MEM-"
+mem=$("$VELA" vm console --dump "$vmx2" | grep -a -o 'CPUS-2-MEM-[0-9]*' | tail -n1 | sed 's/.*MEM-//')
+if [ -n "$mem" ] && [ "$mem" -gt 300 ]; then pass "the guest sees the new memory ($mem MiB)"; else fail "the guest sees the new memory (${mem:-?} MiB)"; fi
+expect_api 200 "hard stop" POST /api/v1/vms/$id2/power '{"op": "stop", "mode": "hard"}'
+expect_api 200 "reconfigure the VM while off: at once, nothing pending" PATCH /api/v1/vms/$id2 '{"vcpus": 1, "memsize": 256, "annotation": ""}'
+check "... the .vmx has it" grep -qx 'numvcpus = "1"' "$vmx2"
+check "... an empty annotation removes the key" sh -c "! grep -q '^annotation' '$vmx2'"
+expect_api 200 "VM 2's tasks" GET "/api/v1/tasks?vm=$id2"
+check "... the power operations are there, oldest first" test "$(jq_reply '[.tasks[] | select(.id == '"$ptask"' or .id == '"$stask"') | .id] | join(",")')" = "$ptask,$stask"
+expect_api 200 "audit events of VM 2" GET "/api/v1/events?vm=$id2&severity=audit"
+check "the reconfiguration is an audit event marked pending" test "$(jq_reply '[.events[] | select(.type == "vm.reconfigured" and (.message | test("pending")))] | length')" = 1
+expect_api 409 "cancelling an ended task is refused" POST /api/v1/tasks/$stask/cancel
+expect_api 404 "an unknown task is a 404" GET /api/v1/tasks/999999
+expect_api 400 "a bad task query is a 400" GET "/api/v1/tasks?limit=lots"
+
+# A slow upload is a task with progress; cancelling it stops it and leaves nothing.
+head -c 3000000 /dev/urandom > "$VELA_HOME/slow.bin"
+curl -s --limit-rate 300k --unix-socket "$SOCK" -T "$VELA_HOME/slow.bin" http://velad/api/v1/datastores/local/files/iso/slow.iso > /dev/null 2>&1 &
+uploader=$!
+utask=
+for ((i = 0; i < 50; i++)); do
+	sleep 0.2
+	utask=$(api GET "/api/v1/tasks?state=running" | sed '$d' | jq -r '[.tasks[] | select(.type == "datastore.upload" and .progress > 0)][0].id // empty')
+	[ -n "$utask" ] && break
+done
+check "a running upload is a task with progress" test -n "$utask"
+expect_api 200 "cancel the upload" POST /api/v1/tasks/$utask/cancel
+timeout 10 tail --pid=$uploader -f /dev/null
+check "the uploader was cut off at once" sh -c "! kill -0 $uploader 2>/dev/null"
+expect_api 200 "the upload's task" GET /api/v1/tasks/$utask
+check "... ended cancelled (VELA_E_CANCELED)" test "$(jq_reply '.task.state + "|" + .task.error.name')" = "cancelled|VELA_E_CANCELED"
+check "... and left no file" test ! -e "$VELA_HOME/datastores/local/iso/slow.iso"
+check "... nor a temporary one" sh -c "! ls -A '$VELA_HOME/datastores/local/iso' | grep -q vela-upload"
+
+# ---- questions through the API: a copied VM asks about its identity
+cp -a --sparse=always "$(dirname "$vmx1")" "$VELA_HOME/vms/copied"
+expect_api 200 "register a copy of VM 1" POST /api/v1/vms "{\"config\": \"$VELA_HOME/vms/copied/api1.vmx\", \"name\": \"the copy\"}"
+idq=$(jq_reply .vm.id)
+expect_api 200 "power on the copy: it stops at a question" POST /api/v1/vms/$idq/power '{"op": "start"}'
+check "... stuck" test "$(jq_reply .status.state)" = stuck
+expect_api 200 "list questions" GET /api/v1/questions
+check "... the copy's question, with its choices" test "$(jq_reply '.questions[] | (.vm | tostring) + "|" + (.question.choices | join(","))')" = "$idq|keep,create,cancel"
+check "vela question list shows it" sh -c "'$VELA' question list | grep -q 'the copy'"
+expect_api 200 "answer it" POST /api/v1/vms/$idq/answer '{"choice": "create"}'
+check "... the copy is on" test "$(jq_reply .status.state)" = on
+expect_api 200 "no questions left" GET /api/v1/questions
+check "... none" test "$(jq_reply '.questions | length')" = 0
+expect_api 200 "hard stop of the copy" POST /api/v1/vms/$idq/power '{"op": "stop", "mode": "hard"}'
+
+# ---- deleting a VM with its files
+shared=$VELA_HOME/shared-base.vmdk
+"$VELA" disk create -s 16m "$shared" > /dev/null
+echo "scsi0:1.present = \"TRUE\"" >> "$VELA_HOME/vms/copied/api1.vmx"
+echo "scsi0:1.fileName = \"$shared\"" >> "$VELA_HOME/vms/copied/api1.vmx"
+expect_api 200 "delete the copy with its files" DELETE "/api/v1/vms/$idq?files=1"
+check "... its folder is gone" test ! -e "$VELA_HOME/vms/copied"
+check "... a disk outside its folder is kept (it may be shared)" test -f "$shared"
+check "... and reported kept" test "$(jq_reply '.deleted.kept | join(",")')" = "$shared"
+check "... VM 1, the original, is untouched" test -f "$vmx1" -a -f "$(dirname "$vmx1")/disk.img"
+expect_api 404 "the copy is gone from the inventory" GET /api/v1/vms/$idq
+expect_api 200 "events of the copy" GET "/api/v1/events?vm=$idq&severity=audit"
+check "the deletion is an audit event" test "$(jq_reply '[.events[] | select(.type == "vm.deleted")] | length')" = 1
+expect_api 200 "create a VM to delete with the CLI" POST /api/v1/vms/create '{"name": "short lived", "disks": [{"size": "8m"}]}'
+check "vela vm delete --files" sh -c "'$VELA' vm delete --files 'short lived' | grep -q '^removed [0-9]* files'"
+check "... its folder is gone" test ! -e "$VELA_HOME/datastores/local/short lived"
+
+# ---- datastores: add a folder, low-space events, remove it
+small=$VELA_HOME/small-mnt
+mkdir -p "$small"
+if mount -t tmpfs -o size=8m vela-test-ds "$small"; then
+	expect_api 200 "add a datastore" POST /api/v1/datastores "{\"name\": \"small\", \"path\": \"$small\"}"
+	check "it is listed" test "$(api GET /api/v1/datastores | sed '$d' | jq -r '.datastores[] | select(.name == "small") | .capacity')" = 8388608
+	expect_api 409 "the same folder twice is refused" POST /api/v1/datastores "{\"name\": \"small2\", \"path\": \"$small\"}"
+	expect_api 400 "a relative path is refused" POST /api/v1/datastores '{"name": "rel", "path": "x/y"}'
+	expect_api 404 "a missing folder is refused" POST /api/v1/datastores '{"name": "gone", "path": "/nonexistent/dir"}'
+	expect_api 400 "a bad name is refused" POST /api/v1/datastores "{\"name\": \"../up\", \"path\": \"$small\"}"
+	head -c 7900000 /dev/urandom > "$VELA_HOME/fill.bin"
+	check "upload into it" "$VELA" ds upload small "$VELA_HOME/fill.bin" fill.bin
+	low=
+	for ((i = 0; i < 50; i++)); do
+		[ "$(api GET '/api/v1/events?severity=warning&limit=1000' | sed '$d' | jq '[.events[] | select(.type == "datastore.space.low")] | length')" = 1 ] && { low=1; break; }
+		sleep 0.2
+	done
+	check "a datastore short of space is a warning event" test -n "$low"
+	expect_error VELA_E_DISKFULL "an upload larger than the free space is refused" "$VELA" ds upload small "$VELA_HOME/iso.bin" more.bin
+	check "... and leaves nothing" test "$(ls -A "$small")" = fill.bin
+	rm "$small/fill.bin"
+	ok=
+	for ((i = 0; i < 50; i++)); do
+		[ "$(api GET '/api/v1/events?limit=1000' | sed '$d' | jq '[.events[] | select(.type == "datastore.space.ok")] | length')" = 1 ] && { ok=1; break; }
+		sleep 0.2
+	done
+	check "... and its recovery an event" test -n "$ok"
+	expect_api 200 "create a VM in it" POST /api/v1/vms/create '{"name": "onsmall", "datastore": "small"}'
+	ids=$(jq_reply .vm.id)
+	expect_api 409 "a datastore with registered VMs cannot be removed" DELETE /api/v1/datastores/small
+	expect_api 200 "unregister that VM" DELETE /api/v1/vms/$ids
+	check "vela ds remove" "$VELA" ds remove small
+	check "... it is no longer listed" sh -c "! '$VELA' ds list | grep -q '^small '"
+	check "... its files stay" test -f "$small/onsmall/onsmall.vmx"
+	expect_api 409 "the default datastore cannot be removed" DELETE /api/v1/datastores/local
+	check "vela ds add" "$VELA" ds add small "$small"
+	check "vela ds remove again" "$VELA" ds remove small
+	umount "$small"
+else
+	fail "mount a tmpfs for the datastore tests"
+fi
+
 # ---- the OpenAPI document: public, and it names every route of api.h
 out=$(curl -sk "$URL/api/v1/openapi.json")
 check "the OpenAPI document is served without a login" test "$(echo "$out" | jq -r .openapi)" = 3.0.3
@@ -336,6 +476,10 @@ expect_https 404 "readonly: another VM does not exist for it" GET /api/v1/vms/$i
 expect_https 403 "readonly cannot power on" POST /api/v1/vms/$id1/power '{"op": "start"}'
 check "... VELA_E_PERM" test "$(jq_reply .error.name)" = VELA_E_PERM
 expect_https 403 "readonly cannot unregister" DELETE /api/v1/vms/$id1
+expect_https 403 "readonly cannot reconfigure" PATCH /api/v1/vms/$id1 '{"memsize": 300}'
+expect_https 403 "readonly cannot add a datastore" POST /api/v1/datastores '{"name": "x", "path": "/tmp"}'
+expect_https 200 "readonly: tasks" GET "/api/v1/tasks?limit=1000"
+check "readonly sees only its VM's tasks" test "$(jq_reply "[.tasks[] | select(.vm != $id1)] | length")" = 0
 expect_https 403 "readonly cannot grant" POST /api/v1/permissions "{\"principal\": \"user:$RO\", \"scope\": \"host\", \"role\": \"admin\"}"
 expect_https 200 "readonly: events" GET "/api/v1/events?limit=1000"
 check "readonly sees only its VM's events" test "$(jq_reply "[.events[] | select(.vm != $id1)] | length")" = 0
@@ -360,6 +504,9 @@ check "operator sees the VMs of its folder" test "$(jq_reply '[.vms[].id] | join
 expect_https 200 "operator powers on" POST /api/v1/vms/$id1/power '{"op": "start"}'
 check "the guest booted for the operator" wait_console "$vmx1" "VELA-GUEST-TICK 2" 1 60
 expect_https 403 "operator cannot unregister" DELETE /api/v1/vms/$id1
+expect_https 403 "operator cannot reconfigure" PATCH /api/v1/vms/$id1 '{"memsize": 300}'
+check "... VELA_E_PERM" test "$(jq_reply .error.name)" = VELA_E_PERM
+expect_https 403 "operator cannot delete with files" DELETE "/api/v1/vms/$id1?files=1"
 expect_https 403 "operator cannot register" POST /api/v1/vms "{\"config\": \"$vmx2\", \"folder\": \"/prod\"}"
 expect_https 200 "operator powers off" POST /api/v1/vms/$id1/power '{"op": "stop", "mode": "hard"}'
 expect_api 200 "events of VM 1 (root)" GET "/api/v1/events?vm=$id1&severity=audit&limit=1000"
@@ -374,6 +521,9 @@ cp "$vmx2" "$VELA_HOME/datastores/local/ad4/ad4.vmx"
 expect_https 403 "folder admin cannot register at the root" POST /api/v1/vms '{"config": "[local] ad4/ad4.vmx"}'
 expect_https 200 "folder admin registers in its folder" POST /api/v1/vms '{"config": "[local] ad4/ad4.vmx", "folder": "/prod/web"}'
 id4=$(jq_reply .vm.id)
+expect_https 200 "folder admin reconfigures in its folder" PATCH /api/v1/vms/$id4 '{"memsize": 300, "name": "renamed"}'
+check "... renamed" test "$(jq_reply .vm.name)" = renamed
+expect_https 403 "folder admin cannot move a VM out of its folder" PATCH /api/v1/vms/$id4 '{"folder": "/"}'
 expect_https 200 "folder admin unregisters it" DELETE /api/v1/vms/$id4
 expect_https 403 "folder admin cannot list grants" GET /api/v1/permissions
 expect_https 200 "create an API token" POST /api/v1/tokens '{"name": "ci job"}'
@@ -413,6 +563,18 @@ sleep 1
 check "vela vm stop hard NAME" "$VELA" vm stop hard "web server 2"
 wait "$follower"
 check "vela event follow saw the stop" grep -q '"message": *"stop hard"\|"message":"stop hard"' "$VELA_HOME/follow.out"
+check "vela vm set NAME KEY=VALUE" "$VELA" vm set "web server 2" memsize=300 annotation="from the CLI"
+check "... the .vmx has them" sh -c "grep -qx 'memsize = \"300\"' '$vmx2' && grep -qx 'annotation = \"from the CLI\"' '$vmx2'"
+expect_error VELA_E_INVAL "vela vm set with a word that is not KEY=VALUE" "$VELA" vm set "web server 2" memsize
+ctask=$("$VELA" vm start --no-wait "web server 2")
+check "vela vm start --no-wait prints the task's id" test "${ctask:-0}" -gt 0
+check "vela task wait ID" sh -c "'$VELA' task wait --timeout 60 $ctask | grep -q ' success '"
+check "vela task list --state success shows it" sh -c "'$VELA' task list --state success | grep -q '^$ctask '"
+check "vela --json task get" test "$("$VELA" --json task get "$ctask" | jq -r .result.state)" = on
+check "a VM started by a task runs" wait_console "$vmx2" "VELA-GUEST-TICK 2" 1 60
+check "vela vm set on a running VM says what is pending" sh -c "'$VELA' vm set 'web server 2' vcpus=2 | grep -q 'pending until the next power cycle: numvcpus'"
+expect_error VELA_E_BADSTATE "vela task cancel of an ended task" "$VELA" task cancel "$ctask"
+check "vela vm stop hard (again)" "$VELA" vm stop hard "web server 2"
 check "vela event list --severity audit" sh -c "'$VELA' event list --severity audit --limit 1000 | grep -q vm.registered"
 export VELA_PASSWORD=$PASSWORD
 check "vela --host --user logs in with PAM" sh -c "'$VELA' --host 127.0.0.1:$HTTPS_PORT --insecure --user $AD vm list | grep -q api1"
