@@ -7,6 +7,8 @@
  *
  *   GET    /api/v1/host                      host info
  *   GET    /api/v1/datastores                datastores with capacity and free space
+ *   POST   /api/v1/datastores                add a folder as a datastore {name, path} (host admin)
+ *   DELETE /api/v1/datastores/NAME           forget one (files stay)
  *   GET    /api/v1/datastores/NAME/browse?path=REL   a folder's entries
  *   GET    /api/v1/datastores/NAME/files/REL    download (host readonly)
  *   PUT    /api/v1/datastores/NAME/files/REL    upload, streamed (host admin)
@@ -15,14 +17,23 @@
  *   POST   /api/v1/vms/create                a new VM {name, datastore?, folder?, memsize?,
  *                                            vcpus?, guestOS?, disks?, cdrom?, nic?}
  *   GET    /api/v1/vms/ID                    one VM with its supervisor status
- *   DELETE /api/v1/vms/ID                    unregister (files stay)
- *   POST   /api/v1/vms/ID/power              {op: start|stop|reset|pause|unpause, mode?}
+ *   PATCH  /api/v1/vms/ID                    reconfigure {name?, folder?, memsize?, vcpus?, guestOS?,
+ *                                            annotation?, cdrom?, nic?} (pending while on)
+ *   DELETE /api/v1/vms/ID?files=1            unregister (files stay), or delete with files (a task)
+ *   POST   /api/v1/vms/ID/power              {op: start|stop|reset|pause|unpause, mode?} (a task)
  *   POST   /api/v1/vms/ID/answer             {choice}
  *   PUT    /api/v1/vms/ID/autostart          {enabled, order?, delay?, stop?}
  *   GET    /api/v1/autostart                 the start order
  *   POST   /api/v1/host/autostop             stop the VMs as their autostop says
+ *   GET    /api/v1/tasks?vm=&state=&after=&limit=   recent tasks
+ *   GET    /api/v1/tasks/ID?wait=S           one task (wait: until it has ended)
+ *   POST   /api/v1/tasks/ID/cancel           ask it to stop
+ *   GET    /api/v1/questions                 what VMs are waiting for an answer to
  *   GET    /api/v1/events?vm=&severity=&after=&since=&limit=
  *   GET    /api/v1/events/stream?vm=&severity=&after=   live, text/event-stream
+ *
+ * Operations run as tasks (power, create, delete with files, autostop,
+ * uploads) wait for their task unless ?wait=0, which answers 202 {task}.
  *
  *   GET    /api/v1/session                   who am I
  *   POST   /api/v1/session                   log in {user, password} (PAM) -> token + cookie

@@ -1,5 +1,5 @@
 #!/bin/bash
-# velad under load: 50 parallel clients list, get and power-cycle 20 VMs for a
+# velad under load: 50 parallel clients list, get, reconfigure and power-cycle 20 VMs for a
 # bounded time against an ASan+UBSan build of velad.  Every answer must be a
 # success or a correct state-machine refusal (409), velad must not leak or
 # crash, and at the end velad's view of every VM matches its supervisor's.
@@ -35,10 +35,13 @@ client() {
 	RANDOM=$1
 	while [ "$(date +%s)" -lt "$end" ]; do
 		id=$((1 + RANDOM % NVMS))
-		case $((RANDOM % 8)) in
+		case $((RANDOM % 10)) in
 		0 | 1) out=$(curl -s -m 120 -w '\n%{http_code}' --unix-socket "$SOCK" http://velad/api/v1/vms) ;;
 		2) out=$(curl -s -m 120 -w '\n%{http_code}' --unix-socket "$SOCK" http://velad/api/v1/vms/$id) ;;
 		3) out=$(curl -s -m 120 -w '\n%{http_code}' --unix-socket "$SOCK" "http://velad/api/v1/events?vm=$id&limit=20") ;;
+		4) out=$(curl -s -m 120 -w '\n%{http_code}' --unix-socket "$SOCK" -X PATCH \
+			--data-binary "{\"memsize\": $((64 + 32 * (RANDOM % 3))), \"annotation\": \"client $1\"}" http://velad/api/v1/vms/$id) ;;
+		5) out=$(curl -s -m 120 -w '\n%{http_code}' --unix-socket "$SOCK" "http://velad/api/v1/tasks?vm=$id&limit=5") ;;
 		*) op=$(echo start stop pause unpause | tr ' ' '\n' | sed -n "$((1 + RANDOM % 4))p")
 		   out=$(curl -s -m 120 -w '\n%{http_code}' --unix-socket "$SOCK" -X POST \
 			--data-binary "{\"op\": \"$op\", \"mode\": \"hard\"}" http://velad/api/v1/vms/$id/power) ;;
@@ -63,6 +66,18 @@ for ((i = 1; i <= NVMS; i++)); do
 	[ "$mine" = "$real" ] || mismatch="$mismatch load$i:$mine/$real"
 done
 if [ -z "$mismatch" ]; then pass "velad's states match the supervisors'"; else fail "velad's states match the supervisors' ($mismatch)"; fi
+# Concurrent edits (through velad, or through the supervisor while a VM ran)
+# left every .vmx whole, and velad reports what the file says.
+broken=
+for ((i = 1; i <= NVMS; i++)); do
+	f=$VELA_HOME/vms/load$i/load$i.vmx
+	"$VELA" vmx check "$f" >/dev/null 2>&1 || broken="$broken load$i(invalid)"
+	said=$(curl -s --unix-socket "$SOCK" http://velad/api/v1/vms/$i | jq -r .vm.settings.memsize)
+	grep -qx "memsize = \"$said\"" "$f" || broken="$broken load$i(memsize $said)"
+done
+if [ -z "$broken" ]; then pass "every .vmx is valid and matches velad's settings"; else fail "every .vmx is valid and matches velad's settings:$broken"; fi
+n_reconf=$(curl -s --unix-socket "$SOCK" "http://velad/api/v1/events?limit=10000&severity=audit" | jq "[.events[] | select(.type == \"vm.reconfigured\")] | length")
+check "reconfigurations were made ($n_reconf)" test "$n_reconf" -gt 20
 
 # Power everything off through velad, then stop velad: ASan reports leaks at exit.
 for ((i = 1; i <= NVMS; i++)); do
