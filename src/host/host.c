@@ -908,8 +908,12 @@ static int autostart_task(struct host *h, struct host_task *t, void *arg, json_t
 void host_autostart_run(struct host *h)
 {
 	struct host_task *t = NULL;
-	if (host_task_begin(h, "autostart", 0, "host.autostart", "", true, &t) < 0 ||
-	    host_task_spawn(h, t, autostart_task, NULL, NULL) < 0)
+	if (host_task_begin(h, "autostart", 0, "host.autostart", "", true, &t) < 0) {
+		vela_log(VELA_LOG_ERROR, "autostart: %s", vela_errmsg());
+		return;
+	}
+	h->autostart_task = host_task_id(t);
+	if (host_task_spawn(h, t, autostart_task, NULL, NULL) < 0)
 		vela_log(VELA_LOG_ERROR, "autostart: %s", vela_errmsg());
 }
 
@@ -924,6 +928,11 @@ int host_autostop_run(struct host *h, const char *user, struct host_task *t)
 			   &vms);
 	if (r < 0)
 		return r;
+	/* An autostart still under way would start VMs behind our back. */
+	json_t *t_as = NULL;
+	if (h->autostart_task && host_task_cancel(h, user, h->autostart_task) == 0)
+		host_task_wait(h, h->autostart_task, h->power_timeout_ms + 10000, &t_as);
+	json_decref(t_as);
 	host_event(h, HOST_INFO, 0, user, "host.autostop", "stopping the running VMs");
 	size_t i, failed = 0;
 	json_t *e;

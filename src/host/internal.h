@@ -52,6 +52,7 @@ struct host {
 	struct host_task *tasks;
 	int task_threads;
 	bool tasks_closing;
+	int64_t autostart_task;         /* the running autostart's task, or 0 */
 	/* Datastores short of space (datastore.c), under refresh_lock. */
 	struct ds_space *low_space;
 	int low_space_percent;

@@ -15,7 +15,7 @@ static void usage(FILE *f)
 	fprintf(f,
 		"Usage: velad [OPTIONS]\n"
 		"The Vela host daemon: inventory, power control, events and the API.\n"
-		"Stopping or killing velad never stops running VMs.\n\n"
+		"Stopping or killing velad never stops running VMs (unless --autostop-on-exit).\n\n"
 		"  --foreground      stay attached to the terminal, log to stderr\n"
 		"  --home DIR        database, datastores, sockets (default $VELA_HOME or /var/lib/vela)\n"
 		"  --socket PATH     API socket (default <run>/velad.sock)\n"
@@ -25,7 +25,9 @@ static void usage(FILE *f)
 		"  --config FILE     settings (default <home>/velad.conf): https_port, http_port,\n"
 		"                    listen, session_idle_minutes, low_space_percent (a datastore\n"
 		"                    with less free space is reported; default 10), one\n"
-		"                    \"key = value\" a line\n"
+		"                    \"key = value\" a line; autostop_on_exit (yes|no)\n"
+		"  --autostop-on-exit  at SIGTERM, stop the VMs as their autostop settings say\n"
+		"                    before exiting (default: they keep running)\n"
 		"  -v, --verbose     debug logging\n"
 		"  -h, --help        this text\n"
 		"  -V, --version     print the version\n");
@@ -33,6 +35,7 @@ static void usage(FILE *f)
 
 struct settings {
 	uint64_t https_port, http_port, idle_minutes, low_space_percent;
+	bool autostop_on_exit;
 	char *listen;
 };
 
@@ -68,7 +71,10 @@ static int read_config(const char *path, bool must_exist, struct settings *st)
 			       strcmp(key, "low_space_percent") == 0 ? 90 : 65535;
 		if (num && (r = parse_u64(value, max, num)) < 0)
 			return vela_error_context(r, "%s:%u: %s", path, lineno, key);
-		if (!num && strcmp(key, "listen") == 0) {
+		if (!num && strcmp(key, "autostop_on_exit") == 0) {
+			if ((r = parse_bool(value, &st->autostop_on_exit)) < 0)
+				return vela_error_context(r, "%s:%u: %s", path, lineno, key);
+		} else if (!num && strcmp(key, "listen") == 0) {
 			free(st->listen);
 			st->listen = xstrdup(value);
 		} else if (!num) {
@@ -107,12 +113,13 @@ int main(int argc, char **argv)
 		{ "http-port", required_argument, NULL, 'P' },
 		{ "listen", required_argument, NULL, 'l' },
 		{ "config", required_argument, NULL, 'c' },
+		{ "autostop-on-exit", no_argument, NULL, 'A' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
 	};
-	bool foreground = false;
+	bool foreground = false, autostop_flag = false;
 	struct api_opts ao = { 0 };
 	const char *config = NULL, *https = NULL, *http = NULL, *listen_addr = NULL;
 	int c;
@@ -125,6 +132,7 @@ int main(int argc, char **argv)
 		case 'P': http = optarg; break;
 		case 'l': listen_addr = optarg; break;
 		case 'c': config = optarg; break;
+		case 'A': autostop_flag = true; break;
 		case 'v': vela_log_set_level(VELA_LOG_DEBUG); break;
 		case 'h': usage(stdout); return 0;
 		case 'V': printf("velad %s\n", VELA_VERSION); return 0;
@@ -202,8 +210,15 @@ int main(int argc, char **argv)
 
 	int sig = 0;
 	sigwait(&stop, &sig);
-	vela_log(VELA_LOG_INFO, "velad: signal %d, stopping (VMs keep running)", sig);
+	bool autostop = autostop_flag || st.autostop_on_exit;
+	vela_log(VELA_LOG_INFO, "velad: signal %d, stopping (%s)", sig,
+		 autostop ? "autostop: the VMs stop as their settings say" : "VMs keep running");
 	api_stop(a);
+	/* Off by default: a restart of velad must not touch the VMs.  Hosts
+	 * whose service manager cannot tell a shutdown from a restart turn it
+	 * on; the systemd unit asks systemd instead. */
+	if (autostop && host_autostop_run(h, "autostop", NULL) < 0)
+		vela_log(VELA_LOG_WARN, "velad: autostop: %s", vela_errmsg());
 	host_close(h);
 	unlink(pidfile);
 	free(st.listen);

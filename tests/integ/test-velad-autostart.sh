@@ -7,8 +7,8 @@ VELAD=${VELAD:-$TOP/build/asan/src/velad/velad}
 [ -x "$VELAD" ] || VELAD=$TOP/build/bin/velad
 SOCK=$VELA_HOME/run/velad.sock
 velad_pid=
-start_velad() {
-	"$VELAD" --foreground --https-port 0 --http-port 0 >> "$VELA_HOME/velad.out" 2>&1 &
+start_velad() {   # start_velad [EXTRA FLAG]
+	"$VELAD" --foreground --https-port 0 --http-port 0 "$@" >> "$VELA_HOME/velad.out" 2>&1 &
 	velad_pid=$!
 	for ((i = 0; i < 100; i++)); do "$VELA" host info >/dev/null 2>&1 && return 0; sleep 0.1; done
 	return 1
@@ -70,11 +70,29 @@ check "delta (stop none) is still on" test "$(state_of "$VELA_HOME/vms/delta/del
 stops=$("$VELA" --json event list --severity audit --limit 1000 | jq -r '[.[] | select(.type == "vm.power" and (.message | startswith("stop")))] | map("\(.vm):\(.message)") | join(",")')
 ids=$("$VELA" --json vm list | jq -r '[.[] | {(.name): .id}] | add | "\(.gamma):stop hard,\(.alpha):stop trysoft,\(.beta):stop trysoft"')
 check "stopped in reverse order with their actions ($stops)" test "$stops" = "$ids"
-"$VELA" vm stop hard delta >/dev/null
+
+# Daemon shutdown: by default the VMs keep running; with --autostop-on-exit
+# they stop as their settings say, in reverse order, before velad exits.
+"$VELA" vm start alpha >/dev/null
+"$VELA" vm start gamma >/dev/null
 kill -TERM "$velad_pid"
 wait "$velad_pid"
 check "velad exits 0" test $? = 0
+check "a plain stop of velad leaves the VMs running" test "$(state_of "$VELA_HOME/vms/alpha/alpha.vmx"),$(state_of "$VELA_HOME/vms/gamma/gamma.vmx")" = on,on
+check "velad starts with --autostop-on-exit" start_velad --autostop-on-exit
+# Its autostart brings beta up again; the stop comes during beta's delay
+# (the autostart is cancelled, so alpha is not started behind its back).
+check "the autostart started beta" wait_state "$VELA_HOME/vms/beta/beta.vmx" on 30
+kill -TERM "$velad_pid"
+wait "$velad_pid"
+check "velad exits 0 after its autostop" test $? = 0
 velad_pid=
+check "alpha, beta and gamma were stopped at velad's exit" test "$(state_of "$VELA_HOME/vms/alpha/alpha.vmx"),$(state_of "$VELA_HOME/vms/beta/beta.vmx"),$(state_of "$VELA_HOME/vms/gamma/gamma.vmx")" = off,off,off
+check "delta (stop none) still runs" test "$(state_of "$VELA_HOME/vms/delta/delta.vmx")" = on
+stops=$(sqlite3 "$VELA_HOME/host.db" "select vm || ':' || message from events where type = 'vm.power' and user = 'autostop' order by id" | paste -sd, -)
+ids=$(sqlite3 "$VELA_HOME/host.db" "select (select id from vms where name = 'gamma') || ':stop hard,' || (select id from vms where name = 'alpha') || ':stop trysoft,' || (select id from vms where name = 'beta') || ':stop trysoft'")
+check "... in reverse order: gamma (hard), alpha, beta ($stops)" test "$stops" = "$ids"
+"$VELA" vm stop hard "$VELA_HOME/vms/delta/delta.vmx" >/dev/null
 if grep -q -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$VELA_HOME/velad.out"; then
 	fail "sanitizer findings in velad: $(grep -m2 -E 'ERROR:|runtime error:' "$VELA_HOME/velad.out")"
 else
