@@ -1,6 +1,9 @@
 /* api.c - HTTP/JSON routes of velad over libmicrohttpd. */
 #include "common.h"
 #include "api.h"
+#include "console.h"
+#include "vmx-sup.h"
+#include "ws.h"
 #include "auth.h"
 #include "host.h"
 
@@ -40,6 +43,7 @@ struct api {
 	uint64_t list_gen;
 	char *list_text;
 	atomic_bool stopping;     /* ends live streams, so the daemons can stop */
+	struct console_bridges *consoles;
 };
 
 /* Per request: the body as it arrives, and who is asking. */
@@ -704,6 +708,89 @@ static int decode_object(const struct request *rq, json_t **out)
 	return 0;
 }
 
+/* ------------------------------------------------------------- consoles */
+
+/* Whether a header holds token in its comma-separated list (any case). */
+static bool header_has(struct MHD_Connection *c, const char *name, const char *token)
+{
+	const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
+	size_t n = strlen(token);
+	while (v && *v) {
+		v += strspn(v, " \t,");
+		size_t len = strcspn(v, ",");
+		size_t end = len;
+		while (end && (v[end - 1] == ' ' || v[end - 1] == '\t'))
+			end--;
+		if (end == n && strncasecmp(v, token, n) == 0)
+			return true;
+		v += len;
+	}
+	return false;
+}
+
+/*
+ * A browser sends its cookie with a WebSocket handshake started by any
+ * page: only the UI's own pages may open consoles (an Origin, when given,
+ * must name the host the request went to).
+ */
+static int check_origin(struct MHD_Connection *c)
+{
+	const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+	const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+	if (!origin)
+		return 0;   /* not a browser: the credentials alone decide */
+	const char *p = strstr(origin, "://");
+	if (p && host && strcasecmp(p + 3, host) == 0)
+		return 0;
+	return vela_error(VELA_E_PERM, "console: a page of %.100s may not open consoles of this host", origin);
+}
+
+/* GET vms/ID/console/serial|vnc as a WebSocket (operator). */
+static enum MHD_Result route_console(struct api *a, struct MHD_Connection *c, const struct caller *who, int64_t id,
+				     const char *kind)
+{
+	int r = need_vm(a, who, id, HOST_ROLE_OPERATOR);
+	if (r == 0 && strcmp(kind, "serial") != 0 && strcmp(kind, "vnc") != 0)
+		r = vela_error(VELA_E_NOTFOUND, "no console \"%.20s\" (serial, vnc)", kind);
+	if (r == 0 && (!header_has(c, MHD_HTTP_HEADER_UPGRADE, "websocket") ||
+		       !header_has(c, MHD_HTTP_HEADER_CONNECTION, "upgrade")))
+		r = vela_error(VELA_E_INVAL, "console: a WebSocket handshake is needed (Upgrade: websocket)");
+	const char *version = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Sec-WebSocket-Version");
+	if (r == 0 && (!version || strcmp(version, "13") != 0))
+		r = vela_error(VELA_E_INVAL, "console: WebSocket version 13 is needed");
+	char accept[WS_ACCEPT_LEN];
+	if (r == 0)
+		r = ws_accept_key(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Sec-WebSocket-Key"), accept);
+	if (r == -VELA_E_PROTOCOL)
+		r = vela_error(VELA_E_INVAL, "%s", vela_errmsg());
+	if (r == 0)
+		r = check_origin(c);
+	CLEANUP_FREE char *config = NULL, *run = NULL;
+	json_t *vm = NULL;
+	if (r == 0 && (r = host_vm_get(a->host, id, &vm)) == 0) {
+		config = xstrdup(json_string_value(json_object_get(vm, "config")));
+		const char *state = json_string_value(json_object_get(vm, "state"));
+		if (strcmp(state, "off") == 0 || strcmp(state, "unknown") == 0)
+			r = vela_error(VELA_E_BADSTATE, "VM %lld is %s: no console", (long long)id, state);
+	}
+	json_decref(vm);
+	if (r == 0)
+		r = vmxsup_run_dir(config, &run);
+	int fd = -1;
+	if (r == 0) {
+		CLEANUP_FREE char *sock = xasprintf("%s/%s.sock", run, kind[0] == 's' ? "console" : "vnc");
+		fd = unix_connect(sock);
+		if (fd < 0)
+			r = vela_error(VELA_E_BADSTATE, "VM %lld: its %s console is not available", (long long)id, kind);
+	}
+	if (r < 0)
+		return send_error(c, r);
+	/* noVNC asks for the "binary" subprotocol; the bytes are the same. */
+	const char *proto = header_has(c, "Sec-WebSocket-Protocol", "binary") ? "binary" : NULL;
+	host_event(a->host, HOST_AUDIT, id, who->user, "vm.console", "%s console opened", kind);
+	return console_upgrade(a->consoles, c, fd, accept, proto);
+}
+
 static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const struct caller *who, const char *method,
 				int64_t id, const char *action, struct request *rq)
 {
@@ -783,6 +870,8 @@ static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const s
 		}
 		json_decref(doc);
 		return reply(c, r, "autostart", out);
+	} else if (str_starts_with(action, "console/") && strcmp(method, "GET") == 0) {
+		return route_console(a, c, who, id, action + strlen("console/"));
 	} else if (strcmp(action, "answer") == 0 && strcmp(method, "POST") == 0) {
 		struct api_field f[] = { { .name = "choice", .type = 's' } };
 		r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
@@ -1348,7 +1437,8 @@ static struct MHD_Daemon *start_tcp(struct api *a, unsigned port, const char *bi
 	struct sockaddr_in6 sa6 = { .sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port), .sin6_addr = in6addr_any };
 	struct sockaddr_in sa4 = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
 	const struct sockaddr *sa = (const struct sockaddr *)&sa6;
-	unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG;
+	unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG |
+			 MHD_ALLOW_UPGRADE;
 	if (bind_addr && inet_pton(AF_INET, bind_addr, &sa4.sin_addr) == 1)
 		sa = (const struct sockaddr *)&sa4;
 	else if (bind_addr && inet_pton(AF_INET6, bind_addr, &sa6.sin6_addr) != 1)
@@ -1373,6 +1463,7 @@ int api_start(struct host *h, const struct api_opts *opts, struct api **out)
 	ls->local = (struct listener){ a, true };
 	ls->remote = (struct listener){ a, false };
 	a->host = h;
+	a->consoles = console_bridges_new();
 	pthread_mutex_init(&a->list_lock, NULL);
 	a->max_body = opts->max_body ? opts->max_body : 1u << 20;
 	a->https_port = opts->https_port;
@@ -1405,7 +1496,7 @@ int api_start(struct host *h, const struct api_opts *opts, struct api **out)
 	/* A thread per connection: power operations block for as long as a
 	 * guest takes to boot or shut down, and must not hold up the rest. */
 	a->unix_daemon = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL |
-						  MHD_USE_ERROR_LOG,
+						  MHD_USE_ERROR_LOG | MHD_ALLOW_UPGRADE,
 					  0, NULL, NULL, on_request, &ls->local, MHD_OPTION_LISTEN_SOCKET, fd,
 					  MHD_OPTION_NOTIFY_COMPLETED, on_completed, a, MHD_OPTION_CONNECTION_LIMIT,
 					  (unsigned)512, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600, MHD_OPTION_END);
@@ -1439,6 +1530,7 @@ void api_stop(struct api *a)
 	if (!a)
 		return;
 	atomic_store(&a->stopping, true);
+	console_bridges_free(a->consoles);   /* before the daemons: they wait for upgraded connections */
 	if (a->http_daemon)
 		MHD_stop_daemon(a->http_daemon);
 	if (a->https_daemon)

@@ -23,6 +23,8 @@
  *   POST   /api/v1/vms/ID/power              {op: start|stop|reset|pause|unpause, mode?} (a task)
  *   POST   /api/v1/vms/ID/answer             {choice}
  *   PUT    /api/v1/vms/ID/autostart          {enabled, order?, delay?, stop?}
+ *   GET    /api/v1/vms/ID/console/KIND       WebSocket to the serial (KIND serial) or VNC
+ *                                            (vnc) console (operator)
  *   GET    /api/v1/autostart                 the start order
  *   POST   /api/v1/host/autostop             stop the VMs as their autostop says
  *   GET    /api/v1/tasks?vm=&state=&after=&limit=   recent tasks

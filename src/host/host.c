@@ -361,6 +361,21 @@ static json_t *vm_json(int64_t id, const char *name, const char *folder, const c
 	return o;
 }
 
+int host_vm_lock(struct host *h, int64_t id, struct vm_row *v, struct vm_oplock **out)
+{
+	/* The row is read under the lock: an operation that waited for it
+	 * must not act on a VM the one before it unregistered. */
+	struct vm_oplock *l = host_oplock_of(h, id);
+	pthread_mutex_lock(&l->lock);
+	int r = host_vm_row_get(h, id, v);
+	if (r < 0) {
+		pthread_mutex_unlock(&l->lock);
+		return r;
+	}
+	*out = l;
+	return 0;
+}
+
 struct vm_oplock *host_oplock_of(struct host *h, int64_t id)
 {
 	pthread_mutex_lock(&h->oplocks_lock);
@@ -761,11 +776,10 @@ int host_vm_power(struct host *h, const char *user, int64_t id, const char *op, 
 	if (!op)
 		return vela_error(VELA_E_INVAL, "power: no operation given");
 	struct vm_row v = { 0 };
-	int r = host_vm_row_get(h, id, &v);
+	struct vm_oplock *l = NULL;
+	int r = host_vm_lock(h, id, &v, &l);
 	if (r < 0)
 		return r;
-	struct vm_oplock *l = host_oplock_of(h, id);
-	pthread_mutex_lock(&l->lock);
 	json_t *reply = NULL;
 	/* A task cancelled while it waited behind another operation on the
 	 * VM never starts. */

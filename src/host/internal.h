@@ -89,6 +89,9 @@ int host_vm_row_get(struct host *h, int64_t id, struct vm_row *v);
 /* The power state as the supervisor reports it ({state: off} when none runs). */
 json_t *host_vm_status(const char *config);
 struct vm_oplock *host_oplock_of(struct host *h, int64_t id);
+/* Take the VM's operation lock, then read its row (VELA_E_NOTFOUND, and no
+ * lock held, when it is gone). */
+int host_vm_lock(struct host *h, int64_t id, struct vm_row *v, struct vm_oplock **l);
 void host_remember_state_locked(struct host *h, int64_t id, const char *state);
 void host_remember_state(struct host *h, int64_t id, json_t *status);
 bool host_name_ok(const char *s, size_t max);

@@ -170,10 +170,9 @@ int host_vm_reconfigure(struct host *h, const char *user, int64_t id, json_t *ch
 	if (json_object_get(changes, "folder") && !host_folder_ok(folder))
 		return vela_error(VELA_E_BADNAME, "reconfigure: bad inventory folder");
 	struct vm_row v = { 0 };
-	if ((r = host_vm_row_get(h, id, &v)) < 0)
+	struct vm_oplock *l = NULL;
+	if ((r = host_vm_lock(h, id, &v, &l)) < 0)
 		return r;
-	struct vm_oplock *l = host_oplock_of(h, id);
-	pthread_mutex_lock(&l->lock);
 	bool running = vmxsup_is_running(v.config);
 	if (e.n > 0)
 		r = running ? edit_running(v.config, &e) : vmx_file_edit(v.config, e.keys, e.values, e.n);
@@ -331,11 +330,10 @@ static int vm_files(const char *config, json_t **files, json_t **kept)
 int host_vm_delete(struct host *h, const char *user, int64_t id, bool files, struct host_task *t, json_t **out)
 {
 	struct vm_row v = { 0 };
-	int r = host_vm_row_get(h, id, &v);
+	struct vm_oplock *l = NULL;
+	int r = host_vm_lock(h, id, &v, &l);
 	if (r < 0)
 		return r;
-	struct vm_oplock *l = host_oplock_of(h, id);
-	pthread_mutex_lock(&l->lock);
 	json_t *list = NULL, *kept = NULL, *removed = json_array();
 	if (vmxsup_is_running(v.config)) {
 		r = vela_error(VELA_E_BADSTATE, "VM %lld (%s) is powered on: power it off first", (long long)id, v.name);

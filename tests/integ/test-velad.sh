@@ -42,6 +42,14 @@ expect_api() {
 	if [ "$got" = "$want" ]; then pass "$what"; else fail "$what (HTTP $got, want $want: $reply)"; fi
 }
 jq_reply() { echo "$reply" | jq -r "$1"; }
+# wait_event TYPE SEVERITY: up to 10 s for one event of the type.
+wait_event() {
+	for ((i = 0; i < 50; i++)); do
+		[ "$(api GET "/api/v1/events?severity=$2&limit=1000" | sed '$d' | jq "[.events[] | select(.type == \"$1\")] | length")" = 1 ] && return 0
+		sleep 0.2
+	done
+	return 1
+}
 
 start_velad() {
 	"$VELAD" --foreground --https-port "$HTTPS_PORT" --http-port "$HTTP_PORT" --listen 127.0.0.1 >> "$VELA_HOME/velad.out" 2>&1 &
@@ -382,21 +390,11 @@ if mount -t tmpfs -o size=8m vela-test-ds "$small"; then
 	expect_api 400 "a bad name is refused" POST /api/v1/datastores "{\"name\": \"../up\", \"path\": \"$small\"}"
 	head -c 7900000 /dev/urandom > "$VELA_HOME/fill.bin"
 	check "upload into it" "$VELA" ds upload small "$VELA_HOME/fill.bin" fill.bin
-	low=
-	for ((i = 0; i < 50; i++)); do
-		[ "$(api GET '/api/v1/events?severity=warning&limit=1000' | sed '$d' | jq '[.events[] | select(.type == "datastore.space.low")] | length')" = 1 ] && { low=1; break; }
-		sleep 0.2
-	done
-	check "a datastore short of space is a warning event" test -n "$low"
+	check "a datastore short of space is a warning event" wait_event datastore.space.low warning
 	expect_error VELA_E_DISKFULL "an upload larger than the free space is refused" "$VELA" ds upload small "$VELA_HOME/iso.bin" more.bin
 	check "... and leaves nothing" test "$(ls -A "$small")" = fill.bin
 	rm "$small/fill.bin"
-	ok=
-	for ((i = 0; i < 50; i++)); do
-		[ "$(api GET '/api/v1/events?limit=1000' | sed '$d' | jq '[.events[] | select(.type == "datastore.space.ok")] | length')" = 1 ] && { ok=1; break; }
-		sleep 0.2
-	done
-	check "... and its recovery an event" test -n "$ok"
+	check "... and its recovery an event" wait_event datastore.space.ok info
 	expect_api 200 "create a VM in it" POST /api/v1/vms/create '{"name": "onsmall", "datastore": "small"}'
 	ids=$(jq_reply .vm.id)
 	expect_api 409 "a datastore with registered VMs cannot be removed" DELETE /api/v1/datastores/small
@@ -416,7 +414,7 @@ fi
 out=$(curl -sk "$URL/api/v1/openapi.json")
 check "the OpenAPI document is served without a login" test "$(echo "$out" | jq -r .openapi)" = 3.0.3
 documented=$(echo "$out" | jq -r '.paths | keys[]' | sort)
-routes=$(grep -o "/api/v1/[A-Za-z/._{}?=&-]*" "$TOP/src/api/api.h" | sed 's|/api/v1||; s|?.*||; s|ID|{id}|; s|NAME|{name}|; s|REL|{path}|' | sort -u)
+routes=$(grep -o "/api/v1/[A-Za-z/._{}?=&-]*" "$TOP/src/api/api.h" | sed 's|/api/v1||; s|?.*||; s|ID|{id}|; s|NAME|{name}|; s|REL|{path}|; s|KIND|{kind}|' | sort -u)
 if [ "$documented" = "$routes" ]; then pass "openapi.json documents every route in api.h"; else fail "openapi.json documents every route in api.h: $(diff <(echo "$routes") <(echo "$documented") | tr '\n' ' ')"; fi
 
 # ---- HTTPS: logins (PAM), sessions, API tokens and the permission matrix

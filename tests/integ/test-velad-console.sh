@@ -1,0 +1,119 @@
+#!/bin/bash
+# Browser consoles through velad: a WebSocket (Node's "ws" client, as a browser
+# would speak it) bridged to a running VM's serial console and VNC display,
+# over HTTPS with a PAM user's session and over the local socket; who may open
+# them; and velad stopping with consoles open.
+. "$(dirname "$0")/lib.sh"
+
+VELAD=${VELAD:-$TOP/build/asan/src/velad/velad}
+[ -x "$VELAD" ] || VELAD=$TOP/build/bin/velad
+SOCK=$VELA_HOME/run/velad.sock
+OP=velacop$$ RO=velacro$$
+PASSWORD=Console-$$-pw
+export NODE_PATH=${NODE_PATH:-/usr/share/nodejs}
+WS="node $TOP/tests/integ/wsconsole.js"
+velad_pid=
+free_port() {
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 40000))
+		ss -Htln "sport = :$p" | grep -q . || { echo $p; return; }
+	done
+}
+PORT=$(free_port)
+URL=wss://127.0.0.1:$PORT/api/v1
+stop_all() {
+	[ -n "$velad_pid" ] && kill -9 "$velad_pid" 2>/dev/null
+	for u in "$OP" "$RO"; do userdel "$u" >/dev/null 2>&1; done
+	cleanup
+}
+trap stop_all EXIT
+
+"$VELAD" --foreground --https-port "$PORT" --http-port 0 --listen 127.0.0.1 > "$VELA_HOME/velad.out" 2>&1 &
+velad_pid=$!
+for ((i = 0; i < 100; i++)); do "$VELA" host info >/dev/null 2>&1 && break; sleep 0.1; done
+check "velad starts" "$VELA" host info
+if ! node -e "require('ws')" 2>/dev/null; then
+	fail "Node's ws module is missing (install-deps installs node-ws)"
+	finish
+	exit 1
+fi
+
+vmx=$(make_vm con "${SCSI_DISK[@]}" "$CMDLINE")
+id=$("$VELA" vm register --folder /con "$vmx")
+for u in "$OP" "$RO"; do useradd -M -s /usr/sbin/nologin "$u"; echo "$u:$PASSWORD" | chpasswd; done
+"$VELA" perm grant "user:$OP" "vm:$id" operator > /dev/null
+"$VELA" perm grant "user:$RO" "vm:$id" readonly > /dev/null
+login() {   # login USER: prints a session token
+	curl -sk -H 'Content-Type: application/json' --data-binary "{\"user\": \"$1\", \"password\": \"$PASSWORD\"}" \
+		"https://127.0.0.1:$PORT/api/v1/session" | jq -r .session.token
+}
+optok=$(login "$OP")
+rotok=$(login "$RO")
+check "the operator logs in" test "${optok#vs-}" != "$optok"
+
+out=$($WS "$URL/vms/$id/console/serial" --token "$optok" --timeout 5)
+check "a console of a VM that is off is refused (409)" test "$out" = "HTTP 409"
+check "power on" "$VELA" vm start "$id"
+check "the guest's shell is up" wait_console "$vmx" "vela-guest# " 1 60
+
+# The serial console: what the operator types runs in the guest, and its
+# output comes back (the shell computes 6*7, so the echo of the typed line
+# alone cannot match).
+out=$($WS "$URL/vms/$id/console/serial" --token "$optok" --send 'echo IN-GUEST-$((6*7))-$(uname -s)\n' --expect "IN-GUEST-42-Linux" --timeout 30)
+check "the serial console over HTTPS runs a command in the guest ($out)" test "$out" = "seen: IN-GUEST-42-Linux"
+check "... the guest's console shows it too" console_has "$vmx" "IN-GUEST-42-Linux"
+out=$($WS "$URL/vms/$id/console/serial" --token "$optok" --expect "VELA-GUEST-READY" --timeout 15)
+check "a new console gets the scrollback first" test "$out" = "seen: VELA-GUEST-READY"
+out=$($WS "$URL/vms/$id/console/serial" --token "$optok" --origin "https://127.0.0.1:$PORT" --expect "vela-guest# " --timeout 15)
+check "a page of velad's own origin may open it" test "$out" = "seen: vela-guest# "
+out=$($WS "ws+unix:$SOCK:/api/v1/vms/$id/console/serial" --send 'echo LOCAL-$((6*7))\n' --expect "LOCAL-42" --timeout 30)
+check "the serial console over the local socket" test "$out" = "seen: LOCAL-42"
+
+# The graphical console: QEMU's VNC server greets through the bridge.
+out=$($WS "$URL/vms/$id/console/vnc" --token "$optok" --protocol binary --expect "RFB 003.008" --timeout 15)
+check "the VNC console speaks RFB (subprotocol binary, as noVNC asks)" test "$out" = "seen: RFB 003.008"
+
+# Who may not.
+out=$($WS "$URL/vms/$id/console/serial" --timeout 5)
+check "no session: 401" test "$out" = "HTTP 401"
+out=$($WS "$URL/vms/$id/console/serial" --token "$rotok" --timeout 5)
+check "readonly: 403" test "$out" = "HTTP 403"
+out=$($WS "$URL/vms/$id/console/serial" --token "$optok" --origin "https://evil.example" --timeout 5)
+check "a page of another origin: 403 (cross-site WebSocket hijacking)" test "$out" = "HTTP 403"
+out=$($WS "$URL/vms/999/console/serial" --token "$optok" --timeout 5)
+check "an unknown VM: 404" test "$out" = "HTTP 404"
+out=$($WS "$URL/vms/$id/console/audio" --token "$optok" --timeout 5)
+check "an unknown console: 404" test "$out" = "HTTP 404"
+code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $optok" "https://127.0.0.1:$PORT/api/v1/vms/$id/console/serial")
+check "a plain GET (no WebSocket handshake): 400" test "$code" = 400
+code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $optok" -H 'Connection: Upgrade' -H 'Upgrade: websocket' \
+	-H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: bad' "https://127.0.0.1:$PORT/api/v1/vms/$id/console/serial")
+check "a bad Sec-WebSocket-Key: 400" test "$code" = 400
+n=$("$VELA" --json event list --vm "$id" --severity audit --limit 1000 | jq "[.[] | select(.type == \"vm.console\" and .user == \"$OP\")] | length")
+check "opening a console is an audit event with the user ($n)" test "$n" -ge 4
+
+# velad stops with consoles open: the browsers get "going away" (1001).
+$WS "$URL/vms/$id/console/serial" --token "$optok" --expect NEVER --timeout 30 > "$VELA_HOME/open1.out" &
+c1=$!
+$WS "ws+unix:$SOCK:/api/v1/vms/$id/console/vnc" --expect NEVER --timeout 30 > "$VELA_HOME/open2.out" &
+c2=$!
+sleep 1.5
+t0=$(date +%s%N)
+kill -TERM "$velad_pid"
+wait "$velad_pid"
+rc=$?
+t=$((($(date +%s%N) - t0) / 1000000))
+velad_pid=
+check "velad exits 0 with consoles open" test "$rc" = 0
+check "... within 5 s ($t ms)" test "$t" -lt 5000
+wait "$c1" "$c2" 2>/dev/null
+check "the consoles were closed with 1001 (going away)" sh -c "grep -q 'closed (1001)' '$VELA_HOME/open1.out' && grep -q 'closed (1001)' '$VELA_HOME/open2.out'"
+check "the VM kept running" test "$(state_of "$vmx")" = on
+"$VELA" vm stop hard "$vmx" > /dev/null
+if grep -q -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$VELA_HOME/velad.out"; then
+	fail "sanitizer findings in velad: $(grep -m3 -E 'ERROR:|runtime error:|#[0-9] .* in ' "$VELA_HOME/velad.out" | tr '\n' ' ')"
+else
+	pass "no sanitizer finding in velad"
+fi
+finish
