@@ -870,6 +870,12 @@ static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const s
 		}
 		json_decref(doc);
 		return reply(c, r, "autostart", out);
+	} else if (strcmp(action, "stats") == 0 && strcmp(method, "GET") == 0) {
+		int bad = 0;
+		int64_t since = query_i64(c, "since", 0, &bad);
+		if ((r = bad) == 0 && (r = need_vm(a, who, id, HOST_ROLE_READONLY)) == 0)
+			r = host_stats(a->host, id, since, &out);
+		return reply(c, r, "stats", out);
 	} else if (str_starts_with(action, "console/") && strcmp(method, "GET") == 0) {
 		return route_console(a, c, who, id, action + strlen("console/"));
 	} else if (strcmp(action, "answer") == 0 && strcmp(method, "POST") == 0) {
@@ -1088,6 +1094,13 @@ static enum MHD_Result route(struct api *a, struct MHD_Connection *c, const stru
 		json_t *s = json_pack("{s:s, s:s, s:b}", "user", who->user, "host_role",
 				      host_role_name(host_access_host(who->access)), "superuser", who->superuser);
 		return send_ok(c, "session", s);
+	}
+	if (strcmp(path, "host/stats") == 0 && get) {
+		int bad = 0;
+		int64_t since = query_i64(c, "since", 0, &bad);
+		if ((r = bad) == 0 && (r = need_host(who, HOST_ROLE_READONLY)) == 0)
+			r = host_stats(a->host, 0, since, &out);
+		return reply(c, r, "stats", out);
 	}
 	if (strcmp(path, "host") == 0 && get) {
 		r = host_info(a->host, &out);

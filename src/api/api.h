@@ -6,6 +6,7 @@
  * message}} with a 4xx/5xx status chosen from the error code):
  *
  *   GET    /api/v1/host                      host info
+ *   GET    /api/v1/host/stats?since=         host CPU and memory samples (host readonly)
  *   GET    /api/v1/datastores                datastores with capacity and free space
  *   POST   /api/v1/datastores                add a folder as a datastore {name, path} (host admin)
  *   DELETE /api/v1/datastores/NAME           forget one (files stay)
@@ -23,6 +24,7 @@
  *   POST   /api/v1/vms/ID/power              {op: start|stop|reset|pause|unpause, mode?} (a task)
  *   POST   /api/v1/vms/ID/answer             {choice}
  *   PUT    /api/v1/vms/ID/autostart          {enabled, order?, delay?, stop?}
+ *   GET    /api/v1/vms/ID/stats?since=       the VM's CPU, memory and disk samples
  *   GET    /api/v1/vms/ID/console/KIND       WebSocket to the serial (KIND serial) or VNC
  *                                            (vnc) console (operator)
  *   GET    /api/v1/autostart                 the start order

@@ -430,6 +430,8 @@ static void usage(FILE *f)
 		"  vela host info                       the host: name, version, VM counts\n"
 		"  vela host autostart                  the start order\n"
 		"  vela host autostop                   stop the VMs as their autostop says\n"
+		"  vela host stats                      the host's CPU and memory, last hour\n"
+		"  vela vm stats VM                     a VM's CPU, memory and disk rates, last hour\n"
 		"  vela ds list                         datastores with capacity and free space\n"
 		"  vela ds browse NAME [PATH]           the files of a datastore folder\n"
 		"  vela ds upload NAME LOCAL PATH       copy a file (an ISO) into a datastore\n"
@@ -731,7 +733,7 @@ int main(int argc, char **argv)
 	/* The inventory lives in velad; so does every VM named by id or name
 	 * rather than by its .vmx file, and everything with --host. */
 	static const char *const inventory_verbs[] = { "list", "register", "unregister", "get", "autostart", "create",
-							"delete", "set" };
+							"delete", "set", "stats" };
 	for (size_t i = 0; i < ARRAY_SIZE(inventory_verbs); i++)
 		if (strcmp(verb, inventory_verbs[i]) == 0)
 			return cmd_remote(&c, words, nw);

@@ -332,6 +332,41 @@ static int post_and_print(struct client *cl, const char *path, json_t *body, con
 	return 0;
 }
 
+/* Performance samples: a table (time, CPU, memory, disk rates), or the
+ * JSON object. */
+static int print_stats(struct client *cl, const char *path, bool host)
+{
+	json_t *reply = NULL;
+	int r = client_call(cl, "GET", path, NULL, &reply);
+	if (r < 0)
+		return r;
+	json_t *stats = json_object_get(reply, "stats");
+	if (cl->c->json) {
+		cli_print_json(stats);
+		json_decref(reply);
+		return 0;
+	}
+	printf(host ? "%-24s %6s %10s %10s\n" : "%-24s %6s %10s %12s %12s\n", "TIME", "CPU", "MEM_MIB",
+	       host ? "TOTAL_MIB" : "DISK_RD_B/S", "DISK_WR_B/S");
+	size_t i;
+	json_t *sm;
+	json_array_foreach(json_object_get(stats, "samples"), i, sm) {
+		char when[40];
+		time_format_iso(json_integer_value(json_object_get(sm, "time")), when, sizeof when);
+		double cpu = json_number_value(json_object_get(sm, "cpu"));
+		long long mem = (long long)(json_integer_value(json_object_get(sm, "mem")) >> 20);
+		if (host)
+			printf("%-24s %6.2f %10lld %10lld\n", when, cpu, mem,
+			       (long long)(json_integer_value(json_object_get(sm, "mem_total")) >> 20));
+		else
+			printf("%-24s %6.2f %10lld %12lld %12lld\n", when, cpu, mem,
+			       (long long)json_integer_value(json_object_get(sm, "disk_rd")),
+			       (long long)json_integer_value(json_object_get(sm, "disk_wr")));
+	}
+	json_decref(reply);
+	return 0;
+}
+
 /* With --no-wait: the request answers 202 with its task; print the id. */
 static int start_task(struct client *cl, const char *method, const char *path, json_t *body)
 {
@@ -482,6 +517,9 @@ static int vm_command(struct client *cl, const char *verb, const char *const *ar
 			print_reply_member(c, reply, "deleted");
 		json_decref(reply);
 		return r;
+	} else if (strcmp(verb, "stats") == 0 && n == 1) {
+		CLEANUP_FREE char *p = xasprintf("vms/%lld/stats", id);
+		return print_stats(cl, p, false);
 	} else if (strcmp(verb, "set") == 0 && n >= 2) {
 		json_t *body = NULL;
 		if ((r = settings_body(args + 1, n - 1, &body)) < 0)
@@ -854,6 +892,8 @@ static int other_command(struct client *cl, const char *noun, const char *verb, 
 		static const char *const heads[] = { "ORDER", "VM", "NAME", "ENABLED", "DELAY", "STOP", NULL };
 		return simple_list(cl, "autostart", "autostart", cols, heads);
 	}
+	if (strcmp(noun, "host") == 0 && strcmp(verb, "stats") == 0 && n == 0)
+		return print_stats(cl, "host/stats", true);
 	if (strcmp(noun, "host") == 0 && strcmp(verb, "autostop") == 0 && n == 0)
 		return client_call(cl, "POST", "host/autostop", NULL, NULL);
 	if (strcmp(noun, "ds") == 0 && strcmp(verb, "browse") == 0 && (n == 1 || n == 2)) {

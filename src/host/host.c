@@ -128,7 +128,16 @@ static const char schema[] =
 	"  result TEXT,"
 	"  error_code INTEGER,"
 	"  error TEXT);"
-	"CREATE INDEX IF NOT EXISTS tasks_by_vm ON tasks(vm, id);";
+	"CREATE INDEX IF NOT EXISTS tasks_by_vm ON tasks(vm, id);"
+	"CREATE TABLE IF NOT EXISTS stats("
+	"  vm INTEGER NOT NULL,"
+	"  time INTEGER NOT NULL,"
+	"  cpu REAL NOT NULL,"
+	"  mem INTEGER NOT NULL,"
+	"  mem_total INTEGER NOT NULL DEFAULT 0,"
+	"  disk_rd INTEGER NOT NULL DEFAULT 0,"
+	"  disk_wr INTEGER NOT NULL DEFAULT 0);"
+	"CREATE INDEX IF NOT EXISTS stats_by_vm ON stats(vm, time);";
 
 void host_db_finalize(sqlite3_stmt **st)
 {
@@ -151,6 +160,8 @@ static json_t *column_json(sqlite3_stmt *st, int i)
 		return json_integer(sqlite3_column_int64(st, i));
 	case SQLITE_NULL:
 		return json_null();
+	case SQLITE_FLOAT:
+		return json_real(sqlite3_column_double(st, i));
 	default:
 		return json_string((const char *)sqlite3_column_text(st, i));
 	}
@@ -1048,6 +1059,24 @@ static void probe_states(struct host *h, bool at_start)
 	json_decref(vms);
 }
 
+/* Statistics every stats_interval_ms, until close. */
+static void *stats_thread(void *arg)
+{
+	struct host *h = arg;
+	pthread_mutex_lock(&h->refresh_lock);
+	while (!h->stopping) {
+		struct timespec until = host_deadline_in(h->stats_interval_ms);
+		pthread_cond_timedwait(&h->stats_cond, &h->refresh_lock, &until);
+		if (h->stopping)
+			break;
+		pthread_mutex_unlock(&h->refresh_lock);
+		host_stats_sample(h);
+		pthread_mutex_lock(&h->refresh_lock);
+	}
+	pthread_mutex_unlock(&h->refresh_lock);
+	return NULL;
+}
+
 static void *refresher(void *arg)
 {
 	struct host *h = arg;
@@ -1081,6 +1110,8 @@ int host_open(const struct host_opts *opts, struct host **out)
 	pthread_mutex_init(&h->task_lock, NULL);
 	host_cond_init(&h->task_cond);
 	h->low_space_percent = opts->low_space_percent > 0 ? opts->low_space_percent : 10;
+	h->stats_interval_ms = opts->stats_interval_ms ? (opts->stats_interval_ms < 0 ? 0 : opts->stats_interval_ms) : 20000;
+	h->stats_keep_ms = opts->stats_keep_ms > 0 ? opts->stats_keep_ms : 3600 * 1000;
 	CLEANUP_FREE char *ds = path_join(h->home, "datastores/" DEFAULT_DATASTORE);
 	CLEANUP_FREE char *dbpath = path_join(h->home, "host.db");
 	int r = mkdir_p(h->home, 0755);
@@ -1123,6 +1154,14 @@ int host_open(const struct host_opts *opts, struct host **out)
 		}
 		h->refreshing = true;
 	}
+	if (h->stats_interval_ms > 0) {
+		host_cond_init(&h->stats_cond);
+		if (pthread_create(&h->stats_tid, NULL, stats_thread, h) != 0) {
+			host_close(h);
+			return vela_error(VELA_E_SYSTEM, "host: cannot start the statistics thread");
+		}
+		h->sampling = true;
+	}
 	host_event(h, HOST_INFO, 0, NULL, "host.started", "velad %s started (home %s)", VELA_VERSION, h->home);
 	*out = h;
 	return 0;
@@ -1134,14 +1173,22 @@ void host_close(struct host *h)
 		return;
 	if (h->db)
 		host_tasks_shutdown(h);
-	if (h->refreshing) {
-		pthread_mutex_lock(&h->refresh_lock);
-		h->stopping = true;
+	pthread_mutex_lock(&h->refresh_lock);
+	h->stopping = true;
+	if (h->refreshing)
 		pthread_cond_signal(&h->refresh_cond);
-		pthread_mutex_unlock(&h->refresh_lock);
+	if (h->sampling)
+		pthread_cond_signal(&h->stats_cond);
+	pthread_mutex_unlock(&h->refresh_lock);
+	if (h->refreshing) {
 		pthread_join(h->refresh_thread, NULL);
 		pthread_cond_destroy(&h->refresh_cond);
 	}
+	if (h->sampling) {
+		pthread_join(h->stats_tid, NULL);
+		pthread_cond_destroy(&h->stats_cond);
+	}
+	host_stats_free(h);
 	if (h->db) {
 		host_event(h, HOST_INFO, 0, NULL, "host.stopped", "velad stopped; running VMs keep running");
 		sqlite3_close(h->db);

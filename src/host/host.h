@@ -33,6 +33,8 @@ struct host_opts {
 	int power_timeout_ms;     /* how long a power operation may take; 0 = 120 s */
 	int refresh_ms;           /* how often states are checked for outside changes; 0 = 1 s, < 0 = never */
 	int low_space_percent;    /* a datastore with less free space is reported (event); 0 = 10 */
+	int stats_interval_ms;    /* performance samples; 0 = every 20 s, < 0 = none */
+	int stats_keep_ms;        /* how long samples are kept; 0 = an hour */
 };
 
 /* Open (or create) the host database, make the default datastore on first
@@ -156,6 +158,16 @@ int host_task_list(struct host *h, const struct host_task_query *q, const struct
 /* Ask a running task to stop: VELA_E_NOTSUP if its kind cannot, VELA_E_BADSTATE
  * if it has ended. */
 int host_task_cancel(struct host *h, const char *user, int64_t id);
+
+/* ---- performance statistics
+ *
+ * Samples every stats_interval_ms, kept for stats_keep_ms.  vm 0 = the
+ * host: {time, cpu (cores busy), mem (bytes in use), mem_total}; a VM:
+ * {time, cpu (host cores its QEMU used), mem (resident bytes), disk_rd,
+ * disk_wr (bytes/s)}.  *out: {interval_ms, keep_ms, samples: [...]} with
+ * the samples newer than since_ms, oldest first.
+ */
+int host_stats(struct host *h, int64_t vm, int64_t since_ms, json_t **out);
 
 /* ---- autostart and autostop
  *

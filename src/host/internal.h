@@ -56,6 +56,12 @@ struct host {
 	/* Datastores short of space (datastore.c), under refresh_lock. */
 	struct ds_space *low_space;
 	int low_space_percent;
+	/* Statistics (stats.c): their thread waits on stats_cond under refresh_lock. */
+	int stats_interval_ms, stats_keep_ms;
+	pthread_t stats_tid;
+	pthread_cond_t stats_cond;
+	bool sampling;
+	struct stats_prev *stats_prev;   /* the stats thread's own */
 };
 
 /* A VM's row of the inventory. */
@@ -108,6 +114,10 @@ char *host_datastores_dir(struct host *h);
 /* Compare free space with the threshold; events on crossing it. */
 void host_ds_check_space(struct host *h);
 void host_ds_state_free(struct host *h);
+
+/* ---- statistics */
+void host_stats_sample(struct host *h);
+void host_stats_free(struct host *h);
 
 /* ---- tasks */
 /* At open: tasks a previous velad left running ended with it. */

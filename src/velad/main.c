@@ -25,7 +25,8 @@ static void usage(FILE *f)
 		"  --config FILE     settings (default <home>/velad.conf): https_port, http_port,\n"
 		"                    listen, session_idle_minutes, low_space_percent (a datastore\n"
 		"                    with less free space is reported; default 10), one\n"
-		"                    \"key = value\" a line; autostop_on_exit (yes|no)\n"
+		"                    \"key = value\" a line; autostop_on_exit (yes|no);\n"
+		"                    stats_interval_seconds (default 20), stats_keep_minutes (60)\n"
 		"  --autostop-on-exit  at SIGTERM, stop the VMs as their autostop settings say\n"
 		"                    before exiting (default: they keep running)\n"
 		"  -v, --verbose     debug logging\n"
@@ -34,7 +35,7 @@ static void usage(FILE *f)
 }
 
 struct settings {
-	uint64_t https_port, http_port, idle_minutes, low_space_percent;
+	uint64_t https_port, http_port, idle_minutes, low_space_percent, stats_interval_s, stats_keep_min;
 	bool autostop_on_exit;
 	char *listen;
 };
@@ -66,9 +67,13 @@ static int read_config(const char *path, bool must_exist, struct settings *st)
 		uint64_t *num = strcmp(key, "https_port") == 0 ? &st->https_port :
 				strcmp(key, "http_port") == 0 ? &st->http_port :
 				strcmp(key, "session_idle_minutes") == 0 ? &st->idle_minutes :
-				strcmp(key, "low_space_percent") == 0 ? &st->low_space_percent : NULL;
+				strcmp(key, "low_space_percent") == 0 ? &st->low_space_percent :
+				strcmp(key, "stats_interval_seconds") == 0 ? &st->stats_interval_s :
+				strcmp(key, "stats_keep_minutes") == 0 ? &st->stats_keep_min : NULL;
 		uint64_t max = strcmp(key, "session_idle_minutes") == 0 ? 10080 :
-			       strcmp(key, "low_space_percent") == 0 ? 90 : 65535;
+			       strcmp(key, "low_space_percent") == 0 ? 90 :
+			       strcmp(key, "stats_interval_seconds") == 0 ? 3600 :
+			       strcmp(key, "stats_keep_minutes") == 0 ? 10080 : 65535;
 		if (num && (r = parse_u64(value, max, num)) < 0)
 			return vela_error_context(r, "%s:%u: %s", path, lineno, key);
 		if (!num && strcmp(key, "autostop_on_exit") == 0) {
@@ -189,7 +194,8 @@ int main(int argc, char **argv)
 	if (vela_log_open_file(log, 5, 10u << 20) < 0)
 		fprintf(stderr, "velad: log %s: %s\n", log, vela_errmsg());
 
-	struct host_opts ho = { .vmx_binary = getenv("VELA_VMX_BINARY"), .low_space_percent = (int)st.low_space_percent };
+	struct host_opts ho = { .vmx_binary = getenv("VELA_VMX_BINARY"), .low_space_percent = (int)st.low_space_percent,
+				 .stats_interval_ms = (int)st.stats_interval_s * 1000, .stats_keep_ms = (int)st.stats_keep_min * 60000 };
 	struct host *h = NULL;
 	struct api *a = NULL;
 	r = host_open(&ho, &h);

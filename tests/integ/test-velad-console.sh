@@ -29,6 +29,8 @@ stop_all() {
 }
 trap stop_all EXIT
 
+# Statistics every second here (20 s by default), so that a test sees several.
+printf 'stats_interval_seconds = 1\n' > "$VELA_HOME/velad.conf"
 "$VELAD" --foreground --https-port "$PORT" --http-port 0 --listen 127.0.0.1 > "$VELA_HOME/velad.out" 2>&1 &
 velad_pid=$!
 for ((i = 0; i < 100; i++)); do "$VELA" host info >/dev/null 2>&1 && break; sleep 0.1; done
@@ -74,6 +76,20 @@ check "the serial console over the local socket" test "$out" = "seen: LOCAL-42"
 out=$($WS "$URL/vms/$id/console/vnc" --token "$optok" --protocol binary --expect "RFB 003.008" --timeout 15)
 check "the VNC console speaks RFB (subprotocol binary, as noVNC asks)" test "$out" = "seen: RFB 003.008"
 
+# Performance statistics of the running VM and of the host.
+run_in_guest "$vmx" 'dd if=/dev/zero of=/dev/sda bs=1M count=16 oflag=direct 2>/dev/null; sync'
+sleep 2.5
+code=$(curl -sk -o "$VELA_HOME/stats.json" -w '%{http_code}' -H "Authorization: Bearer $rotok" "https://127.0.0.1:$PORT/api/v1/vms/$id/stats")
+check "readonly may read the VM's statistics" test "$code" = 200
+check "... several samples, a second apart" test "$(jq '.stats.samples | length' "$VELA_HOME/stats.json")" -ge 3
+check "... its QEMU used CPU" test "$(jq '[.stats.samples[].cpu] | max > 0' "$VELA_HOME/stats.json")" = true
+check "... and memory (resident > 16 MiB)" test "$(jq '[.stats.samples[].mem] | max > 16777216' "$VELA_HOME/stats.json")" = true
+check "... the guest's 16 MiB write shows as a disk write rate" test "$(jq '[.stats.samples[].disk_wr] | add >= 16000000' "$VELA_HOME/stats.json")" = true
+check "vela vm stats" sh -c "'$VELA' vm stats $id | grep -c '^20' | grep -qv '^[012]$'"
+check "vela --json host stats: the host's memory" test "$("$VELA" --json host stats | jq '.samples | length >= 2 and (.[-1].mem_total > .[-1].mem)')" = true
+code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $rotok" "https://127.0.0.1:$PORT/api/v1/host/stats")
+check "host statistics need a grant on the host (readonly on a VM: 403)" test "$code" = 403
+
 # Who may not.
 out=$($WS "$URL/vms/$id/console/serial" --timeout 5)
 check "no session: 401" test "$out" = "HTTP 401"
@@ -94,11 +110,14 @@ n=$("$VELA" --json event list --vm "$id" --severity audit --limit 1000 | jq "[.[
 check "opening a console is an audit event with the user ($n)" test "$n" -ge 4
 
 # velad stops with consoles open: the browsers get "going away" (1001).
+consoles_opened() { "$VELA" --json event list --vm "$id" --severity audit --limit 1000 | jq '[.[] | select(.type == "vm.console")] | length'; }
+before=$(consoles_opened)
 $WS "$URL/vms/$id/console/serial" --token "$optok" --expect NEVER --timeout 30 > "$VELA_HOME/open1.out" &
 c1=$!
 $WS "ws+unix:$SOCK:/api/v1/vms/$id/console/vnc" --expect NEVER --timeout 30 > "$VELA_HOME/open2.out" &
 c2=$!
-sleep 1.5
+for ((i = 0; i < 100; i++)); do [ "$(consoles_opened)" -ge $((before + 2)) ] && break; sleep 0.1; done
+sleep 0.3
 t0=$(date +%s%N)
 kill -TERM "$velad_pid"
 wait "$velad_pid"
