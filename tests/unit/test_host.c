@@ -396,6 +396,33 @@ static void datastores_add_remove(void **s)
 	host_close(h);
 }
 
+static void stats_ring(void **s)
+{
+	(void)s;
+	/* Samples every 50 ms, kept 300 ms: after a second, only the newest. */
+	struct host_opts o = { .home = home, .stats_interval_ms = 50, .stats_keep_ms = 300 };
+	struct host *h = NULL;
+	assert_int_equal(host_open(&o, &h), 0);
+	usleep(1000 * 1000);
+	json_t *st = NULL;
+	assert_int_equal(host_stats(h, 0, 0, &st), 0);
+	json_t *samples = json_object_get(st, "samples");
+	size_t n = json_array_size(samples);
+	assert_true(n >= 2 && n <= 8);
+	int64_t first = json_integer_value(json_object_get(json_array_get(samples, 0), "time"));
+	assert_true(time_real_ms() - first < 300 + 150);
+	json_t *last = json_array_get(samples, n - 1);
+	assert_true(json_integer_value(json_object_get(last, "mem_total")) > json_integer_value(json_object_get(last, "mem")));
+	assert_true(json_number_value(json_object_get(last, "cpu")) >= 0);
+	assert_int_equal(json_integer_value(json_object_get(st, "interval_ms")), 50);
+	json_decref(st);
+	/* A VM that never ran has none. */
+	assert_int_equal(host_stats(h, 42, 0, &st), 0);
+	assert_int_equal(json_array_size(json_object_get(st, "samples")), 0);
+	json_decref(st);
+	host_close(h);
+}
+
 static void body_decoding(void **s)
 {
 	(void)s;
@@ -447,6 +474,7 @@ int main(void)
 		cmocka_unit_test(tasks_progress_cancel_recover),
 		cmocka_unit_test(reconfigure_and_delete),
 		cmocka_unit_test(datastores_add_remove),
+		cmocka_unit_test(stats_ring),
 		cmocka_unit_test(body_decoding),
 		cmocka_unit_test(http_status_of_errors),
 	};
