@@ -9,7 +9,7 @@ FUZZ    := $(BUILD)/fuzz
 BIN     := $(BUILD)/bin
 PROGRAMS := vela vela-vmx velad
 
-.PHONY: all build deps deps-test run test unit integ fuzz asan tsan clang guest clean
+.PHONY: all build deps deps-test run test unit integ fuzz asan tsan clang guest web clean
 
 all: build
 
@@ -58,10 +58,15 @@ fuzz: $(FUZZ)/build.ninja
 guest:
 	tests/guest/build-guest.sh $(BUILD)/guest
 
-run: deps build guest
+# The web UI: npm packages pinned by web/package-lock.json, bundled into
+# build/web, which velad serves (--web-root).
+web:
+	cd web && npm ci --no-audit --no-fund --loglevel=error && node build.mjs ../$(BUILD)/web
+
+run: deps build guest web
 	scripts/run-demo.sh
 
-test: deps-test build asan tsan clang fuzz guest
+test: deps-test build asan tsan clang fuzz guest web
 	tests/run-all.sh
 
 clean:

@@ -4,8 +4,8 @@
 set -euo pipefail
 what=${1:-test}
 build_pkgs="meson ninja-build pkg-config gcc libc6-dev libjansson-dev zlib1g-dev libsqlite3-dev libmicrohttpd-dev libgnutls28-dev libpam0g-dev libcurl4-gnutls-dev"
-run_pkgs="qemu-system-x86 qemu-utils busybox-static cpio kmod"
-test_pkgs="libcmocka-dev clang libclang-rt-14-dev libnbd-bin curl jq util-linux passwd iproute2 sqlite3 nodejs node-ws"
+run_pkgs="qemu-system-x86 qemu-utils busybox-static cpio kmod nodejs"
+test_pkgs="libcmocka-dev clang libclang-rt-14-dev libnbd-bin curl jq util-linux passwd iproute2 sqlite3 node-ws chromium"
 case $what in
 	build) pkgs="$build_pkgs" ;;
 	run) pkgs="$build_pkgs $run_pkgs" ;;
@@ -21,6 +21,9 @@ if [ "$what" != build ] && ! cmp -s "$pam_file" /etc/pam.d/vela; then
 		echo "install-deps: /etc/pam.d/vela is missing or old (run as root to install it)" >&2
 	fi
 fi
+# npm comes with nodejs from some repositories, and as Debian's own package
+# otherwise; the UI is built with it (make web).
+[ "$what" != build ] && ! command -v npm >/dev/null && pkgs="$pkgs npm"
 missing=()
 for p in $pkgs; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -12,7 +12,7 @@ vmx=$vmdir/demo.vmx
 # The host daemon first: it owns the inventory (and makes the local
 # datastore on its first start).  Ports: velad.conf or 8333/8222.
 if ! "$vela" host info >/dev/null 2>&1; then
-	"$velad"
+	"$velad" --web-root "$top/build/web"
 	for ((i = 0; i < 50; i++)); do "$vela" host info >/dev/null 2>&1 && break; sleep 0.1; done
 	"$vela" host info >/dev/null || { echo "run-demo: velad did not start (see $home/velad.log)" >&2; exit 1; }
 	echo "run-demo: started velad (log: $home/velad.log)"
@@ -61,7 +61,9 @@ else
 fi
 "$vela" vm list
 "$vela" vm status "$vmx"
-echo "run-demo: API: https://$(hostname):8333/api/v1/ (log in as a host user: vela --host $(hostname) --user NAME vm list)"
+echo "run-demo: web UI: https://$(hostname):8333/ (self-signed certificate; log in as a host user with a"
+echo "run-demo:   password and a grant, e.g. as root: vela perm grant user:NAME host admin)"
+echo "run-demo: API: https://$(hostname):8333/api/v1/ (vela --host $(hostname) --user NAME vm list)"
 
 if [ -t 0 ] && [ -t 1 ]; then
 	echo "run-demo: attaching to the serial console (Ctrl-] detaches; the VM keeps running)"

@@ -2,6 +2,7 @@
 #include "common.h"
 #include "api.h"
 #include "console.h"
+#include "web.h"
 #include "vmx-sup.h"
 #include "ws.h"
 #include "auth.h"
@@ -44,6 +45,7 @@ struct api {
 	char *list_text;
 	atomic_bool stopping;     /* ends live streams, so the daemons can stop */
 	struct console_bridges *consoles;
+	char *web_root;           /* the UI's files, or NULL */
 };
 
 /* Per request: the body as it arrives, and who is asking. */
@@ -1305,6 +1307,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		return end_upload(a, c, rq);
 	if (rq->too_big)
 		return send_error(c, vela_error(VELA_E_TOOBIG, "request body is larger than %zu bytes", a->max_body));
+	if (!str_starts_with(url, API_PREFIX) && a->web_root && !l->local &&
+	    (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0))
+		return web_serve(c, a->web_root, url);
 	if (!str_starts_with(url, API_PREFIX))
 		return send_error(c, vela_error(VELA_E_NOTFOUND, "no such resource: %.200s", url));
 	if (strcmp(url, API_PREFIX "openapi.json") == 0 && strcmp(method, "GET") == 0) {
@@ -1477,6 +1482,7 @@ int api_start(struct host *h, const struct api_opts *opts, struct api **out)
 	ls->remote = (struct listener){ a, false };
 	a->host = h;
 	a->consoles = console_bridges_new();
+	a->web_root = opts->web_root ? xstrdup(opts->web_root) : NULL;
 	pthread_mutex_init(&a->list_lock, NULL);
 	a->max_body = opts->max_body ? opts->max_body : 1u << 20;
 	a->https_port = opts->https_port;
@@ -1557,6 +1563,7 @@ void api_stop(struct api *a)
 	pthread_mutex_destroy(&a->list_lock);
 	free(a->tls_cert);
 	free(a->tls_key);
+	free(a->web_root);
 	free(a->unix_path);
 	free(a);
 }

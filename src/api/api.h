@@ -74,6 +74,7 @@ struct api_opts {
 	const char *pam_service;   /* NULL = "vela" */
 	int64_t session_idle_ms;   /* 0 = 30 min */
 	size_t max_body;           /* request bodies above this get 413; 0 = 1 MiB */
+	const char *web_root;      /* the web UI's files, served over HTTPS outside /api/; NULL = none */
 };
 
 int api_start(struct host *h, const struct api_opts *opts, struct api **out);

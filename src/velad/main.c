@@ -2,6 +2,7 @@
 #include "common.h"
 #include "api.h"
 #include "host.h"
+#include "vela-config.h"
 
 #include <fcntl.h>
 #include <getopt.h>
@@ -27,6 +28,8 @@ static void usage(FILE *f)
 		"                    with less free space is reported; default 10), one\n"
 		"                    \"key = value\" a line; autostop_on_exit (yes|no);\n"
 		"                    stats_interval_seconds (default 20), stats_keep_minutes (60)\n"
+		"  --web-root DIR    the web UI's files, served over HTTPS (default " VELA_WEB_DIR "\n"
+		"                    when it exists; config key web_root)\n"
 		"  --autostop-on-exit  at SIGTERM, stop the VMs as their autostop settings say\n"
 		"                    before exiting (default: they keep running)\n"
 		"  -v, --verbose     debug logging\n"
@@ -37,7 +40,7 @@ static void usage(FILE *f)
 struct settings {
 	uint64_t https_port, http_port, idle_minutes, low_space_percent, stats_interval_s, stats_keep_min;
 	bool autostop_on_exit;
-	char *listen;
+	char *listen, *web_root;
 };
 
 /* <home>/velad.conf: "key = value" lines, '#' comments.  A missing file is
@@ -79,6 +82,9 @@ static int read_config(const char *path, bool must_exist, struct settings *st)
 		if (!num && strcmp(key, "autostop_on_exit") == 0) {
 			if ((r = parse_bool(value, &st->autostop_on_exit)) < 0)
 				return vela_error_context(r, "%s:%u: %s", path, lineno, key);
+		} else if (!num && strcmp(key, "web_root") == 0) {
+			free(st->web_root);
+			st->web_root = xstrdup(value);
 		} else if (!num && strcmp(key, "listen") == 0) {
 			free(st->listen);
 			st->listen = xstrdup(value);
@@ -119,12 +125,14 @@ int main(int argc, char **argv)
 		{ "listen", required_argument, NULL, 'l' },
 		{ "config", required_argument, NULL, 'c' },
 		{ "autostop-on-exit", no_argument, NULL, 'A' },
+		{ "web-root", required_argument, NULL, 'W' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
 	};
 	bool foreground = false, autostop_flag = false;
+	const char *web_root = NULL;
 	struct api_opts ao = { 0 };
 	const char *config = NULL, *https = NULL, *http = NULL, *listen_addr = NULL;
 	int c;
@@ -138,6 +146,7 @@ int main(int argc, char **argv)
 		case 'l': listen_addr = optarg; break;
 		case 'c': config = optarg; break;
 		case 'A': autostop_flag = true; break;
+		case 'W': web_root = optarg; break;
 		case 'v': vela_log_set_level(VELA_LOG_DEBUG); break;
 		case 'h': usage(stdout); return 0;
 		case 'V': printf("velad %s\n", VELA_VERSION); return 0;
@@ -158,6 +167,7 @@ int main(int argc, char **argv)
 	if (r < 0) {
 		fprintf(stderr, "velad: %s\n", vela_errmsg());
 		free(st.listen);
+		free(st.web_root);
 		return 2;
 	}
 	if (listen_addr) {
@@ -167,6 +177,10 @@ int main(int argc, char **argv)
 	ao.https_port = (unsigned)st.https_port;
 	ao.http_port = (unsigned)st.http_port;
 	ao.bind_addr = st.listen;
+	/* The UI: as configured, else where an installation puts it. */
+	ao.web_root = web_root ? web_root : st.web_root;
+	if (!ao.web_root && access(VELA_WEB_DIR "/index.html", R_OK) == 0)
+		ao.web_root = VELA_WEB_DIR;
 	ao.session_idle_ms = (int64_t)st.idle_minutes * 60000;
 	signal(SIGPIPE, SIG_IGN);
 	/* Supervisors we start must not die with us: they double-fork
@@ -206,6 +220,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "velad: %s\n", vela_errmsg());
 		host_close(h);
 		free(st.listen);
+		free(st.web_root);
 		return 1;
 	}
 	CLEANUP_FREE char *pidfile = path_join(vela_run_root(), "velad.pid");
@@ -228,6 +243,7 @@ int main(int argc, char **argv)
 	host_close(h);
 	unlink(pidfile);
 	free(st.listen);
+	free(st.web_root);
 	vela_log_close_file();
 	return 0;
 }

@@ -1,0 +1,138 @@
+// ui.mjs - the web UI end to end in real Chromium (playwright-core driving
+// Debian's /usr/bin/chromium) against a real velad with a real guest.
+// Prints "PASS: ..." / "FAIL: ..." lines for tests/run-all.sh; run by
+// tests/integ/test-web-ui.sh, which sets up velad, users and the VM:
+//   URL, ADMIN, READONLY, PASSWORD, VM_NAME, SHOTS (screenshot folder)
+import { createRequire } from 'node:module';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const require = createRequire(import.meta.url);
+const { chromium } = require(join(process.cwd(), 'web', 'node_modules', 'playwright-core'));
+const env = process.env;
+const shots = env.SHOTS;
+mkdirSync(shots, { recursive: true });
+let failures = 0;
+const pass = (what) => console.log('PASS: ' + what);
+const fail = (what) => { console.log('FAIL: ' + what); failures++; };
+async function check(what, fn) {
+  try { await fn(); pass(what); } catch (e) { fail(what + ': ' + String(e.message || e).split('\n')[0]); }
+}
+
+const browser = await chromium.launch({
+  executablePath: '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+});
+try {
+  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1400, height: 900 } });
+  const page = await ctx.newPage();
+  page.setDefaultTimeout(15000);
+  page.on('pageerror', (e) => console.log('page error: ' + e.message));
+  const row = () => page.locator('tr.vm', { hasText: env.VM_NAME });
+
+  await check('the login page loads from velad (no CDN)', async () => {
+    const offsite = [];
+    page.on('request', (r) => { if (!r.url().startsWith(env.URL)) offsite.push(r.url()); });
+    await page.goto(env.URL + '/');
+    await page.locator('input[name=user]').waitFor({ timeout: 15000 });
+    if (offsite.length) throw new Error('requests elsewhere: ' + offsite.join(' '));
+  });
+  await page.screenshot({ path: join(shots, 'login.png') });
+  await check('a wrong password is refused on the page', async () => {
+    await page.fill('input[name=user]', env.ADMIN);
+    await page.fill('input[name=password]', 'wrong-' + env.PASSWORD);
+    await page.click('button[type=submit]');
+    await page.locator('#login-error', { hasText: 'Login failed' }).waitFor({ timeout: 15000 });
+  });
+  await check('the administrator logs in and sees the VM, off', async () => {
+    await page.fill('input[name=password]', env.PASSWORD);
+    await page.click('button[type=submit]');
+    await row().waitFor({ timeout: 15000 });
+    await row().locator('.state', { hasText: 'off' }).waitFor({ timeout: 5000 });
+  });
+  await check('power on from the page; the list turns "on" live', async () => {
+    await row().click();
+    await page.locator('button[data-action=start]').click();
+    await row().locator('.state', { hasText: /^on$/ }).waitFor({ timeout: 60000 });
+    await page.locator('#detail-state', { hasText: /^on$/ }).waitFor({ timeout: 15000 });
+  });
+  await page.screenshot({ path: join(shots, 'overview.png') });
+  await check('the tasks panel shows the power-on, ended', async () => {
+    await page.locator('#tasks tr', { hasText: 'vm.power.start' }).first().locator('td', { hasText: 'success' }).waitFor({ timeout: 15000 });
+  });
+  await check('the serial console shows the guest and runs a command in it', async () => {
+    await page.locator('button[data-tab=console]').click();
+    await page.locator('#console-note', { hasText: 'connected' }).waitFor({ timeout: 15000 });
+    const text = () => page.evaluate(() => {
+      const b = window.velaTerminal.buffer.active;
+      let s = '';
+      for (let i = 0; i < b.length; i++) s += b.getLine(i).translateToString(true) + '\n';
+      return s;
+    });
+    for (let i = 0; i < 150 && !(await text()).includes('vela-guest#'); i++) await page.waitForTimeout(200);
+    if (!(await text()).includes('vela-guest#')) throw new Error('no guest prompt: ' + (await text()).slice(-200));
+    await page.locator('#serial').click();
+    await page.keyboard.type('echo UI-$((6*7))-OK');
+    await page.keyboard.press('Enter');
+    for (let i = 0; i < 100 && !(await text()).includes('UI-42-OK'); i++) await page.waitForTimeout(200);
+    if (!(await text()).includes('UI-42-OK')) throw new Error('the command did not run: ' + (await text()).slice(-200));
+  });
+  await page.screenshot({ path: join(shots, 'console.png') });
+  await check('the performance tab charts samples of the running VM', async () => {
+    await page.waitForTimeout(3500);   // a few samples (velad samples every second in this test)
+    await page.locator('button[data-tab=performance]').click();
+    await page.locator('#chart canvas').first().waitFor({ timeout: 15000 });
+    const points = Number(await page.locator('#chart').getAttribute('data-points'));
+    if (!(points >= 2)) throw new Error(points + ' points');
+  });
+  await page.screenshot({ path: join(shots, 'performance.png') });
+  await check('shut down from the page; the state turns "off" live', async () => {
+    await page.locator('button[data-action=poweroff]').click();
+    await row().locator('.state', { hasText: /^off$/ }).waitFor({ timeout: 60000 });
+  });
+  await check('the event feed shows the power operations as they happened', async () => {
+    await page.locator('#events div', { hasText: 'vm.power' }).first().waitFor({ timeout: 10000 });
+  });
+  await check('log out ends the session', async () => {
+    await page.locator('#logout').click();
+    await page.locator('input[name=user]').waitFor({ timeout: 10000 });
+    const r = await page.evaluate(async () => (await fetch('/api/v1/vms')).status);
+    if (r !== 401) throw new Error('after logout /vms answered ' + r);
+  });
+
+  // A readonly user: sees the VM, has no power controls, and the API refuses
+  // a power operation sent anyway.
+  await check('readonly logs in and sees the VM without power controls', async () => {
+    await page.fill('input[name=user]', env.READONLY);
+    await page.fill('input[name=password]', env.PASSWORD);
+    await page.click('button[type=submit]');
+    await row().click();
+    await page.locator('#no-controls').waitFor({ timeout: 15000 });
+    if (await page.locator('button[data-action=start]').count()) throw new Error('a power button is shown');
+    if (await page.locator('button[data-tab=console]').count()) throw new Error('a console tab is shown');
+  });
+  await page.screenshot({ path: join(shots, 'readonly.png') });
+  await check('readonly: the API refuses a power-on sent from the page anyway (403)', async () => {
+    const id = await row().getAttribute('data-vm');
+    const r = await page.evaluate(async (id) => (await fetch('/api/v1/vms/' + id + '/power', {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{"op":"start"}' })).status, id);
+    if (r !== 403) throw new Error('answered ' + r);
+  });
+  await check('a console WebSocket without a session is refused', async () => {
+    const ctx2 = await browser.newContext({ ignoreHTTPSErrors: true });
+    const p2 = await ctx2.newPage();
+    await p2.goto(env.URL + '/index.html');
+    const id = await row().getAttribute('data-vm');
+    const how = await p2.evaluate((id) => new Promise((resolve) => {
+      const ws = new WebSocket('wss://' + location.host + '/api/v1/vms/' + id + '/console/serial');
+      ws.onopen = () => resolve('open');
+      ws.onerror = () => resolve('refused');
+    }), id);
+    await ctx2.close();
+    if (how !== 'refused') throw new Error(how);
+  });
+} finally {
+  await browser.close();
+}
+console.log(failures ? failures + ' browser checks failed' : 'all browser checks passed');
+process.exit(failures ? 1 : 0);
