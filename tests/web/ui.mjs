@@ -78,6 +78,24 @@ try {
     if (!(await text()).includes('UI-42-OK')) throw new Error('the command did not run: ' + (await text()).slice(-200));
   });
   await page.screenshot({ path: join(shots, 'console.png') });
+  await check('the graphical console (noVNC through velad) shows the screen, not a blank canvas', async () => {
+    await page.locator('button[data-tab=screen]').click();
+    await page.locator('#screen-note', { hasText: 'Connected' }).waitFor({ timeout: 20000 });
+    let lit = 0;
+    for (let i = 0; i < 50 && lit < 200; i++) {
+      await page.waitForTimeout(200);
+      lit = await page.evaluate(() => {
+        const c = document.querySelector('#screen canvas');
+        if (!c || !c.width || !c.height) return 0;
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] > 60) n++;
+        return n;
+      });
+    }
+    if (lit < 200) throw new Error('only ' + lit + ' lit pixels');
+  });
+  await page.locator('#screen').screenshot({ path: join(shots, 'screen.png') });
   await check('the performance tab charts samples of the running VM', async () => {
     await page.waitForTimeout(3500);   // a few samples (velad samples every second in this test)
     await page.locator('button[data-tab=performance]').click();

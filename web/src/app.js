@@ -5,11 +5,13 @@
 // with progress and cancel, and the live event feed (Server-Sent Events).
 import { Terminal } from '@xterm/xterm';
 import uPlot from 'uplot';
+import RFB from '@novnc/novnc';
 
 const API = '/api/v1';
 const ROLES = ['none', 'readonly', 'operator', 'admin'];
 const state = { me: null, host: null, vms: [], selected: null, detail: null, tab: 'summary', events: null,
-                term: null, sock: null, chart: null, chartTimer: null, tasks: [], refreshTimer: null };
+                term: null, sock: null, rfb: null, chart: null, chartTimer: null, tasks: [], refreshTimer: null };
+const TABS = { summary: 'Summary', console: 'Console', screen: 'Screen', performance: 'Performance' };
 
 // ---------------------------------------------------------------- helpers
 
@@ -203,9 +205,9 @@ async function loadDetail() {
   const pending = st.pending_changes || [];
   const q = st.question;
   const tabs = h('div', { class: 'tabs' },
-    ...['summary', 'console', 'performance'].filter((t) => t !== 'console' || operator).map((t) =>
+    ...Object.keys(TABS).filter((t) => (t !== 'console' && t !== 'screen') || operator).map((t) =>
       h('button', { class: state.tab === t ? 'active' : '', 'data-tab': t, onclick: () => { state.tab = t; loadDetail(); } },
-        t[0].toUpperCase() + t.slice(1))));
+        TABS[t])));
   const body = h('div', { id: 'tab-body' });
   document.getElementById('detail').replaceChildren(...[
     h('h2', {}, vm.name + ' ', h('span', { class: 'state ' + vm.state, id: 'detail-state' }, vm.state)),
@@ -227,6 +229,8 @@ async function loadDetail() {
     closeConsole();
   } else if (state.tab === 'console') {
     openConsole(body, vm);
+  } else if (state.tab === 'screen') {
+    openScreen(body, vm);
   } else {
     closeConsole();
     showChart(body, id);
@@ -238,6 +242,35 @@ async function loadDetail() {
 function closeConsole() {
   if (state.sock) { state.sock.onclose = null; state.sock.close(); state.sock = null; }
   if (state.term) { state.term.dispose(); state.term = null; }
+  if (state.rfb) { const r = state.rfb; state.rfb = null; try { r.disconnect(); } catch (e) { /* closed */ } }
+}
+
+// --------------------------------------------------------- graphical console
+
+function openScreen(body, vm) {
+  closeConsole();
+  if (vm.state === 'off') {
+    body.append(h('p', { class: 'muted' }, 'The VM is off: no screen.'));
+    return;
+  }
+  const note = h('span', { class: 'muted', id: 'screen-note' }, 'Connecting…');
+  const box = h('div', { class: 'screen-box', id: 'screen' });
+  const connect = () => {
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const rfb = new RFB(box, proto + '//' + location.host + API + '/vms/' + vm.id + '/console/vnc', { wsProtocols: ['binary'] });
+    rfb.scaleViewport = true;   // fit to the window
+    rfb.addEventListener('connect', () => { note.textContent = 'Connected'; });
+    rfb.addEventListener('disconnect', (e) => {
+      if (state.rfb !== rfb) return;
+      state.rfb = null;
+      note.textContent = e.detail.clean ? 'Disconnected' : 'Connection lost';
+    });
+    state.rfb = rfb;
+  };
+  body.append(h('div', { class: 'controls' }, note,
+    h('button', { onclick: () => state.rfb && state.rfb.sendCtrlAltDel(), id: 'cad' }, 'Ctrl-Alt-Del'),
+    h('button', { onclick: () => { closeConsole(); box.replaceChildren(); connect(); }, id: 'reconnect' }, 'Reconnect')), box);
+  connect();
 }
 
 function openConsole(body, vm) {
@@ -332,7 +365,7 @@ function openLive() {
     state.refreshTimer = setTimeout(() => {
       loadVMs().catch(() => {});
       loadTasks();
-      if (state.selected && (!e.vm || e.vm === state.selected) && state.tab !== 'console') loadDetail();
+      if (state.selected && (!e.vm || e.vm === state.selected) && state.tab !== 'console' && state.tab !== 'screen') loadDetail();
       else if (state.selected && e.vm === state.selected) refreshDetailState();
     }, 300);
   };
