@@ -35,8 +35,13 @@ for ((i = 0; i < 100; i++)); do "$VELA" host info >/dev/null 2>&1 && break; slee
 check "velad starts with the UI" "$VELA" host info
 vmx=$(make_vm webvm "${SCSI_DISK[@]}" "$CMDLINE")
 "$VELA" vm register --folder /web "$vmx" > /dev/null
+# A copy of it asks about its identity at power-on (a question for the UI).
+"$VELA" vm start "$vmx" > /dev/null && "$VELA" vm stop hard "$vmx" > /dev/null
+cp -a --sparse=always "$(dirname "$vmx")" "$VELA_HOME/vms/webcopy"
+"$VELA" vm register --folder /web --name webcopy "$VELA_HOME/vms/webcopy/webvm.vmx" > /dev/null
+head -c 2000000 /dev/urandom > "$VELA_HOME/installer.iso"
 for u in "$AD" "$RO"; do useradd -M -s /usr/sbin/nologin "$u"; echo "$u:$PASSWORD" | chpasswd; done
-"$VELA" perm grant "user:$AD" folder:/web admin > /dev/null
+"$VELA" perm grant "user:$AD" host admin > /dev/null
 "$VELA" perm grant "user:$RO" folder:/web readonly > /dev/null
 code=$(curl -sk -o /dev/null -w '%{http_code}' "https://127.0.0.1:$port/")
 check "velad serves the UI's page" test "$code" = 200
@@ -46,12 +51,14 @@ for bad in '/../../etc/passwd' '/%2e%2e/%2e%2e/etc/passwd' '/.hidden' '/app.js/.
 	check "a bad UI path $bad is a 404" test "$code" = 404
 done
 mkdir -p "$TOP/build/web-screenshots"
-URL=https://127.0.0.1:$port ADMIN=$AD READONLY=$RO PASSWORD=$PASSWORD VM_NAME=webvm SHOTS=$TOP/build/web-screenshots \
+URL=https://127.0.0.1:$port ADMIN=$AD READONLY=$RO PASSWORD=$PASSWORD VM_NAME=webvm COPY_NAME=webcopy \
+	ISO=$VELA_HOME/installer.iso SHOTS=$TOP/build/web-screenshots \
 	timeout 600 node "$TOP/tests/web/ui.mjs" > "$VELA_HOME/ui.out" 2>&1
 cd "$TOP" || exit 1
 grep -E '^(PASS|FAIL): ' "$VELA_HOME/ui.out"
 grep -q 'all browser checks passed' "$VELA_HOME/ui.out" || { fail "the browser run ended early"; tail -5 "$VELA_HOME/ui.out"; }
 check "screenshots were saved" test -s "$TOP/build/web-screenshots/console.png"
+check "the ISO uploaded through the page is whole" cmp "$VELA_HOME/installer.iso" "$VELA_HOME/datastores/local/installer.iso"
 kill -TERM "$velad_pid"
 wait "$velad_pid"
 check "velad exits 0" test $? = 0

@@ -13,10 +13,17 @@ const env = process.env;
 const shots = env.SHOTS;
 mkdirSync(shots, { recursive: true });
 let failures = 0;
+let page = null;   // for a screenshot of what a failed check saw
 const pass = (what) => console.log('PASS: ' + what);
 const fail = (what) => { console.log('FAIL: ' + what); failures++; };
 async function check(what, fn) {
-  try { await fn(); pass(what); } catch (e) { fail(what + ': ' + String(e.message || e).split('\n')[0]); }
+  try {
+    await fn();
+    pass(what);
+  } catch (e) {
+    fail(what + ': ' + String(e.message || e).split('\n')[0]);
+    if (page) await page.screenshot({ path: join(shots, 'failed-' + failures + '.png') }).catch(() => {});
+  }
 }
 
 const browser = await chromium.launch({
@@ -25,10 +32,11 @@ const browser = await chromium.launch({
 });
 try {
   const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1400, height: 900 } });
-  const page = await ctx.newPage();
+  page = await ctx.newPage();
   page.setDefaultTimeout(15000);
   page.on('pageerror', (e) => console.log('page error: ' + e.message));
   const row = () => page.locator('tr.vm', { hasText: env.VM_NAME });
+  const row2 = () => page.locator('tr.vm', { hasText: env.COPY_NAME });
 
   await check('the login page loads from velad (no CDN)', async () => {
     const offsite = [];
@@ -104,6 +112,12 @@ try {
     if (!(points >= 2)) throw new Error(points + ' points');
   });
   await page.screenshot({ path: join(shots, 'performance.png') });
+  await check('the settings editor changes a running VM: the change shows as pending', async () => {
+    await page.locator('button[data-tab=summary]').click();
+    await page.locator('#settings input[name=memsize]').fill('320');
+    await page.locator('#save-settings').click();
+    await page.locator('#pending', { hasText: 'memsize' }).waitFor({ timeout: 15000 });
+  });
   await check('shut down from the page; the state turns "off" live', async () => {
     await page.locator('button[data-action=poweroff]').click();
     await row().locator('.state', { hasText: /^off$/ }).waitFor({ timeout: 60000 });
@@ -111,6 +125,50 @@ try {
   await check('the event feed shows the power operations as they happened', async () => {
     await page.locator('#events div', { hasText: 'vm.power' }).first().waitFor({ timeout: 10000 });
   });
+  await check('datastore browser: an ISO uploads with progress and is listed', async () => {
+    await page.locator('#nav-ds').click();
+    await page.locator('#upload-file').setInputFiles(env.ISO);
+    await page.locator('#upload-start').click();
+    await page.locator('#upload-msg', { hasText: 'Uploaded' }).waitFor({ timeout: 30000 });
+    const w = await page.locator('#upload-progress > span').getAttribute('style');
+    if (!/100%/.test(w)) throw new Error('progress ' + w);
+    await page.locator('#ds-entries tr[data-entry="' + env.ISO.split('/').pop() + '"]').waitFor({ timeout: 10000 });
+  });
+  await page.screenshot({ path: join(shots, 'datastores.png') });
+  await check('the new-VM wizard creates a VM with a disk and the ISO attached', async () => {
+    await page.locator('#nav-new').click();
+    await page.locator('#wizard input[name=name]').fill('wizvm');
+    await page.locator('#wizard select[name=guestOS]').selectOption('other-64');
+    await page.locator('#wizard input[name=disk]').fill('64m');
+    await page.locator('#wizard select[name=cdrom]').selectOption({ label: '[local] ' + env.ISO.split('/').pop() });
+    await page.screenshot({ path: join(shots, 'wizard.png') });
+    await page.locator('#create-vm').click();
+    await page.locator('tr.vm.selected', { hasText: 'wizvm' }).waitFor({ timeout: 30000 });
+    const vm = await page.evaluate(async () => {
+      const l = await (await fetch('/api/v1/vms')).json();
+      const id = l.vms.find((v) => v.name === 'wizvm').id;
+      return (await (await fetch('/api/v1/vms/' + id)).json()).vm;
+    });
+    if (!vm.settings.disks.length || !vm.settings.cdroms.length || !vm.settings.cdroms[0].file.endsWith('.iso'))
+      throw new Error(JSON.stringify(vm.settings));
+  });
+  await check('a question blocking a VM is answered in place', async () => {
+    await row2().click();
+    await page.locator('button[data-action=start]').click();
+    await page.locator('#question button[data-choice=create]').waitFor({ timeout: 60000 });
+    await page.screenshot({ path: join(shots, 'question.png') });
+    await page.locator('#question button[data-choice=create]').click();
+    await row2().locator('.state', { hasText: /^on$/ }).waitFor({ timeout: 60000 });
+    await page.locator('button[data-action=poweroff]').click();
+    await row2().locator('.state', { hasText: /^off$/ }).waitFor({ timeout: 60000 });
+  });
+  await check('the host page charts the host\'s CPU and memory', async () => {
+    await page.locator('#nav-host').click();
+    await page.locator('#host-chart canvas').first().waitFor({ timeout: 15000 });
+    const n = Number(await page.locator('#host-chart').getAttribute('data-points'));
+    if (!(n >= 2)) throw new Error(n + ' points');
+  });
+  await page.screenshot({ path: join(shots, 'host.png') });
   await check('log out ends the session', async () => {
     await page.locator('#logout').click();
     await page.locator('input[name=user]').waitFor({ timeout: 10000 });

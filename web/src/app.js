@@ -48,7 +48,8 @@ async function api(method, path, body) {
   let j = null;
   try { j = await r.json(); } catch (e) { /* not JSON */ }
   if (r.status === 401 && path !== '/session') {
-    showLogin('Your session has ended. Log in again.');
+    // Once: later answers of requests that were under way change nothing.
+    if (state.me) showLogin('Your session has ended. Log in again.');
     throw new ApiError(401, j && j.error);
   }
   if (!j || !j.ok) throw new ApiError(r.status, j && j.error);
@@ -69,6 +70,10 @@ function flash(msg, bad) {
 
 function showLogin(msg) {
   closeLive();
+  state.me = null;
+  state.selected = null;
+  clearTimeout(state.refreshTimer);
+  clearTimeout(state.chartTimer);
   const app = document.getElementById('app');
   const err = h('p', { class: 'error', id: 'login-error' }, msg || '');
   const user = h('input', { name: 'user', autocomplete: 'username', required: true, autofocus: true });
@@ -110,6 +115,9 @@ async function start() {
       h('span', { class: 'brand' }, 'Vela'),
       h('span', {}, state.host.name || ''),
       h('span', { class: 'muted', id: 'host-summary' }),
+      h('button', { id: 'nav-new', onclick: showWizard }, 'New VM'),
+      h('button', { id: 'nav-ds', onclick: () => showDatastores() }, 'Datastores'),
+      h('button', { id: 'nav-host', onclick: showHost }, 'Host'),
       h('span', { class: 'spacer' }),
       h('span', { id: 'who' }, state.me.user + ' (' + state.me.host_role + ' on the host)'),
       h('button', { onclick: logout, id: 'logout' }, 'Log out')),
@@ -186,6 +194,7 @@ function controls(vm) {
 }
 
 async function loadDetail() {
+  if (!state.selected) return;
   const id = state.selected;
   if (!id) return;
   let vm;
@@ -217,7 +226,7 @@ async function loadDetail() {
       operator ? h('div', { class: 'controls' }, ...q.choices.map((c) => h('button', { onclick: () => answer(c), 'data-choice': c }, c))) : null) : null,
     tabs, body].filter((x) => x));
   if (state.tab === 'summary') {
-    body.append(h('dl', {},
+    body.append(...[h('dl', {},
       h('dt', {}, 'Guest OS'), h('dd', {}, set.guestOS || '-'),
       h('dt', {}, 'Memory'), h('dd', {}, (set.memsize || '-') + ' MiB'),
       h('dt', {}, 'vCPUs'), h('dd', {}, set.vcpus || '-'),
@@ -225,7 +234,8 @@ async function loadDetail() {
       h('dt', {}, 'Accelerator'), h('dd', {}, st.accel || '-'),
       h('dt', {}, 'Uptime'), h('dd', {}, st.uptime_s !== undefined ? st.uptime_s + ' s' : '-'),
       h('dt', {}, 'Annotation'), h('dd', {}, set.annotation || '')),
-    pending.length ? h('p', { class: 'pending', id: 'pending' }, 'Pending until the next power cycle: ' + pending.map((p) => p.key).join(', ')) : null);
+    pending.length ? h('p', { class: 'pending', id: 'pending' }, 'Pending until the next power cycle: ' + pending.map((p) => p.key).join(', ')) : null,
+    roleAtLeast(role, 'admin') ? await settingsEditor(vm) : null].filter((x) => x));
     closeConsole();
   } else if (state.tab === 'console') {
     openConsole(body, vm);
@@ -235,6 +245,190 @@ async function loadDetail() {
     closeConsole();
     showChart(body, id);
   }
+}
+
+// ------------------------------------------------------- settings editor
+
+// ISO images of every datastore: its top folder and an "iso" folder.
+async function isoFiles() {
+  const out = [];
+  let ds = [];
+  try { ds = (await api('GET', '/datastores')).datastores; } catch (e) { return out; }
+  for (const d of ds) {
+    for (const dir of ['', 'iso']) {
+      try {
+        const es = (await api('GET', '/datastores/' + encodeURIComponent(d.name) + '/browse?path=' + encodeURIComponent(dir))).entries;
+        for (const e of es) {
+          if (e.type === 'file' && /\.iso$/i.test(e.name)) {
+            const rel = dir ? dir + '/' + e.name : e.name;
+            out.push({ label: '[' + d.name + '] ' + rel, path: d.path + '/' + rel });
+          }
+        }
+      } catch (e) { /* no such folder */ }
+    }
+  }
+  return out;
+}
+
+async function settingsEditor(vm) {
+  const set = vm.settings || {};
+  const isos = await isoFiles();
+  const current = (set.cdroms || [])[0];
+  const mem = h('input', { type: 'number', name: 'memsize', min: 16, value: set.memsize });
+  const cpus = h('input', { type: 'number', name: 'vcpus', min: 1, max: 64, value: set.vcpus });
+  const note = h('input', { name: 'annotation', value: set.annotation || '', size: 40 });
+  const cd = h('select', { name: 'cdrom' }, h('option', { value: '' }, 'none'),
+    ...isos.map((i) => h('option', { value: i.path, selected: current && current.file === i.path }, i.label)));
+  const msg = h('span', { class: 'muted', id: 'settings-msg' });
+  return h('form', { id: 'settings', onsubmit: async (ev) => {
+    ev.preventDefault();
+    const change = {};
+    if (Number(mem.value) !== set.memsize) change.memsize = Number(mem.value);
+    if (Number(cpus.value) !== set.vcpus) change.vcpus = Number(cpus.value);
+    if (note.value !== (set.annotation || '')) change.annotation = note.value;
+    if (cd.value !== (current ? current.file : '')) change.cdrom = cd.value;
+    if (!Object.keys(change).length) { msg.textContent = 'Nothing changed.'; return; }
+    try {
+      const j = await api('PATCH', '/vms/' + vm.id, change);
+      const pend = (j.vm.status && j.vm.status.pending_changes) || [];
+      flash(pend.length ? 'Saved; pending until the next power cycle.' : 'Saved.');
+      loadDetail();
+    } catch (e) { msg.textContent = e.message; msg.className = 'error'; }
+  } }, h('h2', {}, 'Settings'),
+  h('div', { class: 'form-grid' }, h('label', {}, 'Memory (MiB)'), mem, h('label', {}, 'vCPUs'), cpus,
+    h('label', {}, 'CD-ROM'), cd, h('label', {}, 'Annotation'), note),
+  h('div', { class: 'controls' }, h('button', { class: 'primary', type: 'submit', id: 'save-settings' }, 'Save'), msg));
+}
+
+// ------------------------------------------------------------ new VM wizard
+
+const PRESETS = {
+  'debian12-64': { label: 'Debian 12 (64-bit)', memsize: 1024, vcpus: 1, disk: '16g' },
+  'ubuntu-64': { label: 'Ubuntu (64-bit)', memsize: 2048, vcpus: 2, disk: '20g' },
+  'windows2019srv-64': { label: 'Windows Server 2019', memsize: 4096, vcpus: 2, disk: '40g' },
+  'other-64': { label: 'Other (64-bit)', memsize: 512, vcpus: 1, disk: '8g' },
+};
+
+async function showWizard() {
+  closeConsole();
+  state.selected = null;
+  document.querySelectorAll('tr.vm').forEach((tr) => tr.classList.remove('selected'));
+  const isos = await isoFiles();
+  const f = {
+    name: h('input', { name: 'name', required: true, placeholder: 'web01' }),
+    folder: h('input', { name: 'folder', value: '/' }),
+    os: h('select', { name: 'guestOS' }, ...Object.entries(PRESETS).map(([k, p]) => h('option', { value: k }, p.label))),
+    memsize: h('input', { type: 'number', name: 'memsize', min: 16 }),
+    vcpus: h('input', { type: 'number', name: 'vcpus', min: 1, max: 64 }),
+    disk: h('input', { name: 'disk', size: 8 }),
+    type: h('select', { name: 'type' }, ...['monolithicSparse', 'qcow2', 'vhd-dynamic', 'monolithicFlat', 'raw'].map((t) => h('option', { value: t }, t))),
+    bus: h('select', { name: 'bus' }, ...['scsi', 'virtio', 'sata', 'ide'].map((t) => h('option', { value: t }, t))),
+    nic: h('input', { type: 'checkbox', name: 'nic', checked: true }),
+    iso: h('select', { name: 'cdrom' }, h('option', { value: '' }, 'none'), ...isos.map((i) => h('option', { value: i.path }, i.label))),
+  };
+  const preset = () => { const p = PRESETS[f.os.value]; f.memsize.value = p.memsize; f.vcpus.value = p.vcpus; f.disk.value = p.disk; };
+  f.os.addEventListener('change', preset);
+  preset();
+  const msg = h('p', { id: 'wizard-msg', class: 'muted' });
+  const form = h('form', { id: 'wizard', onsubmit: async (ev) => {
+    ev.preventDefault();
+    const spec = { name: f.name.value, folder: f.folder.value || '/', guestOS: f.os.value, memsize: Number(f.memsize.value),
+                   vcpus: Number(f.vcpus.value), nic: f.nic.checked, disks: f.disk.value ? [{ size: f.disk.value, type: f.type.value, bus: f.bus.value }] : [] };
+    if (f.iso.value) spec.cdrom = f.iso.value;
+    msg.textContent = 'Creating…';
+    try {
+      const t = (await api('POST', '/vms/create?wait=0', spec)).task;
+      const done = (await api('GET', '/tasks/' + t.id + '?wait=120')).task;
+      if (done.state !== 'success') throw new Error(done.error ? done.error.message : done.state);
+      await loadVMs();
+      select(done.result.id);
+    } catch (e) { msg.textContent = 'Not created: ' + e.message; msg.className = 'error'; }
+  } },
+  h('h2', {}, 'New virtual machine'),
+  h('div', { class: 'form-grid' },
+    h('label', {}, 'Name'), f.name, h('label', {}, 'Folder'), f.folder, h('label', {}, 'Guest OS'), f.os,
+    h('label', {}, 'Memory (MiB)'), f.memsize, h('label', {}, 'vCPUs'), f.vcpus,
+    h('label', {}, 'Disk size'), h('span', {}, f.disk, ' ', f.type, ' on ', f.bus),
+    h('label', {}, 'Network (NAT)'), f.nic, h('label', {}, 'CD-ROM'), f.iso),
+  h('div', { class: 'controls' }, h('button', { class: 'primary', type: 'submit', id: 'create-vm' }, 'Create')), msg);
+  document.getElementById('detail').replaceChildren(form);
+}
+
+// --------------------------------------------------------------- datastores
+
+async function showDatastores(dsName, path) {
+  closeConsole();
+  state.selected = null;
+  const view = document.getElementById('detail');
+  let ds;
+  try { ds = (await api('GET', '/datastores')).datastores; } catch (e) { view.replaceChildren(h('p', { class: 'error' }, e.message)); return; }
+  const cur = ds.find((d) => d.name === dsName) || ds[0];
+  path = path || '';
+  const entries = (await api('GET', '/datastores/' + encodeURIComponent(cur.name) + '/browse?path=' + encodeURIComponent(path))).entries;
+  entries.sort((a, b) => (a.type === b.type ? a.name.localeCompare(b.name) : a.type === 'folder' ? -1 : 1));
+  const up = path.includes('/') ? path.slice(0, path.lastIndexOf('/')) : '';
+  const fileUrl = (name) => API + '/datastores/' + encodeURIComponent(cur.name) + '/files/' + (path ? path.split('/').map(encodeURIComponent).join('/') + '/' : '') + encodeURIComponent(name);
+  const input = h('input', { type: 'file', id: 'upload-file' });
+  // The last upload's outcome stays shown when the listing is redrawn.
+  const last = state.upload || { pct: 0, text: '' };
+  const bar = h('span', { class: 'progress', id: 'upload-progress' }, h('span', { style: 'width:' + last.pct + '%' }));
+  const msg = h('span', { class: 'muted', id: 'upload-msg' }, last.text);
+  const upload = () => {
+    const file = input.files[0];
+    if (!file) return;
+    const xhr = new XMLHttpRequest();
+    xhr.open('PUT', fileUrl(file.name));
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable) bar.firstChild.style.width = Math.round(100 * e.loaded / e.total) + '%'; };
+    xhr.onload = () => {
+      let j = null;
+      try { j = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
+      if (j && j.ok) {
+        state.upload = { pct: 100, text: 'Uploaded ' + j.file.path + ' (' + j.file.size + ' bytes)' };
+        showDatastores(cur.name, path);
+      }
+      else msg.textContent = 'Upload failed: ' + (j && j.error ? j.error.message : 'HTTP ' + xhr.status);
+    };
+    xhr.onerror = () => { msg.textContent = 'Upload failed (connection closed)'; };
+    msg.textContent = 'Uploading ' + file.name + '…';
+    xhr.send(file);
+  };
+  view.replaceChildren(h('h2', {}, 'Datastores'),
+    h('div', { class: 'controls' }, ...ds.map((d) => h('button', { class: d.name === cur.name ? 'active' : '', onclick: () => showDatastores(d.name, '') },
+      d.name + ' — ' + mib(d.free) + ' of ' + mib(d.capacity) + ' MiB free' + (d.low_space ? ' (low)' : '')))),
+    h('p', { class: 'muted', id: 'ds-path' }, '[' + cur.name + '] /' + path),
+    h('table', { id: 'ds-entries' }, h('tbody', {},
+      path ? h('tr', {}, h('td', {}, h('a', { href: '#', onclick: (e) => { e.preventDefault(); showDatastores(cur.name, up); } }, '..')), h('td', {}), h('td', {})) : null,
+      ...entries.map((e) => h('tr', { 'data-entry': e.name },
+        h('td', {}, e.type === 'folder' ? h('a', { href: '#', onclick: (ev) => { ev.preventDefault(); showDatastores(cur.name, path ? path + '/' + e.name : e.name); } }, e.name + '/')
+          : h('a', { href: fileUrl(e.name), download: e.name }, e.name)),
+        h('td', { class: 'muted' }, e.type === 'file' ? e.size + ' bytes' : e.type),
+        h('td', { class: 'muted' }, new Date(e.mtime).toLocaleString()))))),
+    h('h2', {}, 'Upload a file here'),
+    h('div', { class: 'controls' }, input, h('button', { onclick: upload, id: 'upload-start' }, 'Upload'), bar, msg));
+}
+
+// ------------------------------------------------------------------ host
+
+async function showHost() {
+  closeConsole();
+  state.selected = null;
+  const view = document.getElementById('detail');
+  const info = (await api('GET', '/host')).host;
+  const box = h('div', { id: 'host-chart' });
+  view.replaceChildren(h('h2', {}, 'Host ' + info.name),
+    h('dl', {}, h('dt', {}, 'Version'), h('dd', {}, info.version), h('dt', {}, 'VMs'), h('dd', {}, info.vms + ' (' + info.running + ' running)'),
+      h('dt', {}, 'Datastores'), h('dd', {}, info.datastores.map((d) => d.name + ': ' + mib(d.free) + ' MiB free').join(', '))),
+    h('h2', {}, 'CPU and memory, last hour'), box);
+  let j;
+  try { j = (await api('GET', '/host/stats')).stats; } catch (e) { box.textContent = e.message; return; }
+  if (!j.samples.length) { box.textContent = 'No samples yet.'; return; }
+  const s = j.samples;
+  if (state.chart) state.chart.destroy();
+  state.chart = new uPlot({ width: Math.max(360, box.clientWidth || 600), height: 240,
+    series: [{}, { label: 'CPU (cores busy)', stroke: '#1f6feb', scale: 'cpu' }, { label: 'Memory used (MiB)', stroke: '#1a7f37', scale: 'mib' }],
+    axes: [{}, { scale: 'cpu' }, { scale: 'mib', side: 1, grid: { show: false } }] },
+  [s.map((p) => p.time / 1000), s.map((p) => p.cpu), s.map((p) => mib(p.mem))], box);
+  box.dataset.points = String(s.length);
 }
 
 // ---------------------------------------------------------- serial console
@@ -323,6 +517,7 @@ async function showChart(body, id) {
 // ------------------------------------------------------------------ tasks
 
 async function loadTasks() {
+  if (!state.me) return;
   let j;
   try { j = await api('GET', '/tasks?limit=8'); } catch (e) { return; }
   state.tasks = j.tasks.reverse();
@@ -332,7 +527,7 @@ async function loadTasks() {
     h('td', {}, t.type), h('td', { class: 'muted' }, t.target || (t.vm ? 'VM ' + t.vm : '')),
     h('td', {}, t.state === 'running' ? h('span', { class: 'progress' }, h('span', { style: 'width:' + t.progress + '%' })) : t.state),
     h('td', {}, t.state === 'running' && t.cancelable ? h('button', { onclick: () => cancelTask(t.id) }, 'Cancel') : (t.error ? h('span', { class: 'error' }, t.error.message) : '')))));
-  if (state.tasks.some((t) => t.state === 'running')) setTimeout(loadTasks, 1000);
+  if (state.me && state.tasks.some((t) => t.state === 'running')) setTimeout(loadTasks, 1000);
 }
 
 async function cancelTask(id) {
@@ -363,6 +558,7 @@ function openLive() {
     // A change of a VM: refresh what shows it (at most every 300 ms).
     clearTimeout(state.refreshTimer);
     state.refreshTimer = setTimeout(() => {
+      if (!state.me) return;
       loadVMs().catch(() => {});
       loadTasks();
       if (state.selected && (!e.vm || e.vm === state.selected) && state.tab !== 'console' && state.tab !== 'screen') loadDetail();
@@ -370,8 +566,8 @@ function openLive() {
     }, 300);
   };
   es.onerror = () => {
-    // The browser reconnects by itself; a logged-out session gets 401 there.
-    api('GET', '/session').catch(() => {});
+    // The browser reconnects by itself; an ended session shows the login.
+    if (state.me) api('GET', '/session').catch((e) => { if (e.status === 401 && state.me) showLogin('Your session has ended. Log in again.'); });
   };
 }
 
