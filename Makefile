@@ -40,7 +40,7 @@ $(TSAN)/build.ninja:
 	CC=clang meson setup $(TSAN) --buildtype=debug -Db_sanitize=thread -Db_lundef=false
 
 tsan: $(TSAN)/build.ninja
-	ninja -C $(TSAN) tests/unit/test-vdisk tests/unit/test-blk tests/unit/test-vhost
+	ninja -C $(TSAN) tests/unit/test-vdisk tests/unit/test-blk tests/unit/test-vhost tests/unit/test-host
 
 CLANG   := $(BUILD)/clang
 $(CLANG)/build.ninja:

@@ -43,7 +43,7 @@ if part unit; then
 		[ -f "$t" ] && [ -x "$t" ] && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 run_cmocka asan "$t"
 	done
 	echo "== multi-threaded libraries under ThreadSanitizer"
-	for t in build/tsan/tests/unit/test-vdisk build/tsan/tests/unit/test-blk build/tsan/tests/unit/test-vhost; do
+	for t in build/tsan/tests/unit/test-vdisk build/tsan/tests/unit/test-blk build/tsan/tests/unit/test-vhost build/tsan/tests/unit/test-host; do
 		[ -f "$t" ] && [ -x "$t" ] && TSAN_OPTIONS=halt_on_error=1 run_cmocka tsan "$t"
 	done
 	echo "== clang build"
