@@ -123,6 +123,28 @@ guest_verify() {
 	verify_result=$("$VELA" vm console --dump "$1" | grep -a -o 'VERIFY-42-BAD=[0-9]*' | tail -n1)
 }
 
+# free_port: a TCP port nobody listens on (several test runs may share a machine).
+free_port() {
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 40000))
+		ss -Htln "sport = :$p" | grep -q . || { echo "$p"; return; }
+	done
+}
+
+# check_sanitizers LOG NAME: the log of a sanitizer build (velad) has no
+# ASan, LeakSanitizer or UBSan finding; one that has is kept as
+# build/test-logs/NAME.log.
+check_sanitizers() {
+	if grep -q -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$1"; then
+		mkdir -p "$TOP/build/test-logs"
+		cp "$1" "$TOP/build/test-logs/$2.log"
+		fail "sanitizer findings in $2 (build/test-logs/$2.log): $(grep -m3 -E 'ERROR:|runtime error:|#[0-9] .* in ' "$1" | tr '\n' ' ')"
+	else
+		pass "no ASan, LeakSanitizer or UBSan finding in $2"
+	fi
+}
+
 finish() {
 	[ "$_failures" -eq 0 ]
 }

@@ -97,9 +97,5 @@ stops=$(sqlite3 "$VELA_HOME/host.db" "select vm || ':' || message from events wh
 ids=$(sqlite3 "$VELA_HOME/host.db" "select (select id from vms where name = 'gamma') || ':stop hard,' || (select id from vms where name = 'alpha') || ':stop hard,' || (select id from vms where name = 'beta') || ':stop hard'")
 check "... in reverse order: gamma, alpha, beta ($stops)" test "$stops" = "$ids"
 "$VELA" vm stop hard "$VELA_HOME/vms/delta/delta.vmx" >/dev/null
-if grep -q -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$VELA_HOME/velad.out"; then
-	fail "sanitizer findings in velad: $(grep -m2 -E 'ERROR:|runtime error:' "$VELA_HOME/velad.out")"
-else
-	pass "no sanitizer finding in velad"
-fi
+check_sanitizers "$VELA_HOME/velad.out" velad-autostart
 finish

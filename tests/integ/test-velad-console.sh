@@ -13,13 +13,6 @@ PASSWORD=Console-$$-pw
 export NODE_PATH=${NODE_PATH:-/usr/share/nodejs}
 WS="node $TOP/tests/integ/wsconsole.js"
 velad_pid=
-free_port() {
-	local p
-	while :; do
-		p=$((20000 + RANDOM % 40000))
-		ss -Htln "sport = :$p" | grep -q . || { echo $p; return; }
-	done
-}
 PORT=$(free_port)
 URL=wss://127.0.0.1:$PORT/api/v1
 stop_all() {
@@ -130,9 +123,5 @@ wait "$c1" "$c2" 2>/dev/null
 check "the consoles were closed with 1001 (going away)" sh -c "grep -q 'closed (1001)' '$VELA_HOME/open1.out' && grep -q 'closed (1001)' '$VELA_HOME/open2.out'"
 check "the VM kept running" test "$(state_of "$vmx")" = on
 "$VELA" vm stop hard "$vmx" > /dev/null
-if grep -q -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$VELA_HOME/velad.out"; then
-	fail "sanitizer findings in velad: $(grep -m3 -E 'ERROR:|runtime error:|#[0-9] .* in ' "$VELA_HOME/velad.out" | tr '\n' ' ')"
-else
-	pass "no sanitizer finding in velad"
-fi
+check_sanitizers "$VELA_HOME/velad.out" velad-console
 finish

@@ -88,11 +88,5 @@ kill -TERM "$velad_pid"
 wait "$velad_pid"
 rc=$?
 check "velad exits cleanly after the load (exit $rc)" test "$rc" = 0
-if grep -q -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$VELA_HOME/velad.out"; then
-	mkdir -p "$TOP/build/test-logs"
-	cp "$VELA_HOME/velad.out" "$TOP/build/test-logs/velad-load-asan.log"
-	fail "ASan/UBSan findings in velad (build/test-logs/velad-load-asan.log): $(grep -m3 -E 'ERROR:|runtime error:|in [a-z_]+ .*src/' "$VELA_HOME/velad.out" | tr '\n' ' ')"
-else
-	pass "no ASan, LeakSanitizer or UBSan finding in velad"
-fi
+check_sanitizers "$VELA_HOME/velad.out" velad-load
 finish

@@ -15,13 +15,6 @@ RO=velaro$$ OP=velaop$$ AD=velaad$$ NOBODY=velano$$ GRP=velagrp$$
 PASSWORD=Secret-$$-pw
 velad_pid=
 # Free ports for this run (several test runs may share the machine).
-free_port() {
-	local p
-	while :; do
-		p=$((20000 + RANDOM % 40000))
-		ss -Htln "sport = :$p" | grep -q . || { echo $p; return; }
-	done
-}
 HTTPS_PORT=$(free_port)
 HTTP_PORT=$(free_port)
 URL=https://127.0.0.1:$HTTPS_PORT
@@ -611,12 +604,6 @@ check "velad exits 0 on SIGTERM" test $? = 0
 check "... within 5 s with a live stream open ($(( $(date +%s%3N) - t0 )) ms)" test $(( $(date +%s%3N) - t0 )) -lt 5000
 velad_pid=
 check "its socket is gone" test ! -e "$SOCK"
-if grep -q -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$VELA_HOME/velad.out"; then
-	mkdir -p "$TOP/build/test-logs"
-	cp "$VELA_HOME/velad.out" "$TOP/build/test-logs/velad-asan.log"
-	fail "sanitizer findings in velad (build/test-logs/velad-asan.log)"
-else
-	pass "no sanitizer finding in velad ($(basename "$(dirname "$(dirname "$(dirname "$VELAD")")")") build)"
-fi
+check_sanitizers "$VELA_HOME/velad.out" velad
 
 finish

@@ -23,11 +23,7 @@ for need in "$TOP/build/web/index.html" /usr/bin/chromium "$TOP/web/node_modules
 		exit 1
 	fi
 done
-port=
-while :; do
-	port=$((20000 + RANDOM % 40000))
-	ss -Htln "sport = :$port" | grep -q . || break
-done
+port=$(free_port)
 printf 'stats_interval_seconds = 1\n' > "$VELA_HOME/velad.conf"
 "$VELAD" --foreground --https-port "$port" --http-port 0 --listen 127.0.0.1 --web-root "$TOP/build/web" > "$VELA_HOME/velad.out" 2>&1 &
 velad_pid=$!
@@ -63,9 +59,5 @@ kill -TERM "$velad_pid"
 wait "$velad_pid"
 check "velad exits 0" test $? = 0
 velad_pid=
-if grep -q -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$VELA_HOME/velad.out"; then
-	fail "sanitizer findings in velad: $(grep -m3 -E 'ERROR:|runtime error:' "$VELA_HOME/velad.out" | tr '\n' ' ')"
-else
-	pass "no sanitizer finding in velad"
-fi
+check_sanitizers "$VELA_HOME/velad.out" velad-web-ui
 finish
