@@ -119,6 +119,38 @@ static int take_client_frames(struct bridge *br)
 	return r;
 }
 
+/*
+ * After our close frame: wait (briefly) for the client's, as the protocol's
+ * closing handshake has it.  Closing at once could lose our frame on its
+ * way through TLS, and the client would see an abnormal end.
+ */
+static void await_close_reply(struct bridge *br)
+{
+	int64_t until = time_mono_ms() + 1000;
+	for (;;) {
+		int left = (int)(until - time_mono_ms());
+		struct pollfd p = { .fd = br->sock, .events = POLLIN };
+		if (left <= 0 || poll(&p, 1, left) <= 0)
+			return;
+		ssize_t n = read(br->sock, br->in + br->in_len, sizeof br->in - br->in_len);
+		if (n <= 0)
+			return;
+		br->in_len += (size_t)n;
+		size_t at = 0;
+		struct ws_frame f;
+		ssize_t k;
+		while ((k = ws_parse(br->in + at, br->in_len - at, MAX_CLIENT_FRAME, &f)) > 0) {
+			if (f.opcode == WS_CLOSE)
+				return;
+			at += (size_t)k;
+		}
+		if (k < 0 || (at == 0 && br->in_len == sizeof br->in))
+			return;
+		memmove(br->in, br->in + at, br->in_len - at);
+		br->in_len -= at;
+	}
+}
+
 static void *bridge_thread(void *arg)
 {
 	struct bridge *br = arg;
@@ -140,7 +172,8 @@ static void *bridge_thread(void *arg)
 			if (n <= 0) {
 				/* The console ended (VM off, velad stopping): 1001 going away. */
 				static const uint8_t going_away[2] = { 0x03, 0xe9 };
-				send_frame(br->sock, WS_CLOSE, going_away, sizeof going_away);
+				if (send_frame(br->sock, WS_CLOSE, going_away, sizeof going_away) == 0)
+					await_close_reply(br);
 				break;
 			}
 			if (send_frame(br->sock, WS_BINARY, out, (size_t)n) < 0)
@@ -155,7 +188,9 @@ static void *bridge_thread(void *arg)
 			if (r < 0) {
 				static const uint8_t protocol_error[2] = { 0x03, 0xea };   /* 1002 */
 				vela_log(VELA_LOG_WARN, "console: %s", vela_errmsg());
-				send_frame(br->sock, WS_CLOSE, protocol_error, sizeof protocol_error);
+				br->in_len = 0;
+				if (send_frame(br->sock, WS_CLOSE, protocol_error, sizeof protocol_error) == 0)
+					await_close_reply(br);
 			}
 		}
 	}

@@ -120,7 +120,7 @@ velad_pid=
 check "velad exits 0 with consoles open" test "$rc" = 0
 check "... within 5 s ($t ms)" test "$t" -lt 5000
 wait "$c1" "$c2" 2>/dev/null
-check "the consoles were closed with 1001 (going away)" sh -c "grep -q 'closed (1001)' '$VELA_HOME/open1.out' && grep -q 'closed (1001)' '$VELA_HOME/open2.out'"
+check "the consoles were closed with 1001 (going away): $(cat "$VELA_HOME/open1.out" "$VELA_HOME/open2.out" | cut -c1-60 | tr '\n' ' ')" sh -c "grep -q 'closed (1001)' '$VELA_HOME/open1.out' && grep -q 'closed (1001)' '$VELA_HOME/open2.out'"
 check "the VM kept running" test "$(state_of "$vmx")" = on
 "$VELA" vm stop hard "$vmx" > /dev/null
 check_sanitizers "$VELA_HOME/velad.out" velad-console
