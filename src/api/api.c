@@ -872,6 +872,10 @@ static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const s
 		}
 		json_decref(doc);
 		return reply(c, r, "autostart", out);
+	} else if (strcmp(action, "log") == 0 && strcmp(method, "GET") == 0) {
+		if ((r = need_vm(a, who, id, HOST_ROLE_READONLY)) == 0)
+			r = host_vm_log(a->host, id, 256 * 1024, &out);
+		return reply(c, r, "log", out);
 	} else if (strcmp(action, "stats") == 0 && strcmp(method, "GET") == 0) {
 		int bad = 0;
 		int64_t since = query_i64(c, "since", 0, &bad);

@@ -83,6 +83,9 @@ int host_vm_delete(struct host *h, const char *user, int64_t id, bool files, str
  * gets the VM as host_vm_get.
  */
 int host_vm_reconfigure(struct host *h, const char *user, int64_t id, json_t *changes, json_t **out);
+/* The end of the VM's log (its supervisor's vela.log, at most max bytes,
+ * from a line start): {text, size, truncated}. */
+int host_vm_log(struct host *h, int64_t id, size_t max, json_t **out);
 /* The VM's settings as its .vmx says: {memsize, vcpus, guestOS, annotation,
  * disks, cdroms, nics}. */
 json_t *host_vm_settings(const char *config);

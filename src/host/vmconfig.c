@@ -10,6 +10,7 @@
 #include "vmx-sup.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -46,6 +47,51 @@ json_t *host_vm_settings(const char *config)
 	vmx_model_free(m);
 	vmx_file_free(f);
 	return o;
+}
+
+int host_vm_log(struct host *h, int64_t id, size_t max, json_t **out)
+{
+	struct vm_row v = { 0 };
+	int r = host_vm_row_get(h, id, &v);
+	if (r < 0)
+		return r;
+	CLEANUP_FREE char *dir = path_dirname(v.config);
+	CLEANUP_FREE char *path = path_join(dir, "vela.log");
+	host_vm_row_clear(&v);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno != ENOENT)
+			return vela_error_errno(errno, "VM %lld: %s", (long long)id, path);
+		*out = json_pack("{s:s, s:I, s:b}", "text", "", "size", (json_int_t)0, "truncated", 0);   /* never ran */
+		return 0;
+	}
+	struct stat st;
+	r = fstat(fd, &st) < 0 ? vela_error_errno(errno, "%s", path) : 0;
+	/* The end of the log is what an administrator looks for. */
+	size_t size = r == 0 ? (size_t)st.st_size : 0, want = size < max ? size : max;
+	char *buf = xcalloc(1, want + 1);
+	ssize_t n = r == 0 ? pread(fd, buf, want, (off_t)(size - want)) : 0;
+	close(fd);
+	if (r == 0 && n < 0)
+		r = vela_error_errno(errno, "%s", path);
+	if (r == 0) {
+		/* Start at a line, and keep only text JSON can carry. */
+		char *start = buf;
+		if (size > want && (start = memchr(buf, '\n', (size_t)n)))
+			start++;
+		else
+			start = buf;
+		for (char *c = start; c < buf + n; c++)
+			if ((unsigned char)*c < 0x20 && *c != '\n' && *c != '\t')
+				*c = '?';
+		*out = json_pack("{s:s%, s:I, s:b}", "text", start, (size_t)(buf + n - start), "size", (json_int_t)size,
+				 "truncated", size > want);
+		if (!*out)   /* not UTF-8 */
+			*out = json_pack("{s:s, s:I, s:b}", "text", "(the log is not UTF-8 text)", "size", (json_int_t)size,
+					 "truncated", 1);
+	}
+	free(buf);
+	return r;
 }
 
 /* ------------------------------------------------------- reconfigure */

@@ -118,8 +118,15 @@ try {
     await page.locator('#save-settings').click();
     await page.locator('#pending', { hasText: 'memsize' }).waitFor({ timeout: 15000 });
   });
-  await check('shut down from the page; the state turns "off" live', async () => {
-    await page.locator('button[data-action=poweroff]').click();
+  await check('the VM\'s events and log tabs show its history', async () => {
+    await page.locator('button[data-tab=events]').click();
+    await page.locator('#vm-events div', { hasText: 'vm.power' }).first().waitFor();
+    await page.locator('button[data-tab=log]').click();
+    await page.locator('#vm-log', { hasText: /qemu/i }).waitFor();
+  });
+  await check('shut down (soft) from the page; the guest powers off, the state turns "off" live', async () => {
+    await page.locator('button[data-tab=summary]').click();
+    await page.locator('button[data-action=shutdown]').click();
     await row().locator('.state', { hasText: /^off$/ }).waitFor({ timeout: 60000 });
   });
   await check('the event feed shows the power operations as they happened', async () => {

@@ -11,7 +11,7 @@ const API = '/api/v1';
 const ROLES = ['none', 'readonly', 'operator', 'admin'];
 const state = { me: null, host: null, vms: [], selected: null, detail: null, tab: 'summary', events: null,
                 term: null, sock: null, rfb: null, chart: null, chartTimer: null, tasks: [], refreshTimer: null };
-const TABS = { summary: 'Summary', console: 'Console', screen: 'Screen', performance: 'Performance' };
+const TABS = { summary: 'Summary', console: 'Console', screen: 'Screen', performance: 'Performance', events: 'Events', log: 'Log' };
 
 // ---------------------------------------------------------------- helpers
 
@@ -241,6 +241,16 @@ async function loadDetail() {
     openConsole(body, vm);
   } else if (state.tab === 'screen') {
     openScreen(body, vm);
+  } else if (state.tab === 'events') {
+    closeConsole();
+    const ev = (await api('GET', '/events?vm=' + id + '&limit=200')).events.reverse();
+    body.append(h('div', { class: 'feed', id: 'vm-events' }, ...ev.map((e) => h('div', { class: e.severity === 'error' ? 'error' : '' },
+      new Date(e.time).toLocaleString() + ' ' + e.severity + ' ' + e.type + ' ' + (e.user || '') + ': ' + e.message))));
+  } else if (state.tab === 'log') {
+    closeConsole();
+    const log = (await api('GET', '/vms/' + id + '/log')).log;
+    body.append(h('p', { class: 'muted' }, log.truncated ? 'The end of the log (' + log.size + ' bytes in all):' : 'The VM\'s log:'),
+      h('pre', { class: 'log', id: 'vm-log' }, log.text || '(empty: the VM never ran)'));
   } else {
     closeConsole();
     showChart(body, id);
