@@ -405,6 +405,42 @@ static int settings_body(const char *const *words, size_t n, json_t **out)
 				return vela_error(VELA_E_INVAL, "vm set: %s must be a number", key);
 			}
 			val = json_integer((json_int_t)u);
+		} else if (strcmp(key, "add-disk") == 0 || strcmp(key, "add-nic") == 0 || strcmp(key, "remove") == 0) {
+			/* add-disk=SIZE[:TYPE[:BUS]], add-nic=CONNECTION[:NETWORK],
+			 * remove=DEVICE; each may come more than once. */
+			const char *list = key[4] == 'd' ? "add_disks" : key[4] == 'n' ? "add_nics" : "remove_devices";
+			json_t *arr = json_object_get(body, list);
+			if (!arr)
+				json_object_set_new(body, list, arr = json_array());
+			CLEANUP_FREE char *copy = xstrdup(v);
+			char *p2 = strchr(copy, ':'), *p3 = NULL;
+			if (p2 && (*p2++ = '\0', (p3 = strchr(p2, ':'))))
+				*p3++ = '\0';
+			if (list[0] == 'r')
+				json_array_append_new(arr, json_string(v));
+			else if (list[4] == 'd')
+				json_array_append_new(arr, json_pack("{s:s, s:s?, s:s?}", "size", copy, "type", p2 && *p2 ? p2 : NULL,
+								     "bus", p3 && *p3 ? p3 : NULL));
+			else
+				json_array_append_new(arr, json_pack("{s:s, s:s?}", "connection", copy, "network",
+								     p2 && *p2 ? p2 : NULL));
+			continue;
+		} else if (strcmp(key, "disk-mode") == 0) {
+			/* disk-mode=ADDR:MODE */
+			const char *colon = strrchr(v, ':');
+			if (!colon || colon == v) {
+				json_decref(body);
+				return vela_error(VELA_E_INVAL, "vm set: disk-mode=ADDR:MODE, e.g. scsi0:0:independent-persistent");
+			}
+			json_t *modes = json_object_get(body, "disk_modes");
+			if (!modes)
+				json_object_set_new(body, "disk_modes", modes = json_object());
+			CLEANUP_FREE char *addr = xstrndup(v, (size_t)(colon - v));
+			json_object_set_new(modes, addr, json_string(colon + 1));
+			continue;
+		} else if (strcmp(key, "boot") == 0) {
+			json_object_set_new(body, "boot_order", json_string(v));
+			continue;
 		} else if (strcmp(key, "nic") == 0) {
 			bool b;
 			if (parse_bool(v, &b) < 0) {

@@ -530,19 +530,19 @@ static bool vm_dir_name_ok(const char *s)
 }
 
 /* The disks of a spec into .vmx keys and image files (made in dir). */
-int host_create_disks(struct vmx_file *f, const char *dir, const char *name, json_t *disks, struct host_task *t)
+int host_create_disks(struct vmx_file *f, const char *dir, const char *name, json_t *disks, struct host_task *t,
+		      json_t *created)
 {
-	static const struct { const char *bus, *ctrl_key, *dev; int slots; enum vdisk_adapter adapter; } buses[] = {
-		{ "scsi", "scsi0", "lsilogic", 15, VDISK_ADAPTER_LSILOGIC },
-		{ "virtio", "virtio0", NULL, 15, VDISK_ADAPTER_VIRTIO },
-		{ "ide", "ide0", NULL, 2, VDISK_ADAPTER_IDE },   /* ide1 is the CD-ROM's */
-		{ "sata", "sata0", NULL, 30, VDISK_ADAPTER_IDE },
+	static const struct { const char *bus, *ctrl_key, *dev; int slots, reserved; enum vdisk_adapter adapter; } buses[] = {
+		{ "scsi", "scsi0", "lsilogic", VMX_MAX_SCSI_UNIT, 7, VDISK_ADAPTER_LSILOGIC },   /* 7: the controller's id */
+		{ "virtio", "virtio0", NULL, VMX_MAX_VIRTIO_UNIT, -1, VDISK_ADAPTER_VIRTIO },
+		{ "ide", "ide0", NULL, VMX_MAX_IDE_UNIT, -1, VDISK_ADAPTER_IDE },   /* ide1 is the CD-ROM's */
+		{ "sata", "sata0", NULL, VMX_MAX_SATA_UNIT, -1, VDISK_ADAPTER_IDE },
 	};
-	int used[ARRAY_SIZE(buses)] = { 0 };
 	size_t i;
 	json_t *d;
 	if (disks && (!json_is_array(disks) || json_array_size(disks) > 4))
-		return vela_error(VELA_E_INVAL, "create: \"disks\" is a list of at most 4 disks");
+		return vela_error(VELA_E_INVAL, "\"disks\" is a list of at most 4 disks");
 	json_array_foreach(disks, i, d) {
 		json_t *jsize = json_object_get(d, "size");
 		const char *type = json_string_value(json_object_get(d, "type"));
@@ -550,45 +550,63 @@ int host_create_disks(struct vmx_file *f, const char *dir, const char *name, jso
 		uint64_t size = 0;
 		int r = 0;
 		if (!json_is_object(d))
-			return vela_error(VELA_E_INVAL, "create: disk %zu is not an object", i);
+			return vela_error(VELA_E_INVAL, "disk %zu is not an object", i);
 		if (json_is_integer(jsize) && json_integer_value(jsize) > 0)
 			size = (uint64_t)json_integer_value(jsize);
 		else if (!json_is_string(jsize) || (r = parse_size(json_string_value(jsize), &size)) < 0)
-			return vela_error(VELA_E_INVAL, "create: disk %zu needs a size (bytes, or \"8g\")", i);
+			return vela_error(VELA_E_INVAL, "disk %zu needs a size (bytes, or \"8g\")", i);
 		if (size < 1024 * 1024 || size > (64ull << 40))
-			return vela_error(VELA_E_RANGE, "create: disk %zu: size from 1 MiB to 64 TiB", i);
+			return vela_error(VELA_E_RANGE, "disk %zu: size from 1 MiB to 64 TiB", i);
 		size_t b = 0;
 		while (b < ARRAY_SIZE(buses) && strcmp(buses[b].bus, bus ? bus : "scsi") != 0)
 			b++;
 		if (b == ARRAY_SIZE(buses))
-			return vela_error(VELA_E_INVAL, "create: disk %zu: bus scsi, virtio, ide or sata", i);
+			return vela_error(VELA_E_INVAL, "disk %zu: bus scsi, virtio, ide or sata", i);
 		struct vdisk_create_opts o = { .type = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE, .size = size,
 					       .adapter = buses[b].adapter };
 		if (type && (r = vdisk_type_parse(type, &o.type)) < 0)
-			return vela_error_context(r, "create: disk %zu", i);
+			return vela_error_context(r, "disk %zu", i);
 		const char *ext = o.type == VDISK_TYPE_QCOW2 ? "qcow2" :
 				  o.type == VDISK_TYPE_RAW ? "img" :
 				  (o.type == VDISK_TYPE_VHD_DYNAMIC || o.type == VDISK_TYPE_VHD_FIXED) ? "vhd" : "vmdk";
-		CLEANUP_FREE char *file = i == 0 ? xasprintf("%s.%s", name, ext) : xasprintf("%s_%zu.%s", name, i, ext);
-		CLEANUP_FREE char *path = path_join(dir, file);
-		int unit = used[b]++;
+		/* The first free unit of the bus (a VM may have disks already). */
+		char key[64];
+		int unit = 0;
+		for (; unit < buses[b].slots; unit++) {
+			snprintf(key, sizeof key, "%s:%d.present", buses[b].ctrl_key, unit);
+			bool present = false;
+			if (unit != buses[b].reserved && (!vmx_get(f, key) || parse_bool(vmx_get(f, key), &present) < 0 || !present))
+				break;
+		}
 		if (unit >= buses[b].slots)
-			return vela_error(VELA_E_LIMIT, "create: at most %d %s disks", buses[b].slots, buses[b].bus);
+			return vela_error(VELA_E_LIMIT, "disk %zu: no free unit on %s", i, buses[b].ctrl_key);
+		/* <name>.<ext> for the first disk, <name>_<i>.<ext> for the others,
+		 * counting on while a file has the name. */
+		CLEANUP_FREE char *file = NULL, *path = NULL;
+		for (unsigned n = (unsigned)i;; n++) {
+			free(file);
+			free(path);
+			file = n == 0 ? xasprintf("%s.%s", name, ext) : xasprintf("%s_%u.%s", name, n, ext);
+			path = path_join(dir, file);
+			struct stat st;
+			if (lstat(path, &st) < 0)
+				break;
+		}
 		if (host_task_cancelled(t))
-			return vela_error(VELA_E_CANCELED, "create: cancelled");
+			return vela_error(VELA_E_CANCELED, "cancelled");
 		host_task_progress(t, (unsigned)(i * 90 / json_array_size(disks)));
 		if ((r = vdisk_create(path, &o)) < 0)
-			return vela_error_context(r, "create: disk %zu", i);
-		char key[64];
+			return vela_error_context(r, "disk %zu", i);
+		if (created)
+			json_array_append_new(created, json_string(path));
 		if (strcmp(buses[b].bus, "scsi") == 0 || strcmp(buses[b].bus, "sata") == 0) {
 			/* Controllers with a key of their own (virtio and IDE have none). */
 			snprintf(key, sizeof key, "%s.present", buses[b].ctrl_key);
 			vmx_set(f, key, "TRUE");
 		}
-		if (buses[b].dev) {
-			snprintf(key, sizeof key, "%s.virtualDev", buses[b].ctrl_key);
+		snprintf(key, sizeof key, "%s.virtualDev", buses[b].ctrl_key);
+		if (buses[b].dev && !vmx_get(f, key))
 			vmx_set(f, key, buses[b].dev);
-		}
 		snprintf(key, sizeof key, "%s:%d.present", buses[b].ctrl_key, unit);
 		vmx_set(f, key, "TRUE");
 		snprintf(key, sizeof key, "%s:%d.fileName", buses[b].ctrl_key, unit);
@@ -637,7 +655,9 @@ int host_vm_create(struct host *h, const char *user, const struct host_vm_spec *
 			vmx_set(f, "ide1:0.deviceType", "cdrom-image");
 			vmx_set(f, "ide1:0.fileName", sp->cdrom);
 		}
-		r = host_create_disks(f, dir, sp->name, sp->disks, t);
+		r = host_create_disks(f, dir, sp->name, sp->disks, t, NULL);
+		if (r < 0)
+			vela_error_context(r, "create");
 	}
 	if (r == 0)
 		r = vmx_file_save(f, vmx);

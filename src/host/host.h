@@ -76,7 +76,10 @@ int host_vm_unregister(struct host *h, const char *user, int64_t id);
 int host_vm_delete(struct host *h, const char *user, int64_t id, bool files, struct host_task *t, json_t **out);
 /*
  * Change settings: {name, folder, memsize, vcpus, guestOS, annotation,
- * cdrom ("" = none), nic (bool)}.  Inventory changes (name, folder) apply
+ * cdrom ("" = none), nic (bool), boot_order, disk_modes {addr: mode},
+ * add_disks [{size, type?, bus?}] (new files in the VM's folder, on free
+ * units; removed again if the change is refused), add_nics [{connection?,
+ * network?, device?}], remove_devices ["scsi0:1", "ethernet1", ...]}.  Inventory changes (name, folder) apply
  * at once; the .vmx is edited at once when the VM is off, and through its
  * supervisor when it runs: then the VM keeps running as it was and
  * status.pending_changes lists the edits until the next power cycle.  *out

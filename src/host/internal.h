@@ -102,9 +102,12 @@ void host_remember_state_locked(struct host *h, int64_t id, const char *state);
 void host_remember_state(struct host *h, int64_t id, json_t *status);
 bool host_name_ok(const char *s, size_t max);
 bool host_folder_ok(const char *s);
-/* Disk specs into .vmx keys and new image files in dir; progress and cancel
- * through t (may be NULL). */
-int host_create_disks(struct vmx_file *f, const char *dir, const char *name, json_t *disks, struct host_task *t);
+/* Disk specs into .vmx keys (on the first free units) and new image files in
+ * dir (named after name, never over an existing file); their paths are
+ * appended to created (may be NULL); progress and cancel through t (may be
+ * NULL). */
+int host_create_disks(struct vmx_file *f, const char *dir, const char *name, json_t *disks, struct host_task *t,
+		      json_t *created);
 
 /* Drop a VM's rows (inventory, state, autostart, its grants); db_lock held. */
 int host_vm_forget_locked(struct host *h, int64_t id);

@@ -38,12 +38,28 @@ json_t *host_vm_settings(const char *config)
 			json_array_append_new(cdroms, o);
 		}
 	}
-	size_t nics = 0;
-	for (size_t i = 0; i < VMX_MAX_NICS; i++)
-		nics += m->nics[i].present;
-	json_t *o = json_pack("{s:I, s:i, s:s, s:s, s:o, s:o, s:I}", "memsize", (json_int_t)m->memsize_mb, "vcpus",
+	json_t *nics = json_array();
+	for (size_t i = 0; i < VMX_MAX_NICS; i++) {
+		const struct vmx_nic *n = &m->nics[i];
+		if (!n->present)
+			continue;
+		char name[24];
+		snprintf(name, sizeof name, "ethernet%u", n->index);
+		json_array_append_new(nics, json_pack("{s:s, s:s, s:s?, s:s, s:s}", "name", name, "connection",
+						      n->connection_type ? n->connection_type : "nat", "network",
+						      n->network_name, "device", vmx_nic_dev_name(n->dev), "mac", n->mac));
+	}
+	/* The boot order as the .vmx spells it ("cdrom,disk"); letters inside. */
+	char order[40] = "";
+	for (size_t i = 0; i < sizeof m->boot.order && m->boot.order[i]; i++) {
+		const char c = m->boot.order[i];
+		const char *w = c == 'c' ? "cdrom" : c == 'd' ? "disk" : c == 'f' ? "floppy" : c == 'n' ? "net" : "?";
+		snprintf(order + strlen(order), sizeof order - strlen(order), "%s%s", *order ? "," : "", w);
+	}
+	json_t *o = json_pack("{s:I, s:i, s:s, s:s, s:o, s:o, s:o, s:s}", "memsize", (json_int_t)m->memsize_mb, "vcpus",
 			      (int)m->vcpus, "guestOS", m->guest_os ? m->guest_os : "", "annotation",
-			      m->annotation ? m->annotation : "", "disks", disks, "cdroms", cdroms, "nics", (json_int_t)nics);
+			      m->annotation ? m->annotation : "", "disks", disks, "cdroms", cdroms, "nics", nics, "boot_order",
+			      order);
 	vmx_model_free(m);
 	vmx_file_free(f);
 	return o;
@@ -96,17 +112,46 @@ int host_vm_log(struct host *h, int64_t id, size_t max, json_t **out)
 
 /* ------------------------------------------------------- reconfigure */
 
+/* Keys to set (value) or remove (NULL), in order; the strings are owned. */
 struct edit {
-	const char *keys[16];
-	const char *values[16];
-	char buf[4][32];
-	size_t n;
+	char **keys, **values;
+	size_t n, cap;
 };
 
 static void edit_add(struct edit *e, const char *key, const char *value)
 {
-	e->keys[e->n] = key;
-	e->values[e->n++] = value;
+	if (e->n == e->cap) {
+		e->cap = e->cap ? 2 * e->cap : 16;
+		e->keys = xrealloc(e->keys, e->cap * sizeof *e->keys);
+		e->values = xrealloc(e->values, e->cap * sizeof *e->values);
+	}
+	e->keys[e->n] = xstrdup(key);
+	e->values[e->n++] = value ? xstrdup(value) : NULL;
+}
+
+static void edit_free(struct edit *e)
+{
+	for (size_t i = 0; i < e->n; i++) {
+		free(e->keys[i]);
+		free(e->values[i]);
+	}
+	free(e->keys);
+	free(e->values);
+}
+
+/* "scsi0:1", "ide1:0", "sata0:2", "virtio0:3" (with_unit), or "ethernet1",
+ * "serial0": a device's key prefix. */
+static bool device_name_ok(const char *s, bool with_unit)
+{
+	size_t letters = strspn(s, "abcdefghijklmnopqrstuvwxyz");
+	size_t digits = letters ? strspn(s + letters, "0123456789") : 0;
+	if (!letters || !digits || digits > 2)
+		return false;
+	const char *rest = s + letters + digits;
+	if (!with_unit)
+		return *rest == '\0' || (rest[0] == ':' && strspn(rest + 1, "0123456789") == strlen(rest + 1) && rest[1] &&
+					   strlen(rest + 1) <= 2);
+	return rest[0] == ':' && rest[1] && strspn(rest + 1, "0123456789") == strlen(rest + 1) && strlen(rest + 1) <= 2;
 }
 
 /* The .vmx keys a change set makes; validates the values. */
@@ -116,14 +161,16 @@ static int edits_of(json_t *ch, struct edit *e)
 	if ((v = json_object_get(ch, "memsize"))) {
 		if (!json_is_integer(v) || json_integer_value(v) < 16 || json_integer_value(v) > 1048576)
 			return vela_error(VELA_E_RANGE, "reconfigure: memsize is 16 to 1048576 (MiB)");
-		snprintf(e->buf[0], sizeof e->buf[0], "%lld", (long long)json_integer_value(v));
-		edit_add(e, "memsize", e->buf[0]);
+		char num[32];
+		snprintf(num, sizeof num, "%lld", (long long)json_integer_value(v));
+		edit_add(e, "memsize", num);
 	}
 	if ((v = json_object_get(ch, "vcpus"))) {
 		if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 64)
 			return vela_error(VELA_E_RANGE, "reconfigure: vcpus is 1 to 64");
-		snprintf(e->buf[1], sizeof e->buf[1], "%lld", (long long)json_integer_value(v));
-		edit_add(e, "numvcpus", e->buf[1]);
+		char num[32];
+		snprintf(num, sizeof num, "%lld", (long long)json_integer_value(v));
+		edit_add(e, "numvcpus", num);
 	}
 	if ((v = json_object_get(ch, "guestOS"))) {
 		if (!host_name_ok(json_string_value(v), 64))
@@ -157,7 +204,34 @@ static int edits_of(json_t *ch, struct edit *e)
 		edit_add(e, "ethernet0.present", json_is_true(v) ? "TRUE" : NULL);
 		edit_add(e, "ethernet0.connectionType", json_is_true(v) ? "nat" : NULL);
 	}
-	static const char *const known[] = { "memsize", "vcpus", "guestOS", "annotation", "name", "cdrom", "nic", "folder" };
+	if ((v = json_object_get(ch, "boot_order"))) {
+		/* "cdrom,disk": checked with the whole file below. */
+		if (!host_name_ok(json_string_value(v), 64))
+			return vela_error(VELA_E_INVAL, "reconfigure: boot_order is a list such as \"cdrom,disk\"");
+		edit_add(e, "boot.order", json_string_value(v));
+	}
+	if ((v = json_object_get(ch, "disk_modes"))) {
+		const char *addr;
+		json_t *mode;
+		if (!json_is_object(v))
+			return vela_error(VELA_E_INVAL, "reconfigure: disk_modes is {\"scsi0:0\": \"independent-persistent\", ...}");
+		json_object_foreach(v, addr, mode) {
+			static const char *const modes[] = { "persistent", "nonpersistent", "undoable", "append",
+							     "independent-persistent", "independent-nonpersistent" };
+			size_t m = 0;
+			while (json_is_string(mode) && m < ARRAY_SIZE(modes) && strcmp(json_string_value(mode), modes[m]) != 0)
+				m++;
+			if (!device_name_ok(addr, true) || !json_is_string(mode) || m == ARRAY_SIZE(modes))
+				return vela_error(VELA_E_INVAL, "reconfigure: disk_modes: \"%.20s\": a disk address and one of"
+								" persistent, nonpersistent, undoable, append,"
+								" independent-persistent, independent-nonpersistent", addr);
+			char key[64];
+			snprintf(key, sizeof key, "%s.mode", addr);
+			edit_add(e, key, modes[m]);
+		}
+	}
+	static const char *const known[] = { "memsize", "vcpus", "guestOS", "annotation", "name", "cdrom", "nic", "folder",
+					     "boot_order", "disk_modes", "add_disks", "add_nics", "remove_devices" };
 	const char *k;
 	json_object_foreach(ch, k, v) {
 		size_t i = 0;
@@ -165,7 +239,8 @@ static int edits_of(json_t *ch, struct edit *e)
 			i++;
 		if (i == ARRAY_SIZE(known))
 			return vela_error(VELA_E_INVAL, "reconfigure: unknown setting \"%.64s\" (memsize, vcpus, guestOS,"
-							" annotation, name, folder, cdrom, nic)", k);
+							" annotation, name, folder, cdrom, nic, boot_order, disk_modes,"
+							" add_disks, add_nics, remove_devices)", k);
 	}
 	return 0;
 }
@@ -203,25 +278,142 @@ static int edit_running(const char *config, const struct edit *e)
 	return r;
 }
 
+/*
+ * The changes that depend on what the .vmx has: new disks on free units
+ * (their files made now, in the VM's folder; listed in created so that a
+ * failure can take them back), NICs on free slots, and devices removed with
+ * all their keys.
+ */
+static int hardware_edits(const char *config, json_t *ch, struct edit *e, json_t *created)
+{
+	json_t *add_disks = json_object_get(ch, "add_disks"), *add_nics = json_object_get(ch, "add_nics");
+	json_t *remove = json_object_get(ch, "remove_devices");
+	if (!add_disks && !add_nics && !remove)
+		return 0;
+	if ((add_nics && (!json_is_array(add_nics) || json_array_size(add_nics) > 4)) ||
+	    (remove && (!json_is_array(remove) || json_array_size(remove) > 16)))
+		return vela_error(VELA_E_INVAL, "reconfigure: add_nics is a list of at most 4, remove_devices of at most 16");
+	struct vmx_file *before = NULL, *f = NULL;
+	int r = vmx_file_load(config, &before);
+	if (r == 0)
+		r = vmx_file_load(config, &f);
+	size_t i;
+	json_t *d;
+	/* Removals first: a slot they free can take a new device. */
+	json_array_foreach(remove, i, d) {
+		const char *dev = json_string_value(d);
+		if (r < 0)
+			break;
+		if (!dev || !device_name_ok(dev, false)) {
+			r = vela_error(VELA_E_INVAL, "reconfigure: remove_devices: \"%.20s\" is not a device such as scsi0:1,"
+						     " ethernet1 or serial0", dev ? dev : "");
+			break;
+		}
+		size_t n = strlen(dev), found = 0;
+		const char *k, *val;
+		for (size_t j = 0; vmx_entry_at(before, j, &k, &val, NULL); j++)
+			if (strncmp(k, dev, n) == 0 && k[n] == '.') {
+				vmx_unset(f, k);
+				found++;
+			}
+		if (!found)
+			r = vela_error(VELA_E_NOTFOUND, "reconfigure: the VM has no device %s", dev);
+	}
+	if (r == 0 && add_disks) {
+		CLEANUP_FREE char *dir = path_dirname(config);
+		CLEANUP_FREE char *base = path_basename(config);
+		size_t len = strlen(base);
+		if (len > 4 && strcmp(base + len - 4, ".vmx") == 0)
+			base[len - 4] = '\0';
+		r = host_create_disks(f, dir, base, add_disks, NULL, created);
+		if (r < 0)
+			vela_error_context(r, "reconfigure: add_disks");
+	}
+	json_array_foreach(add_nics, i, d) {
+		if (r < 0)
+			break;
+		const char *conn = json_string_value(json_object_get(d, "connection"));
+		const char *net = json_string_value(json_object_get(d, "network"));
+		const char *dev = json_string_value(json_object_get(d, "device"));
+		if (!json_is_object(d) || (conn && !host_name_ok(conn, 32)) || (net && !host_name_ok(net, 64)) ||
+		    (dev && !host_name_ok(dev, 32))) {
+			r = vela_error(VELA_E_INVAL, "reconfigure: add_nics: {connection?: nat|bridged|hostonly, network?,"
+						     " device?: virtio|e1000|e1000e|vmxnet3}");
+			break;
+		}
+		unsigned slot = 0;
+		char key[64];
+		for (; slot < VMX_MAX_NICS; slot++) {
+			snprintf(key, sizeof key, "ethernet%u.present", slot);
+			bool present = false;
+			if (!vmx_get(f, key) || parse_bool(vmx_get(f, key), &present) < 0 || !present)
+				break;
+		}
+		if (slot == VMX_MAX_NICS) {
+			r = vela_error(VELA_E_LIMIT, "reconfigure: add_nics: all %d network cards are in use", VMX_MAX_NICS);
+			break;
+		}
+		vmx_set(f, key, "TRUE");
+		snprintf(key, sizeof key, "ethernet%u.connectionType", slot);
+		vmx_set(f, key, conn ? conn : "nat");
+		snprintf(key, sizeof key, "ethernet%u.networkName", slot);
+		if (net)
+			vmx_set(f, key, net);
+		snprintf(key, sizeof key, "ethernet%u.virtualDev", slot);
+		if (dev)
+			vmx_set(f, key, dev);
+	}
+	/* What differs between the file and f, as edits. */
+	const char *k, *val;
+	for (size_t j = 0; r == 0 && vmx_entry_at(f, j, &k, &val, NULL); j++) {
+		const char *old = vmx_get(before, k);
+		if (!old || strcmp(old, val) != 0)
+			edit_add(e, k, val);
+	}
+	for (size_t j = 0; r == 0 && vmx_entry_at(before, j, &k, &val, NULL); j++)
+		if (!vmx_get(f, k))
+			edit_add(e, k, NULL);
+	vmx_file_free(before);
+	vmx_file_free(f);
+	return r;
+}
+
 int host_vm_reconfigure(struct host *h, const char *user, int64_t id, json_t *changes, json_t **out)
 {
 	if (!json_is_object(changes) || json_object_size(changes) == 0)
 		return vela_error(VELA_E_INVAL, "reconfigure: give the settings to change");
 	struct edit e = { .n = 0 };
 	int r = edits_of(changes, &e);
-	if (r < 0)
+	if (r < 0) {
+		edit_free(&e);
 		return r;
+	}
 	const char *name = json_string_value(json_object_get(changes, "name"));
 	const char *folder = json_string_value(json_object_get(changes, "folder"));
-	if (json_object_get(changes, "folder") && !host_folder_ok(folder))
+	if (json_object_get(changes, "folder") && !host_folder_ok(folder)) {
+		edit_free(&e);
 		return vela_error(VELA_E_BADNAME, "reconfigure: bad inventory folder");
+	}
 	struct vm_row v = { 0 };
 	struct vm_oplock *l = NULL;
-	if ((r = host_vm_lock(h, id, &v, &l)) < 0)
+	if ((r = host_vm_lock(h, id, &v, &l)) < 0) {
+		edit_free(&e);
 		return r;
+	}
 	bool running = vmxsup_is_running(v.config);
-	if (e.n > 0)
-		r = running ? edit_running(v.config, &e) : vmx_file_edit(v.config, e.keys, e.values, e.n);
+	json_t *created = json_array();
+	r = hardware_edits(v.config, changes, &e, created);
+	if (r == 0 && e.n > 0)
+		r = running ? edit_running(v.config, &e) : vmx_file_edit(v.config, (const char *const *)e.keys,
+									  (const char *const *)e.values, e.n);
+	if (r < 0) {
+		/* New disks of a refused change go again. */
+		size_t i;
+		json_t *p;
+		json_array_foreach(created, i, p)
+			vdisk_delete(json_string_value(p), true);
+	}
+	json_decref(created);
 	if (r == 0)
 		r = update_inventory(h, id, name, folder);
 	pthread_mutex_unlock(&l->lock);
@@ -240,6 +432,7 @@ int host_vm_reconfigure(struct host *h, const char *user, int64_t id, json_t *ch
 	} else {
 		vela_error_context(r, "reconfigure VM %lld (%s)", (long long)id, v.name);
 	}
+	edit_free(&e);
 	host_vm_row_clear(&v);
 	return r;
 }

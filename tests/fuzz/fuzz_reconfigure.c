@@ -56,8 +56,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (!host)
 		setup();
 	json_t *changes = json_loadb((const char *)data, size, 0, NULL);
-	if (!changes)
+	/* New disks are files: the unit tests cover them; here they would only
+	 * fill the disk. */
+	if (!changes || json_object_get(changes, "add_disks")) {
+		json_decref(changes);
 		return 0;
+	}
 	size_t before_len, after_len;
 	char *before = file_text(&before_len);
 	json_t *out = NULL;

@@ -566,6 +566,19 @@ check "a VM started by a task runs" wait_console "$vmx2" "VELA-GUEST-TICK 2" 1 6
 check "vela vm set on a running VM says what is pending" sh -c "'$VELA' vm set 'web server 2' vcpus=2 | grep -q 'pending until the next power cycle: numvcpus'"
 expect_error VELA_E_BADSTATE "vela task cancel of an ended task" "$VELA" task cancel "$ctask"
 check "vela vm stop hard (again)" "$VELA" vm stop hard "web server 2"
+# Hardware changes: a new virtio disk reaches the guest; removing it again.
+check "vela vm set add-disk, add-nic, disk-mode" "$VELA" vm set "$id1" add-disk=16m:raw:virtio add-nic=nat disk-mode=scsi0:0:independent-persistent
+check "... the .vmx passes vela vmx check" "$VELA" vmx check "$vmx1"
+check "... the new disk is a 16 MiB raw image" sh -c "qemu-img info --output=json '$(dirname "$vmx1")/api1.img' | jq -e '.\"virtual-size\" == 16777216 and .format == \"raw\"'"
+check "... on the first free virtio unit" grep -qx 'virtio0:0.fileName = "api1.img"' "$vmx1"
+check "... and the mode of scsi0:0" grep -qx 'scsi0:0.mode = "independent-persistent"' "$vmx1"
+check "power on with the new disk" "$VELA" vm start "$id1"
+check "the guest sees the added disk (32768 sectors)" wait_console "$vmx1" "VELA-GUEST-DISK: vda sectors=32768" 1 60
+check "the guest sees its first disk too" console_has "$vmx1" "VELA-GUEST-DISK: sda"
+check "hard stop" "$VELA" vm stop hard "$id1"
+check "vela vm set remove=DEVICE" "$VELA" vm set "$id1" remove=virtio0:0 remove=ethernet0 disk-mode=scsi0:0:persistent
+check "... its keys are gone" sh -c "! grep -q '^virtio0:0\.\|^ethernet0\.' '$vmx1'"
+expect_error VELA_E_NOTFOUND "removing a device the VM does not have" "$VELA" vm set "$id1" remove=virtio0:5
 check "vela event list --severity audit" sh -c "'$VELA' event list --severity audit --limit 1000 | grep -q vm.registered"
 export VELA_PASSWORD=$PASSWORD
 check "vela --host --user logs in with PAM" sh -c "'$VELA' --host 127.0.0.1:$HTTPS_PORT --insecure --user $AD vm list | grep -q api1"

@@ -338,6 +338,45 @@ static void reconfigure_and_delete(void **s)
 	assert_string_equal(vmx_get(f, "numvcpus"), "2");
 	vmx_file_free(f);
 
+	/* Hardware: a disk on a free unit, a second NIC, a disk mode, boot order. */
+	ch = json_pack("{s:[{s:s, s:s}], s:[{s:s}], s:{s:s}, s:s}", "add_disks", "size", "4m", "bus", "virtio", "add_nics",
+		       "connection", "hostonly", "disk_modes", "scsi0:0", "independent-persistent", "boot_order", "cdrom,disk");
+	assert_int_equal(host_vm_reconfigure(h, "tester", id, ch, &out), 0);
+	json_decref(ch);
+	json_decref(out);
+	assert_int_equal(vmx_file_load(vmx, &f), 0);
+	assert_string_equal(vmx_get(f, "virtio0:0.fileName"), "edit_1.vmdk");
+	assert_string_equal(vmx_get(f, "ethernet0.connectionType"), "hostonly");   /* the first free slot */
+	assert_string_equal(vmx_get(f, "scsi0:0.mode"), "independent-persistent");
+	assert_string_equal(vmx_get(f, "boot.order"), "cdrom,disk");
+	vmx_file_free(f);
+	char *added = xasprintf("%s/datastores/local/edit/edit_1.vmdk", home);
+	struct stat st;
+	assert_int_equal(stat(added, &st), 0);
+	/* Removing a device takes all its keys; an unknown one changes nothing,
+	 * and a disk made by a refused change goes again. */
+	ch = json_pack("{s:[s]}", "remove_devices", "ethernet0");
+	assert_int_equal(host_vm_reconfigure(h, "tester", id, ch, &out), 0);
+	json_decref(ch);
+	json_decref(out);
+	ch = json_pack("{s:[{s:s}], s:[s]}", "add_disks", "size", "4m", "remove_devices", "scsi9:9");
+	assert_int_equal(host_vm_reconfigure(h, "tester", id, ch, &out), -VELA_E_NOTFOUND);
+	json_decref(ch);
+	ch = json_pack("{s:[{s:s}, {s:s}]}", "add_disks", "size", "4m", "size", "lots");
+	assert_int_equal(host_vm_reconfigure(h, "tester", id, ch, &out), -VELA_E_INVAL);
+	json_decref(ch);
+	char *second = xasprintf("%s/datastores/local/edit/edit_2.vmdk", home);
+	assert_int_equal(stat(second, &st), -1);
+	free(second);
+	ch = json_pack("{s:s}", "boot_order", "floppy,nowhere");
+	assert_int_equal(host_vm_reconfigure(h, "tester", id, ch, &out), -VELA_E_CONFIG);
+	json_decref(ch);
+	assert_int_equal(vmx_file_load(vmx, &f), 0);
+	assert_null(vmx_get(f, "ethernet0.present"));
+	assert_string_equal(vmx_get(f, "boot.order"), "cdrom,disk");
+	vmx_file_free(f);
+	free(added);
+
 	/* A disk outside the folder is kept; the folder goes. */
 	char *outside = xasprintf("%s/shared.vmdk", home);
 	struct vdisk_create_opts dco = { .type = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE, .size = 1 << 20 };
@@ -349,7 +388,6 @@ static void reconfigure_and_delete(void **s)
 	assert_true(json_array_size(json_object_get(out, "removed")) >= 2);
 	assert_true(json_is_true(json_object_get(out, "folder_removed")));
 	json_decref(out);
-	struct stat st;
 	assert_int_equal(stat(vmx, &st), -1);
 	assert_int_equal(stat(outside, &st), 0);
 	assert_int_equal(host_vm_get(h, id, &out), -VELA_E_NOTFOUND);

@@ -159,6 +159,16 @@ try {
     if (!vm.settings.disks.length || !vm.settings.cdroms.length || !vm.settings.cdroms[0].file.endsWith('.iso'))
       throw new Error(JSON.stringify(vm.settings));
   });
+  await check('the hardware editor adds a disk and a network card, and removes them', async () => {
+    await page.locator('#hardware input[name=disk-size]').fill('16m');
+    await page.locator('#add-disk').click();
+    await page.locator('#hw-disks tr[data-disk="scsi0:1"]').waitFor();
+    await page.locator('#add-nic').click();
+    await page.locator('#hw-disks tr[data-nic="ethernet1"]').waitFor();
+    await page.screenshot({ path: join(shots, 'hardware.png') });
+    await page.locator('#hw-disks tr[data-nic="ethernet1"] button').click();
+    await page.locator('#hw-disks tr[data-nic="ethernet1"]').waitFor({ state: 'detached' });
+  });
   await check('a question blocking a VM is answered in place', async () => {
     await row2().click();
     await page.locator('button[data-action=start]').click();

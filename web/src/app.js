@@ -235,7 +235,8 @@ async function loadDetail() {
       h('dt', {}, 'Uptime'), h('dd', {}, st.uptime_s !== undefined ? st.uptime_s + ' s' : '-'),
       h('dt', {}, 'Annotation'), h('dd', {}, set.annotation || '')),
     pending.length ? h('p', { class: 'pending', id: 'pending' }, 'Pending until the next power cycle: ' + pending.map((p) => p.key).join(', ')) : null,
-    roleAtLeast(role, 'admin') ? await settingsEditor(vm) : null].filter((x) => x));
+    roleAtLeast(role, 'admin') ? await settingsEditor(vm) : null,
+    roleAtLeast(role, 'admin') ? hardwareEditor(vm) : null].filter((x) => x));
     closeConsole();
   } else if (state.tab === 'console') {
     openConsole(body, vm);
@@ -308,6 +309,44 @@ async function settingsEditor(vm) {
   h('div', { class: 'form-grid' }, h('label', {}, 'Memory (MiB)'), mem, h('label', {}, 'vCPUs'), cpus,
     h('label', {}, 'CD-ROM'), cd, h('label', {}, 'Annotation'), note),
   h('div', { class: 'controls' }, h('button', { class: 'primary', type: 'submit', id: 'save-settings' }, 'Save'), msg));
+}
+
+// Hardware: disks (mode, remove), network cards, new ones, boot order.
+const DISK_MODES = ['persistent', 'nonpersistent', 'undoable', 'append', 'independent-persistent', 'independent-nonpersistent'];
+
+async function changeHardware(vm, change, what) {
+  try {
+    const j = await api('PATCH', '/vms/' + vm.id, change);
+    const pend = (j.vm.status && j.vm.status.pending_changes) || [];
+    flash(what + (pend.length ? ': pending until the next power cycle.' : ': done.'));
+  } catch (e) {
+    flash(what + ': ' + e.message, true);
+  }
+  loadDetail();
+}
+
+function hardwareEditor(vm) {
+  const set = vm.settings || {};
+  const size = h('input', { name: 'disk-size', value: '8g', size: 6 });
+  const type = h('select', { name: 'disk-type' }, ...['monolithicSparse', 'qcow2', 'vhd-dynamic', 'raw'].map((t) => h('option', { value: t }, t)));
+  const bus = h('select', { name: 'disk-bus' }, ...['scsi', 'virtio', 'sata', 'ide'].map((t) => h('option', { value: t }, t)));
+  const conn = h('select', { name: 'nic-connection' }, ...['nat', 'bridged', 'hostonly'].map((t) => h('option', { value: t }, t)));
+  const boot = h('input', { name: 'boot-order', value: set.boot_order || '', placeholder: 'cdrom,disk', size: 16 });
+  return h('div', { id: 'hardware' }, h('h2', {}, 'Hardware'),
+    h('table', { id: 'hw-disks' }, h('tbody', {}, ...(set.disks || []).map((d) => h('tr', { 'data-disk': d.addr },
+      h('td', {}, d.addr), h('td', { class: 'muted' }, d.file),
+      h('td', {}, h('select', { name: 'mode', onchange: (e) => changeHardware(vm, { disk_modes: { [d.addr]: e.target.value } }, d.addr + ' mode') },
+        ...DISK_MODES.map((m) => h('option', { value: m, selected: m === d.mode }, m)))),
+      h('td', {}, h('button', { onclick: () => changeHardware(vm, { remove_devices: [d.addr] }, 'Remove ' + d.addr) }, 'Remove')))),
+    ...(set.nics || []).map((n) => h('tr', { 'data-nic': n.name }, h('td', {}, n.name),
+      h('td', { class: 'muted' }, n.connection + (n.network ? ' ' + n.network : '') + ' ' + n.device + ' ' + (n.mac || '')), h('td', {}),
+      h('td', {}, h('button', { onclick: () => changeHardware(vm, { remove_devices: [n.name] }, 'Remove ' + n.name) }, 'Remove')))))),
+    h('div', { class: 'controls' }, 'New disk', size, type, 'on', bus,
+      h('button', { id: 'add-disk', onclick: () => changeHardware(vm, { add_disks: [{ size: size.value, type: type.value, bus: bus.value }] }, 'Add disk') }, 'Add disk')),
+    h('div', { class: 'controls' }, 'New network card', conn,
+      h('button', { id: 'add-nic', onclick: () => changeHardware(vm, { add_nics: [{ connection: conn.value }] }, 'Add network card') }, 'Add')),
+    h('div', { class: 'controls' }, 'Boot order', boot,
+      h('button', { id: 'set-boot', onclick: () => changeHardware(vm, { boot_order: boot.value }, 'Boot order') }, 'Set')));
 }
 
 // ------------------------------------------------------------ new VM wizard
