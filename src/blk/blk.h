@@ -105,7 +105,10 @@ void blk_vhost_session_free(struct blk_vhost_session *s);
 int blk_vhost_session_handle(struct blk_vhost_session *s, const void *msg, size_t len, int *fds, size_t nfds,
 			     void *reply, size_t *reply_len);
 
-/* Serve every request available on queue q now (what a kick does). */
+/* Serve the requests available on queue q now (what a kick does): 0 when
+ * none is left, 1 when it stopped after four rings' worth (call again; a
+ * guest can make its own completions look like new requests), < 0 when the
+ * queue is broken. */
 int blk_vhost_session_poll_queue(struct blk_vhost_session *s, unsigned q);
 
 /* Serve one front-end (QEMU) on a connected socket until it disconnects. */

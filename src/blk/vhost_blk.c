@@ -466,6 +466,10 @@ static int vq_process_locked(struct vq *q)
 {
 	if (!q->started || q->broken || !q->desc)
 		return 0;
+	/* At most four rings' worth per call: a guest whose rings overlap (or
+	 * whose buffers point into them) can make every completion look like
+	 * a new request, and must not hold the caller forever. */
+	unsigned budget = 4u * q->num;
 	for (;;) {
 		uint16_t avail = avail_idx(q);
 		if ((uint16_t)(avail - q->last_avail) > q->num) {
@@ -486,6 +490,8 @@ static int vq_process_locked(struct vq *q)
 			continue;
 		}
 		while (q->last_avail != avail) {
+			if (budget-- == 0)
+				return 1;
 			uint16_t head = ld16(q->avail + 4 + 2 * (size_t)(q->last_avail % q->num));
 			q->last_avail++;
 			int nseg = vq_collect(q, head);
@@ -523,9 +529,10 @@ static void *vq_thread(void *opaque)
 	struct pollfd p[2] = { { .fd = q->kick_fd, .events = POLLIN }, { .fd = q->stop_fd, .events = POLLIN } };
 	for (;;) {
 		/* Serve first: requests may have been posted before the
-		 * kick fd was handed over. */
-		blk_vhost_session_poll_queue(q->s, q->index);
-		if (poll(p, 2, -1) < 0 && errno != EINTR)
+		 * kick fd was handed over.  A full budget served: go on at
+		 * once (after a look at the stop fd), without a kick. */
+		int more = blk_vhost_session_poll_queue(q->s, q->index) > 0;
+		if (poll(p, 2, more ? 0 : -1) < 0 && errno != EINTR)
 			break;
 		if (p[1].revents)
 			break;

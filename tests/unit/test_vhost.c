@@ -360,6 +360,34 @@ static void hostile_guest(void **state)
 	guest_stop(&g);
 }
 
+/* Queue 1 with its used ring on top of its avail ring and a used index
+ * ahead: every completion the back-end writes is a new request.  Polling
+ * must come back (with 1: more) instead of serving forever. */
+static void self_feeding_ring(void **state)
+{
+	(void)state;
+	struct guest g;
+	guest_start(&g);
+	const uint64_t ring = 0x5000;
+	assert_int_equal(msg_state(&g, 8, 1, QSIZE), 0);   /* SET_VRING_NUM */
+	uint64_t addr[5] = { 1, GUEST_UVA + DESC, GUEST_UVA + ring, GUEST_UVA + ring, 0 };
+	assert_int_equal(msg(&g, 9, 0, addr, 40, NULL, 0, NULL, NULL), 0);
+	assert_int_equal(msg_state(&g, 10, 1, 0), 0);      /* SET_VRING_BASE */
+	uint16_t ahead = 3;
+	memcpy(g.mem + ring + 2, &ahead, 2);
+	int fd = eventfd(0, EFD_NONBLOCK);
+	uint64_t idx = 1;
+	assert_int_equal(msg(&g, 13, 0, &idx, 8, &fd, 1, NULL, NULL), 0);   /* CALL */
+	int kick = eventfd(0, 0);
+	assert_int_equal(msg(&g, 12, 0, &idx, 8, &kick, 1, NULL, NULL), 0); /* KICK */
+	assert_int_equal(msg_state(&g, 18, 1, 1), 0);      /* SET_VRING_ENABLE */
+	assert_int_equal(blk_vhost_session_poll_queue(g.s, 1), 1);
+	assert_int_equal(blk_vhost_session_poll_queue(g.s, 1), 1);
+	/* Queue 0 is not held up by it. */
+	assert_int_equal(request(&g, 0, 8, 512, 1, true), 0);
+	guest_stop(&g);
+}
+
 /* Over a real socket with queue threads: kick, and the answer comes. */
 struct conn {
 	int fd;
@@ -460,6 +488,7 @@ int main(void)
 		cmocka_unit_test(config_space),
 		cmocka_unit_test(hostile_front_end),
 		cmocka_unit_test(hostile_guest),
+		cmocka_unit_test(self_feeding_ring),
 		cmocka_unit_test(threaded_queue_over_a_socket),
 	};
 	return cmocka_run_group_tests_name("vhost", tests, setup, teardown);
