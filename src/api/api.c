@@ -535,6 +535,15 @@ static int delete_job(struct host *h, struct host_task *t, void *arg, json_t **r
 	return host_vm_delete(h, j->user, j->vm, j->files, t, result);
 }
 
+static int snapshot_job(struct host *h, struct host_task *t, void *arg, json_t **result)
+{
+	(void)t;
+	struct job *j = arg;
+	const char *name = json_string_value(json_object_get(j->doc, "name"));
+	const char *desc = json_string_value(json_object_get(j->doc, "description"));
+	return host_vm_snapshot(h, j->user, j->vm, j->op, name, desc, result);
+}
+
 static int autostop_job(struct host *h, struct host_task *t, void *arg, json_t **result)
 {
 	struct job *j = arg;
@@ -872,6 +881,28 @@ static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const s
 		}
 		json_decref(doc);
 		return reply(c, r, "autostart", out);
+	} else if (strcmp(action, "snapshots") == 0 && strcmp(method, "GET") == 0) {
+		if ((r = need_vm(a, who, id, HOST_ROLE_READONLY)) == 0)
+			r = host_vm_snapshots(a->host, id, &out);
+		return reply(c, r, "snapshots", out);
+	} else if ((strcmp(action, "snapshots") == 0 || strcmp(action, "snapshots/revert") == 0 ||
+		    strcmp(action, "snapshots/delete") == 0) && strcmp(method, "POST") == 0) {
+		/* Taking one is an operator's; going back or dropping one
+		 * changes what the disks hold: an administrator's. */
+		const char *op = strcmp(action, "snapshots") == 0 ? "create" : action + strlen("snapshots/");
+		struct api_field f[] = { { .name = "name", .type = 's' }, { .name = "description", .type = 's', .optional = true } };
+		r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
+		if (r == 0)
+			r = need_vm(a, who, id, strcmp(op, "create") == 0 ? HOST_ROLE_OPERATOR : HOST_ROLE_ADMIN);
+		if (r < 0) {
+			json_decref(doc);
+			return send_error(c, r);
+		}
+		struct job *j = job_new(who, id);
+		snprintf(j->op, sizeof j->op, "%s", op);
+		j->doc = doc;
+		CLEANUP_FREE char *type = xasprintf("vm.snapshot.%s", op);
+		return run_task(a, c, type, f[0].s, false, snapshot_job, j, "snapshot");
 	} else if (strcmp(action, "log") == 0 && strcmp(method, "GET") == 0) {
 		if ((r = need_vm(a, who, id, HOST_ROLE_READONLY)) == 0)
 			r = host_vm_log(a->host, id, 256 * 1024, &out);

@@ -412,6 +412,8 @@ static void usage(FILE *f)
 		"  vela vm snapshot list FILE.vmx       the snapshot tree\n"
 		"  vela vm snapshot revert FILE.vmx NAME  go back to a snapshot (VM off)\n"
 		"  vela vm snapshot delete FILE.vmx NAME  drop a snapshot, merging its disk images\n"
+		"                                       (snapshot commands take a VM's id or name too:\n"
+		"                                       then through velad)\n"
 		"  vela vm disk-limit [--iops N] [--bps N] FILE.vmx DISK  live: cap a disk's I/O\n"
 		"  vela vm export-disk --nbd ADDR FILE.vmx DISK  live: read-only point-in-time export\n"
 		"  vela vm export-disk --end [--keep] FILE.vmx DISK  end it, fold the redo log back\n"
@@ -761,8 +763,13 @@ int main(int argc, char **argv)
 			return cmd_remote(&c, words, nw);
 		}
 	}
-	if (strcmp(verb, "snapshot") == 0)
+	if (strcmp(verb, "snapshot") == 0) {
+		/* A .vmx file: directly; a VM's id or name (or --host): velad. */
+		bool file = nw > 3 && (strchr(words[3], '/') || strstr(words[3], ".vmx") || access(words[3], F_OK) == 0);
+		if (c.host || (nw > 3 && !file))
+			return cmd_remote(&c, words, nw);
 		return cmd_vm_snapshot(&c, words, nw);
+	}
 	/* The power mode and the file may come in either order. */
 	const char *file = NULL, *mode = NULL, *extra = NULL;
 	for (size_t i = 2; i < nw; i++) {

@@ -457,6 +457,59 @@ static int settings_body(const char *const *words, size_t n, json_t **out)
 	return 0;
 }
 
+/* vela vm snapshot create|list|revert|delete VM [NAME] through velad. */
+static int snapshot_command(struct client *cl, const char *const *args, size_t n)
+{
+	const struct cli *c = cl->c;
+	long long id;
+	int r;
+	if (n < 2)
+		return vela_error(VELA_E_INVAL, "vm snapshot create|list|revert|delete VM [NAME]");
+	const char *sub = args[0];
+	if ((r = resolve_vm(cl, args[1], &id)) < 0)
+		return r;
+	json_t *reply = NULL;
+	if (strcmp(sub, "list") == 0 && n == 2) {
+		CLEANUP_FREE char *p = xasprintf("vms/%lld/snapshots", id);
+		if ((r = client_call(cl, "GET", p, NULL, &reply)) < 0)
+			return r;
+		json_t *snaps = json_object_get(reply, "snapshots");
+		if (c->json) {
+			cli_print_json(snaps);
+		} else if (json_array_size(snaps) == 0) {
+			printf("no snapshots\n");
+		} else {
+			size_t i;
+			json_t *sn;
+			json_array_foreach(snaps, i, sn)
+				printf("%s%s  %s  (parent %lld)\n", str_of(sn, "name"),
+				       json_is_true(json_object_get(sn, "current")) ? " (current)" : "", str_of(sn, "created"),
+				       (long long)json_integer_value(json_object_get(sn, "parent")));
+		}
+		json_decref(reply);
+		return 0;
+	}
+	if (n != 3 || (strcmp(sub, "create") != 0 && strcmp(sub, "revert") != 0 && strcmp(sub, "delete") != 0))
+		return vela_error(VELA_E_INVAL, "vm snapshot create|revert|delete VM NAME");
+	CLEANUP_FREE char *p = strcmp(sub, "create") == 0 ? xasprintf("vms/%lld/snapshots", id)
+							  : xasprintf("vms/%lld/snapshots/%s", id, sub);
+	json_t *body = json_pack("{s:s}", "name", args[2]);
+	if (c->description && strcmp(sub, "create") == 0)
+		json_object_set_new(body, "description", json_string(c->description));
+	if ((r = client_call(cl, "POST", p, body, &reply)) < 0)
+		return r;
+	json_t *res = json_object_get(reply, "snapshot");
+	if (c->json)
+		cli_print_json(res);
+	else if (strcmp(sub, "create") == 0)
+		printf("snapshot \"%s\" taken (%lld disks%s)\n", args[2], (long long)json_integer_value(json_object_get(res, "disks")),
+		       json_is_true(json_object_get(res, "live")) ? ", live" : "");
+	else
+		printf("%s \"%s\": done%s\n", sub, args[2], json_is_true(json_object_get(res, "live")) ? " (live)" : "");
+	json_decref(reply);
+	return 0;
+}
+
 static int vm_command(struct client *cl, const char *verb, const char *const *args, size_t n)
 {
 	const struct cli *c = cl->c;
@@ -524,6 +577,8 @@ static int vm_command(struct client *cl, const char *verb, const char *const *ar
 			return start_task(cl, "POST", "vms/create?wait=0", body);
 		return post_and_print(cl, "vms/create", body, "vm", fields);
 	}
+	if (strcmp(verb, "snapshot") == 0)
+		return snapshot_command(cl, args, n);
 	if (n < 1)
 		return vela_error(VELA_E_INVAL, "vm %s needs a VM (id or name)", verb);
 	if ((r = resolve_vm(cl, args[0], &id)) < 0)

@@ -86,6 +86,12 @@ int host_vm_delete(struct host *h, const char *user, int64_t id, bool files, str
  * gets the VM as host_vm_get.
  */
 int host_vm_reconfigure(struct host *h, const char *user, int64_t id, json_t *changes, json_t **out);
+/* Disk snapshots (src/snapshot): the tree, and create / revert / delete
+ * under the VM's operation lock (revert needs the VM off).  *out: the
+ * operation's result ({name, disks, live, skipped} for create). */
+int host_vm_snapshots(struct host *h, int64_t id, json_t **out);
+int host_vm_snapshot(struct host *h, const char *user, int64_t id, const char *op, const char *name,
+		     const char *description, json_t **out);
 /* The end of the VM's log (its supervisor's vela.log, at most max bytes,
  * from a line start): {text, size, truncated}. */
 int host_vm_log(struct host *h, int64_t id, size_t max, json_t **out);

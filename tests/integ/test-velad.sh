@@ -339,6 +339,30 @@ check "... ended cancelled (VELA_E_CANCELED)" test "$(jq_reply '.task.state + "|
 check "... and left no file" test ! -e "$VELA_HOME/datastores/local/iso/slow.iso"
 check "... nor a temporary one" sh -c "! ls -A '$VELA_HOME/datastores/local/iso' | grep -q vela-upload"
 
+# ---- disk snapshots through velad (tasks), live and offline
+expect_api 200 "create a VM for snapshots" POST /api/v1/vms/create '{"name": "snappy", "disks": [{"size": "32m"}], "nic": false}'
+ids=$(jq_reply .vm.id)
+expect_api 200 "power it on" POST /api/v1/vms/$ids/power '{"op": "start"}'
+expect_api 200 "take a live snapshot" POST /api/v1/vms/$ids/snapshots '{"name": "before patch", "description": "live"}'
+check "... live, one disk, a task" test "$(jq_reply '(.snapshot.live | tostring) + "|" + (.snapshot.disks | tostring) + "|" + (.task > 0 | tostring)')" = "true|1|true"
+check "... the running disk is a redo log now (qemu-img sees its backing file)" sh -c "qemu-img info --output=json \"\$(grep '^scsi0:0.fileName' '$VELA_HOME/datastores/local/snappy/snappy.vmx' | cut -d'\"' -f2 | sed 's|^|$VELA_HOME/datastores/local/snappy/|')\" | jq -e '.\"backing-filename\"'"
+expect_api 409 "revert while on is refused" POST /api/v1/vms/$ids/snapshots/revert '{"name": "before patch"}'
+expect_api 200 "hard stop" POST /api/v1/vms/$ids/power '{"op": "stop", "mode": "hard"}'
+expect_api 200 "take a second snapshot (off)" POST /api/v1/vms/$ids/snapshots '{"name": "after patch"}'
+expect_api 200 "the snapshot tree" GET /api/v1/vms/$ids/snapshots
+check "... two, the second current, child of the first" test "$(jq_reply '[.snapshots[] | .name + ":" + (.current | tostring)] | join(",")')" = "before patch:false,after patch:true"
+expect_api 200 "revert to the first" POST /api/v1/vms/$ids/snapshots/revert '{"name": "before patch"}'
+expect_api 404 "an unknown snapshot is a 404" POST /api/v1/vms/$ids/snapshots/delete '{"name": "never"}'
+expect_api 400 "a snapshot without a name is a 400" POST /api/v1/vms/$ids/snapshots '{}'
+expect_api 200 "delete the second" POST /api/v1/vms/$ids/snapshots/delete '{"name": "after patch"}'
+check "vela vm snapshot list VM (through velad)" sh -c "'$VELA' vm snapshot list snappy | grep -q '^before patch (current)'"
+check "vela vm snapshot delete VM NAME (through velad)" "$VELA" vm snapshot delete snappy "before patch"
+check "... none left" sh -c "'$VELA' vm snapshot list snappy | grep -q '^no snapshots'"
+check "the disk chain is whole (qemu-img check)" sh -c "for f in '$VELA_HOME'/datastores/local/snappy/*.vmdk; do qemu-img check -q \"\$f\" || exit 1; done"
+expect_api 200 "audit events of the snapshots" GET "/api/v1/events?vm=$ids&severity=audit"
+check "... one per operation" test "$(jq_reply '[.events[] | select(.type == "vm.snapshot")] | length')" = 5
+expect_api 200 "delete the snapshot VM with its files" DELETE "/api/v1/vms/$ids?files=1"
+
 # ---- questions through the API: a copied VM asks about its identity
 cp -a --sparse=always "$(dirname "$vmx1")" "$VELA_HOME/vms/copied"
 expect_api 200 "register a copy of VM 1" POST /api/v1/vms "{\"config\": \"$VELA_HOME/vms/copied/api1.vmx\", \"name\": \"the copy\"}"

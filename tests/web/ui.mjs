@@ -159,6 +159,16 @@ try {
     if (!vm.settings.disks.length || !vm.settings.cdroms.length || !vm.settings.cdroms[0].file.endsWith('.iso'))
       throw new Error(JSON.stringify(vm.settings));
   });
+  await check('snapshots: take one, see it in the tree, delete it', async () => {
+    await page.locator('button[data-tab=snapshots]').click();
+    await page.locator('#snapshots input[name=snapshot-name]').fill('clean install');
+    await page.locator('#take-snapshot').click();
+    await page.locator('#snapshots tr[data-snapshot="clean install"]', { hasText: 'current' }).waitFor();
+    await page.screenshot({ path: join(shots, 'snapshots.png') });
+    await page.locator('#snapshots tr[data-snapshot="clean install"] button[data-op=delete]').click();
+    await page.locator('#snapshots', { hasText: 'No snapshots.' }).waitFor();
+    await page.locator('button[data-tab=summary]').click();
+  });
   await check('the hardware editor adds a disk and a network card, and removes them', async () => {
     await page.locator('#hardware input[name=disk-size]').fill('16m');
     await page.locator('#add-disk').click();

@@ -11,7 +11,8 @@ const API = '/api/v1';
 const ROLES = ['none', 'readonly', 'operator', 'admin'];
 const state = { me: null, host: null, vms: [], selected: null, detail: null, tab: 'summary', events: null,
                 term: null, sock: null, rfb: null, chart: null, chartTimer: null, tasks: [], refreshTimer: null };
-const TABS = { summary: 'Summary', console: 'Console', screen: 'Screen', performance: 'Performance', events: 'Events', log: 'Log' };
+const TABS = { summary: 'Summary', console: 'Console', screen: 'Screen', performance: 'Performance', snapshots: 'Snapshots',
+               events: 'Events', log: 'Log' };
 
 // ---------------------------------------------------------------- helpers
 
@@ -242,6 +243,9 @@ async function loadDetail() {
     openConsole(body, vm);
   } else if (state.tab === 'screen') {
     openScreen(body, vm);
+  } else if (state.tab === 'snapshots') {
+    closeConsole();
+    body.append(await snapshotsView(vm, role));
   } else if (state.tab === 'events') {
     closeConsole();
     const ev = (await api('GET', '/events?vm=' + id + '&limit=200')).events.reverse();
@@ -347,6 +351,43 @@ function hardwareEditor(vm) {
       h('button', { id: 'add-nic', onclick: () => changeHardware(vm, { add_nics: [{ connection: conn.value }] }, 'Add network card') }, 'Add')),
     h('div', { class: 'controls' }, 'Boot order', boot,
       h('button', { id: 'set-boot', onclick: () => changeHardware(vm, { boot_order: boot.value }, 'Boot order') }, 'Set')));
+}
+
+// -------------------------------------------------------------- snapshots
+
+async function snapshotOp(vm, path, body, what) {
+  try {
+    await api('POST', '/vms/' + vm.id + '/snapshots' + path, body);
+    flash(what + ': done.');
+  } catch (e) {
+    flash(what + ': ' + e.message, true);
+  }
+  loadDetail();
+}
+
+async function snapshotsView(vm, role) {
+  const snaps = (await api('GET', '/vms/' + vm.id + '/snapshots')).snapshots;
+  const admin = roleAtLeast(role, 'admin');
+  const rows = [];
+  const walk = (parent, depth) => {
+    for (const s of snaps.filter((x) => x.parent === parent)) {
+      rows.push(h('tr', { 'data-snapshot': s.name },
+        h('td', { style: 'padding-left:' + (6 + depth * 18) + 'px' }, s.name + (s.current ? ' (current)' : '')),
+        h('td', { class: 'muted' }, s.created), h('td', { class: 'muted' }, s.description),
+        h('td', {}, admin ? h('button', { 'data-op': 'revert', disabled: vm.state !== 'off',
+          onclick: () => snapshotOp(vm, '/revert', { name: s.name }, 'Revert to ' + s.name) }, 'Revert') : null,
+        admin ? h('button', { 'data-op': 'delete', onclick: () => snapshotOp(vm, '/delete', { name: s.name }, 'Delete ' + s.name) }, 'Delete') : null)));
+      walk(s.uid, depth + 1);
+    }
+  };
+  walk(0, 0);
+  const name = h('input', { name: 'snapshot-name', placeholder: 'name' });
+  const desc = h('input', { name: 'snapshot-description', placeholder: 'description', size: 30 });
+  return h('div', { id: 'snapshots' },
+    snaps.length ? h('table', {}, h('tbody', {}, ...rows)) : h('p', { class: 'muted' }, 'No snapshots.'),
+    roleAtLeast(role, 'operator') ? h('div', { class: 'controls' }, name, desc,
+      h('button', { id: 'take-snapshot', onclick: () => snapshotOp(vm, '', desc.value ? { name: name.value, description: desc.value } : { name: name.value }, 'Snapshot ' + name.value) }, 'Take snapshot')) : null,
+    h('p', { class: 'muted' }, 'Disk snapshots: reverting needs the VM off; independent disks are not included.'));
 }
 
 // ------------------------------------------------------------ new VM wizard
