@@ -903,6 +903,20 @@ static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const s
 		j->doc = doc;
 		CLEANUP_FREE char *type = xasprintf("vm.snapshot.%s", op);
 		return run_task(a, c, type, f[0].s, false, snapshot_job, j, "snapshot");
+	} else if (strcmp(action, "screenshot") == 0 && strcmp(method, "GET") == 0) {
+		/* What the screen shows is a console's worth: operator. */
+		char *png = NULL;
+		size_t len = 0;
+		if ((r = need_vm(a, who, id, HOST_ROLE_OPERATOR)) == 0)
+			r = host_vm_screenshot(a->host, id, &png, &len);
+		if (r < 0)
+			return send_error(c, r);
+		struct MHD_Response *resp = MHD_create_response_from_buffer(len, png, MHD_RESPMEM_MUST_FREE);
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "image/png");
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+		enum MHD_Result mr = MHD_queue_response(c, MHD_HTTP_OK, resp);
+		MHD_destroy_response(resp);
+		return mr;
 	} else if (strcmp(action, "log") == 0 && strcmp(method, "GET") == 0) {
 		if ((r = need_vm(a, who, id, HOST_ROLE_READONLY)) == 0)
 			r = host_vm_log(a->host, id, 256 * 1024, &out);

@@ -26,6 +26,7 @@
  *   PUT    /api/v1/vms/ID/autostart          {enabled, order?, delay?, stop?}
  *   GET    /api/v1/vms/ID/stats?since=       the VM's CPU, memory and disk samples
  *   GET    /api/v1/vms/ID/log                the end of the VM's log (256 KiB)
+ *   GET    /api/v1/vms/ID/screenshot         the running VM's screen, image/png (operator)
  *   GET    /api/v1/vms/ID/snapshots          the snapshot tree
  *   POST   /api/v1/vms/ID/snapshots          take one {name, description?} (operator; a task)
  *   POST   /api/v1/vms/ID/snapshots/revert   {name} (admin; VM off; a task)

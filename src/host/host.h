@@ -92,6 +92,8 @@ int host_vm_reconfigure(struct host *h, const char *user, int64_t id, json_t *ch
 int host_vm_snapshots(struct host *h, int64_t id, json_t **out);
 int host_vm_snapshot(struct host *h, const char *user, int64_t id, const char *op, const char *name,
 		     const char *description, json_t **out);
+/* The running VM's screen as PNG bytes (caller frees). */
+int host_vm_screenshot(struct host *h, int64_t id, char **png, size_t *len);
 /* The end of the VM's log (its supervisor's vela.log, at most max bytes,
  * from a line start): {text, size, truncated}. */
 int host_vm_log(struct host *h, int64_t id, size_t max, json_t **out);

@@ -110,6 +110,32 @@ int host_vm_log(struct host *h, int64_t id, size_t max, json_t **out)
 	return r;
 }
 
+int host_vm_screenshot(struct host *h, int64_t id, char **png, size_t *len)
+{
+	struct vm_row v = { 0 };
+	int r = host_vm_row_get(h, id, &v);
+	if (r < 0)
+		return r;
+	json_t *reply = NULL, *req = json_pack("{s:s}", "cmd", "screendump");
+	if (!vmxsup_is_running(v.config))
+		r = vela_error(VELA_E_BADSTATE, "VM %lld is off: no screen", (long long)id);
+	else
+		r = vmxsup_call(v.config, req, &reply, STATUS_TIMEOUT_MS);
+	json_decref(req);
+	const char *file = json_string_value(json_object_get(reply, "file"));
+	if (r == 0 && !file)
+		r = vela_error(VELA_E_PROTOCOL, "screendump: the supervisor named no file");
+	if (r == 0) {
+		r = read_file(file, 32u << 20, png, len);
+		unlink(file);
+	}
+	json_decref(reply);
+	if (r < 0)
+		vela_error_context(r, "VM %lld (%s)", (long long)id, v.name);
+	host_vm_row_clear(&v);
+	return r;
+}
+
 /* ------------------------------------------------------- reconfigure */
 
 /* Keys to set (value) or remove (NULL), in order; the strings are owned. */

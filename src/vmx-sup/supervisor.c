@@ -72,6 +72,7 @@ struct sup {
 	int op_timeout_s;
 
 	int inotify_fd;             /* watches the VM folder for edits of the .vmx */
+	unsigned screendumps;       /* names the screenshot files */
 	char question[1024];
 	enum { Q_MOVED, Q_UNDOABLE } question_kind;
 	struct sup_disks *disks;    /* served while QEMU runs */
@@ -1181,6 +1182,20 @@ static int req_disk(struct sup *s, struct ctl_client *c, const char *cmd, json_t
 	return 0;
 }
 
+/* The screen as a PNG file in the run folder, a new name each time (the
+ * caller reads it and removes it): {file}. */
+static int req_screendump(struct sup *s, json_t **reply)
+{
+	if (s->state != VM_ON && s->state != VM_PAUSED)
+		return vela_error(VELA_E_BADSTATE, "no screen: the VM is %s", vm_state_name(s->state));
+	CLEANUP_FREE char *file = xasprintf("%s/screen-%u.png", s->run_dir, ++s->screendumps);
+	int r = sup_qmp(s, "screendump", json_pack("{s:s, s:s}", "filename", file, "format", "png"));
+	if (r < 0)
+		return vela_error_context(r, "screendump");
+	*reply = json_pack("{s:b, s:s}", "ok", 1, "file", file);
+	return 0;
+}
+
 /*
  * Edit the .vmx for the next power-on: {cmd: edit, keys: {key: value or
  * null}}.  Done here, under the lock the supervisor's own writes take (a
@@ -1249,6 +1264,8 @@ static void handle_request(struct sup *s, struct ctl_client *c, const char *line
 		r = req_answer(s, c, json_string_value(json_object_get(req, "choice")));
 	} else if (strcmp(cmd, "scrollback") == 0) {
 		r = req_scrollback(s, &reply);
+	} else if (strcmp(cmd, "screendump") == 0) {
+		r = req_screendump(s, &reply);
 	} else if (strcmp(cmd, "edit") == 0) {
 		r = req_edit(s, json_object_get(req, "keys"));
 	} else if (strcmp(cmd, "addredo") == 0 || strcmp(cmd, "commit") == 0 || strcmp(cmd, "disk-stats") == 0 ||

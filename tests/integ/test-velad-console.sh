@@ -83,6 +83,15 @@ check "vela --json host stats: the host's memory" test "$("$VELA" --json host st
 code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $rotok" "https://127.0.0.1:$PORT/api/v1/host/stats")
 check "host statistics need a grant on the host (readonly on a VM: 403)" test "$code" = 403
 
+# A screenshot: a PNG of the screen QEMU shows, for operators.
+code=$(curl -sk -o "$VELA_HOME/screen.png" -w '%{http_code}' -H "Authorization: Bearer $optok" "https://127.0.0.1:$PORT/api/v1/vms/$id/screenshot")
+check "the operator gets a screenshot" test "$code" = 200
+check "... a PNG (signature)" test "$(head -c 8 "$VELA_HOME/screen.png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a
+check "... of the VGA screen's size (720x400 or more)" test "$(od -An -tu1 -j16 -N4 "$VELA_HOME/screen.png" | awk '{print $1*16777216 + $2*65536 + $3*256 + $4}')" -ge 640
+check "... and no file is left in the run folder" sh -c "! ls '$VELA_HOME'/run/vm/*/screen-*.png 2>/dev/null | grep -q ."
+code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $rotok" "https://127.0.0.1:$PORT/api/v1/vms/$id/screenshot")
+check "readonly gets no screenshot (403)" test "$code" = 403
+
 # Who may not.
 out=$($WS "$URL/vms/$id/console/serial" --timeout 5)
 check "no session: 401" test "$out" = "HTTP 401"

@@ -65,6 +65,14 @@ try {
     await page.locator('#detail-state', { hasText: /^on$/ }).waitFor({ timeout: 15000 });
   });
   await page.screenshot({ path: join(shots, 'overview.png') });
+  await check('the VM page shows a thumbnail of its screen', async () => {
+    await page.locator('button[data-tab=summary]').click();
+    await page.locator('#thumb').waitFor();
+    for (let i = 0; i < 50 && !(await page.locator('#thumb').evaluate((img) => img.complete && img.naturalWidth > 0)); i++)
+      await page.waitForTimeout(200);
+    const w = await page.locator('#thumb').evaluate((img) => img.naturalWidth);
+    if (!(w >= 320)) throw new Error('natural width ' + w);
+  });
   await check('the tasks panel shows the power-on, ended', async () => {
     await page.locator('#tasks tr', { hasText: 'vm.power.start' }).first().locator('td', { hasText: 'success' }).waitFor({ timeout: 15000 });
   });

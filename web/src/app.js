@@ -236,6 +236,9 @@ async function loadDetail() {
       h('dt', {}, 'Uptime'), h('dd', {}, st.uptime_s !== undefined ? st.uptime_s + ' s' : '-'),
       h('dt', {}, 'Annotation'), h('dd', {}, set.annotation || '')),
     pending.length ? h('p', { class: 'pending', id: 'pending' }, 'Pending until the next power cycle: ' + pending.map((p) => p.key).join(', ')) : null,
+    operator && (vm.state === 'on' || vm.state === 'paused')
+      ? h('img', { id: 'thumb', class: 'thumb', alt: 'screen', title: 'Open the screen',
+                   src: API + '/vms/' + id + '/screenshot?t=' + Date.now(), onclick: () => { state.tab = 'screen'; loadDetail(); } }) : null,
     roleAtLeast(role, 'admin') ? await settingsEditor(vm) : null,
     roleAtLeast(role, 'admin') ? hardwareEditor(vm) : null].filter((x) => x));
     closeConsole();
