@@ -65,6 +65,11 @@ try {
     await page.locator('#detail-state', { hasText: /^on$/ }).waitFor({ timeout: 15000 });
   });
   await page.screenshot({ path: join(shots, 'overview.png') });
+  await check("the list shows the running VM's CPU and memory, the header the host's", async () => {
+    // The list reloads the newest samples every 20 s and at every change.
+    await row().locator('td.mem', { hasText: 'MiB' }).waitFor({ timeout: 30000 });
+    await page.locator('#host-usage', { hasText: 'cores busy' }).waitFor({ timeout: 30000 });
+  });
   await check('the VM page shows a thumbnail of its screen', async () => {
     await page.locator('button[data-tab=summary]').click();
     await page.locator('#thumb').waitFor();

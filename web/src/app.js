@@ -75,6 +75,7 @@ function showLogin(msg) {
   state.selected = null;
   clearTimeout(state.refreshTimer);
   clearTimeout(state.chartTimer);
+  clearTimeout(state.usageTimer);
   const app = document.getElementById('app');
   const err = h('p', { class: 'error', id: 'login-error' }, msg || '');
   const user = h('input', { name: 'user', autocomplete: 'username', required: true, autofocus: true });
@@ -116,6 +117,7 @@ async function start() {
       h('span', { class: 'brand' }, 'Vela'),
       h('span', {}, state.host.name || ''),
       h('span', { class: 'muted', id: 'host-summary' }),
+      h('span', { class: 'muted', id: 'host-usage' }),
       h('button', { id: 'nav-new', onclick: showWizard }, 'New VM'),
       h('button', { id: 'nav-ds', onclick: () => showDatastores() }, 'Datastores'),
       h('button', { id: 'nav-host', onclick: showHost }, 'Host'),
@@ -125,7 +127,8 @@ async function start() {
     h('main', {},
       h('div', {},
         h('section', {}, h('h2', {}, 'Virtual machines'), h('p', { id: 'flash', class: 'muted' }),
-          h('table', { id: 'vms' }, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'State'), h('th', {}, 'Folder'))), h('tbody', {}))),
+          h('table', { id: 'vms' }, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'State'), h('th', {}, 'CPU'),
+          h('th', {}, 'Memory'), h('th', {}, 'Folder'))), h('tbody', {}))),
         h('section', {}, h('h2', {}, 'Recent tasks'), h('table', { id: 'tasks' }, h('tbody', {}))),
         h('section', {}, h('h2', {}, 'Events'), h('div', { class: 'feed', id: 'events' }))),
       h('section', { id: 'detail' }, h('p', { class: 'muted' }, 'Select a virtual machine.'))));
@@ -143,11 +146,35 @@ async function loadVMs() {
   body.replaceChildren(...state.vms.map((vm) => h('tr', {
     class: 'vm' + (vm.id === state.selected ? ' selected' : ''), 'data-vm': vm.id,
     onclick: () => select(vm.id),
-  }, h('td', { class: 'name' }, vm.name), h('td', {}, h('span', { class: 'state ' + vm.state }, vm.state)), h('td', { class: 'muted' }, vm.folder))));
+  }, h('td', { class: 'name' }, vm.name), h('td', {}, h('span', { class: 'state ' + vm.state }, vm.state)),
+    h('td', { class: 'cpu muted' }, ''), h('td', { class: 'mem muted' }, ''), h('td', { class: 'muted' }, vm.folder))));
   const running = state.vms.filter((v) => v.state !== 'off').length;
   const sum = document.getElementById('host-summary');
   if (sum) sum.textContent = state.vms.length + ' VMs, ' + running + ' running';
   if (!state.vms.length) flash('No virtual machines you may see.');
+  loadUsage();
+}
+
+// The newest sample of each running VM (and of the host) into the list.
+async function loadUsage() {
+  const since = Date.now() - 120000;
+  for (const vm of state.vms.filter((v) => v.state !== 'off').slice(0, 50)) {
+    let st;
+    try { st = (await api('GET', '/vms/' + vm.id + '/stats?since=' + since)).stats; } catch (e) { continue; }
+    const last = st.samples[st.samples.length - 1];
+    const tr = document.querySelector('tr.vm[data-vm="' + vm.id + '"]');
+    if (!last || !tr) continue;
+    tr.querySelector('td.cpu').textContent = last.cpu.toFixed(2) + ' cores';
+    tr.querySelector('td.mem').textContent = mib(last.mem) + ' MiB';
+  }
+  try {
+    const hs = (await api('GET', '/host/stats?since=' + since)).stats.samples;
+    const last = hs[hs.length - 1];
+    const el = document.getElementById('host-usage');
+    if (last && el) el.textContent = 'host: ' + last.cpu.toFixed(2) + ' cores busy, ' + mib(last.mem) + ' of ' + mib(last.mem_total) + ' MiB in use';
+  } catch (e) { /* no grant on the host */ }
+  clearTimeout(state.usageTimer);
+  state.usageTimer = setTimeout(() => { if (state.me) loadUsage(); }, 20000);
 }
 
 async function select(id) {
