@@ -1079,40 +1079,53 @@ static void probe_states(struct host *h, bool at_start)
 	json_decref(vms);
 }
 
-/* Statistics every stats_interval_ms, until close. */
-static void *stats_thread(void *arg)
+static void *periodic_thread(void *arg)
 {
-	struct host *h = arg;
+	struct host_periodic *p = arg;
+	struct host *h = p->h;
 	pthread_mutex_lock(&h->refresh_lock);
 	while (!h->stopping) {
-		struct timespec until = host_deadline_in(h->stats_interval_ms);
-		pthread_cond_timedwait(&h->stats_cond, &h->refresh_lock, &until);
+		struct timespec until = host_deadline_in(p->interval_ms);
+		pthread_cond_timedwait(&p->cond, &h->refresh_lock, &until);
 		if (h->stopping)
 			break;
 		pthread_mutex_unlock(&h->refresh_lock);
-		host_stats_sample(h);
+		p->work(h);
 		pthread_mutex_lock(&h->refresh_lock);
 	}
 	pthread_mutex_unlock(&h->refresh_lock);
 	return NULL;
 }
 
-static void *refresher(void *arg)
+static int periodic_start(struct host *h, struct host_periodic *p, int interval_ms, void (*work)(struct host *h),
+			  const char *what)
 {
-	struct host *h = arg;
-	pthread_mutex_lock(&h->refresh_lock);
-	while (!h->stopping) {
-		struct timespec until = host_deadline_in(h->refresh_ms);
-		pthread_cond_timedwait(&h->refresh_cond, &h->refresh_lock, &until);
-		if (h->stopping)
-			break;
-		pthread_mutex_unlock(&h->refresh_lock);
-		probe_states(h, false);
-		host_ds_check_space(h);
-		pthread_mutex_lock(&h->refresh_lock);
+	if (interval_ms <= 0)
+		return 0;
+	*p = (struct host_periodic){ .h = h, .interval_ms = interval_ms, .work = work };
+	host_cond_init(&p->cond);
+	if (pthread_create(&p->tid, NULL, periodic_thread, p) != 0) {
+		pthread_cond_destroy(&p->cond);
+		return vela_error(VELA_E_SYSTEM, "host: cannot start the %s", what);
 	}
-	pthread_mutex_unlock(&h->refresh_lock);
-	return NULL;
+	p->running = true;
+	return 0;
+}
+
+/* Caller set h->stopping and woke the thread. */
+static void periodic_join(struct host_periodic *p)
+{
+	if (!p->running)
+		return;
+	pthread_join(p->tid, NULL);
+	pthread_cond_destroy(&p->cond);
+	p->running = false;
+}
+
+static void refresh(struct host *h)
+{
+	probe_states(h, false);
+	host_ds_check_space(h);
 }
 
 int host_open(const struct host_opts *opts, struct host **out)
@@ -1166,21 +1179,10 @@ int host_open(const struct host_opts *opts, struct host **out)
 		return r;
 	}
 	probe_states(h, true);
-	if (h->refresh_ms > 0) {
-		host_cond_init(&h->refresh_cond);
-		if (pthread_create(&h->refresh_thread, NULL, refresher, h) != 0) {
-			host_close(h);
-			return vela_error(VELA_E_SYSTEM, "host: cannot start the state refresher");
-		}
-		h->refreshing = true;
-	}
-	if (h->stats_interval_ms > 0) {
-		host_cond_init(&h->stats_cond);
-		if (pthread_create(&h->stats_tid, NULL, stats_thread, h) != 0) {
-			host_close(h);
-			return vela_error(VELA_E_SYSTEM, "host: cannot start the statistics thread");
-		}
-		h->sampling = true;
+	if ((r = periodic_start(h, &h->refresher, h->refresh_ms, refresh, "state refresher")) < 0 ||
+	    (r = periodic_start(h, &h->sampler, h->stats_interval_ms, host_stats_sample, "statistics thread")) < 0) {
+		host_close(h);
+		return r;
 	}
 	host_event(h, HOST_INFO, 0, NULL, "host.started", "velad %s started (home %s)", VELA_VERSION, h->home);
 	*out = h;
@@ -1195,19 +1197,13 @@ void host_close(struct host *h)
 		host_tasks_shutdown(h);
 	pthread_mutex_lock(&h->refresh_lock);
 	h->stopping = true;
-	if (h->refreshing)
-		pthread_cond_signal(&h->refresh_cond);
-	if (h->sampling)
-		pthread_cond_signal(&h->stats_cond);
+	if (h->refresher.running)
+		pthread_cond_signal(&h->refresher.cond);
+	if (h->sampler.running)
+		pthread_cond_signal(&h->sampler.cond);
 	pthread_mutex_unlock(&h->refresh_lock);
-	if (h->refreshing) {
-		pthread_join(h->refresh_thread, NULL);
-		pthread_cond_destroy(&h->refresh_cond);
-	}
-	if (h->sampling) {
-		pthread_join(h->stats_tid, NULL);
-		pthread_cond_destroy(&h->stats_cond);
-	}
+	periodic_join(&h->refresher);
+	periodic_join(&h->sampler);
 	host_stats_free(h);
 	if (h->db) {
 		host_event(h, HOST_INFO, 0, NULL, "host.stopped", "velad stopped; running VMs keep running");

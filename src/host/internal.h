@@ -27,6 +27,16 @@ struct vm_oplock {
 	struct vm_oplock *next;
 };
 
+/* A thread that runs work every interval_ms until the host closes. */
+struct host_periodic {
+	struct host *h;
+	int interval_ms;
+	void (*work)(struct host *h);
+	pthread_t tid;
+	pthread_cond_t cond;
+	bool running;
+};
+
 struct host {
 	char *home;
 	char *vmx_binary;
@@ -40,12 +50,13 @@ struct host {
 	pthread_mutex_t event_lock;
 	pthread_cond_t event_cond;
 	int64_t last_event;
-	/* The refresher: keeps vm_state current for changes made outside velad. */
+	/* Background work every so often, until close (under refresh_lock):
+	 * the refresher keeps vm_state current for changes made outside velad
+	 * and watches datastore space; the sampler records statistics. */
 	int refresh_ms;
-	pthread_t refresh_thread;
-	bool refreshing, stopping;
+	bool stopping;
 	pthread_mutex_t refresh_lock;
-	pthread_cond_t refresh_cond;
+	struct host_periodic refresher, sampler;
 	/* Running tasks (task.c). */
 	pthread_mutex_t task_lock;
 	pthread_cond_t task_cond;       /* a task ended, or a task thread exited */
@@ -56,12 +67,9 @@ struct host {
 	/* Datastores short of space (datastore.c), under refresh_lock. */
 	struct ds_space *low_space;
 	int low_space_percent;
-	/* Statistics (stats.c): their thread waits on stats_cond under refresh_lock. */
+	/* Statistics (stats.c). */
 	int stats_interval_ms, stats_keep_ms;
-	pthread_t stats_tid;
-	pthread_cond_t stats_cond;
-	bool sampling;
-	struct stats_prev *stats_prev;   /* the stats thread's own */
+	struct stats_prev *stats_prev;   /* the sampler's own */
 };
 
 /* A VM's row of the inventory. */
