@@ -167,17 +167,21 @@ static json_t *column_json(sqlite3_stmt *st, int i)
 	}
 }
 
+json_t *host_db_row(sqlite3_stmt *st, int ncols)
+{
+	json_t *o = json_object();
+	for (int i = 0; i < ncols; i++)
+		json_object_set_new(o, sqlite3_column_name(st, i), column_json(st, i));
+	return o;
+}
+
 /* Every row of a stepped statement as an object keyed by column name. */
 int host_db_rows(struct host *h, sqlite3_stmt *st, json_t **out)
 {
 	json_t *a = json_array();
 	int rc;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		json_t *o = json_object();
-		for (int i = 0; i < sqlite3_column_count(st); i++)
-			json_object_set_new(o, sqlite3_column_name(st, i), column_json(st, i));
-		json_array_append_new(a, o);
-	}
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		json_array_append_new(a, host_db_row(st, sqlite3_column_count(st)));
 	if (rc != SQLITE_DONE) {
 		json_decref(a);
 		return host_db_fail(h, "query");
@@ -298,10 +302,7 @@ int host_event_list(struct host *h, const struct host_event_query *q, const stru
 		while (json_array_size(a) < limit && (rc = sqlite3_step(st)) == SQLITE_ROW) {
 			if (!event_visible(access, sqlite3_column_int64(st, 3), (const char *)sqlite3_column_text(st, 7)))
 				continue;
-			json_t *o = json_object();
-			for (int i = 0; i < 7; i++)
-				json_object_set_new(o, sqlite3_column_name(st, i), column_json(st, i));
-			json_array_insert_new(a, 0, o);
+			json_array_insert_new(a, 0, host_db_row(st, 7));
 		}
 		if (json_array_size(a) < limit && rc != SQLITE_DONE)
 			r = host_db_fail(h, "query events");

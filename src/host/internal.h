@@ -89,6 +89,8 @@ int host_db_fail(struct host *h, const char *what);
 int host_db_prepare(struct host *h, const char *sql, sqlite3_stmt **st);
 void host_db_finalize(sqlite3_stmt **st);
 #define CLEANUP_STMT __attribute__((cleanup(host_db_finalize)))
+/* The current row's first ncols columns as an object keyed by column name. */
+json_t *host_db_row(sqlite3_stmt *st, int ncols);
 /* Every row of a stepped statement as an object keyed by column name. */
 int host_db_rows(struct host *h, sqlite3_stmt *st, json_t **out);
 /* Every row of a query without parameters (takes db_lock). */

@@ -256,15 +256,18 @@ int host_task_wait(struct host *h, int64_t id, int timeout_ms, json_t **out)
 	return host_task_get(h, id, out);
 }
 
-static bool task_visible(const struct host_access *a, const char *user, json_t *row)
+/* Columns of the list's query: TASK_COLUMNS, then the VM's folder. */
+enum { TASK_NCOLS = 13, COL_VM = 2, COL_USER = 3, COL_FOLDER = 13 };
+
+static bool task_visible(const struct host_access *a, const char *user, sqlite3_stmt *st)
 {
 	if (!a)
 		return true;
-	const char *owner = json_string_value(json_object_get(row, "user"));
+	const char *owner = (const char *)sqlite3_column_text(st, COL_USER);
 	if (user && owner && strcmp(user, owner) == 0)
 		return true;
-	int64_t vm = json_integer_value(json_object_get(row, "vm"));
-	const char *folder = json_string_value(json_object_get(row, "folder"));
+	int64_t vm = sqlite3_column_int64(st, COL_VM);
+	const char *folder = (const char *)sqlite3_column_text(st, COL_FOLDER);
 	if (vm == 0 || !folder)
 		return host_access_host(a) >= HOST_ROLE_READONLY;
 	return host_access_vm(a, vm, folder) >= HOST_ROLE_READONLY;
@@ -274,11 +277,11 @@ int host_task_list(struct host *h, const struct host_task_query *q, const struct
 		   json_t **out)
 {
 	unsigned limit = q->limit ? (q->limit > 10000 ? 10000 : q->limit) : 100;
-	json_t *rows = NULL;
+	json_t *a = json_array();
 	pthread_mutex_lock(&h->db_lock);
 	CLEANUP_STMT sqlite3_stmt *st = NULL;
-	/* Newest first from the database (the limit keeps the newest), then
-	 * turned around below: oldest first, as events. */
+	/* Newest first, stopping at `limit` visible ones (a short list of
+	 * 10,000 kept tasks reads a few rows); returned oldest first. */
 	int r = host_db_prepare(h,
 				"SELECT " TASK_COLUMNS ", v.folder FROM tasks t LEFT JOIN vms v ON v.id = t.vm"
 				" WHERE (?1 = 0 OR t.vm = ?1) AND (?2 IS NULL OR t.state = ?2) AND t.id > ?3"
@@ -289,20 +292,18 @@ int host_task_list(struct host *h, const struct host_task_query *q, const struct
 		if (q->state)
 			sqlite3_bind_text(st, 2, q->state, -1, SQLITE_TRANSIENT);
 		sqlite3_bind_int64(st, 3, q->after_id);
-		r = host_db_rows(h, st, &rows);
+		int rc = SQLITE_DONE;
+		while (json_array_size(a) < limit && (rc = sqlite3_step(st)) == SQLITE_ROW)
+			if (task_visible(access, user, st))
+				json_array_insert_new(a, 0, host_db_row(st, TASK_NCOLS));
+		if (json_array_size(a) < limit && rc != SQLITE_DONE)
+			r = host_db_fail(h, "list tasks");
 	}
 	pthread_mutex_unlock(&h->db_lock);
-	if (r < 0)
+	if (r < 0) {
+		json_decref(a);
 		return r;
-	json_t *a = json_array();
-	for (size_t i = 0; i < json_array_size(rows) && json_array_size(a) < limit; i++) {
-		json_t *row = json_array_get(rows, i);
-		if (task_visible(access, user, row)) {
-			json_object_del(row, "folder");
-			json_array_insert(a, 0, row);
-		}
 	}
-	json_decref(rows);
 	merge_live(h, a);
 	shape_rows(a);
 	*out = a;
