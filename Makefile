@@ -55,7 +55,7 @@ $(FUZZ)/build.ninja:
 fuzz: $(FUZZ)/build.ninja
 	ninja -C $(FUZZ)
 
-guest:
+guest: build
 	tests/guest/build-guest.sh $(BUILD)/guest
 
 # The web UI: npm packages pinned by web/package-lock.json, bundled into

@@ -67,6 +67,8 @@ int cmd_vm_disk(const struct cli *c, const char *verb, const char *file, const c
  * vela host info, vela ds list, vela event list|follow, vela perm ...,
  * vela token ... */
 int cmd_remote(const struct cli *c, const char *const *words, size_t n);
+/* vela vm guest|guestinfo|freeze|thaw|sync-time|zero-fill FILE.vmx ... */
+int cmd_vm_guest(const struct cli *c, const char *const *words, size_t n);
 /* vela vm snapshot create|list|revert|delete FILE.vmx [NAME] */
 int cmd_vm_snapshot(const struct cli *c, const char *const *words, size_t n);
 

@@ -408,6 +408,11 @@ static void usage(FILE *f)
 		"  vela vm addredo FILE.vmx DISK        live: new redo log on a running VM's disk\n"
 		"  vela vm commit [--level N] [--freeze] [--no-wait] FILE.vmx DISK  live: merge a redo log\n"
 		"  vela vm disk-stats FILE.vmx          per-disk I/O counters, latency, limits\n"
+		"  vela vm guest FILE.vmx               the guest agent: heartbeat, OS, addresses\n"
+		"  vela vm guestinfo list|get|set|unset FILE.vmx [KEY [VALUE]]  guestinfo values\n"
+		"  vela vm freeze|thaw FILE.vmx         quiesce the guest's file systems (agent)\n"
+		"  vela vm sync-time FILE.vmx           set the guest's clock from the host (agent)\n"
+		"  vela vm zero-fill FILE.vmx FOLDER    zero the free space of a guest file system\n"
 		"  vela vm snapshot create [--description D] FILE.vmx NAME  disk snapshot (live too)\n"
 		"  vela vm snapshot list FILE.vmx       the snapshot tree\n"
 		"  vela vm snapshot revert FILE.vmx NAME  go back to a snapshot (VM off)\n"
@@ -770,6 +775,10 @@ int main(int argc, char **argv)
 			return cmd_remote(&c, words, nw);
 		return cmd_vm_snapshot(&c, words, nw);
 	}
+	static const char *const guest_verbs[] = { "guest", "guestinfo", "freeze", "thaw", "sync-time", "zero-fill" };
+	for (size_t i = 0; i < ARRAY_SIZE(guest_verbs); i++)
+		if (strcmp(verb, guest_verbs[i]) == 0)
+			return cmd_vm_guest(&c, words, nw);
 	/* The power mode and the file may come in either order. */
 	const char *file = NULL, *mode = NULL, *extra = NULL;
 	for (size_t i = 2; i < nw; i++) {

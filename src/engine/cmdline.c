@@ -337,6 +337,14 @@ int engine_build_argv(const struct vmx_model *m, const struct engine_runtime *rt
 	opt(&a, "-chardev", "socket,id=qmp,fd=%d", rt->qmp_fd);
 	opt(&a, "-mon", "chardev=qmp,mode=control");
 
+	if (rt->agent_fd > 0) {
+		opt(&a, "-device", "virtio-serial-pci,id=vela-vser");
+		opt(&a, "-chardev", "socket,id=vela-agent,fd=%d", rt->agent_fd);
+		opt(&a, "-device", "virtserialport,bus=vela-vser.0,chardev=vela-agent,name=%s", "org.vela.guestd.0");
+	}
+	if (rt->incoming)
+		opt(&a, "-incoming", "defer");
+
 	opt(&a, "-device", "VGA,id=video0");
 	if (rt->vnc_socket) {
 		CLEANUP_FREE char *p = qesc(rt->vnc_socket);

@@ -55,6 +55,12 @@ struct engine_runtime {
 	 * reads and writes through an NBD client on it (export = disk id).
 	 */
 	char *const *disk_sockets;
+	/* Connected socket for the guest agent's virtio-serial port
+	 * (org.vela.guestd.0); 0 or less: no agent channel. */
+	int agent_fd;
+	/* Start waiting for a saved state (-incoming defer): the supervisor
+	 * then feeds it with migrate-incoming. */
+	bool incoming;
 };
 
 /* Disk image format by content: "raw", "vmdk", "qcow2", "vpc" (VHD). */

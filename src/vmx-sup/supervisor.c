@@ -4,6 +4,8 @@
 #include "vmx.h"
 #include "vmx-sup.h"
 #include "disks.h"
+#include "guest.h"
+#include "agent.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -31,6 +33,8 @@ struct ctl_client {
 	struct strbuf in;
 	bool waiting;              /* reply owed when the pending power op ends */
 	bool waiting_job;          /* reply owed when the disk job ends */
+	bool waiting_guest;        /* reply owed when the guest agent answers */
+	uint64_t serial;           /* names the client in callbacks that outlive it */
 	struct ctl_client *next;
 };
 
@@ -76,6 +80,9 @@ struct sup {
 	char question[1024];
 	enum { Q_MOVED, Q_UNDOABLE } question_kind;
 	struct sup_disks *disks;    /* served while QEMU runs */
+	struct sup_guest *guest;    /* the guest agent's channel, while QEMU runs */
+	bool op_via_agent;          /* the pending soft operation went through the agent */
+	uint64_t client_serial;
 	struct disk_job *job;       /* a long live disk operation (one at a time) */
 	pthread_mutex_t file_lock;  /* s->file: disk jobs record new disk tops in it */
 	enum engine_accel accel;
@@ -173,6 +180,8 @@ static json_t *status_json(struct sup *s)
 			free(bad);
 		}
 	}
+	if (s->guest)
+		json_object_set_new(j, "guest", sup_guest_status(s->guest));
 	if (s->op != OP_NONE && s->op != OP_START)
 		json_object_set_new(j, "pending", json_pack("{s:s, s:s}", "op", s->op == OP_STOP ? "stop" : "reset",
 							    "mode", vm_power_mode_name(s->op_mode)));
@@ -286,6 +295,11 @@ static void handle_event(struct sup *s, struct qmp_msg *m)
 		handle_guest_shutdown(s, reason ? reason : "unknown");
 	} else if (strcmp(m->event, "RESET") == 0) {
 		log_info("event: guest reset (%s)", reason ? reason : "unknown");
+		if (s->op == OP_RESET && s->op_via_agent) {
+			/* The agent rebooted the guest: the soft restart is done. */
+			set_state(s, VM_ON);
+			finish_op(s, 0);
+		}
 	} else if (strcmp(m->event, "STOP") == 0 || strcmp(m->event, "RESUME") == 0) {
 		log_debug("qmp event %s", m->event);
 	} else if (strcmp(m->event, "POWERDOWN") == 0) {
@@ -527,6 +541,9 @@ static void qemu_exited(struct sup *s, int status)
 		s->exit_code = 1;
 	}
 	s->on_since_ms = 0;
+	s->op_via_agent = false;   /* no fallback to a button of a machine that is gone */
+	sup_guest_free(s->guest);
+	s->guest = NULL;
 	disk_job_finish(s);   /* a live commit finishes before the disks close */
 	if (s->disks) {
 		char *question = NULL;
@@ -583,7 +600,7 @@ static void on_signal(struct vela_loop *loop, int fd, uint32_t events, void *opa
 	}
 }
 
-static int spawn_qemu(struct sup *s, char **argv, int qmp_child, int con_child, int err_w)
+static int spawn_qemu(struct sup *s, char **argv, int qmp_child, int con_child, int agent_child, int err_w)
 {
 	sigset_t empty;
 	pid_t pid = fork();
@@ -603,6 +620,8 @@ static int spawn_qemu(struct sup *s, char **argv, int qmp_child, int con_child, 
 		fd_set_cloexec(qmp_child, false);
 		if (con_child >= 0)
 			fd_set_cloexec(con_child, false);
+		if (agent_child >= 0)
+			fd_set_cloexec(agent_child, false);
 		execvp(argv[0], argv);
 		dprintf(2, "cannot run %s: %s\n", argv[0], strerror(errno));
 		_exit(127);
@@ -668,6 +687,24 @@ static void watch_config(struct sup *s)
 	vela_loop_add_fd(s->loop, s->inotify_fd, EPOLLIN, on_config_edit, s);
 }
 
+/* The guest agent's channel, with what the .vmx says it may know. */
+static int open_guest_channel(struct sup *s, int fd)
+{
+	json_t *info = json_object();
+	const char *k, *v;
+	for (size_t i = 0; vmx_entry_at(s->file, i, &k, &v, NULL); i++)
+		if (str_istarts_with(k, "guestinfo.") && json_object_size(info) < 256)
+			json_object_set_new(info, k, json_string(v));
+	struct sup_guest_opts o = {
+		.machine_id = s->model->machine_id, .machine_id_blocked = s->model->machine_id_get_disable,
+		.heartbeat_timeout_s = s->model->heartbeat_timeout_s, .sync_time = s->model->sync_time,
+		.guestinfo = info,
+	};
+	int r = sup_guest_new(s->loop, fd, &o, &s->guest);
+	json_decref(info);
+	return r;
+}
+
 /* Everything after identity: build argv, start QEMU paused, connect QMP, run. */
 static int on_disk_top_changed(const char *addr, const char *top, void *opaque);
 
@@ -676,7 +713,7 @@ static int power_on(struct sup *s)
 	struct engine_host_virt host;
 	struct strbuf notes = { 0 };
 	char **argv = NULL;
-	int qmp_sv[2] = { -1, -1 }, con_sv[2] = { -1, -1 }, err_p[2] = { -1, -1 };
+	int qmp_sv[2] = { -1, -1 }, con_sv[2] = { -1, -1 }, agent_sv[2] = { -1, -1 }, err_p[2] = { -1, -1 };
 	CLEANUP_FREE char *vnc = NULL;
 	CLEANUP_FREE char *cmd = NULL;
 	int r;
@@ -703,6 +740,7 @@ static int power_on(struct sup *s)
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, qmp_sv) < 0 ||
 	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, con_sv) < 0 ||
+	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, agent_sv) < 0 ||
 	    pipe2(err_p, O_CLOEXEC) < 0) {
 		r = vela_error_errno(errno, "socketpair/pipe");
 		goto out;
@@ -717,7 +755,7 @@ static int power_on(struct sup *s)
 		.qemu_binary = s->opts->qemu_binary, .accel = s->accel,
 		.qmp_fd = qmp_sv[1], .console_fd = has_console(s->model) ? con_sv[1] : -1,
 		.vnc_socket = vnc, .name = s->model->display_name,
-		.disk_sockets = sup_disks_sockets(s->disks),
+		.disk_sockets = sup_disks_sockets(s->disks), .agent_fd = agent_sv[1],
 	};
 	r = engine_build_argv(s->model, &rt, &argv, &notes);
 	if (r < 0)
@@ -729,11 +767,12 @@ static int power_on(struct sup *s)
 	cmd = engine_argv_to_string(argv);
 	log_info("starting QEMU: %s", cmd);
 
-	r = spawn_qemu(s, argv, qmp_sv[1], con_sv[1], err_p[1]);
+	r = spawn_qemu(s, argv, qmp_sv[1], con_sv[1], agent_sv[1], err_p[1]);
 	close(qmp_sv[1]);
 	close(con_sv[1]);
+	close(agent_sv[1]);
 	close(err_p[1]);
-	qmp_sv[1] = con_sv[1] = err_p[1] = -1;
+	qmp_sv[1] = con_sv[1] = agent_sv[1] = err_p[1] = -1;
 	if (r < 0)
 		goto out;
 	s->qemu_err_fd = err_p[0];
@@ -763,6 +802,10 @@ static int power_on(struct sup *s)
 	fd_set_nonblock(s->con_fd, true);
 	vela_loop_add_fd(s->loop, s->con_fd, EPOLLIN, on_console_output, s);
 
+	r = open_guest_channel(s, agent_sv[0]);
+	agent_sv[0] = -1;
+	if (r < 0)
+		goto out;
 	r = sup_qmp(s, "cont", NULL);
 	if (r < 0)
 		goto out;
@@ -774,10 +817,15 @@ out:
 	for (int i = 0; i < 2; i++) {
 		if (qmp_sv[i] >= 0) close(qmp_sv[i]);
 		if (con_sv[i] >= 0) close(con_sv[i]);
+		if (agent_sv[i] >= 0) close(agent_sv[i]);
 		if (err_p[i] >= 0) close(err_p[i]);
 	}
 	engine_argv_free(argv);
 	strbuf_free(&notes);
+	if (r < 0 && s->guest) {
+		sup_guest_free(s->guest);
+		s->guest = NULL;
+	}
 	if (r < 0 && s->qemu_pid > 0) {
 		kill(s->qemu_pid, SIGKILL);
 		waitpid(s->qemu_pid, NULL, 0);
@@ -840,17 +888,45 @@ static void op_timeout(struct vela_loop *loop, uint64_t id, void *opaque)
 		}
 		return;
 	}
-	int r = vela_error(VELA_E_TIMEOUT, "the guest did not %s within %d s (no response to the ACPI power button); "
-			   "it is still running", s->op == OP_STOP ? "shut down" : "restart", s->op_timeout_s);
+	int r = vela_error(VELA_E_TIMEOUT, "the guest did not %s within %d s (%s); it is still running",
+			   s->op == OP_STOP ? "shut down" : "restart", s->op_timeout_s,
+			   s->op_via_agent ? "asked through its agent" : "no response to the ACPI power button");
 	log_warn("event: %s", vela_errmsg());
 	set_state(s, VM_ON);
 	finish_op(s, r);
 }
 
+/* The agent refused the shutdown or did not answer: the ACPI button instead. */
+static void on_agent_shutdown(void *opaque, uint64_t tag, int r, json_t *reply)
+{
+	(void)tag;
+	(void)reply;
+	struct sup *s = opaque;
+	if (r == 0 || (s->op != OP_STOP && s->op != OP_RESET) || !s->op_via_agent)
+		return;
+	log_warn("soft %s through the guest agent failed (%s); pressing the ACPI power button instead",
+		 s->op == OP_STOP ? "shutdown" : "restart", vela_errmsg());
+	s->op_via_agent = false;
+	if (sup_qmp(s, "system_powerdown", NULL) < 0)
+		log_error("ACPI power button: %s", vela_errmsg());
+}
+
 static int begin_soft(struct sup *s, struct ctl_client *c, enum pending_op op, enum vm_power_mode mode, int timeout_s)
 {
-	int r = sup_qmp(s, "system_powerdown", NULL);
-	if (r < 0)
+	int r = -VELA_E_NOAGENT;
+	s->op_via_agent = false;
+	if (sup_guest_ready(s->guest)) {
+		/* The agent runs the guest's pre-commands and shuts down cleanly;
+		 * a reboot through it needs no power-off and power-on. */
+		r = sup_guest_request(s->guest, "shutdown",
+				      json_pack("{s:s}", "mode", op == OP_STOP ? "halt" : "reboot"),
+				      timeout_s * 1000, on_agent_shutdown, s, 0);
+		if (r == 0) {
+			s->op_via_agent = true;
+			log_info("event: soft %s requested through the guest agent", op == OP_STOP ? "shutdown" : "restart");
+		}
+	}
+	if (r < 0 && (r = sup_qmp(s, "system_powerdown", NULL)) < 0)
 		return r;
 	s->op = op;
 	s->op_mode = mode;
@@ -926,6 +1002,7 @@ static int req_pause(struct sup *s, bool pause)
 		return r;
 	log_info("event: VM %s", pause ? "paused" : "unpaused");
 	set_state(s, pause ? VM_PAUSED : VM_ON);
+	sup_guest_vm_running(s->guest, !pause, NULL);
 	return 0;
 }
 
@@ -1196,6 +1273,108 @@ static int req_screendump(struct sup *s, json_t **reply)
 	return 0;
 }
 
+/* ------------------------------------------------------- guest agent */
+
+static struct ctl_client *client_by_serial(struct sup *s, uint64_t serial)
+{
+	for (struct ctl_client *c = s->ctl_clients; c; c = c->next)
+		if (c->serial == serial)
+			return c;
+	return NULL;
+}
+
+static void on_guest_op_reply(void *opaque, uint64_t tag, int r, json_t *reply)
+{
+	struct sup *s = opaque;
+	struct ctl_client *c = client_by_serial(s, tag);
+	if (!c || !c->waiting_guest)
+		return;   /* the client went away */
+	c->waiting_guest = false;
+	if (r < 0) {
+		send_json(c->fd, error_json(r));
+		return;
+	}
+	json_t *j = json_deep_copy(reply);
+	json_object_del(j, "re");
+	send_json(c->fd, j);
+}
+
+/*
+ * {cmd: guest-op, op: ping|info|freeze|thaw|zero-fill|sync-time, path}:
+ * passed to the agent; the reply comes when it answers.
+ */
+static int req_guest_op(struct sup *s, struct ctl_client *c, json_t *req)
+{
+	const char *op = json_string_value(json_object_get(req, "op"));
+	json_t *tmo = json_object_get(req, "timeout");
+	int timeout_ms = json_is_integer(tmo) && json_integer_value(tmo) > 0 && json_integer_value(tmo) <= 86400
+				 ? (int)json_integer_value(tmo) * 1000 : 60000;
+	if (s->state != VM_ON)
+		return vela_error(VELA_E_BADSTATE, "guest %s: the VM is %s", op ? op : "operation", vm_state_name(s->state));
+	json_t *args = NULL;
+	const char *cmd = op;
+	if (!op) {
+		return vela_error(VELA_E_INVAL, "guest-op needs an op: ping, info, freeze, thaw, zero-fill or sync-time");
+	} else if (strcmp(op, "zero-fill") == 0) {
+		const char *path = json_string_value(json_object_get(req, "path"));
+		if (!path || path[0] != '/')
+			return vela_error(VELA_E_INVAL, "zero-fill needs the absolute path of a folder in the guest");
+		args = json_pack("{s:s}", "path", path);
+		if (!tmo)
+			timeout_ms = 3600 * 1000;
+	} else if (strcmp(op, "sync-time") == 0) {
+		struct timespec now;
+		clock_gettime(CLOCK_REALTIME, &now);
+		cmd = "time-set";
+		args = json_pack("{s:I, s:s}", "epoch_ns", (json_int_t)now.tv_sec * 1000000000 + now.tv_nsec, "reason", "host");
+	} else if (strcmp(op, "ping") != 0 && strcmp(op, "info") != 0 && strcmp(op, "freeze") != 0 &&
+		   strcmp(op, "thaw") != 0) {
+		return vela_error(VELA_E_INVAL, "unknown guest op \"%.32s\": ping, info, freeze, thaw, zero-fill or sync-time", op);
+	}
+	int r = sup_guest_request(s->guest, cmd, args, timeout_ms, on_guest_op_reply, s, c->serial);
+	if (r < 0)
+		return r;
+	c->waiting_guest = true;
+	return 0;
+}
+
+/* {cmd: guestinfo} lists, {key} gets, {key, value} sets, {key, value: null} removes. */
+static int req_guestinfo(struct sup *s, json_t *req, json_t **reply)
+{
+	if (!s->guest)
+		return vela_error(VELA_E_BADSTATE, "guestinfo: the VM is %s", vm_state_name(s->state));
+	json_t *key = json_object_get(req, "key");
+	json_t *value = json_object_get(req, "value");
+	json_t *all = sup_guest_guestinfo(s->guest);
+	int r = 0;
+	if (!key) {
+		*reply = all;
+		json_object_set_new(*reply, "ok", json_true());
+		return 0;
+	}
+	CLEANUP_FREE char *full = NULL;
+	if ((r = agent_guestinfo_key(json_string_value(key), &full)) < 0) {
+		json_decref(all);
+		return r;
+	}
+	if (!value) {
+		json_t *v = json_object_get(json_object_get(all, "values"), full);
+		if (!v)
+			r = vela_error(VELA_E_NOTFOUND, "guestinfo: %s is not set", full);
+		else
+			*reply = json_pack("{s:b, s:s, s:O}", "ok", 1, "key", full, "value", v);
+		json_decref(all);
+		return r;
+	}
+	json_decref(all);
+	if (!json_is_string(value) && !json_is_null(value))
+		return vela_error(VELA_E_INVAL, "guestinfo: the value is a string (or null to remove the key)");
+	r = sup_guest_guestinfo_set(s->guest, full, json_string_value(value), "the host");
+	if (r == 0)
+		*reply = json_pack("{s:b, s:s}", "ok", 1, "key", full);
+	return r;
+}
+
 /*
  * Edit the .vmx for the next power-on: {cmd: edit, keys: {key: value or
  * null}}.  Done here, under the lock the supervisor's own writes take (a
@@ -1268,6 +1447,13 @@ static void handle_request(struct sup *s, struct ctl_client *c, const char *line
 		r = req_screendump(s, &reply);
 	} else if (strcmp(cmd, "edit") == 0) {
 		r = req_edit(s, json_object_get(req, "keys"));
+	} else if (strcmp(cmd, "guest") == 0) {
+		reply = sup_guest_status(s->guest);
+		json_object_set_new(reply, "ok", json_true());
+	} else if (strcmp(cmd, "guest-op") == 0) {
+		r = req_guest_op(s, c, req);
+	} else if (strcmp(cmd, "guestinfo") == 0) {
+		r = req_guestinfo(s, req, &reply);
 	} else if (strcmp(cmd, "addredo") == 0 || strcmp(cmd, "commit") == 0 || strcmp(cmd, "disk-stats") == 0 ||
 		   strcmp(cmd, "disk-limit") == 0 || strcmp(cmd, "export-disk") == 0) {
 		r = req_disk(s, c, cmd, req, &reply);
@@ -1278,7 +1464,7 @@ static void handle_request(struct sup *s, struct ctl_client *c, const char *line
 		log_debug("control: %s", cmd);
 done:
 	json_decref(req);
-	if ((c->waiting || c->waiting_job) && r == 0) {
+	if ((c->waiting || c->waiting_job || c->waiting_guest) && r == 0) {
 		json_decref(reply);
 		return;   /* answered when the operation completes */
 	}
@@ -1351,6 +1537,7 @@ static void on_ctl_accept(struct vela_loop *loop, int fd, uint32_t events, void 
 		return;
 	struct ctl_client *c = xcalloc(1, sizeof *c);
 	c->fd = cfd;
+	c->serial = ++s->client_serial;
 	c->next = s->ctl_clients;
 	s->ctl_clients = c;
 	vela_loop_add_fd(loop, cfd, EPOLLIN, on_ctl_client, s);

@@ -163,6 +163,14 @@ struct vmx_model {
 	enum vmx_chipset chipset;
 	char *machine_id;
 	bool machine_id_get_disable;
+	/* Guest tools, suspend and resume. */
+	unsigned heartbeat_timeout_s;   /* tools.heartbeatTimeout, default 60 */
+	bool sync_time;                 /* tools.syncTime */
+	bool sync_time_resume;          /* time.synchronize.resume.disk, default TRUE */
+	bool sync_time_restore;         /* time.synchronize.restore (revert), default TRUE */
+	bool resume_repeatable;         /* resume.repeatable */
+	char *suspend_dir;              /* suspend.directory, resolved; NULL = the VM's folder */
+	char *checkpoint;               /* checkpoint.vmState, resolved: the saved state to resume; NULL = none */
 	struct vmx_boot boot;
 
 	struct vmx_scsi_ctrl scsi[VMX_MAX_SCSI_CTRL];

@@ -590,10 +590,21 @@ static void build_general(struct checker *c)
 	m->machine_id = v ? xstrdup(v) : NULL;
 	m->machine_id_get_disable = get_bool(c, "isolation.tools.machine.id.get.disable", false);
 
+	m->heartbeat_timeout_s = (unsigned)get_uint(c, "tools.heartbeatTimeout", 1, 86400, 60);
+	m->sync_time = get_bool(c, "tools.syncTime", false);
+	m->sync_time_resume = get_bool(c, "time.synchronize.resume.disk", true);
+	m->sync_time_restore = get_bool(c, "time.synchronize.restore", true);
+	m->resume_repeatable = get_bool(c, "resume.repeatable", false);
+	v = vmx_get(c->f, "suspend.directory");
+	if (v && *v)
+		m->suspend_dir = resolve(c, "suspend.directory", v);
+	v = vmx_get(c->f, "checkpoint.vmState");
+	if (v && *v)
+		m->checkpoint = resolve(c, "checkpoint.vmState", v);
+
 	/* Keys used by later subsystems: validated now so mistakes surface early. */
 	static const char *const bools[] = {
-		"tools.syncTime", "autostart", "resume.repeatable", "monitor.sleepWhenIdle",
-		"sched.mem.pshare.enable",
+		"autostart", "monitor.sleepWhenIdle", "sched.mem.pshare.enable",
 	};
 	for (size_t i = 0; i < ARRAY_SIZE(bools); i++)
 		get_bool(c, bools[i], false);
@@ -653,6 +664,8 @@ void vmx_model_free(struct vmx_model *m)
 	free(m->guest_os);
 	free(m->annotation);
 	free(m->machine_id);
+	free(m->suspend_dir);
+	free(m->checkpoint);
 	free(m->boot.kernel);
 	free(m->boot.initrd);
 	free(m->boot.cmdline);

@@ -3,14 +3,19 @@
 #   vmlinuz     Debian's cloud kernel (no install: apt-get download + dpkg-deb -x)
 #   initrd.img  busybox-static + virtio/SCSI/ATA/input modules + tests/guest/init
 #               + vela-io (a small static I/O load generator)
-# Cached: rebuilt only when this script or init changes.
+#               + vela-guestd (the guest agent, static, from GUESTD) and its settings
+# Usage: build-guest.sh [OUT] [GUESTD]
+# Cached: rebuilt only when this script, init or the agent changes.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-$here/../../build/guest}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
+guestd=${2:-$here/../../build/meson/src/guest/vela-guestd}
+[ -x "$guestd" ] || { echo "build-guest: $guestd missing (build first)" >&2; exit 1; }
+guestd=$(cd "$(dirname "$guestd")" && pwd)/$(basename "$guestd")
 stamp="$out/.stamp"
-want=$(cat "$here/build-guest.sh" "$here/init" "$here/vela-io.c" | sha256sum | cut -d' ' -f1)
+want=$(cat "$here/build-guest.sh" "$here/init" "$here/vela-io.c" "$here/vela-guestd.conf" "$guestd" | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -f "$out/vmlinuz" ] && [ -f "$out/initrd.img" ]; then
 	exit 0
 fi
@@ -42,10 +47,13 @@ done
 install -m 0755 "$here/init" "$root/init"
 # The guest's I/O load generator (no fio in busybox), static: no libraries in the initramfs.
 gcc -O2 -static -pthread -o "$root/bin/vela-io" "$here/vela-io.c"
+install -m 0755 "$guestd" "$root/bin/vela-guestd"
+strip "$root/bin/vela-guestd"
+install -m 0644 "$here/vela-guestd.conf" "$root/etc/vela-guestd.conf"
 
 # Modules and their dependencies, in load order (modprobe resolves it).
 mods="virtio_pci virtio_blk virtio_scsi virtio_net virtio_console virtio_balloon virtio_rng
-      sd_mod sr_mod vmw_pvscsi ata_piix ata_generic isofs evdev button"
+      sd_mod sr_mod vmw_pvscsi ata_piix ata_generic isofs evdev button ext4"
 : > "$root/etc/modules.list"
 for m in $mods; do
 	modprobe -S "$kver" -d "$work/kroot" --show-depends "$m" 2>/dev/null | awk '$1 == "insmod" {print $2}' |
