@@ -839,7 +839,7 @@ static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const s
 			return reply(c, r, "vm", out);
 		}
 	} else if (strcmp(action, "power") == 0 && strcmp(method, "POST") == 0) {
-		static const char *const ops[] = { "start", "stop", "reset", "pause", "unpause" };
+		static const char *const ops[] = { "start", "stop", "reset", "pause", "unpause", "suspend", "resume" };
 		struct api_field f[] = { { .name = "op", .type = 's' }, { .name = "mode", .type = 's', .optional = true } };
 		r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
 		size_t k = 0;

@@ -43,13 +43,17 @@ enum {
 #define VU_MAX_REGIONS 8u
 #define VU_VRING_NOFD (1u << 8)
 
-enum { PF_MQ = 0, PF_REPLY_ACK = 3, PF_CONFIG = 9 };
+enum { PF_MQ = 0, PF_LOG_SHMFD = 1, PF_REPLY_ACK = 3, PF_CONFIG = 9 };
+#define PF_OURS (1ull << PF_MQ | 1ull << PF_LOG_SHMFD | 1ull << PF_REPLY_ACK | 1ull << PF_CONFIG)
+#define LOG_PAGE 4096u          /* the dirty log's granule: one bit per guest page */
+#define LOG_MAX (1ull << 40)
+#define VRING_F_LOG 1u
 
 /* virtio and virtio-blk feature bits */
 enum {
 	F_BLK_SIZE_MAX = 1, F_BLK_SEG_MAX = 2, F_BLK_GEOMETRY = 4, F_BLK_RO = 5, F_BLK_BLK_SIZE = 6,
 	F_BLK_FLUSH = 9, F_BLK_TOPOLOGY = 10, F_BLK_MQ = 12, F_BLK_DISCARD = 13, F_BLK_WRITE_ZEROES = 14,
-	F_RING_INDIRECT_DESC = 28, F_RING_EVENT_IDX = 29, F_PROTOCOL_FEATURES = 30, F_VERSION_1 = 32,
+	F_LOG_ALL = 26, F_RING_INDIRECT_DESC = 28, F_RING_EVENT_IDX = 29, F_PROTOCOL_FEATURES = 30, F_VERSION_1 = 32,
 };
 enum { T_IN = 0, T_OUT = 1, T_FLUSH = 4, T_GET_ID = 8, T_DISCARD = 11, T_WRITE_ZEROES = 13 };
 enum { S_OK = 0, S_IOERR = 1, S_UNSUPP = 2 };
@@ -77,6 +81,7 @@ struct seg {
 	uint8_t *p;
 	uint32_t len;
 	bool writable;
+	uint64_t gpa;             /* for the dirty log */
 };
 
 struct vq {
@@ -85,6 +90,8 @@ struct vq {
 	pthread_mutex_t lock;     /* serves the ring: thread or poll_queue */
 	uint32_t num;
 	uint64_t desc_uva, avail_uva, used_uva;
+	uint64_t used_gpa;        /* the used ring's guest address, for the dirty log */
+	bool log_used;
 	uint8_t *desc, *avail, *used;   /* NULL until translated */
 	uint16_t last_avail, used_idx;
 	bool enabled, started, broken;
@@ -106,6 +113,12 @@ struct blk_vhost_session {
 	pthread_rwlock_t mem_lock;  /* regions change only with every queue stopped */
 	struct region regions[VU_MAX_REGIONS];
 	unsigned nregions;
+	/* Migration (suspend): the front-end's dirty-page bitmap, one bit per
+	 * 4 KiB of guest memory we write, while F_LOG_ALL is negotiated. */
+	uint8_t *log;
+	uint64_t log_len;
+	void *log_map;
+	size_t log_map_len;
 	struct vq vqs[BLK_VHOST_MAX_QUEUES];
 };
 
@@ -130,6 +143,15 @@ static uint8_t *uva_to_host(struct blk_vhost_session *s, uint64_t uva, uint64_t 
 			return r->host + (uva - r->uva);
 	}
 	return NULL;
+}
+
+static void unmap_log(struct blk_vhost_session *s)
+{
+	if (s->log_map)
+		munmap(s->log_map, s->log_map_len);
+	s->log_map = NULL;
+	s->log = NULL;
+	s->log_len = 0;
 }
 
 static void unmap_regions(struct blk_vhost_session *s)
@@ -163,6 +185,16 @@ static inline uint16_t avail_idx(struct vq *q)
 static bool has_feature(struct blk_vhost_session *s, unsigned bit)
 {
 	return s->features & (1ull << bit);
+}
+
+/* Mark [gpa, gpa+len) dirty for a migration under way. */
+static void log_write(struct blk_vhost_session *s, uint64_t gpa, uint64_t len)
+{
+	if (!s->log || !len || !has_feature(s, F_LOG_ALL))
+		return;
+	uint64_t first = gpa / LOG_PAGE, last = (gpa + len - 1) / LOG_PAGE;
+	for (uint64_t page = first; page <= last && page / 8 < s->log_len; page++)
+		__atomic_fetch_or(&s->log[page / 8], (uint8_t)(1u << (page % 8)), __ATOMIC_RELAXED);
 }
 
 /* Translate the ring addresses; false when they do not lie in guest memory. */
@@ -208,6 +240,10 @@ static void vq_push_used(struct vq *q, uint16_t head, uint32_t written)
 	memcpy(elem + 4, &written, 4);
 	q->used_idx++;
 	__atomic_store_n((uint16_t *)(q->used + 2), q->used_idx, __ATOMIC_RELEASE);
+	if (q->log_used) {
+		log_write(q->s, q->used_gpa + 4 + 8 * (uint64_t)((q->used_idx - 1) % q->num), 8);
+		log_write(q->s, q->used_gpa + 2, 2);
+	}
 }
 
 /*
@@ -251,7 +287,7 @@ static int vq_collect(struct vq *q, uint16_t head)
 			uint8_t *p = gpa_to_host(s, addr, len);
 			if (!p || nseg >= MAX_CHAIN)
 				return -1;
-			q->segs[nseg++] = (struct seg){ p, len, (flags & DESC_F_WRITE) != 0 };
+			q->segs[nseg++] = (struct seg){ p, len, (flags & DESC_F_WRITE) != 0, addr };
 		}
 		if (!(flags & DESC_F_NEXT))
 			break;
@@ -484,6 +520,8 @@ static int vq_process_locked(struct vq *q)
 			/* Ask for a kick at the next request, then look once more
 			 * so a request posted meanwhile is not left waiting. */
 			st16(q->used + 4 + 8 * q->num, q->last_avail);
+			if (q->log_used)
+				log_write(q->s, q->used_gpa + 4 + 8ull * q->num, 2);
 			__atomic_thread_fence(__ATOMIC_SEQ_CST);
 			if (avail_idx(q) == q->last_avail)
 				return 0;
@@ -501,6 +539,9 @@ static int vq_process_locked(struct vq *q)
 					 q->index, head);
 			else
 				written = vq_serve_request(q, (unsigned)nseg);
+			for (int i = 0; i < nseg && q->s->log; i++)
+				if (q->segs[i].writable)
+					log_write(q->s, q->segs[i].gpa, q->segs[i].len);
 			uint16_t old = q->used_idx;
 			/* A head out of range cannot be returned to the guest either. */
 			if (head < q->num)
@@ -650,6 +691,7 @@ void blk_vhost_session_free(struct blk_vhost_session *s)
 		pthread_mutex_destroy(&s->vqs[i].lock);
 	}
 	unmap_regions(s);
+	unmap_log(s);
 	pthread_rwlock_destroy(&s->mem_lock);
 	free(s);
 }
@@ -659,7 +701,7 @@ static uint64_t offered_features(struct blk_vhost_session *s)
 	uint64_t f = 1ull << F_VERSION_1 | 1ull << F_RING_INDIRECT_DESC | 1ull << F_RING_EVENT_IDX |
 		     1ull << F_PROTOCOL_FEATURES | 1ull << F_BLK_SEG_MAX | 1ull << F_BLK_BLK_SIZE |
 		     1ull << F_BLK_FLUSH | 1ull << F_BLK_TOPOLOGY | 1ull << F_BLK_DISCARD |
-		     1ull << F_BLK_WRITE_ZEROES | 1ull << F_BLK_SIZE_MAX;
+		     1ull << F_BLK_WRITE_ZEROES | 1ull << F_BLK_SIZE_MAX | 1ull << F_LOG_ALL;
 	if (s->opts.num_queues > 1)
 		f |= 1ull << F_BLK_MQ;
 	if (blk_disk_read_only(s->disk))
@@ -697,6 +739,28 @@ static void build_config(struct blk_vhost_session *s, uint8_t cfg[CONFIG_SIZE])
 static int proto_error(const char *what, uint32_t req)
 {
 	return vela_error(VELA_E_PROTOCOL, "vhost-user-blk: message %u: %s", req, what);
+}
+
+/* SET_LOG_BASE: {u64 size, u64 offset} and the log's memory descriptor. */
+static int set_log_base(struct blk_vhost_session *s, const uint8_t *p, int fd, size_t nfds)
+{
+	uint64_t size, off;
+	memcpy(&size, p, 8);
+	memcpy(&off, p + 8, 8);
+	if (nfds != 1 || fd < 0 || size == 0 || size > LOG_MAX || off > LOG_MAX)
+		return proto_error("dirty log: one descriptor and a size of 1 byte to 1 TiB", VU_SET_LOG_BASE);
+	void *map = mmap(NULL, size + off, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (map == MAP_FAILED)
+		return vela_error_errno(errno, "vhost-user-blk: map the dirty log");
+	/* The queues write to the log under the read lock: swap it under the write lock. */
+	pthread_rwlock_wrlock(&s->mem_lock);
+	unmap_log(s);
+	s->log_map = map;
+	s->log_map_len = size + off;
+	s->log = (uint8_t *)map + off;
+	s->log_len = size;
+	pthread_rwlock_unlock(&s->mem_lock);
+	return 0;
 }
 
 static int set_mem_table(struct blk_vhost_session *s, const uint8_t *p, uint32_t size, int *fds, size_t nfds)
@@ -833,14 +897,14 @@ int blk_vhost_session_handle(struct blk_vhost_session *s, const void *msg, size_
 		s->features = 0;
 		break;
 	case VU_GET_PROTOCOL_FEATURES:
-		u64 = 1ull << PF_MQ | 1ull << PF_REPLY_ACK | 1ull << PF_CONFIG;
+		u64 = PF_OURS;
 		memcpy(rep + VU_HDR, &u64, 8);
 		*reply_len = VU_HDR + 8;
 		has_reply = true;
 		break;
 	case VU_SET_PROTOCOL_FEATURES:
 		NEED(8);
-		s->protocol_features = u64 & (1ull << PF_MQ | 1ull << PF_REPLY_ACK | 1ull << PF_CONFIG);
+		s->protocol_features = u64 & PF_OURS;
 		break;
 	case VU_GET_QUEUE_NUM:
 		u64 = s->opts.num_queues;
@@ -853,6 +917,20 @@ int blk_vhost_session_handle(struct blk_vhost_session *s, const void *msg, size_
 		r = set_mem_table(s, p, size, fds, nfds);
 		for (size_t i = 0; i < nfds; i++)
 			close(fds[i]);   /* the mappings keep the memory */
+		break;
+	case VU_SET_LOG_BASE:
+		NEED(16);
+		fds_used = nfds;
+		r = set_log_base(s, p, nfds == 1 ? fds[0] : -1, nfds);
+		for (size_t i = 0; i < nfds; i++)
+			close(fds[i]);
+		u64 = 0;
+		memcpy(rep + VU_HDR, &u64, 8);
+		*reply_len = VU_HDR + 8;
+		has_reply = r == 0;
+		break;
+	case VU_SET_LOG_FD:
+		/* Only for front-ends that want a signal at log updates: none of QEMU's. */
 		break;
 	case VU_SET_VRING_NUM:
 		NEED(8);
@@ -872,6 +950,8 @@ int blk_vhost_session_handle(struct blk_vhost_session *s, const void *msg, size_
 		memcpy(&q->desc_uva, p + 8, 8);
 		memcpy(&q->used_uva, p + 16, 8);
 		memcpy(&q->avail_uva, p + 24, 8);
+		memcpy(&q->used_gpa, p + 32, 8);
+		q->log_used = st_num & VRING_F_LOG;   /* the flags word */
 		break;
 	case VU_SET_VRING_BASE:
 		NEED(8);

@@ -154,7 +154,10 @@ static int vm_getstate(const struct cli *c, const char *path, bool full)
 		return cli_fail(c, vela_error_errno(errno, "%s", path));
 	json_t *reply = NULL;
 	int r = vmxsup_call(path, json_pack("{s:s}", "cmd", "status"), &reply, 10000);
-	if (r == -VELA_E_NOTRUNNING) {
+	CLEANUP_FREE char *vmstate = NULL;
+	if (r == -VELA_E_NOTRUNNING && vmxsup_is_suspended(path, &vmstate)) {
+		reply = json_pack("{s:b, s:s, s:s}", "ok", 1, "state", "suspended", "vmstate", vmstate);
+	} else if (r == -VELA_E_NOTRUNNING) {
 		reply = json_pack("{s:b, s:s}", "ok", 1, "state", "off");
 	} else if (r < 0) {
 		return cli_fail(c, r);
@@ -201,6 +204,16 @@ static int vm_start(const struct cli *c, const char *path)
 
 static int vm_power(const struct cli *c, const char *cmd, const char *path, const char *mode)
 {
+	if (strcmp(cmd, "stop") == 0 && !vmxsup_is_running(path) && vmxsup_is_suspended(path, NULL)) {
+		/* Powering off a suspended VM: its saved state is discarded. */
+		int r = vmxsup_discard_suspended(path);
+		if (r < 0)
+			return cli_fail(c, r);
+		json_t *st = json_pack("{s:b, s:s}", "ok", 1, "state", "off");
+		print_status(c, st);
+		json_decref(st);
+		return 0;
+	}
 	json_t *req = json_pack("{s:s}", "cmd", cmd);
 	if (mode)
 		json_object_set_new(req, "mode", json_string(mode));
@@ -400,6 +413,8 @@ static void usage(FILE *f)
 		"  vela vm stop [hard|soft|trysoft] FILE.vmx   power off (default trysoft)\n"
 		"  vela vm reset [hard|soft|trysoft] FILE.vmx  reset (default trysoft)\n"
 		"  vela vm pause FILE.vmx               freeze the guest\n"
+		"  vela vm suspend FILE.vmx             save the running state to disk; the VM is suspended\n"
+		"  vela vm resume FILE.vmx              continue a suspended VM (start does too)\n"
 		"  vela vm unpause FILE.vmx             continue a paused guest\n"
 		"  vela vm getstate FILE.vmx            print the power state\n"
 		"  vela vm status FILE.vmx              print state, pids, accelerator, question\n"
@@ -747,7 +762,7 @@ int main(int argc, char **argv)
 		if (strcmp(verb, inventory_verbs[i]) == 0)
 			return cmd_remote(&c, words, nw);
 	static const char *const power_verbs[] = { "start", "stop", "reset", "pause", "unpause", "getstate", "status",
-						   "answer" };
+						   "answer", "suspend", "resume" };
 	for (size_t i = 0; i < ARRAY_SIZE(power_verbs); i++) {
 		if (strcmp(verb, power_verbs[i]) != 0 || nw < 3)
 			continue;
@@ -808,8 +823,13 @@ int main(int argc, char **argv)
 	if (extra && strcmp(verb, "answer") != 0)
 		return cli_usage_error("unexpected argument \"%s\"", extra);
 
-	if (strcmp(verb, "start") == 0)
+	if (strcmp(verb, "start") == 0 || strcmp(verb, "resume") == 0) {
+		if (strcmp(verb, "resume") == 0 && !vmxsup_is_suspended(file, NULL) && !vmxsup_is_running(file))
+			return cli_fail(&c, vela_error(VELA_E_BADSTATE, "%s: the VM is not suspended", file));
 		return vm_start(&c, file);
+	}
+	if (strcmp(verb, "suspend") == 0)
+		return call_simple(&c, file, json_pack("{s:s}", "cmd", "suspend"), 3600 * 1000);
 	if (strcmp(verb, "stop") == 0 || strcmp(verb, "reset") == 0)
 		return vm_power(&c, verb, file, mode ? mode : "trysoft");
 	if (strcmp(verb, "pause") == 0 || strcmp(verb, "unpause") == 0)

@@ -661,7 +661,8 @@ static int vm_command(struct client *cl, const char *verb, const char *const *ar
 	} else if (strcmp(verb, "answer") == 0 && n == 2) {
 		CLEANUP_FREE char *p = xasprintf("vms/%lld/answer", id);
 		r = client_call(cl, "POST", p, json_pack("{s:s}", "choice", args[1]), &reply);
-	} else if ((strcmp(verb, "start") == 0 || strcmp(verb, "pause") == 0 || strcmp(verb, "unpause") == 0) && n == 1) {
+	} else if ((strcmp(verb, "start") == 0 || strcmp(verb, "pause") == 0 || strcmp(verb, "unpause") == 0 ||
+		    strcmp(verb, "suspend") == 0 || strcmp(verb, "resume") == 0) && n == 1) {
 		json_t *body = json_pack("{s:s}", "op", verb);
 		if (c->no_wait)
 			return start_task(cl, "POST", power, body);

@@ -433,3 +433,31 @@ err:
 	engine_argv_free(a.v);
 	return r;
 }
+
+int engine_machine_fingerprint(const struct vmx_model *m, enum engine_accel accel, json_t **out)
+{
+	/* The runtime parts take fixed stand-ins: only what the guest sees
+	 * (and what QEMU's saved state depends on) remains different. */
+	char **socks = xcalloc(m->n_disks + 1, sizeof(char *));
+	for (size_t i = 0; i < m->n_disks; i++)
+		if (m->disks[i].type == VMX_DEV_DISK && m->disks[i].path)
+			socks[i] = "disk.sock";
+	struct engine_runtime rt = { .qemu_binary = "qemu", .accel = accel, .qmp_fd = 3, .console_fd = 4,
+				     .agent_fd = 5, .vnc_socket = "vnc.sock", .name = "vm", .disk_sockets = socks };
+	char **argv = NULL;
+	int r = engine_build_argv(m, &rt, &argv, NULL);
+	free(socks);
+	if (r < 0)
+		return r;
+	json_t *arr = json_array();
+	for (size_t i = 1; argv[i]; i++) {
+		if (strcmp(argv[i], "-name") == 0 && argv[i + 1]) {
+			i++;
+			continue;
+		}
+		json_array_append_new(arr, json_string(argv[i]));
+	}
+	engine_argv_free(argv);
+	*out = arr;
+	return 0;
+}

@@ -77,6 +77,13 @@ int engine_probe_format(const char *path, const char **format);
 int engine_build_argv(const struct vmx_model *m, const struct engine_runtime *rt,
 		      char ***argv, struct strbuf *notes);
 void engine_argv_free(char **argv);
+/*
+ * The machine the guest sees: QEMU's options for the model with the runtime
+ * parts (descriptors, socket paths, the name) left out, as an array of
+ * strings.  A saved state can only be loaded into a machine with the same
+ * fingerprint.
+ */
+int engine_machine_fingerprint(const struct vmx_model *m, enum engine_accel accel, json_t **out);
 /* Quote argv for logs: a shell-pasteable line (caller frees). */
 char *engine_argv_to_string(char *const *argv);
 

@@ -353,7 +353,7 @@ int host_vm_row_get(struct host *h, int64_t id, struct vm_row *v)
 json_t *host_vm_status(const char *config)
 {
 	if (!vmxsup_is_running(config))
-		return json_pack("{s:s}", "state", "off");
+		return json_pack("{s:s}", "state", vmxsup_is_suspended(config, NULL) ? "suspended" : "off");
 	json_t *reply = NULL, *req = json_pack("{s:s}", "cmd", "status");
 	int r = vmxsup_call(config, req, &reply, STATUS_TIMEOUT_MS);   /* the request stays ours */
 	json_decref(req);
@@ -778,8 +778,13 @@ int host_vm_get(struct host *h, int64_t id, json_t **out)
 
 static int power_locked(struct host *h, const struct vm_row *v, const char *op, const char *mode, json_t **reply)
 {
-	if (strcmp(op, "start") == 0)
+	/* start of a suspended VM resumes it. */
+	if (strcmp(op, "start") == 0 || (strcmp(op, "resume") == 0 && vmxsup_is_suspended(v->config, NULL)))
 		return vmxsup_spawn(v->config, h->vmx_binary, reply, h->power_timeout_ms);
+	if (strcmp(op, "resume") == 0)
+		return vela_error(VELA_E_BADSTATE, "VM %lld (%s) is not suspended", (long long)v->id, v->name);
+	if (strcmp(op, "stop") == 0 && !vmxsup_is_running(v->config) && vmxsup_is_suspended(v->config, NULL))
+		return vmxsup_discard_suspended(v->config);   /* powering off discards the saved state */
 	json_t *req = json_pack("{s:s}", "cmd", op);
 	if (strcmp(op, "stop") == 0 || strcmp(op, "reset") == 0) {
 		enum vm_power_mode pm;
@@ -789,13 +794,15 @@ static int power_locked(struct host *h, const struct vm_row *v, const char *op, 
 			return r;
 		}
 		json_object_set_new(req, "mode", json_string(vm_power_mode_name(pm)));
-	} else if (strcmp(op, "pause") != 0 && strcmp(op, "unpause") != 0) {
+	} else if (strcmp(op, "pause") != 0 && strcmp(op, "unpause") != 0 && strcmp(op, "suspend") != 0) {
 		json_decref(req);
-		return vela_error(VELA_E_INVAL, "unknown power operation \"%s\" (start, stop, reset, pause, unpause)", op);
+		return vela_error(VELA_E_INVAL,
+				  "unknown power operation \"%s\" (start, stop, reset, pause, unpause, suspend, resume)", op);
 	}
 	if (!vmxsup_is_running(v->config)) {
 		json_decref(req);
-		return vela_error(VELA_E_BADSTATE, "VM %lld (%s) is powered off", (long long)v->id, v->name);
+		return vela_error(VELA_E_BADSTATE, "VM %lld (%s) is %s", (long long)v->id, v->name,
+				  vmxsup_is_suspended(v->config, NULL) ? "suspended" : "powered off");
 	}
 	int r = vmxsup_call(v->config, req, reply, h->power_timeout_ms + 60000);
 	json_decref(req);
@@ -871,8 +878,9 @@ int host_autostart_set(struct host *h, const char *user, int64_t id, const struc
 	if (a->order < 0 || a->order > 9999 || a->delay_s < 0 || a->delay_s > 3600)
 		return vela_error(VELA_E_RANGE, "autostart: order 0-9999, delay 0-3600 seconds");
 	const char *stop = a->stop ? a->stop : "soft";
-	if (strcmp(stop, "soft") != 0 && strcmp(stop, "hard") != 0 && strcmp(stop, "none") != 0)
-		return vela_error(VELA_E_INVAL, "autostart: stop must be soft, hard or none, not \"%.20s\"", stop);
+	if (strcmp(stop, "soft") != 0 && strcmp(stop, "hard") != 0 && strcmp(stop, "suspend") != 0 &&
+	    strcmp(stop, "none") != 0)
+		return vela_error(VELA_E_INVAL, "autostart: stop must be soft, hard, suspend or none, not \"%.20s\"", stop);
 	struct vm_row v = { 0 };
 	int r = host_vm_row_get(h, id, &v);
 	if (r < 0)
@@ -994,7 +1002,10 @@ int host_autostop_run(struct host *h, const char *user, struct host_task *t)
 			continue;
 		json_t *status = NULL;
 		host_task_progress(t, (unsigned)(i * 100 / json_array_size(vms)));
-		r = host_vm_power(h, user, id, "stop", strcmp(stop, "hard") == 0 ? "hard" : "trysoft", NULL, &status);
+		if (strcmp(stop, "suspend") == 0)
+			r = host_vm_power(h, user, id, "suspend", NULL, NULL, &status);
+		else
+			r = host_vm_power(h, user, id, "stop", strcmp(stop, "hard") == 0 ? "hard" : "trysoft", NULL, &status);
 		json_decref(status);
 		failed += r < 0;
 	}

@@ -1,5 +1,6 @@
 /* client.c - talk to a VM's supervisor; spawn one at power-on. */
 #include "common.h"
+#include "vmx.h"
 #include "vmx-sup.h"
 
 #include <fcntl.h>
@@ -226,4 +227,51 @@ int vmxsup_spawn(const char *config_path, const char *vmx_binary, json_t **reply
 	else
 		json_decref(j);
 	return r;
+}
+
+/* ------------------------------------------------------ suspended VMs */
+
+bool vmxsup_is_suspended(const char *config_path, char **vmstate)
+{
+	if (vmstate)
+		*vmstate = NULL;
+	char *text = NULL;
+	size_t len;
+	/* Cheap first: most .vmx files have no checkpoint at all. */
+	if (read_file(config_path, 4u << 20, &text, &len) < 0)
+		return false;
+	bool maybe = strstr(text, "checkpoint.vmState") || strcasestr(text, "checkpoint.vmstate");
+	free(text);
+	if (!maybe)
+		return false;
+	struct vmx_file *f = NULL;
+	if (vmx_file_load(config_path, &f) < 0)
+		return false;
+	const char *v = vmx_get(f, "checkpoint.vmState");
+	char *path = NULL;
+	CLEANUP_FREE char *dir = path_dirname(config_path);
+	bool yes = v && *v && vela_resolve_path(v, dir, &path) == 0 && access(path, F_OK) == 0;
+	vmx_file_free(f);
+	if (yes && vmstate)
+		*vmstate = path;
+	else
+		free(path);
+	return yes;
+}
+
+int vmxsup_discard_suspended(const char *config_path)
+{
+	CLEANUP_FREE char *state = NULL;
+	if (vmxsup_is_running(config_path))
+		return vela_error(VELA_E_BADSTATE, "%s: the VM is running", config_path);
+	if (!vmxsup_is_suspended(config_path, &state))
+		return vela_error(VELA_E_BADSTATE, "%s: the VM is not suspended", config_path);
+	const char *key = "checkpoint.vmState", *none = NULL;
+	int r = vmx_file_edit(config_path, &key, &none, 1);
+	if (r < 0)
+		return vela_error_context(r, "discard the suspended state");
+	if (unlink(state) < 0 && errno != ENOENT)
+		return vela_error_errno(errno, "remove %s", state);
+	vela_log(VELA_LOG_INFO, "%s: suspended state %s discarded (powered off)", config_path, state);
+	return 0;
 }

@@ -8,6 +8,7 @@
 #include "blk.h"
 #include "vdisk.h"
 #include "disks.h"
+#include "vmstate.h"
 
 #include <limits.h>
 #include <pthread.h>
@@ -53,6 +54,7 @@ struct sup_disk {
 	unsigned queues;
 	char *base;               /* the file the .vmx names */
 	char *redo;               /* the mode's redo log, or NULL */
+	char *throwaway;          /* repeatable resume: a log over it all, gone at power-off */
 	char *sock;
 	struct blk_disk *disk;
 	struct server srv;
@@ -66,6 +68,7 @@ struct sup_disks {
 	size_t n_model;
 	char *vm_dir;
 	bool closed;
+	bool keep_logs;           /* resuming: the suspended session's logs are not the modes' to drop yet */
 	sup_disks_top_fn on_top_changed;
 	void *cb_opaque;
 };
@@ -81,8 +84,9 @@ static bool mode_is_temporary(enum vmx_disk_mode m)
 	return m == VMX_MODE_NONPERSISTENT || m == VMX_MODE_INDEPENDENT_NONPERSISTENT;
 }
 
-/* Decide the chain top for the disk's mode, creating its redo log. */
-static int prepare_mode(struct sup_disk *d, const char *vm_dir, const char **top)
+/* Decide the chain top for the disk's mode, creating its redo log.  When
+ * resuming, a temporary log is the suspended session's and continues. */
+static int prepare_mode(struct sup_disk *d, const char *vm_dir, bool resume, const char **top)
 {
 	*top = d->base;
 	if (!mode_has_redo(d->mode))
@@ -93,7 +97,7 @@ static int prepare_mode(struct sup_disk *d, const char *vm_dir, const char **top
 		return r;
 	struct stat st;
 	if (stat(d->redo, &st) == 0) {
-		if (!temporary) {
+		if (!temporary || resume) {
 			/* undoable "keep" and append: the log grows on. */
 			vela_log(VELA_LOG_INFO, "%s: continuing the redo log %s (%s mode)", d->addr, d->redo,
 				 vmx_disk_mode_name(d->mode));
@@ -182,9 +186,11 @@ static void stop_server(struct server *v)
 	pthread_cond_destroy(&v->cond);
 }
 
-int sup_disks_open(const struct vmx_model *m, const char *vm_dir, const char *run_dir, struct sup_disks **out)
+int sup_disks_open(const struct vmx_model *m, const char *vm_dir, const char *run_dir, unsigned flags,
+		   struct sup_disks **out)
 {
 	struct sup_disks *ds = xcalloc(1, sizeof(*ds));
+	ds->keep_logs = flags & SUP_DISKS_RESUME;
 	ds->d = xcalloc(m->n_disks ? m->n_disks : 1, sizeof(*ds->d));
 	ds->sockets = xcalloc(m->n_disks + 1, sizeof(char *));
 	ds->n_model = m->n_disks;
@@ -203,8 +209,24 @@ int sup_disks_open(const struct vmx_model *m, const char *vm_dir, const char *ru
 		d->sock = xasprintf("%s/disk-%s.sock", run_dir, d->id);
 		unlink(d->sock);
 		const char *top;
-		if ((r = prepare_mode(d, vm_dir, &top)) < 0)
+		if ((r = prepare_mode(d, vm_dir, flags & SUP_DISKS_RESUME, &top)) < 0)
 			break;
+		if (flags & SUP_DISKS_THROWAWAY) {
+			/* Every resume from the same state must find the disks as they
+			 * were at the suspend: this session writes to a log of its own. */
+			if ((r = vdisk_child_name(d->base, vm_dir, "REPEAT", &d->throwaway)) < 0)
+				break;
+			if (access(d->throwaway, F_OK) == 0 && vdisk_delete(d->throwaway, true) < 0 && unlink(d->throwaway) < 0) {
+				r = vela_error_errno(errno, "%s: remove the stale log %s", d->addr, d->throwaway);
+				break;
+			}
+			struct vdisk_create_opts o = { .type = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE, .parent = top };
+			if ((r = vdisk_create(d->throwaway, &o)) < 0) {
+				vela_error_context(r, "%s: the repeatable resume's log", d->addr);
+				break;
+			}
+			top = d->throwaway;
+		}
 		if ((r = blk_disk_open(top, false, &d->disk)) < 0) {
 			vela_error_context(r, "%s", d->addr);
 			break;
@@ -304,7 +326,16 @@ int sup_disks_power_off(struct sup_disks *ds, char **question)
 				err = err ? err : r;
 			}
 		}
-		if (!d->redo || ds->closed)
+		if (d->throwaway && !ds->closed) {
+			/* Repeatable resume: only this session's own log goes. */
+			int r = delete_down_to(top ? top : d->throwaway, d->throwaway);
+			if (r < 0) {
+				vela_log(VELA_LOG_ERROR, "%s: discard the repeatable resume's log: %s", d->addr, vela_errmsg());
+				err = err ? err : r;
+			}
+			continue;
+		}
+		if (!d->redo || ds->closed || ds->keep_logs)
 			continue;
 		if (mode_is_temporary(d->mode)) {
 			struct stat st;
@@ -331,6 +362,35 @@ int sup_disks_power_off(struct sup_disks *ds, char **question)
 		*question = strbuf_steal(&q);
 	}
 	strbuf_free(&q);
+	return err;
+}
+
+void sup_disks_resumed(struct sup_disks *ds)
+{
+	ds->keep_logs = false;
+}
+
+int sup_disks_suspend(struct sup_disks *ds, json_t **stamps)
+{
+	int err = 0;
+	*stamps = json_array();
+	for (size_t i = 0; i < ds->n; i++) {
+		struct sup_disk *d = &ds->d[i];
+		end_export(d);
+		stop_server(&d->srv);
+		if (d->sock)
+			unlink(d->sock);
+		CLEANUP_FREE char *top = d->disk ? blk_disk_top(d->disk) : xstrdup(d->base);
+		if (d->disk) {
+			int r = blk_disk_close(d->disk);
+			d->disk = NULL;
+			if (r < 0)
+				err = err ? err : vela_error_context(r, "%s: close the disk", d->addr);
+		}
+		json_array_append_new(*stamps, vmstate_disk_stamp(d->addr, d->base, top));
+	}
+	/* Every log stays as it is: the saved state goes with them. */
+	ds->closed = true;
 	return err;
 }
 
@@ -654,6 +714,7 @@ void sup_disks_free(struct sup_disks *ds)
 			blk_disk_close(d->disk);
 		free(d->base);
 		free(d->redo);
+		free(d->throwaway);
 		free(d->sock);
 	}
 	free(ds->d);

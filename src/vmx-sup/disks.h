@@ -21,7 +21,17 @@ struct sup_disks;
  * and append disks continue (or start) their redo log; all in vm_dir.
  * sockets(ds) then names the socket of each model disk (NULL for CD-ROMs).
  */
-int sup_disks_open(const struct vmx_model *m, const char *vm_dir, const char *run_dir, struct sup_disks **out);
+enum {
+	SUP_DISKS_RESUME = 1,      /* a suspended session continues: its temporary logs too */
+	SUP_DISKS_THROWAWAY = 2,   /* repeatable resume: the session writes to a log dropped at power-off */
+};
+int sup_disks_open(const struct vmx_model *m, const char *vm_dir, const char *run_dir, unsigned flags,
+		   struct sup_disks **out);
+/* The saved state is loaded: the modes apply at power-off again. */
+void sup_disks_resumed(struct sup_disks *ds);
+/* Suspend: stop serving, close every disk, keep every log; *stamps gets
+ * each disk's vmstate_disk_stamp. */
+int sup_disks_suspend(struct sup_disks *ds, json_t **stamps);
 char *const *sup_disks_sockets(struct sup_disks *ds);
 
 /* Called whenever a live operation moves a disk's top (the supervisor

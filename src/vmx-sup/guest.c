@@ -38,6 +38,8 @@ struct sup_guest {
 	json_t *guestinfo;            /* key -> value */
 	enum hb_state hb;
 	bool agent_stopped;           /* it said "stopping" */
+	bool asking_info;             /* an "info" request is out */
+	bool resumed;                 /* set the clock as soon as the agent answers */
 	bool vm_running;
 	int64_t last_heard_ms;
 	uint64_t next_id;
@@ -52,6 +54,8 @@ struct sup_guest {
 };
 
 static void on_readable(struct vela_loop *loop, int fd, uint32_t events, void *opaque);
+static int request_raw(struct sup_guest *g, const char *cmd, json_t *args, int timeout_ms, sup_guest_reply_cb cb,
+		       void *opaque, uint64_t tag);
 
 static void set_events(struct sup_guest *g)
 {
@@ -213,8 +217,34 @@ static void guest_request(struct sup_guest *g, struct agent_msg *m)
 	}
 }
 
+static void guest_notice(struct sup_guest *g, struct agent_msg *m);
+
+/* An agent that beats but never said hello to us (the VM was resumed: it
+ * said hello to the supervisor before the suspend) is asked who it is. */
+static void on_info_reply(void *opaque, uint64_t tag, int r, json_t *reply)
+{
+	(void)tag;
+	struct sup_guest *g = opaque;
+	g->asking_info = false;
+	if (r < 0 || !json_is_object(reply))
+		return;
+	json_t *hello = json_deep_copy(reply);
+	json_object_del(hello, "re");
+	json_object_del(hello, "ok");
+	json_object_set_new(hello, "cmd", json_string("hello"));
+	struct agent_msg m = { .kind = AGENT_MSG_NOTICE, .json = hello, .cmd = "hello" };
+	guest_notice(g, &m);
+	json_decref(hello);
+}
+
 static void guest_notice(struct sup_guest *g, struct agent_msg *m)
 {
+	if (strcmp(m->cmd, "beat") == 0 && !g->info && !g->asking_info && !g->agent_stopped) {
+		g->asking_info = true;
+		if (request_raw(g, "info", NULL, 10000, on_info_reply, g, 0) < 0)
+			g->asking_info = false;
+		return;
+	}
 	if (strcmp(m->cmd, "hello") == 0) {
 		json_t *v = json_object_get(m->json, "version");
 		bool first = !g->info;
@@ -237,8 +267,11 @@ static void guest_notice(struct sup_guest *g, struct agent_msg *m)
 				 json_string_value(json_object_get(info, "kernel")) ?: "?", (long long)json_integer_value(v));
 			heard(g);
 			g->hb = HB_OK;
-			if (g->sync_time)
+			if (g->resumed)
+				sync_clock(g, "resume");
+			else if (g->sync_time)
 				sync_clock(g, "agent start");
+			g->resumed = false;
 		}
 	} else if (strcmp(m->cmd, "beat") == 0) {
 		/* only heard() */
@@ -371,6 +404,7 @@ int sup_guest_new(struct vela_loop *loop, int fd, const struct sup_guest_opts *o
 	g->machine_id_blocked = o->machine_id_blocked;
 	g->hb_timeout_s = o->heartbeat_timeout_s ? o->heartbeat_timeout_s : 60;
 	g->sync_time = o->sync_time;
+	g->resumed = o->resumed;
 	g->guestinfo = o->guestinfo ? json_deep_copy(o->guestinfo) : json_object();
 	g->reading = true;
 	g->vm_running = true;
@@ -420,6 +454,12 @@ int sup_guest_request(struct sup_guest *g, const char *cmd, json_t *args, int ti
 		return vela_error(VELA_E_NOAGENT, "%s: no guest agent is running in the VM%s", cmd,
 				  g && g->hb == HB_LOST ? " (its heartbeat is lost)" : "");
 	}
+	return request_raw(g, cmd, args, timeout_ms, cb, opaque, tag);
+}
+
+static int request_raw(struct sup_guest *g, const char *cmd, json_t *args, int timeout_ms, sup_guest_reply_cb cb,
+		       void *opaque, uint64_t tag)
+{
 	if (g->n_pending >= MAX_PENDING) {
 		json_decref(args);
 		return vela_error(VELA_E_BUSY, "%s: %u requests to the guest agent are still unanswered", cmd, MAX_PENDING);

@@ -23,6 +23,7 @@ struct sup_guest_opts {
 	unsigned heartbeat_timeout_s;    /* tools.heartbeatTimeout (default 60) */
 	bool sync_time;                  /* tools.syncTime: set the guest clock every minute */
 	json_t *guestinfo;               /* guestinfo.* keys of the .vmx (borrowed, copied) */
+	bool resumed;                    /* a resumed VM: set the guest's clock as soon as its agent answers */
 };
 
 /* Take ownership of fd (our end of the channel). */

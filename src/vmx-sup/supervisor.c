@@ -5,6 +5,7 @@
 #include "vmx-sup.h"
 #include "disks.h"
 #include "guest.h"
+#include "vmstate.h"
 #include "agent.h"
 
 #include <fcntl.h>
@@ -44,7 +45,7 @@ struct con_client {
 	struct con_client *next;
 };
 
-enum pending_op { OP_NONE, OP_STOP, OP_RESET, OP_START };
+enum pending_op { OP_NONE, OP_STOP, OP_RESET, OP_START, OP_SUSPEND };
 
 struct sup {
 	const struct vmxsup_opts *opts;
@@ -82,6 +83,13 @@ struct sup {
 	struct sup_disks *disks;    /* served while QEMU runs */
 	struct sup_guest *guest;    /* the guest agent's channel, while QEMU runs */
 	bool op_via_agent;          /* the pending soft operation went through the agent */
+	json_t *fingerprint;        /* the machine as QEMU sees it (engine_machine_fingerprint) */
+	char *vmstate;              /* the suspended-state file being written */
+	bool suspending;            /* QEMU quits because its state is saved */
+	bool suspend_was_running;
+	json_t *suspend_guestinfo;  /* kept for the resume: guestinfo lives as long as the VM runs */
+	uint64_t mig_timer;
+	int64_t mig_started_ms;
 	uint64_t client_serial;
 	struct disk_job *job;       /* a long live disk operation (one at a time) */
 	pthread_mutex_t file_lock;  /* s->file: disk jobs record new disk tops in it */
@@ -183,7 +191,8 @@ static json_t *status_json(struct sup *s)
 	if (s->guest)
 		json_object_set_new(j, "guest", sup_guest_status(s->guest));
 	if (s->op != OP_NONE && s->op != OP_START)
-		json_object_set_new(j, "pending", json_pack("{s:s, s:s}", "op", s->op == OP_STOP ? "stop" : "reset",
+		json_object_set_new(j, "pending", json_pack("{s:s, s:s}", "op",
+							    s->op == OP_STOP ? "stop" : s->op == OP_SUSPEND ? "suspend" : "reset",
 							    "mode", vm_power_mode_name(s->op_mode)));
 	return j;
 }
@@ -522,6 +531,7 @@ static void describe_exit(int status, char *buf, size_t size)
 }
 
 static void disk_job_finish(struct sup *s);
+static void finish_suspend(struct sup *s);
 
 /* QEMU is gone: the VM is off.  Finish everything and leave the loop. */
 static void qemu_exited(struct sup *s, int status)
@@ -532,6 +542,10 @@ static void qemu_exited(struct sup *s, int status)
 	if (s->qemu_err_fd >= 0)
 		on_qemu_stderr(s->loop, s->qemu_err_fd, EPOLLIN, s);
 	s->qemu_pid = 0;
+	if (s->suspending && s->quitting) {
+		finish_suspend(s);
+		return;
+	}
 	if (s->quitting) {
 		log_info("event: VM powered off (QEMU %s)", how);
 		s->exit_code = 0;
@@ -687,18 +701,22 @@ static void watch_config(struct sup *s)
 	vela_loop_add_fd(s->loop, s->inotify_fd, EPOLLIN, on_config_edit, s);
 }
 
-/* The guest agent's channel, with what the .vmx says it may know. */
-static int open_guest_channel(struct sup *s, int fd)
+/* The guest agent's channel, with what the .vmx says it may know (and,
+ * at a resume, the guestinfo values of the suspended session). */
+static int open_guest_channel(struct sup *s, int fd, json_t *resumed)
 {
 	json_t *info = json_object();
 	const char *k, *v;
 	for (size_t i = 0; vmx_entry_at(s->file, i, &k, &v, NULL); i++)
 		if (str_istarts_with(k, "guestinfo.") && json_object_size(info) < 256)
 			json_object_set_new(info, k, json_string(v));
+	json_t *saved = json_object_get(resumed, "guestinfo");
+	if (json_is_object(saved))
+		json_object_update(info, saved);
 	struct sup_guest_opts o = {
 		.machine_id = s->model->machine_id, .machine_id_blocked = s->model->machine_id_get_disable,
 		.heartbeat_timeout_s = s->model->heartbeat_timeout_s, .sync_time = s->model->sync_time,
-		.guestinfo = info,
+		.guestinfo = info, .resumed = resumed && s->model->sync_time_resume,
 	};
 	int r = sup_guest_new(s->loop, fd, &o, &s->guest);
 	json_decref(info);
@@ -707,6 +725,8 @@ static int open_guest_channel(struct sup *s, int fd)
 
 /* Everything after identity: build argv, start QEMU paused, connect QMP, run. */
 static int on_disk_top_changed(const char *addr, const char *top, void *opaque);
+static int load_state(struct sup *s, const char *path, uint64_t stream_len);
+static int record_checkpoint(struct sup *s, const char *path);
 
 static int power_on(struct sup *s)
 {
@@ -716,6 +736,9 @@ static int power_on(struct sup *s)
 	int qmp_sv[2] = { -1, -1 }, con_sv[2] = { -1, -1 }, agent_sv[2] = { -1, -1 }, err_p[2] = { -1, -1 };
 	CLEANUP_FREE char *vnc = NULL;
 	CLEANUP_FREE char *cmd = NULL;
+	json_t *resume_meta = NULL;
+	uint64_t stream_len = 0;
+	int64_t t0 = time_mono_ms();
 	int r;
 
 	/* Rebuild the model from the file as written back (UUIDs, MACs). */
@@ -737,6 +760,22 @@ static int power_on(struct sup *s)
 	if (r < 0)
 		return r;
 	log_info("accelerator: %s", s->accel_why);
+	json_decref(s->fingerprint);
+	s->fingerprint = NULL;
+	if ((r = engine_machine_fingerprint(s->model, s->accel, &s->fingerprint)) < 0)
+		return r;
+	if (s->model->checkpoint) {
+		/* A suspended VM: resume it, if the saved state still fits. */
+		if ((r = vmstate_read(s->model->checkpoint, &resume_meta, &stream_len)) < 0 ||
+		    (r = vmstate_check(resume_meta, s->fingerprint, s->model)) < 0) {
+			r = vela_error_context(r, "resume refused");
+			goto out;
+		}
+		set_state(s, VM_RESUMING);
+		log_info("resuming from %s (suspended %s)", s->model->checkpoint,
+			 json_string_value(json_object_get(resume_meta, "suspended_at")) ?: "?");
+	}
+	bool resume = resume_meta != NULL;
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, qmp_sv) < 0 ||
 	    socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, con_sv) < 0 ||
@@ -747,7 +786,9 @@ static int power_on(struct sup *s)
 	}
 	vnc = xasprintf("%s/vnc.sock", s->run_dir);
 	/* Vela's engine serves the disks: they must be listening before QEMU connects. */
-	r = sup_disks_open(s->model, s->vm_dir, s->run_dir, &s->disks);
+	r = sup_disks_open(s->model, s->vm_dir, s->run_dir,
+			   resume ? SUP_DISKS_RESUME | (s->model->resume_repeatable ? SUP_DISKS_THROWAWAY : 0) : 0,
+			   &s->disks);
 	if (r < 0)
 		goto out;
 	sup_disks_on_top_changed(s->disks, on_disk_top_changed, s);
@@ -755,7 +796,7 @@ static int power_on(struct sup *s)
 		.qemu_binary = s->opts->qemu_binary, .accel = s->accel,
 		.qmp_fd = qmp_sv[1], .console_fd = has_console(s->model) ? con_sv[1] : -1,
 		.vnc_socket = vnc, .name = s->model->display_name,
-		.disk_sockets = sup_disks_sockets(s->disks), .agent_fd = agent_sv[1],
+		.disk_sockets = sup_disks_sockets(s->disks), .agent_fd = agent_sv[1], .incoming = resume,
 	};
 	r = engine_build_argv(s->model, &rt, &argv, &notes);
 	if (r < 0)
@@ -802,14 +843,28 @@ static int power_on(struct sup *s)
 	fd_set_nonblock(s->con_fd, true);
 	vela_loop_add_fd(s->loop, s->con_fd, EPOLLIN, on_console_output, s);
 
-	r = open_guest_channel(s, agent_sv[0]);
+	r = open_guest_channel(s, agent_sv[0], resume_meta);
 	agent_sv[0] = -1;
 	if (r < 0)
+		goto out;
+	if (resume && (r = load_state(s, s->model->checkpoint, stream_len)) < 0)
 		goto out;
 	r = sup_qmp(s, "cont", NULL);
 	if (r < 0)
 		goto out;
 	s->on_since_ms = time_mono_ms();
+	if (resume) {
+		log_info("event: VM resumed from %s in %lld ms%s", s->model->checkpoint, (long long)(time_mono_ms() - t0),
+			 s->model->resume_repeatable ? " (repeatable: the state file is kept)" : "");
+		if (!s->model->resume_repeatable) {
+			/* Used: the state goes, and the disks' modes apply again. */
+			sup_disks_resumed(s->disks);
+			if (record_checkpoint(s, NULL) < 0)
+				log_error("%s", vela_errmsg());
+			else if (unlink(s->model->checkpoint) < 0)
+				log_warn("remove %s: %s", s->model->checkpoint, strerror(errno));
+		}
+	}
 	watch_config(s);
 	set_state(s, VM_ON);
 	log_info("event: VM powered on (QEMU pid %d, %s)", (int)s->qemu_pid, engine_accel_name(s->accel));
@@ -822,6 +877,7 @@ out:
 	}
 	engine_argv_free(argv);
 	strbuf_free(&notes);
+	json_decref(resume_meta);
 	if (r < 0 && s->guest) {
 		sup_guest_free(s->guest);
 		s->guest = NULL;
@@ -864,6 +920,227 @@ static int start_vm(struct sup *s, enum vmx_uuid_action action)
 		log_info("wrote generated identity (uuid.bios, uuid.location, MAC addresses) to %s", s->config_path);
 	}
 	return power_on(s);
+}
+
+/* ---------------------------------------------------- suspend, resume */
+
+/* Where the suspended state goes: <stem>.vmss in suspend.directory or
+ * the VM's folder. */
+static char *vmstate_path(struct sup *s)
+{
+	CLEANUP_FREE char *base = path_basename(s->config_path);
+	size_t n = strlen(base);
+	if (n > 4 && str_ieq(base + n - 4, ".vmx"))
+		base[n - 4] = '\0';
+	return xasprintf("%s/%s.vmss", s->model->suspend_dir ? s->model->suspend_dir : s->vm_dir, base);
+}
+
+/* checkpoint.vmState in the .vmx: set (the file's name when it lies in the
+ * VM's folder) or removed (NULL). */
+static int record_checkpoint(struct sup *s, const char *path)
+{
+	const char *key = "checkpoint.vmState";
+	const char *value = NULL;
+	CLEANUP_FREE char *dir = path ? path_dirname(path) : NULL;
+	CLEANUP_FREE char *name = path ? path_basename(path) : NULL;
+	if (path)
+		value = strcmp(dir, s->vm_dir) == 0 ? name : path;
+	pthread_mutex_lock(&s->file_lock);
+	int r = vmx_file_edit(s->config_path, &key, &value, 1);
+	if (r == 0) {
+		if (value)
+			vmx_set(s->file, key, value);
+		else
+			vmx_unset(s->file, key);
+	}
+	pthread_mutex_unlock(&s->file_lock);
+	return r < 0 ? vela_error_context(r, "%s checkpoint.vmState in %s", path ? "record" : "remove", s->config_path)
+		     : 0;
+}
+
+static void shell_quote(struct strbuf *sb, const char *s)
+{
+	strbuf_puts(sb, "'");
+	for (; *s; s++) {
+		if (*s == '\'')
+			strbuf_puts(sb, "'\\''");
+		else
+			strbuf_append(sb, s, 1);
+	}
+	strbuf_puts(sb, "'");
+}
+
+static void suspend_failed(struct sup *s, int r)
+{
+	if (s->mig_timer) {
+		vela_loop_del_timer(s->loop, s->mig_timer);
+		s->mig_timer = 0;
+	}
+	log_error("event: suspend failed: %s", vela_errmsg());
+	char *msg = xstrdup(vela_errmsg());
+	unlink(s->vmstate);
+	free(s->vmstate);
+	s->vmstate = NULL;
+	if (s->suspend_was_running && sup_qmp(s, "cont", NULL) < 0)
+		log_error("continue after the failed suspend: %s", vela_errmsg());
+	set_state(s, s->suspend_was_running ? VM_ON : VM_PAUSED);
+	sup_guest_vm_running(s->guest, s->suspend_was_running, NULL);
+	vela_error(r, "%s", msg);
+	free(msg);
+	finish_op(s, r);
+}
+
+static void poll_suspend(struct vela_loop *loop, uint64_t id, void *opaque)
+{
+	(void)id;
+	struct sup *s = opaque;
+	s->mig_timer = 0;
+	json_t *ret = NULL;
+	int r = s->qmp ? qmp_execute(s->qmp, "query-migrate", NULL, &ret, QMP_TIMEOUT_MS) : -VELA_E_NOTCONN;
+	vela_loop_add_timer(loop, 0, drain_qmp_events, s);
+	const char *st = json_string_value(json_object_get(ret, "status"));
+	if (r < 0) {
+		suspend_failed(s, vela_error_context(r, "suspend: query-migrate"));
+	} else if (st && strcmp(st, "completed") == 0) {
+		/* The state is in the file: QEMU can go, then the disks close. */
+		s->suspending = true;
+		quit_qemu(s);
+	} else if (st && (strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0)) {
+		const char *why = json_string_value(json_object_get(ret, "error-desc"));
+		suspend_failed(s, vela_error(VELA_E_MIGRATION, "saving the VM's state %s: %s", st, why ? why : "no reason given"));
+	} else {
+		s->mig_timer = vela_loop_add_timer(loop, 20, poll_suspend, s);
+	}
+	json_decref(ret);
+}
+
+static int req_suspend(struct sup *s, struct ctl_client *c)
+{
+	if (s->state != VM_ON && s->state != VM_PAUSED)
+		return vela_error(VELA_E_BADSTATE, "cannot suspend: the VM is %s", vm_state_name(s->state));
+	if (s->job)
+		return vela_error(VELA_E_BUSY, "cannot suspend while a live disk operation runs");
+	if (s->op != OP_NONE)
+		return vela_error(VELA_E_BUSY, "cannot suspend: another power operation is under way");
+	free(s->vmstate);
+	s->vmstate = vmstate_path(s);
+	CLEANUP_FREE char *dir = path_dirname(s->vmstate);
+	int r = mkdir_p(dir, 0755);
+	if (r < 0)
+		return vela_error_context(r, "suspend.directory");
+	unlink(s->vmstate);   /* an interrupted suspend's leftovers */
+	s->suspend_was_running = s->state == VM_ON;
+	s->mig_started_ms = time_mono_ms();
+	set_state(s, VM_SUSPENDING);
+	sup_guest_vm_running(s->guest, false, NULL);
+	if (s->suspend_was_running && (r = sup_qmp(s, "stop", NULL)) < 0)
+		goto fail;
+	/* QEMU 7.2 throttles migration to 32 MiB/s by default: a file is no network. */
+	if ((r = sup_qmp(s, "migrate-set-parameters", json_pack("{s:I}", "max-bandwidth", (json_int_t)1 << 40))) < 0)
+		goto fail;
+	struct strbuf uri = { 0 };
+	strbuf_puts(&uri, "exec:cat > ");
+	shell_quote(&uri, s->vmstate);
+	r = sup_qmp(s, "migrate", json_pack("{s:s}", "uri", uri.data));
+	strbuf_free(&uri);
+	if (r < 0)
+		goto fail;
+	log_info("event: suspending to %s", s->vmstate);
+	s->op = OP_SUSPEND;
+	c->waiting = true;
+	s->mig_timer = vela_loop_add_timer(s->loop, 20, poll_suspend, s);
+	return 0;
+fail:
+	vela_error_context(r, "suspend");
+	{
+		char *msg = xstrdup(vela_errmsg());
+		if (s->suspend_was_running)
+			sup_qmp(s, "cont", NULL);
+		set_state(s, s->suspend_was_running ? VM_ON : VM_PAUSED);
+		sup_guest_vm_running(s->guest, s->suspend_was_running, NULL);
+		unlink(s->vmstate);
+		vela_error(r, "%s", msg);
+		free(msg);
+	}
+	return r;
+}
+
+/* QEMU quit after saving its state: close the disks, seal the file, name
+ * it in the .vmx.  The VM is suspended. */
+static void finish_suspend(struct sup *s)
+{
+	json_t *stamps = NULL;
+	json_t *gi = sup_guest_guestinfo(s->guest);
+	s->op_via_agent = false;
+	sup_guest_free(s->guest);
+	s->guest = NULL;
+	int r = sup_disks_suspend(s->disks, &stamps);
+	char when[40];
+	time_format_iso(time_real_ms(), when, sizeof when);
+	json_t *meta = json_pack("{s:i, s:s, s:s, s:O, s:o, s:O, s:s, s:I}", "version", 1, "vela", VELA_VERSION,
+				 "suspended_at", when, "fingerprint", s->fingerprint, "disks", stamps, "guestinfo",
+				 json_object_get(gi, "values"), "config", s->config_path, "memsize_mb",
+				 (json_int_t)s->model->memsize_mb);
+	json_decref(gi);
+	if (r == 0)
+		r = vmstate_finish(s->vmstate, meta);
+	if (r == 0)
+		r = record_checkpoint(s, s->vmstate);
+	json_decref(meta);
+	struct stat st;
+	long long mb = stat(s->vmstate, &st) == 0 ? (long long)(st.st_size >> 20) : 0;
+	if (r < 0) {
+		/* The state cannot be trusted: the VM is off, as after a crash. */
+		log_error("event: suspend failed after QEMU saved its state: %s; the VM is off", vela_errmsg());
+		unlink(s->vmstate);
+		s->exit_code = 1;
+		set_state(s, VM_OFF);
+	} else {
+		log_info("event: VM suspended to %s (%lld MiB) in %lld ms", s->vmstate, mb,
+			 (long long)(time_mono_ms() - s->mig_started_ms));
+		s->exit_code = 0;
+		set_state(s, VM_SUSPENDED);
+	}
+	s->on_since_ms = 0;
+	release_run_dir(s);
+	finish_op(s, r);
+	vela_loop_stop(s->loop);
+}
+
+/* Feed QEMU (started with -incoming defer) the saved state and wait until
+ * it is loaded.  The loop is not running yet: this is part of the power-on. */
+static int load_state(struct sup *s, const char *path, uint64_t stream_len)
+{
+	struct strbuf uri = { 0 };
+	strbuf_printf(&uri, "exec:head -c %" PRIu64 " ", stream_len);
+	shell_quote(&uri, path);
+	int r = sup_qmp(s, "migrate-incoming", json_pack("{s:s}", "uri", uri.data));
+	strbuf_free(&uri);
+	if (r < 0)
+		return vela_error_context(r, "resume from %s", path);
+	int64_t deadline = time_mono_ms() + 30 * 60 * 1000;
+	for (;;) {
+		json_t *ret = NULL;
+		r = qmp_execute(s->qmp, "query-status", NULL, &ret, QMP_TIMEOUT_MS);
+		const char *st = json_string_value(json_object_get(ret, "status"));
+		bool loading = r == 0 && st && strcmp(st, "inmigrate") == 0;
+		bool done = r == 0 && st && (strcmp(st, "paused") == 0 || strcmp(st, "prelaunch") == 0);
+		CLEANUP_FREE char *what = st ? xstrdup(st) : NULL;
+		json_decref(ret);
+		if (done)
+			return 0;
+		if (r < 0) {
+			if (s->qemu_err_fd >= 0)
+				on_qemu_stderr(s->loop, s->qemu_err_fd, EPOLLIN, s);
+			return vela_error(VELA_E_MIGRATION, "resume from %s: QEMU could not load the state%s%s", path,
+					  s->qemu_last_err[0] ? ": " : "", s->qemu_last_err);
+		}
+		if (!loading)
+			return vela_error(VELA_E_MIGRATION, "resume from %s: QEMU ended in state %s", path, what);
+		if (time_mono_ms() > deadline)
+			return vela_error(VELA_E_TIMEOUT, "resume from %s: loading took more than 30 minutes", path);
+		usleep(10000);
+	}
 }
 
 /* ------------------------------------------------------------ control */
@@ -1447,6 +1724,8 @@ static void handle_request(struct sup *s, struct ctl_client *c, const char *line
 		r = req_screendump(s, &reply);
 	} else if (strcmp(cmd, "edit") == 0) {
 		r = req_edit(s, json_object_get(req, "keys"));
+	} else if (strcmp(cmd, "suspend") == 0) {
+		r = req_suspend(s, c);
 	} else if (strcmp(cmd, "guest") == 0) {
 		reply = sup_guest_status(s->guest);
 		json_object_set_new(reply, "ok", json_true());
@@ -1619,6 +1898,8 @@ static void sup_free(struct sup *s)
 	if (s->lock_fd >= 0) close(s->lock_fd);
 	if (s->ready_fd >= 0) close(s->ready_fd);
 	sup_disks_free(s->disks);
+	json_decref(s->fingerprint);
+	free(s->vmstate);
 	vela_loop_free(s->loop);
 	vmx_model_free(s->model);
 	vmx_file_free(s->file);

@@ -16,7 +16,9 @@
  *   config        absolute path of the .vmx
  *
  * Control requests ({"cmd": ...}): status, stop {mode, timeout}, reset
- * {mode, timeout}, pause, unpause, answer {choice}, scrollback.
+ * {mode, timeout}, pause, unpause, suspend, answer {choice}, scrollback,
+ * screendump, edit {keys}, guest, guestinfo {key, value}, guest-op {op},
+ * and the live disk operations (addredo, commit, export-disk, ...).
  * Replies: {"ok": true, ...} or {"ok": false, "error": {"code", "name",
  * "message"}}.
  */
@@ -66,6 +68,14 @@ bool vmxsup_is_running(const char *config_path);
  * running program, else $PATH).
  */
 int vmxsup_spawn(const char *config_path, const char *vmx_binary, json_t **reply, int timeout_ms);
+
+/*
+ * A VM with no supervisor is off, or suspended when its .vmx names a saved
+ * state that exists (checkpoint.vmState).  *vmstate (may be NULL) gets the
+ * state file's path.  Powering a suspended VM off discards the state.
+ */
+bool vmxsup_is_suspended(const char *config_path, char **vmstate);
+int vmxsup_discard_suspended(const char *config_path);
 
 /* The supervisor itself (vela-vmx's main). */
 struct vmxsup_opts {
