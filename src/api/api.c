@@ -541,7 +541,8 @@ static int snapshot_job(struct host *h, struct host_task *t, void *arg, json_t *
 	struct job *j = arg;
 	const char *name = json_string_value(json_object_get(j->doc, "name"));
 	const char *desc = json_string_value(json_object_get(j->doc, "description"));
-	return host_vm_snapshot(h, j->user, j->vm, j->op, name, desc, result);
+	return host_vm_snapshot(h, j->user, j->vm, j->op, name, json_is_true(json_object_get(j->doc, "memory")),
+				json_is_true(json_object_get(j->doc, "quiesce")), desc, result);
 }
 
 static int autostop_job(struct host *h, struct host_task *t, void *arg, json_t **result)

@@ -29,6 +29,7 @@ struct cli {
 	bool freeze;
 	bool no_wait;           /* vm commit --no-wait */
 	const char *description;   /* vm snapshot create */
+	bool memory, quiesce;      /* vm snapshot create --memory --quiesce */
 	bool end;               /* vm export-disk --end */
 	const char *iops, *bps, *iops_rd, *iops_wr, *bps_rd, *bps_wr;
 	bool read_only;

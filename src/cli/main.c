@@ -428,7 +428,9 @@ static void usage(FILE *f)
 		"  vela vm freeze|thaw FILE.vmx         quiesce the guest's file systems (agent)\n"
 		"  vela vm sync-time FILE.vmx           set the guest's clock from the host (agent)\n"
 		"  vela vm zero-fill FILE.vmx FOLDER    zero the free space of a guest file system\n"
-		"  vela vm snapshot create [--description D] FILE.vmx NAME  disk snapshot (live too)\n"
+		"  vela vm snapshot create [--description D] [--memory] [--quiesce] FILE.vmx NAME\n"
+		"                                       snapshot (live too; --memory: with the running state,\n"
+		"                                       --quiesce: file systems frozen by the guest agent)\n"
 		"  vela vm snapshot list FILE.vmx       the snapshot tree\n"
 		"  vela vm snapshot revert FILE.vmx NAME  go back to a snapshot (VM off)\n"
 		"  vela vm snapshot delete FILE.vmx NAME  drop a snapshot, merging its disk images\n"
@@ -533,6 +535,8 @@ static void usage(FILE *f)
 		"  --files            (vm delete) delete the VM's files too\n"
 		"  --state S          (task list) running, success, error or cancelled\n"
 		"  --description D    (vm snapshot create) what the snapshot is for\n"
+		"  --memory           (vm snapshot create) include the running VM's memory\n"
+		"  --quiesce          (vm snapshot create) freeze the guest's file systems meanwhile\n"
 		"  --end              (vm export-disk) end the export\n"
 		"  --iops N, --bps N  (vm disk-limit) I/O per second, bytes per second, read and\n"
 		"                     write each; --iops-rd, --iops-wr, --bps-rd, --bps-wr set\n"
@@ -634,6 +638,10 @@ int main(int argc, char **argv)
 			c.description = argv[++i];
 		} else if (strcmp(a, "--no-wait") == 0) {
 			c.no_wait = true;
+		} else if (strcmp(a, "--memory") == 0) {
+			c.memory = true;
+		} else if (strcmp(a, "--quiesce") == 0) {
+			c.quiesce = true;
 		} else if (strcmp(a, "--freeze") == 0) {
 			c.freeze = true;
 		} else if (strcmp(a, "--iops") == 0 && has_val) {

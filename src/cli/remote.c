@@ -496,6 +496,10 @@ static int snapshot_command(struct client *cl, const char *const *args, size_t n
 	json_t *body = json_pack("{s:s}", "name", args[2]);
 	if (c->description && strcmp(sub, "create") == 0)
 		json_object_set_new(body, "description", json_string(c->description));
+	if (c->memory && strcmp(sub, "create") == 0)
+		json_object_set_new(body, "memory", json_true());
+	if (c->quiesce && strcmp(sub, "create") == 0)
+		json_object_set_new(body, "quiesce", json_true());
 	if ((r = client_call(cl, "POST", p, body, &reply)) < 0)
 		return r;
 	json_t *res = json_object_get(reply, "snapshot");

@@ -90,7 +90,8 @@ int host_vm_reconfigure(struct host *h, const char *user, int64_t id, json_t *ch
  * under the VM's operation lock (revert needs the VM off).  *out: the
  * operation's result ({name, disks, live, skipped} for create). */
 int host_vm_snapshots(struct host *h, int64_t id, json_t **out);
-int host_vm_snapshot(struct host *h, const char *user, int64_t id, const char *op, const char *name,
+int host_vm_snapshot(struct host *h, const char *user, int64_t id, const char *op, const char *name, bool memory,
+		     bool quiesce,
 		     const char *description, json_t **out);
 /* The running VM's screen as PNG bytes (caller frees). */
 int host_vm_screenshot(struct host *h, int64_t id, char **png, size_t *len);

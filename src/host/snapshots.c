@@ -3,6 +3,7 @@
 #include "common.h"
 #include "internal.h"
 #include "snapshot.h"
+#include "vmx-sup.h"
 
 #include <string.h>
 
@@ -16,7 +17,8 @@ int host_vm_snapshots(struct host *h, int64_t id, json_t **out)
 	return r;
 }
 
-int host_vm_snapshot(struct host *h, const char *user, int64_t id, const char *op, const char *name,
+int host_vm_snapshot(struct host *h, const char *user, int64_t id, const char *op, const char *name, bool memory,
+		     bool quiesce,
 		     const char *description, json_t **out)
 {
 	if (!op || (strcmp(op, "create") != 0 && strcmp(op, "revert") != 0 && strcmp(op, "delete") != 0))
@@ -32,9 +34,20 @@ int host_vm_snapshot(struct host *h, const char *user, int64_t id, const char *o
 		return r;
 	bool live = false;
 	if (strcmp(op, "create") == 0) {
-		r = snapshot_create(v.config, name, description, out);
+		struct snapshot_opts so = { .description = description, .memory = memory, .quiesce = quiesce };
+		r = snapshot_create(v.config, name, &so, out);
 	} else if (strcmp(op, "revert") == 0) {
-		r = snapshot_revert(v.config, name);
+		bool resume = false;
+		r = snapshot_revert(v.config, name, &resume);
+		if (r == 0 && resume) {
+			/* A memory snapshot: the VM runs on from that instant. */
+			json_t *st = NULL;
+			r = vmxsup_spawn(v.config, h->vmx_binary, &st, h->power_timeout_ms);
+			if (r < 0)
+				vela_error_context(r, "reverted to \"%s\", but resuming it failed", name);
+			json_decref(st);
+			live = r == 0;
+		}
 	} else {
 		r = snapshot_delete(v.config, name, &live);
 	}

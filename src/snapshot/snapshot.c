@@ -34,6 +34,7 @@ struct snap_disk {
 struct snap {
 	unsigned uid, parent;   /* parent 0 = a root */
 	char *name, *description, *created;
+	char *vmstate;          /* memory snapshot: the saved state (absolute), or NULL */
 	struct snap_disk disks[MAX_SNAP_DISKS];
 	size_t ndisks;
 };
@@ -51,6 +52,7 @@ static void snaps_free(struct snaps *t)
 		free(t->v[i].name);
 		free(t->v[i].description);
 		free(t->v[i].created);
+		free(t->v[i].vmstate);
 		for (size_t k = 0; k < t->v[i].ndisks; k++)
 			free(t->v[i].disks[k].file);
 	}
@@ -107,6 +109,11 @@ static int snaps_load(const char *vmx_path, struct snaps *t)
 		s->description = xstrdup(vmx_get(f, key) ? vmx_get(f, key) : "");
 		snprintf(key, sizeof key, "snapshot%u.createTime", i);
 		s->created = xstrdup(vmx_get(f, key) ? vmx_get(f, key) : "");
+		snprintf(key, sizeof key, "snapshot%u.vmState", i);
+		if (vmx_get(f, key) && *vmx_get(f, key)) {
+			const char *v = vmx_get(f, key);
+			s->vmstate = v[0] == '/' ? xstrdup(v) : path_join(t->vm_dir, v);
+		}
 		snprintf(key, sizeof key, "snapshot%u.numDisks", i);
 		if ((r = get_uint(f, key, MAX_SNAP_DISKS, &nd)) < 0)
 			goto out;
@@ -171,6 +178,8 @@ static int snaps_save(const struct snaps *t)
 		free(txt);
 		vmx_file_free(tmp);
 		strbuf_printf(&sb, "snapshot%zu.createTime = \"%s\"\n", i, s->created);
+		if (s->vmstate)
+			strbuf_printf(&sb, "snapshot%zu.vmState = \"%s\"\n", i, stored_name(t, s->vmstate));
 		strbuf_printf(&sb, "snapshot%zu.numDisks = \"%zu\"\n", i, s->ndisks);
 		for (size_t k = 0; k < s->ndisks; k++) {
 			strbuf_printf(&sb, "snapshot%zu.disk%zu.fileName = \"%s\"\n", i, k, stored_name(t, s->disks[k].file));
@@ -343,8 +352,44 @@ static void drop_unneeded(const char *top, char *const *keep)
 
 /* ---------------------------------------------------------- commands */
 
-int snapshot_create(const char *vmx, const char *name, const char *description, json_t **out)
+/* One request to the running VM's supervisor; reply dropped. */
+static int sup_request(const char *vmx, json_t *req, int timeout_ms)
 {
+	json_t *reply = NULL;
+	int r = vmxsup_call(vmx, req, &reply, timeout_ms);
+	json_decref(req);
+	json_decref(reply);
+	return r;
+}
+
+static const char *sup_state(const char *vmx)
+{
+	static __thread char state[32];
+	json_t *reply = NULL;
+	json_t *req = json_pack("{s:s}", "cmd", "status");
+	state[0] = '\0';
+	if (vmxsup_call(vmx, req, &reply, 10000) == 0)
+		snprintf(state, sizeof state, "%s", json_string_value(json_object_get(reply, "state")) ?: "");
+	json_decref(req);
+	json_decref(reply);
+	return state;
+}
+
+/* <stem>-Snapshot<uid>.vmsn next to the .vmx. */
+static char *memory_file(const char *vmx, unsigned uid)
+{
+	size_t l = strlen(vmx);
+	int stem = l > 4 && strcmp(vmx + l - 4, ".vmx") == 0 ? (int)(l - 4) : (int)l;
+	return xasprintf("%.*s-Snapshot%u.vmsn", stem, vmx, uid);
+}
+
+int snapshot_create(const char *vmx, const char *name, const struct snapshot_opts *o, json_t **out)
+{
+	static const struct snapshot_opts defaults = { 0 };
+	if (!o)
+		o = &defaults;
+	const char *description = o->description;
+	bool unpause = false, thaw = false;
 	if (!name || !*name || strlen(name) > 200 || strpbrk(name, "\"\n\r"))
 		return vela_error(VELA_E_BADNAME, "snapshot: a name of 1-200 characters without quotes or line breaks");
 	struct snap_job j;
@@ -363,6 +408,35 @@ int snapshot_create(const char *vmx, const char *name, const char *description, 
 		goto out;
 	}
 	bool live = vmxsup_is_running(vmx);
+	if (o->memory && !live) {
+		r = vela_error(VELA_E_BADSTATE, "snapshot %s: a snapshot with memory needs a running VM", name);
+		goto out;
+	}
+	if (o->memory) {
+		/* Disks and memory from the same instant: the guest stops while
+		 * the logs go on, and until its state is saved. */
+		const char *st = sup_state(vmx);
+		if (strcmp(st, "on") == 0) {
+			if ((r = sup_request(vmx, json_pack("{s:s}", "cmd", "pause"), 60000)) < 0) {
+				vela_error_context(r, "snapshot %s: pause", name);
+				goto out;
+			}
+			unpause = true;
+		} else if (strcmp(st, "paused") != 0) {
+			r = vela_error(VELA_E_BADSTATE, "snapshot %s: the VM is %s", name, st[0] ? st : "not answering");
+			goto out;
+		}
+	} else if (o->quiesce && live) {
+		json_t *reply = NULL, *req = json_pack("{s:s, s:s}", "cmd", "guest-op", "op", "freeze");
+		r = vmxsup_call(vmx, req, &reply, 120000);
+		json_decref(req);
+		json_decref(reply);
+		if (r < 0) {
+			vela_error_context(r, "snapshot %s: quiesce", name);
+			goto out;
+		}
+		thaw = true;
+	}
 	struct snap s = { .uid = t->last_uid + 1, .parent = t->current, .name = xstrdup(name),
 			  .description = xstrdup(description ? description : "") };
 	json_t *skipped = json_array();
@@ -391,6 +465,23 @@ int snapshot_create(const char *vmx, const char *name, const char *description, 
 		snprintf(sd->node, sizeof sd->node, "%s", d->addr);
 		sd->file = real_or_copy(d->path);
 	}
+	if (thaw) {
+		int e = sup_request(vmx, json_pack("{s:s, s:s}", "cmd", "guest-op", "op", "thaw"), 60000);
+		if (e < 0 && r == 0)
+			r = vela_error_context(e, "snapshot %s: thaw", name);
+	}
+	if (r == 0 && o->memory) {
+		s.vmstate = memory_file(vmx, s.uid);
+		json_t *req = json_pack("{s:s, s:s}", "cmd", "save-state", "file", s.vmstate);
+		if ((r = sup_request(vmx, req, 3600 * 1000)) < 0)
+			vela_error_context(r, "snapshot %s: memory", name);
+	}
+	if (unpause) {
+		int e = sup_request(vmx, json_pack("{s:s}", "cmd", "unpause"), 60000);
+		if (e < 0 && r == 0)
+			r = vela_error_context(e, "snapshot %s: unpause", name);
+		unpause = false;
+	}
 	t->v = xrealloc(t->v, (t->n + 1) * sizeof(*t->v));
 	t->v[t->n++] = s;
 	if (r == 0) {
@@ -399,10 +490,14 @@ int snapshot_create(const char *vmx, const char *name, const char *description, 
 		r = snaps_save(t);
 	}
 	if (r == 0)
-		*out = json_pack("{s:s, s:I, s:b, s:O}", "name", name, "disks", (json_int_t)s.ndisks, "live", live, "skipped",
-				 skipped);
+		*out = json_pack("{s:s, s:I, s:b, s:b, s:b, s:O}", "name", name, "disks", (json_int_t)s.ndisks, "live", live,
+				 "memory", s.vmstate != NULL, "quiesced", thaw, "skipped", skipped);
+	else if (s.vmstate)
+		unlink(s.vmstate);
 	json_decref(skipped);
 out:
+	if (r < 0 && unpause)
+		sup_request(vmx, json_pack("{s:s}", "cmd", "unpause"), 60000);
 	job_close(&j);
 	return r;
 }
@@ -420,28 +515,47 @@ int snapshot_list(const char *vmx, json_t **out)
 		json_t *disks = json_object();
 		for (size_t k = 0; k < t.v[i].ndisks; k++)
 			json_object_set_new(disks, t.v[i].disks[k].node, json_string(t.v[i].disks[k].file));
-		json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:i, s:i, s:b, s:o}", "name", t.v[i].name,
+		json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:i, s:i, s:b, s:b, s:o}", "name", t.v[i].name,
 			"description", t.v[i].description, "created", t.v[i].created, "uid", (int)t.v[i].uid,
-			"parent", (int)t.v[i].parent, "current", t.v[i].uid == t.current, "disks", disks));
+			"parent", (int)t.v[i].parent, "current", t.v[i].uid == t.current, "memory", t.v[i].vmstate != NULL,
+			"disks", disks));
 	}
 	snaps_free(&t);
 	*out = arr;
 	return 0;
 }
 
-int snapshot_revert(const char *vmx, const char *name)
+int snapshot_revert(const char *vmx, const char *name, bool *resume)
 {
 	struct snap_job j;
+	if (resume)
+		*resume = false;
 	int r = job_open(vmx, name, &j);
 	struct snaps *t = &j.t;
 	struct vmx_model *m = j.m;
 	struct snap *s = j.s;
 	if (r < 0)
 		goto out;
-	if (vmxsup_is_running(vmx)) {
+	if (s->vmstate && access(s->vmstate, F_OK) < 0) {
+		r = vela_error_errno(errno, "revert to %s: its memory state %s", name, s->vmstate);
+		goto out;
+	}
+	if (vmxsup_is_running(vmx) && !s->vmstate) {
 		r = vela_error(VELA_E_BADSTATE, "revert: power the VM off first (disk snapshots hold no memory state)");
 		goto out;
 	}
+	if (vmxsup_is_running(vmx)) {
+		/* The running state is replaced by the snapshot's. */
+		r = sup_request(vmx, json_pack("{s:s, s:s}", "cmd", "stop", "mode", "hard"), 120000);
+		for (int i = 0; r == 0 && i < 200 && vmxsup_is_running(vmx); i++)
+			usleep(50000);
+		if (r < 0 || vmxsup_is_running(vmx)) {
+			r = vela_error_context(r < 0 ? r : -VELA_E_TIMEOUT, "revert to %s: power off", name);
+			goto out;
+		}
+	}
+	if (vmxsup_is_suspended(vmx, NULL) && (r = vmxsup_discard_suspended(vmx)) < 0)
+		goto out;   /* a suspended state of later than the snapshot goes */
 	for (size_t k = 0; k < s->ndisks && r == 0; k++) {
 		struct snap_disk *sd = &s->disks[k];
 		const struct vmx_disk *d = model_disk(m, sd->node);
@@ -461,6 +575,15 @@ int snapshot_revert(const char *vmx, const char *name)
 	if (r == 0) {
 		t->current = s->uid;
 		r = snaps_save(t);
+	}
+	if (r == 0 && s->vmstate) {
+		/* The VM resumes from the snapshot's memory at its next power-on;
+		 * the file stays the snapshot's (readOnly). */
+		const char *keys[2] = { "checkpoint.vmState", "checkpoint.vmState.readOnly" };
+		const char *values[2] = { stored_name(t, s->vmstate), "TRUE" };
+		r = vmx_file_edit(vmx, keys, values, 2);
+		if (r == 0 && resume)
+			*resume = true;
 	}
 out:
 	job_close(&j);
@@ -616,6 +739,10 @@ int snapshot_delete(const char *vmx, const char *name, bool *was_live)
 		free(s->created);
 		for (size_t k = 0; k < s->ndisks; k++)
 			free(s->disks[k].file);
+		if (s->vmstate) {
+			unlink(s->vmstate);
+			free(s->vmstate);
+		}
 		memmove(&t->v[idx], &t->v[idx + 1], (t->n - idx - 1) * sizeof(*t->v));
 		t->n--;
 		r = snaps_save(t);

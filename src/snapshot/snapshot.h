@@ -14,15 +14,29 @@
 #include <jansson.h>
 #include <stdbool.h>
 
-/* Take a snapshot: *out {name, disks (how many), live, skipped: [{disk,
- * mode}] (independent disks are not in snapshots)}. */
-int snapshot_create(const char *vmx, const char *name, const char *description, json_t **out);
+struct snapshot_opts {
+	const char *description;
+	/* A running VM's memory and device state too (<stem>-Snapshot<uid>.vmsn):
+	 * reverting then brings the VM back running at that instant. */
+	bool memory;
+	/* Freeze the guest's file systems (agent) around a disk-only live
+	 * snapshot: application-consistent instead of crash-consistent. */
+	bool quiesce;
+};
+
+/* Take a snapshot: *out {name, disks (how many), live, memory, quiesced,
+ * skipped: [{disk, mode}] (independent disks are not in snapshots)}. */
+int snapshot_create(const char *vmx, const char *name, const struct snapshot_opts *o, json_t **out);
 /* The tree, in file order: [{name, description, created, uid, parent (0 =
- * a root), current, disks: {addr: image}}]. */
+ * a root), current, memory, disks: {addr: image}}]. */
 int snapshot_list(const char *vmx, json_t **out);
-/* Go back to a snapshot (the VM must be off: disk snapshots hold no memory
- * state); images nothing needs any more are dropped. */
-int snapshot_revert(const char *vmx, const char *name);
+/*
+ * Go back to a snapshot; images nothing needs any more are dropped.  A
+ * disk-only snapshot needs the VM off.  One with memory powers a running VM
+ * off first and leaves the VM suspended at the snapshot's instant
+ * (*resume = true): the caller powers it on, which resumes it.
+ */
+int snapshot_revert(const char *vmx, const char *name, bool *resume);
 /* Drop a snapshot, merging its image with the one image built on it (live
  * when that is in the running chain: *was_live, may be NULL). */
 int snapshot_delete(const char *vmx, const char *name, bool *was_live);

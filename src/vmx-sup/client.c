@@ -266,11 +266,19 @@ int vmxsup_discard_suspended(const char *config_path)
 		return vela_error(VELA_E_BADSTATE, "%s: the VM is running", config_path);
 	if (!vmxsup_is_suspended(config_path, &state))
 		return vela_error(VELA_E_BADSTATE, "%s: the VM is not suspended", config_path);
-	const char *key = "checkpoint.vmState", *none = NULL;
-	int r = vmx_file_edit(config_path, &key, &none, 1);
+	/* A snapshot's memory state (readOnly) stays with its snapshot. */
+	struct vmx_file *f = NULL;
+	bool keep = false;
+	if (vmx_file_load(config_path, &f) == 0) {
+		const char *ro = vmx_get(f, "checkpoint.vmState.readOnly");
+		keep = ro && str_ieq(ro, "TRUE");
+		vmx_file_free(f);
+	}
+	const char *keys[2] = { "checkpoint.vmState", "checkpoint.vmState.readOnly" }, *none[2] = { NULL, NULL };
+	int r = vmx_file_edit(config_path, keys, none, 2);
 	if (r < 0)
 		return vela_error_context(r, "discard the suspended state");
-	if (unlink(state) < 0 && errno != ENOENT)
+	if (!keep && unlink(state) < 0 && errno != ENOENT)
 		return vela_error_errno(errno, "remove %s", state);
 	vela_log(VELA_LOG_INFO, "%s: suspended state %s discarded (powered off)", config_path, state);
 	return 0;

@@ -86,6 +86,7 @@ struct sup {
 	json_t *fingerprint;        /* the machine as QEMU sees it (engine_machine_fingerprint) */
 	char *vmstate;              /* the suspended-state file being written */
 	bool suspending;            /* QEMU quits because its state is saved */
+	bool saving_snapshot;       /* a memory snapshot's save: the VM stays, paused */
 	bool suspend_was_running;
 	json_t *suspend_guestinfo;  /* kept for the resume: guestinfo lives as long as the VM runs */
 	uint64_t mig_timer;
@@ -857,11 +858,14 @@ static int power_on(struct sup *s)
 		log_info("event: VM resumed from %s in %lld ms%s", s->model->checkpoint, (long long)(time_mono_ms() - t0),
 			 s->model->resume_repeatable ? " (repeatable: the state file is kept)" : "");
 		if (!s->model->resume_repeatable) {
-			/* Used: the state goes, and the disks' modes apply again. */
+			/* Used: the state goes (unless it is a snapshot's memory, kept
+			 * for the next revert), and the disks' modes apply again. */
+			bool keep = vmx_get(s->file, "checkpoint.vmState.readOnly") &&
+				    str_ieq(vmx_get(s->file, "checkpoint.vmState.readOnly"), "TRUE");
 			sup_disks_resumed(s->disks);
 			if (record_checkpoint(s, NULL) < 0)
 				log_error("%s", vela_errmsg());
-			else if (unlink(s->model->checkpoint) < 0)
+			else if (!keep && unlink(s->model->checkpoint) < 0)
 				log_warn("remove %s: %s", s->model->checkpoint, strerror(errno));
 		}
 	}
@@ -939,19 +943,20 @@ static char *vmstate_path(struct sup *s)
  * VM's folder) or removed (NULL). */
 static int record_checkpoint(struct sup *s, const char *path)
 {
-	const char *key = "checkpoint.vmState";
-	const char *value = NULL;
+	const char *keys[2] = { "checkpoint.vmState", "checkpoint.vmState.readOnly" };
+	const char *values[2] = { NULL, NULL };
 	CLEANUP_FREE char *dir = path ? path_dirname(path) : NULL;
 	CLEANUP_FREE char *name = path ? path_basename(path) : NULL;
 	if (path)
-		value = strcmp(dir, s->vm_dir) == 0 ? name : path;
+		values[0] = strcmp(dir, s->vm_dir) == 0 ? name : path;
 	pthread_mutex_lock(&s->file_lock);
-	int r = vmx_file_edit(s->config_path, &key, &value, 1);
+	int r = vmx_file_edit(s->config_path, keys, values, 2);
 	if (r == 0) {
-		if (value)
-			vmx_set(s->file, key, value);
+		if (values[0])
+			vmx_set(s->file, keys[0], values[0]);
 		else
-			vmx_unset(s->file, key);
+			vmx_unset(s->file, keys[0]);
+		vmx_unset(s->file, keys[1]);
 	}
 	pthread_mutex_unlock(&s->file_lock);
 	return r < 0 ? vela_error_context(r, "%s checkpoint.vmState in %s", path ? "record" : "remove", s->config_path)
@@ -970,8 +975,19 @@ static void shell_quote(struct strbuf *sb, const char *s)
 	strbuf_puts(sb, "'");
 }
 
+static void finish_save_state(struct sup *s);
+
 static void suspend_failed(struct sup *s, int r)
 {
+	if (s->saving_snapshot) {
+		/* The VM was paused by the caller and stays so; it unpauses. */
+		s->saving_snapshot = false;
+		log_error("event: saving the memory state failed: %s", vela_errmsg());
+		unlink(s->vmstate);
+		set_state(s, VM_PAUSED);
+		finish_op(s, r);
+		return;
+	}
 	if (s->mig_timer) {
 		vela_loop_del_timer(s->loop, s->mig_timer);
 		s->mig_timer = 0;
@@ -1001,6 +1017,8 @@ static void poll_suspend(struct vela_loop *loop, uint64_t id, void *opaque)
 	const char *st = json_string_value(json_object_get(ret, "status"));
 	if (r < 0) {
 		suspend_failed(s, vela_error_context(r, "suspend: query-migrate"));
+	} else if (st && strcmp(st, "completed") == 0 && s->saving_snapshot) {
+		finish_save_state(s);
 	} else if (st && strcmp(st, "completed") == 0) {
 		/* The state is in the file: QEMU can go, then the disks close. */
 		s->suspending = true;
@@ -1012,6 +1030,64 @@ static void poll_suspend(struct vela_loop *loop, uint64_t id, void *opaque)
 		s->mig_timer = vela_loop_add_timer(loop, 20, poll_suspend, s);
 	}
 	json_decref(ret);
+}
+
+/* A memory snapshot's state is sealed: no disk stamps (the snapshot's
+ * images are parents nobody writes), the VM stays paused for the caller. */
+static void finish_save_state(struct sup *s)
+{
+	s->saving_snapshot = false;
+	json_t *gi = sup_guest_guestinfo(s->guest);
+	char when[40];
+	time_format_iso(time_real_ms(), when, sizeof when);
+	json_t *meta = json_pack("{s:i, s:s, s:s, s:O, s:[], s:O, s:s, s:I, s:b}", "version", 1, "vela", VELA_VERSION,
+				 "suspended_at", when, "fingerprint", s->fingerprint, "disks", "guestinfo",
+				 json_object_get(gi, "values"), "config", s->config_path, "memsize_mb",
+				 (json_int_t)s->model->memsize_mb, "snapshot", 1);
+	json_decref(gi);
+	int r = vmstate_finish(s->vmstate, meta);
+	json_decref(meta);
+	set_state(s, VM_PAUSED);
+	if (r < 0) {
+		log_error("event: saving the memory state failed: %s", vela_errmsg());
+		unlink(s->vmstate);
+	} else {
+		log_info("event: memory state saved to %s in %lld ms", s->vmstate,
+			 (long long)(time_mono_ms() - s->mig_started_ms));
+	}
+	finish_op(s, r);
+}
+
+/* Save the running state (a memory snapshot): {cmd: save-state, file}.
+ * The VM must be paused (the caller put its disks' redo logs on meanwhile)
+ * and stays paused; the reply comes when the file is complete. */
+static int req_save_state(struct sup *s, struct ctl_client *c, const char *file)
+{
+	if (s->state != VM_PAUSED)
+		return vela_error(VELA_E_BADSTATE, "save-state: pause the VM first (it is %s)", vm_state_name(s->state));
+	if (s->op != OP_NONE)
+		return vela_error(VELA_E_BUSY, "save-state: another power operation is under way");
+	if (!file || file[0] != '/')
+		return vela_error(VELA_E_INVAL, "save-state needs the absolute path of the file to write");
+	free(s->vmstate);
+	s->vmstate = xstrdup(file);
+	unlink(file);
+	s->mig_started_ms = time_mono_ms();
+	int r = sup_qmp(s, "migrate-set-parameters", json_pack("{s:I}", "max-bandwidth", (json_int_t)1 << 40));
+	struct strbuf uri = { 0 };
+	strbuf_puts(&uri, "exec:cat > ");
+	shell_quote(&uri, file);
+	if (r == 0)
+		r = sup_qmp(s, "migrate", json_pack("{s:s}", "uri", uri.data));
+	strbuf_free(&uri);
+	if (r < 0)
+		return vela_error_context(r, "save-state");
+	s->saving_snapshot = true;
+	s->suspend_was_running = false;
+	s->op = OP_SUSPEND;
+	c->waiting = true;
+	s->mig_timer = vela_loop_add_timer(s->loop, 20, poll_suspend, s);
+	return 0;
 }
 
 static int req_suspend(struct sup *s, struct ctl_client *c)
@@ -1726,6 +1802,8 @@ static void handle_request(struct sup *s, struct ctl_client *c, const char *line
 		r = req_edit(s, json_object_get(req, "keys"));
 	} else if (strcmp(cmd, "suspend") == 0) {
 		r = req_suspend(s, c);
+	} else if (strcmp(cmd, "save-state") == 0) {
+		r = req_save_state(s, c, json_string_value(json_object_get(req, "file")));
 	} else if (strcmp(cmd, "guest") == 0) {
 		reply = sup_guest_status(s->guest);
 		json_object_set_new(reply, "ok", json_true());
