@@ -29,7 +29,9 @@ struct cli {
 	bool freeze;
 	bool no_wait;           /* vm commit --no-wait */
 	const char *description;   /* vm snapshot create */
-	bool memory, quiesce;      /* vm snapshot create --memory --quiesce */
+	bool memory, quiesce;      /* vm snapshot create --memory --quiesce; backup --quiesce */
+	const char *to, *as;       /* backup --to DIR, restore --to DIR --as NAME */
+	bool compress;             /* backup --compress */
 	bool end;               /* vm export-disk --end */
 	const char *iops, *bps, *iops_rd, *iops_wr, *bps_rd, *bps_wr;
 	bool read_only;
@@ -72,5 +74,7 @@ int cmd_remote(const struct cli *c, const char *const *words, size_t n);
 int cmd_vm_guest(const struct cli *c, const char *const *words, size_t n);
 /* vela vm snapshot create|list|revert|delete FILE.vmx [NAME] */
 int cmd_vm_snapshot(const struct cli *c, const char *const *words, size_t n);
+/* vela backup FILE.vmx --to DIR | backup verify DIR | restore BACKUP --to DIR */
+int cmd_backup(const struct cli *c, const char *const *words, size_t n);
 
 #endif

@@ -424,6 +424,9 @@ static void usage(FILE *f)
 		"  vela vm commit [--level N] [--freeze] [--no-wait] FILE.vmx DISK  live: merge a redo log\n"
 		"  vela vm disk-stats FILE.vmx          per-disk I/O counters, latency, limits\n"
 		"  vela vm guest FILE.vmx               the guest agent: heartbeat, OS, addresses\n"
+		"  vela backup FILE.vmx --to DIR [--quiesce] [--compress]  hot backup (the VM keeps running)\n"
+		"  vela backup verify DIR               check every file of a backup against its checksum\n"
+		"  vela restore BACKUP --to DIR [--as NAME]  a backup as a VM in a new folder\n"
 		"  vela vm guestinfo list|get|set|unset FILE.vmx [KEY [VALUE]]  guestinfo values\n"
 		"  vela vm freeze|thaw FILE.vmx         quiesce the guest's file systems (agent)\n"
 		"  vela vm sync-time FILE.vmx           set the guest's clock from the host (agent)\n"
@@ -638,6 +641,12 @@ int main(int argc, char **argv)
 			c.description = argv[++i];
 		} else if (strcmp(a, "--no-wait") == 0) {
 			c.no_wait = true;
+		} else if (strcmp(a, "--to") == 0 && has_val) {
+			c.to = argv[++i];
+		} else if (strcmp(a, "--as") == 0 && has_val) {
+			c.as = argv[++i];
+		} else if (strcmp(a, "--compress") == 0) {
+			c.compress = true;
 		} else if (strcmp(a, "--memory") == 0) {
 			c.memory = true;
 		} else if (strcmp(a, "--quiesce") == 0) {
@@ -747,6 +756,8 @@ int main(int argc, char **argv)
 
 	if (strcmp(words[0], "errors") == 0 && nw == 1)
 		return cmd_errors(&c);
+	if (strcmp(words[0], "backup") == 0 || strcmp(words[0], "restore") == 0)
+		return cmd_backup(&c, words, nw);
 	if (strcmp(words[0], "disk") == 0)
 		return cmd_disk(&c, words, nw);
 	if (strcmp(words[0], "vmx") == 0) {

@@ -1,0 +1,473 @@
+/* backup.c - hot backup, verification and restore of whole VMs. */
+#include "common.h"
+#include "vdisk.h"
+#include "vmx.h"
+#include "vmx-sup.h"
+#include "backup.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <gnutls/crypto.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#define MANIFEST "manifest.json"
+#define MANIFEST_MAX (16u << 20)
+#define LIVE_TIMEOUT_MS (24 * 3600 * 1000)
+
+/* SHA-256 of a file as 64 hex digits (buffer of 65). */
+static int sha256_file(const char *path, char hex[65], uint64_t *bytes)
+{
+	CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return vela_error_errno(errno, "open %s", path);
+	gnutls_hash_hd_t h;
+	if (gnutls_hash_init(&h, GNUTLS_DIG_SHA256) < 0)
+		return vela_error(VELA_E_INTERNAL, "SHA-256 is not available");
+	size_t size = 1u << 20;
+	CLEANUP_FREE uint8_t *buf = xcalloc(1, size);
+	uint64_t total = 0;
+	ssize_t n;
+	while ((n = read(fd, buf, size)) > 0) {
+		gnutls_hash(h, buf, (size_t)n);
+		total += (uint64_t)n;
+	}
+	uint8_t digest[32];
+	gnutls_hash_deinit(h, digest);
+	if (n < 0)
+		return vela_error_errno(errno, "read %s", path);
+	for (int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+	if (bytes)
+		*bytes = total;
+	return 0;
+}
+
+static int copy_file(const char *from, const char *to)
+{
+	CLEANUP_FREE char *data = NULL;
+	size_t len;
+	int r = read_file(from, 1u << 30, &data, &len);
+	if (r == 0)
+		r = write_file_atomic(to, data, len);
+	return r < 0 ? vela_error_context(r, "copy %s", from) : 0;
+}
+
+/* A name safe as one path component. */
+static char *safe_name(const char *s)
+{
+	char *out = xstrdup(s && *s ? s : "vm");
+	for (char *p = out; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' ||
+		      *p == '_' || *p == '.'))
+			*p = '_';
+	if (out[0] == '.')
+		out[0] = '_';
+	return out;
+}
+
+static int sup_request(const char *vmx, json_t *req, json_t **reply, int timeout_ms)
+{
+	json_t *rep = NULL;
+	int r = vmxsup_call(vmx, req, &rep, timeout_ms);
+	json_decref(req);
+	if (reply)
+		*reply = rep;
+	else
+		json_decref(rep);
+	return r;
+}
+
+struct copy_progress {
+	const struct backup_opts *o;
+	uint64_t before, total;
+	unsigned last;
+};
+
+static void on_copy_progress(uint64_t done, uint64_t total, void *opaque)
+{
+	(void)total;
+	struct copy_progress *p = opaque;
+	if (!p->o->progress || !p->total)
+		return;
+	unsigned pc = (unsigned)((p->before + done) * 100 / p->total);
+	if (pc > 99)
+		pc = 99;
+	if (pc != p->last) {
+		p->last = pc;
+		p->o->progress(pc, p->o->opaque);
+	}
+}
+
+struct bdisk {
+	const struct vmx_disk *md;
+	char *image;        /* the static image copied (the chain under it too) */
+	char *file;         /* its copy's name in the backup */
+	bool redo;          /* a live redo log went on: consolidate afterwards */
+	uint64_t size;
+};
+
+int backup_vm(const char *vmx, const char *dir, const struct backup_opts *o, json_t **out)
+{
+	static const struct backup_opts none = { 0 };
+	if (!o)
+		o = &none;
+	char real[4096];
+	if (!realpath(vmx, real))
+		return vela_error_errno(errno, "backup: %s", vmx);
+	struct vmx_file *f = NULL;
+	struct vmx_model *m = NULL;
+	struct vmx_model_opts mo = { .check_files = true };
+	int r = vmx_file_load(real, &f);
+	if (r == 0)
+		r = vmx_model_build(f, real, &mo, NULL, &m);
+	if (r < 0) {
+		vmx_file_free(f);
+		return vela_error_context(r, "backup");
+	}
+	int64_t t0 = time_mono_ms();
+	bool live = vmxsup_is_running(real), frozen = false;
+	struct bdisk *disks = xcalloc(m->n_disks + 1, sizeof *disks);
+	size_t nd = 0;
+	json_t *skipped = json_array(), *consolidation = json_array();
+	CLEANUP_FREE char *folder = NULL;
+	CLEANUP_FREE char *stem = safe_name(m->display_name);
+	uint64_t total = 0;
+
+	/* The backup's folder: <name>-<UTC time>, unique. */
+	char stamp[32];
+	time_t now = time(NULL);
+	struct tm tm;
+	gmtime_r(&now, &tm);
+	strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &tm);
+	if ((r = mkdir_p(dir, 0755)) < 0)
+		goto out;
+	for (int i = 0; i < 100; i++) {
+		free(folder);
+		folder = i ? xasprintf("%s/%s-%s-%d", dir, stem, stamp, i) : xasprintf("%s/%s-%s", dir, stem, stamp);
+		if (mkdir(folder, 0755) == 0)
+			break;
+		if (errno != EEXIST) {
+			r = vela_error_errno(errno, "backup: create %s", folder);
+			goto out;
+		}
+	}
+
+	for (size_t i = 0; i < m->n_disks; i++) {
+		const struct vmx_disk *md = &m->disks[i];
+		if (md->type != VMX_DEV_DISK || !md->path)
+			continue;
+		if (md->mode == VMX_MODE_INDEPENDENT_PERSISTENT) {
+			/* Written in place, outside every snapshot: no instant to copy. */
+			json_array_append_new(skipped, json_pack("{s:s, s:s}", "disk", md->addr, "mode",
+								 vmx_disk_mode_name(md->mode)));
+			continue;
+		}
+		struct bdisk *b = &disks[nd++];
+		b->md = md;
+		b->image = xstrdup(md->path);
+		CLEANUP_FREE char *id = xstrdup(md->addr);
+		for (char *p = id; *p; p++)
+			if (*p == ':')
+				*p = '-';   /* scsi0:1 -> scsi0-1 */
+		b->file = xasprintf("%s.vmdk", id);
+	}
+
+	/* The instant: quiesced (agent), then a redo log on every disk the
+	 * guest writes in place; everything under it is static from now on. */
+	if (live && o->quiesce) {
+		if ((r = sup_request(real, json_pack("{s:s, s:s}", "cmd", "guest-op", "op", "freeze"), NULL, 120000)) < 0) {
+			vela_error_context(r, "backup: quiesce the guest");
+			goto out;
+		}
+		frozen = true;
+	}
+	for (size_t i = 0; live && i < nd && r == 0; i++) {
+		if (disks[i].md->mode != VMX_MODE_PERSISTENT)
+			continue;   /* the others write to redo logs already: their base is static */
+		json_t *rep = NULL;
+		r = sup_request(real, json_pack("{s:s, s:s}", "cmd", "addredo", "disk", disks[i].md->addr), &rep, 60000);
+		json_decref(rep);
+		if (r < 0)
+			vela_error_context(r, "backup: redo log on %s", disks[i].md->addr);
+		else
+			disks[i].redo = true;
+	}
+	if (frozen) {
+		int e = sup_request(real, json_pack("{s:s, s:s}", "cmd", "guest-op", "op", "thaw"), NULL, 60000);
+		if (e < 0 && r == 0)
+			r = vela_error_context(e, "backup: thaw the guest");
+	}
+	if (r < 0)
+		goto consolidate;
+
+	for (size_t i = 0; i < nd; i++) {
+		struct vdisk *d = NULL;
+		if ((r = vdisk_open(disks[i].image, VDISK_OPEN_RDONLY, &d)) < 0) {
+			vela_error_context(r, "backup: %s", disks[i].md->addr);
+			goto consolidate;
+		}
+		disks[i].size = vdisk_size(d);
+		total += disks[i].size;
+		vdisk_close(d);
+	}
+	struct copy_progress cp = { .o = o, .total = total };
+	for (size_t i = 0; i < nd && r == 0; i++) {
+		CLEANUP_FREE char *dst = path_join(folder, disks[i].file);
+		struct vdisk_create_opts co = {
+			.type = o->compress ? VDISK_TYPE_VMDK_STREAM : VDISK_TYPE_VMDK_MONOLITHIC_SPARSE,
+		};
+		r = vdisk_convert(disks[i].image, dst, &co, on_copy_progress, &cp);
+		if (r < 0)
+			vela_error_context(r, "backup: copy %s", disks[i].md->addr);
+		cp.before += disks[i].size;
+	}
+
+consolidate:
+	/* The logs go back into the disks, live, whatever happened above. */
+	for (size_t i = 0; i < nd; i++) {
+		if (!disks[i].redo)
+			continue;
+		json_t *rep = NULL;
+		int e = sup_request(real, json_pack("{s:s, s:s, s:i}", "cmd", "commit", "disk", disks[i].md->addr, "level", 0),
+				    &rep, LIVE_TIMEOUT_MS);
+		json_decref(rep);
+		json_array_append_new(consolidation, json_pack("{s:s, s:s}", "disk", disks[i].md->addr, "result",
+							       e < 0 ? vela_errmsg() : "merged"));
+		if (e < 0 && r == 0)
+			r = vela_error_context(e, "backup: consolidate %s (the VM runs on its redo log)", disks[i].md->addr);
+	}
+	if (r < 0)
+		goto out;
+
+	/* The configuration, pointing at the copies; NVRAM and logs as they are. */
+	for (size_t i = 0; i < nd; i++) {
+		CLEANUP_FREE char *key = xasprintf("%s.fileName", disks[i].md->addr);
+		vmx_set(f, key, disks[i].file);
+	}
+	for (size_t i = 0; i < json_array_size(skipped); i++) {
+		CLEANUP_FREE char *key = xasprintf("%s.present",
+						   json_string_value(json_object_get(json_array_get(skipped, i), "disk")));
+		vmx_set(f, key, "FALSE");
+	}
+	vmx_unset(f, "checkpoint.vmState");
+	vmx_unset(f, "checkpoint.vmState.readOnly");
+	CLEANUP_FREE char *vmx_name = path_basename(real);
+	CLEANUP_FREE char *vmx_copy = path_join(folder, vmx_name);
+	if ((r = vmx_file_save(f, vmx_copy)) < 0)
+		goto out;
+	json_t *files = json_array();
+	const char *vm_dir_end = strrchr(real, '/');
+	CLEANUP_FREE char *vm_dir = xstrndup(real, (size_t)(vm_dir_end - real));
+	DIR *dd = opendir(vm_dir);
+	struct dirent *e;
+	size_t stem_len = strlen(vmx_name) > 4 ? strlen(vmx_name) - 4 : strlen(vmx_name);
+	while (dd && (e = readdir(dd))) {
+		bool nvram = strncmp(e->d_name, vmx_name, stem_len) == 0 && strcmp(e->d_name + stem_len, ".nvram") == 0;
+		bool log = str_starts_with(e->d_name, "vela") && strstr(e->d_name, ".log");
+		if (!nvram && !log)
+			continue;
+		CLEANUP_FREE char *from = path_join(vm_dir, e->d_name);
+		CLEANUP_FREE char *to = path_join(folder, e->d_name);
+		if (copy_file(from, to) < 0)
+			log_warn("backup: %s", vela_errmsg());
+	}
+	if (dd)
+		closedir(dd);
+	/* Checksums of everything in the folder. */
+	dd = opendir(folder);
+	uint64_t bytes = 0;
+	while (dd && (e = readdir(dd)) && r == 0) {
+		if (e->d_name[0] == '.' || strcmp(e->d_name, MANIFEST) == 0)
+			continue;
+		CLEANUP_FREE char *p = path_join(folder, e->d_name);
+		char hex[65];
+		uint64_t n = 0;
+		if ((r = sha256_file(p, hex, &n)) == 0)
+			json_array_append_new(files, json_pack("{s:s, s:s, s:I}", "name", e->d_name, "sha256", hex, "bytes",
+							       (json_int_t)n));
+		bytes += n;
+	}
+	if (dd)
+		closedir(dd);
+	json_t *jd = json_array();
+	for (size_t i = 0; i < nd; i++)
+		json_array_append_new(jd, json_pack("{s:s, s:s, s:s, s:I, s:s}", "disk", disks[i].md->addr, "file",
+						    disks[i].file, "source", disks[i].md->path, "virtual_size",
+						    (json_int_t)disks[i].size, "mode", vmx_disk_mode_name(disks[i].md->mode)));
+	char when[40];
+	time_format_iso(time_real_ms(), when, sizeof when);
+	json_t *manifest = json_pack("{s:i, s:s, s:s, s:s, s:s, s:s, s:b, s:b, s:b, s:o, s:o, s:O, s:O}", "version", 1,
+				     "vela", VELA_VERSION, "created", when, "vm", m->display_name, "source", real, "vmx",
+				     vmx_name, "live", live, "quiesced", frozen, "compressed", o->compress, "disks", jd,
+				     "files", files, "skipped", skipped, "consolidation", consolidation);
+	char *text = json_dumps(manifest, JSON_INDENT(2) | JSON_SORT_KEYS);
+	CLEANUP_FREE char *mpath = path_join(folder, MANIFEST);
+	if (r == 0)
+		r = write_file_atomic(mpath, text, strlen(text));
+	free(text);
+	json_decref(manifest);
+	if (r == 0) {
+		if (o->progress)
+			o->progress(100, o->opaque);
+		*out = json_pack("{s:s, s:I, s:I, s:b, s:b, s:I}", "folder", folder, "disks", (json_int_t)nd, "bytes",
+				 (json_int_t)bytes, "live", live, "quiesced", frozen, "ms", (json_int_t)(time_mono_ms() - t0));
+	}
+out:
+	if (r < 0 && folder) {
+		/* No half backups: a folder without a manifest is removed. */
+		CLEANUP_FREE char *mpath = path_join(folder, MANIFEST);
+		if (access(mpath, F_OK) < 0) {
+			DIR *dd2 = opendir(folder);
+			struct dirent *e2;
+			while (dd2 && (e2 = readdir(dd2))) {
+				if (e2->d_name[0] == '.')
+					continue;
+				CLEANUP_FREE char *p = path_join(folder, e2->d_name);
+				unlink(p);
+			}
+			if (dd2)
+				closedir(dd2);
+			rmdir(folder);
+		}
+	}
+	for (size_t i = 0; i < nd; i++) {
+		free(disks[i].image);
+		free(disks[i].file);
+	}
+	free(disks);
+	json_decref(skipped);
+	json_decref(consolidation);
+	vmx_model_free(m);
+	vmx_file_free(f);
+	return r;
+}
+
+static int load_manifest(const char *backup, json_t **out)
+{
+	CLEANUP_FREE char *p = path_join(backup, MANIFEST);
+	CLEANUP_FREE char *text = NULL;
+	size_t len;
+	int r = read_file(p, MANIFEST_MAX, &text, &len);
+	if (r < 0)
+		return vela_error_context(r, "%s is not a Vela backup", backup);
+	json_error_t jerr;
+	json_t *j = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (!json_is_object(j) || !json_is_array(json_object_get(j, "files")) ||
+	    !json_is_array(json_object_get(j, "disks")) || !json_is_string(json_object_get(j, "vmx"))) {
+		json_decref(j);
+		return vela_error(VELA_E_CORRUPT, "%s: not a manifest Vela writes", p);
+	}
+	*out = j;
+	return 0;
+}
+
+/* A name from the manifest must stay inside the backup's folder. */
+static bool plain_name(const char *s)
+{
+	return s && *s && !strchr(s, '/') && strcmp(s, ".") != 0 && strcmp(s, "..") != 0;
+}
+
+int backup_verify(const char *backup, json_t **out)
+{
+	json_t *man = NULL;
+	int r = load_manifest(backup, &man);
+	if (r < 0)
+		return r;
+	size_t i;
+	json_t *fe;
+	uint64_t bytes = 0;
+	json_array_foreach(json_object_get(man, "files"), i, fe) {
+		const char *name = json_string_value(json_object_get(fe, "name"));
+		const char *want = json_string_value(json_object_get(fe, "sha256"));
+		if (!plain_name(name) || !want) {
+			r = vela_error(VELA_E_CORRUPT, "%s: manifest entry %zu is malformed", backup, i);
+			break;
+		}
+		CLEANUP_FREE char *p = path_join(backup, name);
+		char hex[65];
+		uint64_t n = 0;
+		if ((r = sha256_file(p, hex, &n)) < 0)
+			break;
+		if (strcmp(hex, want) != 0) {
+			r = vela_error(VELA_E_CORRUPT, "%s: %s does not match its checksum (the backup is damaged)", backup, name);
+			break;
+		}
+		bytes += n;
+	}
+	if (r == 0)
+		*out = json_pack("{s:I, s:I, s:b}", "files", (json_int_t)json_array_size(json_object_get(man, "files")),
+				 "bytes", (json_int_t)bytes, "ok", 1);
+	json_decref(man);
+	return r;
+}
+
+int backup_restore(const char *backup, const char *dest, const char *new_name, json_t **out)
+{
+	json_t *verified = NULL;
+	int r = backup_verify(backup, &verified);
+	json_decref(verified);
+	if (r < 0)
+		return vela_error_context(r, "restore");
+	json_t *man = NULL;
+	if ((r = load_manifest(backup, &man)) < 0)
+		return r;
+	const char *vmx_name = json_string_value(json_object_get(man, "vmx"));
+	struct vmx_file *f = NULL;
+	CLEANUP_FREE char *vmx_in = path_join(backup, plain_name(vmx_name) ? vmx_name : "");
+	CLEANUP_FREE char *vmx_out = NULL;
+	if (!plain_name(vmx_name)) {
+		r = vela_error(VELA_E_CORRUPT, "%s: the manifest's vmx is not a file name", backup);
+		goto out;
+	}
+	if (mkdir(dest, 0755) < 0) {
+		r = errno == EEXIST ? vela_error(VELA_E_EXISTS, "restore: %s exists; restore into a new folder", dest)
+				    : vela_error_errno(errno, "restore: create %s", dest);
+		goto out;
+	}
+	if ((r = vmx_file_load(vmx_in, &f)) < 0)
+		goto out;
+	size_t i;
+	json_t *d;
+	json_array_foreach(json_object_get(man, "disks"), i, d) {
+		const char *file = json_string_value(json_object_get(d, "file"));
+		const char *addr = json_string_value(json_object_get(d, "disk"));
+		if (!plain_name(file) || !addr) {
+			r = vela_error(VELA_E_CORRUPT, "%s: disk %zu of the manifest is malformed", backup, i);
+			goto out;
+		}
+		CLEANUP_FREE char *src = path_join(backup, file);
+		CLEANUP_FREE char *dst = path_join(dest, file);
+		struct vdisk_create_opts co = { .type = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE };
+		if ((r = vdisk_convert(src, dst, &co, NULL, NULL)) < 0) {
+			vela_error_context(r, "restore %s", addr);
+			goto out;
+		}
+	}
+	json_t *fe;
+	json_array_foreach(json_object_get(man, "files"), i, fe) {
+		const char *name = json_string_value(json_object_get(fe, "name"));
+		size_t n = name ? strlen(name) : 0;
+		if (plain_name(name) && n > 6 && strcmp(name + n - 6, ".nvram") == 0) {
+			CLEANUP_FREE char *from = path_join(backup, name);
+			CLEANUP_FREE char *to = path_join(dest, name);
+			if ((r = copy_file(from, to)) < 0)
+				goto out;
+		}
+	}
+	if (new_name) {
+		/* A second VM next to the original: its own name and identity. */
+		vmx_set(f, "displayName", new_name);
+		vmx_set(f, "uuid.action", "create");
+	}
+	CLEANUP_FREE char *stem = new_name ? safe_name(new_name) : NULL;
+	vmx_out = stem ? xasprintf("%s/%s.vmx", dest, stem) : path_join(dest, vmx_name);
+	if ((r = vmx_file_save(f, vmx_out)) < 0)
+		goto out;
+	*out = json_pack("{s:s}", "vmx", vmx_out);
+out:
+	vmx_file_free(f);
+	json_decref(man);
+	return r;
+}

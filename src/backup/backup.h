@@ -1,0 +1,46 @@
+/*
+ * backup.h - hot backup and restore of whole VMs.
+ *
+ * A backup is a folder: the VM's .vmx (disks renamed to the copies), one
+ * image per hard disk (the disk flattened, sparse: streamOptimized VMDK
+ * when compressed, monolithicSparse otherwise), the NVRAM and the logs,
+ * and manifest.json with the SHA-256 of every file.
+ *
+ * A running VM keeps running: its disks get a redo log (at one instant,
+ * with the guest's file systems frozen by its agent when asked), the
+ * now-static images under the logs are copied, then the logs are merged
+ * back live (consolidation).  Without the agent the copy is
+ * crash-consistent, with it application-consistent.
+ */
+#ifndef VELA_BACKUP_H
+#define VELA_BACKUP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct backup_opts {
+	bool quiesce;      /* freeze the guest's file systems (agent) for the instant */
+	bool compress;     /* streamOptimized images instead of monolithicSparse */
+	/* Progress over all disks, 0-100; return false to cancel. */
+	bool (*progress)(unsigned percent, void *opaque);
+	void *opaque;
+};
+
+/* Back vmx up into a new folder under dir: *out {folder, disks, bytes,
+ * live, quiesced, ms}. */
+int backup_vm(const char *vmx, const char *dir, const struct backup_opts *o, json_t **out);
+
+/* Recompute every checksum of the manifest: *out {files, bytes, ok}; a
+ * mismatch is -VELA_E_CORRUPT naming the file. */
+int backup_verify(const char *backup, json_t **out);
+
+/*
+ * Restore a backup into a new VM folder dest (must not exist): verified
+ * first, disks copied as monolithicSparse VMDKs.  With new_name, the VM
+ * gets that display name and a new identity at its first power-on
+ * (uuid.action = create); without, it keeps the original's.  *out {vmx}.
+ */
+int backup_restore(const char *backup, const char *dest, const char *new_name, json_t **out);
+
+#endif /* VELA_BACKUP_H */

@@ -1,0 +1,84 @@
+#!/bin/bash
+# Hot backup of a guest that writes all the time: the backup holds the disk
+# as it was at one instant (a prefix of the guest's ordered, synced writes),
+# the running guest loses nothing, the redo log is merged back, checksums
+# verify (and catch damage), the images open in qemu-img, and a restored
+# copy boots and reads the same blocks from inside.
+source "$(dirname "$0")/lib.sh"
+
+N=3000 FIRST=2048
+vmx=$(make_vm bk "$CMDLINE" 'virtio0:0.present = "TRUE"' 'virtio0:0.fileName = "disk.img"')
+dir=$(dirname "$vmx")
+out=$VELA_HOME/backups
+
+# prefix_of RAW: how many of the blocks BLK00001.. are there, in order from
+# the first, and whether everything after them is still empty.
+prefix_of() {
+	local raw=$1 k=0 data
+	data=$(dd if="$raw" bs=512 skip=$FIRST count=$N 2>/dev/null | tr -d '\0')
+	k=$(( ${#data} / 8 ))
+	if [ "$data" = "$(seq -f 'BLK%05g' 1 "$k" | tr -d '\n')" ]; then echo "$k"; else echo "torn"; fi
+}
+
+check "power on" "$VELA" vm start "$vmx"
+check "the guest boots" wait_console "$vmx" VELA-GUEST-READY
+check "the agent runs" wait_console "$vmx" "connected to the host" 1 30
+check "the guest starts writing" guest_writer_start "$vmx" $N $FIRST
+sleep 4
+res=$("$VELA" --json backup "$vmx" --to "$out" --quiesce)
+folder=$(echo "$res" | jq -r .folder)
+if [ -n "$folder" ] && [ -d "$folder" ]; then pass "hot backup while the guest writes: $folder"; else fail "backup: $res"; fi
+check "it was live and quiesced" sh -c "echo '$res' | jq -e '.live and .quiesced'"
+check "the VM kept running" wait_state "$vmx" on 2
+check "the backup has the manifest, the .vmx and the disk" test -s "$folder/manifest.json" -a -s "$folder/bk.vmx" -a -s "$folder/virtio0-0.vmdk"
+check "the redo log was merged back (the .vmx names the disk again)" grep -q 'virtio0:0.fileName = "disk.img"' "$vmx"
+check "no redo log left behind" sh -c "! ls '$dir' | grep -v '^disk.img$' | grep -qE '\.(vmdk|qcow2)$'"
+check "the backup's image passes qemu-img check" qemu-img check -q "$folder/virtio0-0.vmdk"
+check "verify" "$VELA" backup verify "$folder"
+qemu-img convert -O raw "$folder/virtio0-0.vmdk" "$VELA_HOME/backup.raw"
+k=$(prefix_of "$VELA_HOME/backup.raw")
+echo "the backup holds the first $k of $N blocks"
+if [ "$k" != torn ] && [ "$k" -gt 0 ]; then pass "the backup is one instant: blocks 1-$k, nothing torn or out of order"; else fail "the backup is not a clean prefix ($k)"; fi
+check "the rest of the disk is in the backup too" sh -c "head -c 12 '$VELA_HOME/backup.raw' | grep -q VELA-DISK-bk"
+
+# The running guest lost nothing.
+check "the writer finishes" wait_console "$vmx" WRITER-42-DONE 1 300
+guest_verify "$vmx" $N $FIRST
+if [ "$verify_result" = "VERIFY-42-BAD=0" ]; then pass "every block the guest wrote is on its disk ($verify_result)"; else fail "guest verify: $verify_result"; fi
+
+# A compressed backup of the same (now finished) disk.
+res2=$("$VELA" --json backup "$vmx" --to "$out" --compress)
+folder2=$(echo "$res2" | jq -r .folder)
+check "compressed backup" test -s "$folder2/virtio0-0.vmdk"
+check "it is a streamOptimized VMDK" sh -c "qemu-img info '$folder2/virtio0-0.vmdk' | grep -q streamOptimized"
+check "the compressed image equals the live disk (qemu-img compare)" qemu-img compare -U "$folder2/virtio0-0.vmdk" "$dir/disk.img"
+check "the compressed backup is smaller" sh -c "[ \$(stat -c %s '$folder2/virtio0-0.vmdk') -lt \$(stat -c %s '$folder/virtio0-0.vmdk') ]"
+check "stop" "$VELA" vm stop hard "$vmx"
+
+# Restore the first (mid-write) backup as a new VM; it boots and reads
+# the same blocks from inside.
+check "restore as a new VM" "$VELA" restore "$folder" --to "$VELA_HOME/vms/restored" --as restored
+rvmx=$VELA_HOME/vms/restored/restored.vmx
+check "the restored .vmx" grep -q 'displayName = "restored"' "$rvmx"
+check "the restored VM gets a new identity" grep -q 'uuid.action = "create"' "$rvmx"
+check "the restored VM boots" "$VELA" vm start "$rvmx"
+check "the restored guest is up" wait_console "$rvmx" VELA-GUEST-READY
+check "it sees its disk" console_has "$rvmx" "first64=VELA-DISK-bk"
+guest_verify "$rvmx" "$k" $FIRST
+if [ "$verify_result" = "VERIFY-42-BAD=0" ]; then pass "the restored guest reads blocks 1-$k ($verify_result)"; else fail "restored verify: $verify_result"; fi
+check "stop the restored VM" "$VELA" vm stop hard "$rvmx"
+expect_error VELA_E_EXISTS "restore into an existing folder is refused" "$VELA" restore "$folder" --to "$VELA_HOME/vms/restored"
+
+# Damage: a flipped byte is found, and restore refuses.
+cp -r "$folder" "$VELA_HOME/damaged"
+printf 'X' | dd of="$VELA_HOME/damaged/virtio0-0.vmdk" bs=1 seek=70000 conv=notrunc status=none
+expect_error VELA_E_CORRUPT "verify finds the damaged image" "$VELA" backup verify "$VELA_HOME/damaged"
+expect_error VELA_E_CORRUPT "restore refuses a damaged backup" "$VELA" restore "$VELA_HOME/damaged" --to "$VELA_HOME/vms/bad"
+check "nothing was created by the refused restore" test ! -e "$VELA_HOME/vms/bad"
+echo '{"files":[{"name":"../../etc/passwd","sha256":"00"}],"disks":[],"vmx":"x.vmx"}' > "$VELA_HOME/damaged/manifest.json"
+expect_error VELA_E_CORRUPT "a manifest naming files outside the backup is refused" "$VELA" backup verify "$VELA_HOME/damaged"
+
+# An offline backup of the VM, powered off.
+res3=$("$VELA" --json backup "$vmx" --to "$out")
+check "offline backup" sh -c "echo '$res3' | jq -e '.live == false and .disks == 1'"
+finish
