@@ -95,6 +95,13 @@ static const char schema[] =
 	"CREATE TABLE IF NOT EXISTS vm_state("
 	"  vm INTEGER PRIMARY KEY,"
 	"  state TEXT NOT NULL);"
+	/* What the refresher last saw of a running VM's guest: for the lists,
+	 * without asking every supervisor at every list. */
+	"CREATE TABLE IF NOT EXISTS vm_live("
+	"  vm INTEGER PRIMARY KEY,"
+	"  heartbeat TEXT NOT NULL,"
+	"  guest_os TEXT,"
+	"  on_since INTEGER);"
 	"CREATE TABLE IF NOT EXISTS autostart("
 	"  vm INTEGER PRIMARY KEY,"
 	"  enabled INTEGER NOT NULL,"
@@ -698,8 +705,9 @@ int host_vm_list(struct host *h, json_t **out)
 	 * operations update at once): a list costs one query, however many
 	 * VMs run. */
 	return host_db_query(h,
-			  "SELECT v.id, v.name, v.folder, v.config, COALESCE(s.state, 'off') AS state"
-			  " FROM vms v LEFT JOIN vm_state s ON s.vm = v.id ORDER BY v.id",
+			  "SELECT v.id, v.name, v.folder, v.config, COALESCE(s.state, 'off') AS state,"
+			  " COALESCE(l.heartbeat, 'none') AS heartbeat, l.guest_os, l.on_since"
+			  " FROM vms v LEFT JOIN vm_state s ON s.vm = v.id LEFT JOIN vm_live l ON l.vm = v.id ORDER BY v.id",
 			  out);
 }
 
@@ -708,8 +716,9 @@ int host_vm_list_text(struct host *h, const struct host_access *access, struct s
 	pthread_mutex_lock(&h->db_lock);
 	CLEANUP_STMT sqlite3_stmt *st = NULL;
 	int r = host_db_prepare(h,
-			"SELECT v.id, v.name, v.folder, v.config, COALESCE(s.state, 'off')"
-			" FROM vms v LEFT JOIN vm_state s ON s.vm = v.id ORDER BY v.id",
+			"SELECT v.id, v.name, v.folder, v.config, COALESCE(s.state, 'off'), COALESCE(l.heartbeat, 'none'),"
+			" l.guest_os, l.on_since"
+			" FROM vms v LEFT JOIN vm_state s ON s.vm = v.id LEFT JOIN vm_live l ON l.vm = v.id ORDER BY v.id",
 			&st);
 	int rc = SQLITE_DONE;
 	bool first = true;
@@ -730,6 +739,16 @@ int host_vm_list_text(struct host *h, const struct host_access *access, struct s
 		strbuf_json_string(out, (const char *)sqlite3_column_text(st, 3));
 		strbuf_puts(out, ",\"state\":");
 		strbuf_json_string(out, (const char *)sqlite3_column_text(st, 4));
+		strbuf_puts(out, ",\"heartbeat\":");
+		strbuf_json_string(out, (const char *)sqlite3_column_text(st, 5));
+		if (sqlite3_column_type(st, 6) == SQLITE_TEXT) {
+			strbuf_puts(out, ",\"guest_os\":");
+			strbuf_json_string(out, (const char *)sqlite3_column_text(st, 6));
+		}
+		if (sqlite3_column_type(st, 7) == SQLITE_INTEGER) {
+			n = snprintf(head, sizeof head, ",\"on_since\":%lld", (long long)sqlite3_column_int64(st, 7));
+			strbuf_append(out, head, (size_t)n);
+		}
 		strbuf_puts(out, ",\"role\":\"");
 		strbuf_puts(out, host_role_name(role));
 		strbuf_puts(out, "\"}");
@@ -1048,6 +1067,54 @@ int host_info(struct host *h, json_t **out)
  * nobody watched; afterwards, state changes made outside velad (the guest
  * shut down, `vela vm stop FILE.vmx`, QEMU died).
  */
+/*
+ * Keep vm_live in step with a VM's status: the agent's heartbeat (and its
+ * loss and recovery as events), the guest's OS as the agent tells it, and
+ * when the VM powered on.  Written only when something changed, so the
+ * list's cache lives on.
+ */
+static void remember_live(struct host *h, int64_t id, json_t *row, json_t *status)
+{
+	const char *state = json_string_value(json_object_get(status, "state"));
+	if (!state || strcmp(state, "unknown") == 0)
+		return;
+	json_t *guest = json_object_get(status, "guest");
+	const char *hb = json_string_value(json_object_get(guest, "heartbeat"));
+	const char *os = json_string_value(json_object_get(json_object_get(guest, "info"), "os"));
+	json_t *up = json_object_get(status, "uptime_s");
+	bool running = strcmp(state, "off") != 0 && strcmp(state, "suspended") != 0;
+	if (!hb || !running)
+		hb = "none";
+	int64_t since = json_is_integer(up) ? time_real_ms() - json_integer_value(up) * 1000 : 0;
+	const char *was_hb = json_string_value(json_object_get(row, "heartbeat"));
+	const char *was_os = json_string_value(json_object_get(row, "guest_os"));
+	json_t *was_since = json_object_get(row, "on_since");
+	bool same_since = json_is_integer(was_since) ? since && llabs(json_integer_value(was_since) - since) < 5000 : !since;
+	bool same_os = (was_os && os) ? strcmp(was_os, os) == 0 : (!was_os && !os) || !running;
+	if (was_hb && strcmp(was_hb, hb) == 0 && same_os && same_since)
+		return;
+	pthread_mutex_lock(&h->db_lock);
+	if (was_hb && strcmp(was_hb, "ok") == 0 && strcmp(hb, "lost") == 0)
+		host_event_locked(h, HOST_WARNING, id, NULL, "vm.heartbeat.lost", "the guest agent's heartbeat is lost");
+	else if (was_hb && strcmp(was_hb, "lost") == 0 && strcmp(hb, "ok") == 0)
+		host_event_locked(h, HOST_INFO, id, NULL, "vm.heartbeat.recovered", "the guest agent's heartbeat is back");
+	CLEANUP_STMT sqlite3_stmt *st = NULL;
+	if (host_db_prepare(h, "INSERT OR REPLACE INTO vm_live(vm, heartbeat, guest_os, on_since) VALUES(?, ?, ?, ?)",
+			    &st) == 0) {
+		sqlite3_bind_int64(st, 1, id);
+		sqlite3_bind_text(st, 2, hb, -1, SQLITE_TRANSIENT);
+		if (running && os)
+			sqlite3_bind_text(st, 3, os, -1, SQLITE_TRANSIENT);
+		else if (running && was_os)
+			sqlite3_bind_text(st, 3, was_os, -1, SQLITE_TRANSIENT);
+		if (running && since)
+			sqlite3_bind_int64(st, 4, same_since && json_is_integer(was_since) ? json_integer_value(was_since) : since);
+		sqlite3_step(st);
+		atomic_fetch_add(&h->generation, 1);
+	}
+	pthread_mutex_unlock(&h->db_lock);
+}
+
 static void probe_states(struct host *h, bool at_start)
 {
 	json_t *vms = NULL;
@@ -1060,6 +1127,7 @@ static void probe_states(struct host *h, bool at_start)
 		const char *was = json_string_value(json_object_get(vm, "state"));
 		json_t *status = host_vm_status(json_string_value(json_object_get(vm, "config")));
 		const char *now = json_string_value(json_object_get(status, "state"));
+		remember_live(h, id, vm, status);
 		if (strcmp(now, "unknown") == 0 || (!at_start && strcmp(was, now) == 0)) {
 			json_decref(status);   /* starting or exiting right now: next round */
 			continue;

@@ -127,7 +127,8 @@ async function start() {
     h('main', {},
       h('div', {},
         h('section', {}, h('h2', {}, 'Virtual machines'), h('p', { id: 'flash', class: 'muted' }),
-          h('table', { id: 'vms' }, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'State'), h('th', {}, 'CPU'),
+          h('table', { id: 'vms' }, h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'State'),
+          h('th', {}, 'Heartbeat'), h('th', {}, 'Guest OS'), h('th', {}, 'Uptime'), h('th', {}, 'CPU'),
           h('th', {}, 'Memory'), h('th', {}, 'Folder'))), h('tbody', {}))),
         h('section', {}, h('h2', {}, 'Recent tasks'), h('table', { id: 'tasks' }, h('tbody', {}))),
         h('section', {}, h('h2', {}, 'Events'), h('div', { class: 'feed', id: 'events' }))),
@@ -147,6 +148,10 @@ async function loadVMs() {
     class: 'vm' + (vm.id === state.selected ? ' selected' : ''), 'data-vm': vm.id,
     onclick: () => select(vm.id),
   }, h('td', { class: 'name' }, vm.name), h('td', {}, h('span', { class: 'state ' + vm.state }, vm.state)),
+    h('td', { class: 'heartbeat' }, h('span', { class: 'hb ' + (vm.heartbeat || 'none'), title: 'guest agent heartbeat' },
+      { ok: 'ok', lost: 'lost', none: '-' }[vm.heartbeat || 'none'] || '-')),
+    h('td', { class: 'guest-os muted' }, vm.guest_os || ''),
+    h('td', { class: 'uptime muted', 'data-since': vm.on_since || '' }, vm.on_since ? uptime(vm.on_since) : ''),
     h('td', { class: 'cpu muted' }, ''), h('td', { class: 'mem muted' }, ''), h('td', { class: 'muted' }, vm.folder))));
   const running = state.vms.filter((v) => v.state !== 'off').length;
   const sum = document.getElementById('host-summary');
@@ -155,9 +160,37 @@ async function loadVMs() {
   loadUsage();
 }
 
+// "3 d 4 h", "5 h 12 min", "42 s" since a time in ms.
+function uptime(since) {
+  let s = Math.max(0, Math.floor((Date.now() - since) / 1000));
+  const d = Math.floor(s / 86400), hh = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
+  if (d) return d + ' d ' + hh + ' h';
+  if (hh) return hh + ' h ' + m + ' min';
+  if (m) return m + ' min';
+  return s + ' s';
+}
+setInterval(() => document.querySelectorAll('td.uptime[data-since]').forEach((td) => {
+  if (td.dataset.since) td.textContent = uptime(Number(td.dataset.since));
+}), 10000);
+
 // The newest sample of each running VM (and of the host) into the list.
 async function loadUsage() {
   const since = Date.now() - 120000;
+  // What the refresher learns about the guests (heartbeat, OS, since when
+  // they run) comes without an event: refresh those cells with the usage.
+  try {
+    for (const vm of (await api('GET', '/vms')).vms) {
+      const tr = document.querySelector('tr.vm[data-vm="' + vm.id + '"]');
+      if (!tr) continue;
+      const hb = vm.heartbeat || 'none';
+      tr.querySelector('td.heartbeat').replaceChildren(h('span', { class: 'hb ' + hb, title: 'guest agent heartbeat' },
+        { ok: 'ok', lost: 'lost', none: '-' }[hb] || '-'));
+      tr.querySelector('td.guest-os').textContent = vm.guest_os || '';
+      const up = tr.querySelector('td.uptime');
+      up.dataset.since = vm.on_since || '';
+      up.textContent = vm.on_since ? uptime(vm.on_since) : '';
+    }
+  } catch (e) { /* the next round */ }
   for (const vm of state.vms.filter((v) => v.state !== 'off').slice(0, 50)) {
     let st;
     try { st = (await api('GET', '/vms/' + vm.id + '/stats?since=' + since)).stats; } catch (e) { continue; }
@@ -213,12 +246,14 @@ function controls(vm) {
   const s = vm.state;
   const b = (label, test, fn, id) => h('button', { onclick: fn, disabled: !test, 'data-action': id }, label);
   return h('div', { class: 'controls', id: 'power-controls' },
-    b('Power on', s === 'off', () => power('start'), 'start'),
+    b('Power on', s === 'off' || s === 'suspended', () => power('start'), 'start'),
     b('Shut down', s === 'on', () => power('stop', 'soft'), 'shutdown'),
     b('Power off', s !== 'off', () => power('stop', 'hard'), 'poweroff'),
     b('Reset', s === 'on', () => power('reset', 'hard'), 'reset'),
     b('Pause', s === 'on', () => power('pause'), 'pause'),
-    b('Resume', s === 'paused', () => power('unpause'), 'resume'));
+    b('Unpause', s === 'paused', () => power('unpause'), 'unpause'),
+    b('Suspend', s === 'on' || s === 'paused', () => power('suspend'), 'suspend'),
+    b('Resume', s === 'suspended', () => power('resume'), 'resume'));
 }
 
 async function loadDetail() {
@@ -260,7 +295,13 @@ async function loadDetail() {
       h('dt', {}, 'vCPUs'), h('dd', {}, set.vcpus || '-'),
       h('dt', {}, 'Disks'), h('dd', {}, (set.disks || []).map((d) => d.addr + ' ' + d.file).join(', ') || 'none'),
       h('dt', {}, 'Accelerator'), h('dd', {}, st.accel || '-'),
-      h('dt', {}, 'Uptime'), h('dd', {}, st.uptime_s !== undefined ? st.uptime_s + ' s' : '-'),
+      h('dt', {}, 'Uptime'), h('dd', {}, st.uptime_s !== undefined ? uptime(Date.now() - st.uptime_s * 1000) : '-'),
+      h('dt', {}, 'Guest agent'), h('dd', { id: 'guest-agent' }, st.guest
+        ? st.guest.agent + ', heartbeat ' + st.guest.heartbeat + (st.guest.info ? ' (' + st.guest.info.agent + ')' : '') : '-'),
+      h('dt', {}, 'Running OS'), h('dd', { id: 'guest-os' }, st.guest && st.guest.info
+        ? (st.guest.info.os || '?') + ', kernel ' + (st.guest.info.kernel || '?') : '-'),
+      h('dt', {}, 'Addresses'), h('dd', { id: 'guest-addresses' }, st.guest && st.guest.info && st.guest.info.addresses
+        ? st.guest.info.addresses.map((a) => a.address + ' (' + a.interface + ')').join(', ') || 'none' : '-'),
       h('dt', {}, 'Annotation'), h('dd', {}, set.annotation || '')),
     pending.length ? h('p', { class: 'pending', id: 'pending' }, 'Pending until the next power cycle: ' + pending.map((p) => p.key).join(', ')) : null,
     operator && (vm.state === 'on' || vm.state === 'paused')
@@ -402,9 +443,10 @@ async function snapshotsView(vm, role) {
   const walk = (parent, depth) => {
     for (const s of snaps.filter((x) => x.parent === parent)) {
       rows.push(h('tr', { 'data-snapshot': s.name },
-        h('td', { style: 'padding-left:' + (6 + depth * 18) + 'px' }, s.name + (s.current ? ' (current)' : '')),
+        h('td', { style: 'padding-left:' + (6 + depth * 18) + 'px' }, s.name + (s.current ? ' (current)' : '') +
+          (s.memory ? ' [memory]' : '')),
         h('td', { class: 'muted' }, s.created), h('td', { class: 'muted' }, s.description),
-        h('td', {}, admin ? h('button', { 'data-op': 'revert', disabled: vm.state !== 'off',
+        h('td', {}, admin ? h('button', { 'data-op': 'revert', disabled: vm.state !== 'off' && !s.memory,
           onclick: () => snapshotOp(vm, '/revert', { name: s.name }, 'Revert to ' + s.name) }, 'Revert') : null,
         admin ? h('button', { 'data-op': 'delete', onclick: () => snapshotOp(vm, '/delete', { name: s.name }, 'Delete ' + s.name) }, 'Delete') : null)));
       walk(s.uid, depth + 1);
@@ -413,11 +455,18 @@ async function snapshotsView(vm, role) {
   walk(0, 0);
   const name = h('input', { name: 'snapshot-name', placeholder: 'name' });
   const desc = h('input', { name: 'snapshot-description', placeholder: 'description', size: 30 });
+  const running = vm.state === 'on' || vm.state === 'paused';
+  const memory = h('input', { type: 'checkbox', name: 'snapshot-memory', disabled: !running });
+  const quiesce = h('input', { type: 'checkbox', name: 'snapshot-quiesce', disabled: !running });
+  const snapBody = () => Object.assign({ name: name.value }, desc.value ? { description: desc.value } : {},
+    memory.checked ? { memory: true } : {}, quiesce.checked && !memory.checked ? { quiesce: true } : {});
   return h('div', { id: 'snapshots' },
     snaps.length ? h('table', {}, h('tbody', {}, ...rows)) : h('p', { class: 'muted' }, 'No snapshots.'),
     roleAtLeast(role, 'operator') ? h('div', { class: 'controls' }, name, desc,
-      h('button', { id: 'take-snapshot', onclick: () => snapshotOp(vm, '', desc.value ? { name: name.value, description: desc.value } : { name: name.value }, 'Snapshot ' + name.value) }, 'Take snapshot')) : null,
-    h('p', { class: 'muted' }, 'Disk snapshots: reverting needs the VM off; independent disks are not included.'));
+      h('label', {}, memory, ' with memory'), h('label', {}, quiesce, ' quiesce'),
+      h('button', { id: 'take-snapshot', onclick: () => snapshotOp(vm, '', snapBody(), 'Snapshot ' + name.value) }, 'Take snapshot')) : null,
+    h('p', { class: 'muted' }, 'A snapshot with memory brings the VM back running at that instant; a disk-only one ' +
+      'needs the VM off to revert. Quiesce asks the guest agent to freeze the file systems. Independent disks are not included.'));
 }
 
 // ------------------------------------------------------------ new VM wizard
