@@ -108,6 +108,98 @@ struct bdisk {
 	uint64_t size;
 };
 
+struct backup_meta {
+	const char *real;
+	const char *folder;
+	struct vmx_model *m;
+	struct bdisk *disks;
+	size_t nd;
+	json_t *skipped, *consolidation;
+	bool live, frozen, compress;
+};
+
+/* The backup's configuration (pointing at the copies), NVRAM, logs and the
+ * manifest with every file's checksum; *bytes: what the folder holds. */
+static int write_folder(struct vmx_file *f, const struct backup_meta *b, uint64_t *bytes_out)
+{
+	const char *real = b->real, *folder = b->folder;
+	struct vmx_model *m = b->m;
+	struct bdisk *disks = b->disks;
+	size_t nd = b->nd;
+	json_t *skipped = b->skipped, *consolidation = b->consolidation;
+	bool live = b->live, frozen = b->frozen;
+	/* The configuration, pointing at the copies; NVRAM and logs as they are. */
+	for (size_t i = 0; i < nd; i++) {
+		CLEANUP_FREE char *key = xasprintf("%s.fileName", disks[i].md->addr);
+		vmx_set(f, key, disks[i].file);
+	}
+	for (size_t i = 0; i < json_array_size(skipped); i++) {
+		CLEANUP_FREE char *key = xasprintf("%s.present",
+						   json_string_value(json_object_get(json_array_get(skipped, i), "disk")));
+		vmx_set(f, key, "FALSE");
+	}
+	vmx_unset(f, "checkpoint.vmState");
+	vmx_unset(f, "checkpoint.vmState.readOnly");
+	CLEANUP_FREE char *vmx_name = path_basename(real);
+	CLEANUP_FREE char *vmx_copy = path_join(folder, vmx_name);
+	int r = vmx_file_save(f, vmx_copy);
+	if (r < 0)
+		return r;
+	json_t *files = json_array();
+	const char *vm_dir_end = strrchr(real, '/');
+	CLEANUP_FREE char *vm_dir = xstrndup(real, (size_t)(vm_dir_end - real));
+	DIR *dd = opendir(vm_dir);
+	struct dirent *e;
+	size_t stem_len = strlen(vmx_name) > 4 ? strlen(vmx_name) - 4 : strlen(vmx_name);
+	while (dd && (e = readdir(dd))) {
+		bool nvram = strncmp(e->d_name, vmx_name, stem_len) == 0 && strcmp(e->d_name + stem_len, ".nvram") == 0;
+		bool log = str_starts_with(e->d_name, "vela") && strstr(e->d_name, ".log");
+		if (!nvram && !log)
+			continue;
+		CLEANUP_FREE char *from = path_join(vm_dir, e->d_name);
+		CLEANUP_FREE char *to = path_join(folder, e->d_name);
+		if (copy_file(from, to) < 0)
+			log_warn("backup: %s", vela_errmsg());
+	}
+	if (dd)
+		closedir(dd);
+	/* Checksums of everything in the folder. */
+	dd = opendir(folder);
+	uint64_t bytes = 0;
+	while (dd && (e = readdir(dd)) && r == 0) {
+		if (e->d_name[0] == '.' || strcmp(e->d_name, MANIFEST) == 0)
+			continue;
+		CLEANUP_FREE char *p = path_join(folder, e->d_name);
+		char hex[65];
+		uint64_t n = 0;
+		if ((r = sha256_file(p, hex, &n)) == 0)
+			json_array_append_new(files, json_pack("{s:s, s:s, s:I}", "name", e->d_name, "sha256", hex, "bytes",
+							       (json_int_t)n));
+		bytes += n;
+	}
+	if (dd)
+		closedir(dd);
+	json_t *jd = json_array();
+	for (size_t i = 0; i < nd; i++)
+		json_array_append_new(jd, json_pack("{s:s, s:s, s:s, s:I, s:s}", "disk", disks[i].md->addr, "file",
+						    disks[i].file, "source", disks[i].md->path, "virtual_size",
+						    (json_int_t)disks[i].size, "mode", vmx_disk_mode_name(disks[i].md->mode)));
+	char when[40];
+	time_format_iso(time_real_ms(), when, sizeof when);
+	json_t *manifest = json_pack("{s:i, s:s, s:s, s:s, s:s, s:s, s:b, s:b, s:b, s:o, s:o, s:O, s:O}", "version", 1,
+				     "vela", VELA_VERSION, "created", when, "vm", m->display_name, "source", real, "vmx",
+				     vmx_name, "live", live, "quiesced", frozen, "compressed", b->compress, "disks", jd,
+				     "files", files, "skipped", skipped, "consolidation", consolidation);
+	char *text = json_dumps(manifest, JSON_INDENT(2) | JSON_SORT_KEYS);
+	CLEANUP_FREE char *mpath = path_join(folder, MANIFEST);
+	if (r == 0)
+		r = write_file_atomic(mpath, text, strlen(text));
+	free(text);
+	json_decref(manifest);
+	*bytes_out = bytes;
+	return r;
+}
+
 int backup_vm(const char *vmx, const char *dir, const struct backup_opts *o, json_t **out)
 {
 	static const struct backup_opts none = { 0 };
@@ -241,73 +333,10 @@ consolidate:
 	if (r < 0)
 		goto out;
 
-	/* The configuration, pointing at the copies; NVRAM and logs as they are. */
-	for (size_t i = 0; i < nd; i++) {
-		CLEANUP_FREE char *key = xasprintf("%s.fileName", disks[i].md->addr);
-		vmx_set(f, key, disks[i].file);
-	}
-	for (size_t i = 0; i < json_array_size(skipped); i++) {
-		CLEANUP_FREE char *key = xasprintf("%s.present",
-						   json_string_value(json_object_get(json_array_get(skipped, i), "disk")));
-		vmx_set(f, key, "FALSE");
-	}
-	vmx_unset(f, "checkpoint.vmState");
-	vmx_unset(f, "checkpoint.vmState.readOnly");
-	CLEANUP_FREE char *vmx_name = path_basename(real);
-	CLEANUP_FREE char *vmx_copy = path_join(folder, vmx_name);
-	if ((r = vmx_file_save(f, vmx_copy)) < 0)
-		goto out;
-	json_t *files = json_array();
-	const char *vm_dir_end = strrchr(real, '/');
-	CLEANUP_FREE char *vm_dir = xstrndup(real, (size_t)(vm_dir_end - real));
-	DIR *dd = opendir(vm_dir);
-	struct dirent *e;
-	size_t stem_len = strlen(vmx_name) > 4 ? strlen(vmx_name) - 4 : strlen(vmx_name);
-	while (dd && (e = readdir(dd))) {
-		bool nvram = strncmp(e->d_name, vmx_name, stem_len) == 0 && strcmp(e->d_name + stem_len, ".nvram") == 0;
-		bool log = str_starts_with(e->d_name, "vela") && strstr(e->d_name, ".log");
-		if (!nvram && !log)
-			continue;
-		CLEANUP_FREE char *from = path_join(vm_dir, e->d_name);
-		CLEANUP_FREE char *to = path_join(folder, e->d_name);
-		if (copy_file(from, to) < 0)
-			log_warn("backup: %s", vela_errmsg());
-	}
-	if (dd)
-		closedir(dd);
-	/* Checksums of everything in the folder. */
-	dd = opendir(folder);
 	uint64_t bytes = 0;
-	while (dd && (e = readdir(dd)) && r == 0) {
-		if (e->d_name[0] == '.' || strcmp(e->d_name, MANIFEST) == 0)
-			continue;
-		CLEANUP_FREE char *p = path_join(folder, e->d_name);
-		char hex[65];
-		uint64_t n = 0;
-		if ((r = sha256_file(p, hex, &n)) == 0)
-			json_array_append_new(files, json_pack("{s:s, s:s, s:I}", "name", e->d_name, "sha256", hex, "bytes",
-							       (json_int_t)n));
-		bytes += n;
-	}
-	if (dd)
-		closedir(dd);
-	json_t *jd = json_array();
-	for (size_t i = 0; i < nd; i++)
-		json_array_append_new(jd, json_pack("{s:s, s:s, s:s, s:I, s:s}", "disk", disks[i].md->addr, "file",
-						    disks[i].file, "source", disks[i].md->path, "virtual_size",
-						    (json_int_t)disks[i].size, "mode", vmx_disk_mode_name(disks[i].md->mode)));
-	char when[40];
-	time_format_iso(time_real_ms(), when, sizeof when);
-	json_t *manifest = json_pack("{s:i, s:s, s:s, s:s, s:s, s:s, s:b, s:b, s:b, s:o, s:o, s:O, s:O}", "version", 1,
-				     "vela", VELA_VERSION, "created", when, "vm", m->display_name, "source", real, "vmx",
-				     vmx_name, "live", live, "quiesced", frozen, "compressed", o->compress, "disks", jd,
-				     "files", files, "skipped", skipped, "consolidation", consolidation);
-	char *text = json_dumps(manifest, JSON_INDENT(2) | JSON_SORT_KEYS);
-	CLEANUP_FREE char *mpath = path_join(folder, MANIFEST);
-	if (r == 0)
-		r = write_file_atomic(mpath, text, strlen(text));
-	free(text);
-	json_decref(manifest);
+	struct backup_meta meta = { .real = real, .folder = folder, .m = m, .disks = disks, .nd = nd, .skipped = skipped,
+				    .consolidation = consolidation, .live = live, .frozen = frozen, .compress = o->compress };
+	r = write_folder(f, &meta, &bytes);
 	if (r == 0) {
 		if (o->progress)
 			o->progress(100, o->opaque);
@@ -417,6 +446,7 @@ int backup_restore(const char *backup, const char *dest, const char *new_name, j
 	struct vmx_file *f = NULL;
 	CLEANUP_FREE char *vmx_in = path_join(backup, plain_name(vmx_name) ? vmx_name : "");
 	CLEANUP_FREE char *vmx_out = NULL;
+	CLEANUP_FREE char *stem = NULL;
 	if (!plain_name(vmx_name)) {
 		r = vela_error(VELA_E_CORRUPT, "%s: the manifest's vmx is not a file name", backup);
 		goto out;
@@ -461,7 +491,7 @@ int backup_restore(const char *backup, const char *dest, const char *new_name, j
 		vmx_set(f, "displayName", new_name);
 		vmx_set(f, "uuid.action", "create");
 	}
-	CLEANUP_FREE char *stem = new_name ? safe_name(new_name) : NULL;
+	stem = new_name ? safe_name(new_name) : NULL;
 	vmx_out = stem ? xasprintf("%s/%s.vmx", dest, stem) : path_join(dest, vmx_name);
 	if ((r = vmx_file_save(f, vmx_out)) < 0)
 		goto out;
