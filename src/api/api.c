@@ -545,6 +545,20 @@ static int snapshot_job(struct host *h, struct host_task *t, void *arg, json_t *
 				json_is_true(json_object_get(j->doc, "quiesce")), desc, result);
 }
 
+static int backup_job(struct host *h, struct host_task *t, void *arg, json_t **result)
+{
+	struct job *j = arg;
+	json_t *d = j->doc;
+	struct host_backup_spec b = {
+		.datastore = json_string_value(json_object_get(d, "datastore")),
+		.folder = json_string_value(json_object_get(d, "folder")),
+		.quiesce = json_is_true(json_object_get(d, "quiesce")),
+		.compress = json_is_true(json_object_get(d, "compress")),
+		.keep = (unsigned)json_integer_value(json_object_get(d, "keep")),
+	};
+	return host_vm_backup(h, j->user, j->vm, &b, t, result);
+}
+
 static int autostop_job(struct host *h, struct host_task *t, void *arg, json_t **result)
 {
 	struct job *j = arg;
@@ -891,8 +905,12 @@ static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const s
 		/* Taking one is an operator's; going back or dropping one
 		 * changes what the disks hold: an administrator's. */
 		const char *op = strcmp(action, "snapshots") == 0 ? "create" : action + strlen("snapshots/");
-		struct api_field f[] = { { .name = "name", .type = 's' }, { .name = "description", .type = 's', .optional = true } };
+		struct api_field f[] = { { .name = "name", .type = 's' }, { .name = "description", .type = 's', .optional = true },
+					 { .name = "memory", .type = 'b', .optional = true },
+					 { .name = "quiesce", .type = 'b', .optional = true } };
 		r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
+		if (r == 0 && strcmp(op, "create") != 0 && (f[2].present || f[3].present))
+			r = vela_error(VELA_E_INVAL, "snapshot %s: memory and quiesce are for taking a snapshot", op);
 		if (r == 0)
 			r = need_vm(a, who, id, strcmp(op, "create") == 0 ? HOST_ROLE_OPERATOR : HOST_ROLE_ADMIN);
 		if (r < 0) {
@@ -904,6 +922,47 @@ static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const s
 		j->doc = doc;
 		CLEANUP_FREE char *type = xasprintf("vm.snapshot.%s", op);
 		return run_task(a, c, type, f[0].s, false, snapshot_job, j, "snapshot");
+	} else if (strcmp(action, "backup") == 0 && strcmp(method, "POST") == 0) {
+		/* A backup reads every byte of the disks: an administrator's. */
+		struct api_field f[] = { { .name = "datastore", .type = 's' }, { .name = "folder", .type = 's', .optional = true },
+					 { .name = "quiesce", .type = 'b', .optional = true },
+					 { .name = "compress", .type = 'b', .optional = true },
+					 { .name = "keep", .type = 'i', .optional = true } };
+		r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
+		if (r == 0 && f[4].present && (f[4].i < 1 || f[4].i > 1000))
+			r = vela_error(VELA_E_RANGE, "backup: keep 1 to 1000 backups");
+		if (r == 0)
+			r = need_vm(a, who, id, HOST_ROLE_ADMIN);
+		if (r < 0) {
+			json_decref(doc);
+			return send_error(c, r);
+		}
+		struct job *j = job_new(who, id);
+		j->doc = doc;
+		return run_task(a, c, "vm.backup", f[0].s, false, backup_job, j, "backup");
+	} else if (strcmp(action, "backup-schedule") == 0 && strcmp(method, "GET") == 0) {
+		if ((r = need_vm(a, who, id, HOST_ROLE_READONLY)) == 0)
+			r = host_backup_schedule_list(a->host, id, &out);
+		return reply(c, r, "schedules", out);
+	} else if (strcmp(action, "backup-schedule") == 0 && strcmp(method, "PUT") == 0) {
+		struct api_field f[] = { { .name = "datastore", .type = 's' }, { .name = "folder", .type = 's', .optional = true },
+					 { .name = "every", .type = 'i' }, { .name = "keep", .type = 'i' },
+					 { .name = "quiesce", .type = 'b', .optional = true },
+					 { .name = "compress", .type = 'b', .optional = true },
+					 { .name = "now", .type = 'b', .optional = true } };
+		r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
+		if (r == 0 && (r = need_vm(a, who, id, HOST_ROLE_ADMIN)) == 0) {
+			struct host_backup_spec b = { .datastore = f[0].s, .folder = f[1].s, .every_s = f[2].i,
+						      .keep = f[3].i < 0 || f[3].i > 100000 ? 0 : (unsigned)f[3].i,
+						      .quiesce = f[4].b, .compress = f[5].b, .now = f[6].b };
+			r = host_backup_schedule_set(a->host, who->user, id, &b, &out);
+		}
+		json_decref(doc);
+		return reply(c, r, "schedules", out);
+	} else if (strcmp(action, "backup-schedule") == 0 && strcmp(method, "DELETE") == 0) {
+		if ((r = need_vm(a, who, id, HOST_ROLE_ADMIN)) == 0)
+			r = host_backup_schedule_remove(a->host, who->user, id);
+		return reply(c, r, NULL, NULL);
 	} else if (strcmp(action, "screenshot") == 0 && strcmp(method, "GET") == 0) {
 		/* What the screen shows is a console's worth: operator. */
 		char *png = NULL;
@@ -1181,6 +1240,20 @@ static enum MHD_Result route(struct api *a, struct MHD_Connection *c, const stru
 		return route_tasks(a, c, who, method, path[5] ? path + 6 : "");
 	if (strcmp(path, "questions") == 0 && get)
 		return route_questions(a, c, who);
+	if (strcmp(path, "backup-schedules") == 0 && get) {
+		/* Those of the VMs the caller may see. */
+		json_t *all = NULL, *out = json_array();
+		r = host_backup_schedule_list(a->host, 0, &all);
+		size_t i;
+		json_t *sch;
+		json_array_foreach(all, i, sch) {
+			int64_t vm = json_integer_value(json_object_get(sch, "vm"));
+			if (need_vm(a, who, vm, HOST_ROLE_READONLY) == 0)
+				json_array_append(out, sch);
+		}
+		json_decref(all);
+		return reply(c, r, "schedules", out);
+	}
 	if (strcmp(path, "datastores") == 0 && strcmp(method, "POST") == 0) {
 		struct api_field f[] = { { .name = "name", .type = 's' }, { .name = "path", .type = 's' } };
 		json_t *doc = NULL;

@@ -21,7 +21,7 @@
  *   PATCH  /api/v1/vms/ID                    reconfigure {name?, folder?, memsize?, vcpus?, guestOS?,
  *                                            annotation?, cdrom?, nic?} (pending while on)
  *   DELETE /api/v1/vms/ID?files=1            unregister (files stay), or delete with files (a task)
- *   POST   /api/v1/vms/ID/power              {op: start|stop|reset|pause|unpause, mode?} (a task)
+ *   POST   /api/v1/vms/ID/power              {op: start|stop|reset|pause|unpause|suspend|resume, mode?} (a task)
  *   POST   /api/v1/vms/ID/answer             {choice}
  *   PUT    /api/v1/vms/ID/autostart          {enabled, order?, delay?, stop?}
  *   GET    /api/v1/vms/ID/stats?since=       the VM's CPU, memory and disk samples
@@ -31,10 +31,15 @@
  *   POST   /api/v1/vms/ID/snapshots          take one {name, description?} (operator; a task)
  *   POST   /api/v1/vms/ID/snapshots/revert   {name} (admin; VM off; a task)
  *   POST   /api/v1/vms/ID/snapshots/delete   {name} (admin; a task)
+ *   POST   /api/v1/vms/ID/backup             {datastore, folder?, quiesce?, compress?, keep?} hot backup (admin; a task)
+ *   GET    /api/v1/vms/ID/backup-schedule    the VM's backup schedule
+ *   PUT    /api/v1/vms/ID/backup-schedule    {datastore, folder?, every (s), keep, quiesce?, compress?, now?} (admin)
+ *   DELETE /api/v1/vms/ID/backup-schedule    no more scheduled backups (admin)
  *   GET    /api/v1/vms/ID/console/KIND       WebSocket to the serial (KIND serial) or VNC
  *                                            (vnc) console (operator)
  *   GET    /api/v1/autostart                 the start order
  *   POST   /api/v1/host/autostop             stop the VMs as their autostop says
+ *   GET    /api/v1/backup-schedules          the scheduled backups of the VMs one may see
  *   GET    /api/v1/tasks?vm=&state=&after=&limit=   recent tasks
  *   GET    /api/v1/tasks/ID?wait=S           one task (wait: until it has ended)
  *   POST   /api/v1/tasks/ID/cancel           ask it to stop

@@ -501,3 +501,68 @@ out:
 	json_decref(man);
 	return r;
 }
+
+static int remove_tree(const char *dir)
+{
+	DIR *d = opendir(dir);
+	if (!d)
+		return vela_error_errno(errno, "open %s", dir);
+	struct dirent *e;
+	int r = 0;
+	while ((e = readdir(d))) {
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+			continue;
+		CLEANUP_FREE char *p = path_join(dir, e->d_name);
+		if (unlink(p) < 0 && r == 0)
+			r = vela_error_errno(errno, "remove %s", p);   /* backups hold files only */
+	}
+	closedir(d);
+	if (r == 0 && rmdir(dir) < 0)
+		r = vela_error_errno(errno, "remove %s", dir);
+	return r;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int backup_prune(const char *dir, const char *vm_name, unsigned keep, json_t **removed)
+{
+	CLEANUP_FREE char *stem = safe_name(vm_name);
+	size_t sl = strlen(stem);
+	DIR *d = opendir(dir);
+	if (!d)
+		return errno == ENOENT ? 0 : vela_error_errno(errno, "open %s", dir);
+	char **names = NULL;
+	size_t n = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		/* <stem>-YYYYMMDD-HHMMSS[-N]: the time sorts as text. */
+		const char *t = e->d_name + sl + 1;
+		if (strncmp(e->d_name, stem, sl) != 0 || e->d_name[sl] != '-' || strlen(t) < 15 || t[8] != '-')
+			continue;
+		CLEANUP_FREE char *m = xasprintf("%s/%s/" MANIFEST, dir, e->d_name);
+		if (access(m, F_OK) < 0)
+			continue;
+		names = xrealloc(names, (n + 1) * sizeof *names);
+		names[n++] = xstrdup(e->d_name);
+	}
+	closedir(d);
+	qsort(names, n, sizeof *names, cmp_names);
+	json_t *gone = json_array();
+	int r = 0;
+	for (size_t i = 0; i + keep < n && r == 0; i++) {
+		CLEANUP_FREE char *p = path_join(dir, names[i]);
+		if ((r = remove_tree(p)) == 0)
+			json_array_append_new(gone, json_string(names[i]));
+	}
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	if (removed)
+		*removed = gone;
+	else
+		json_decref(gone);
+	return r;
+}

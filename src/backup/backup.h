@@ -43,4 +43,12 @@ int backup_verify(const char *backup, json_t **out);
  */
 int backup_restore(const char *backup, const char *dest, const char *new_name, json_t **out);
 
+
+/*
+ * Retention: of the backups of the VM called vm_name in dir (folders
+ * <name>-<time> with a manifest, as backup_vm names them), keep the keep
+ * newest and delete the others.  *removed (may be NULL) lists them.
+ */
+int backup_prune(const char *dir, const char *vm_name, unsigned keep, json_t **removed);
+
 #endif /* VELA_BACKUP_H */

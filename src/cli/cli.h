@@ -32,6 +32,8 @@ struct cli {
 	bool memory, quiesce;      /* vm snapshot create --memory --quiesce; backup --quiesce */
 	const char *to, *as;       /* backup --to DIR, restore --to DIR --as NAME */
 	bool compress;             /* backup --compress */
+	const char *every, *retain; /* backup schedule --every DURATION --retain N */
+	bool now;                  /* backup schedule --now */
 	bool end;               /* vm export-disk --end */
 	const char *iops, *bps, *iops_rd, *iops_wr, *bps_rd, *bps_wr;
 	bool read_only;

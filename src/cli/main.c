@@ -426,6 +426,10 @@ static void usage(FILE *f)
 		"  vela vm guest FILE.vmx               the guest agent: heartbeat, OS, addresses\n"
 		"  vela backup FILE.vmx --to DIR [--quiesce] [--compress]  hot backup (the VM keeps running)\n"
 		"  vela backup verify DIR               check every file of a backup against its checksum\n"
+		"  vela backup VM --datastore D [--folder F] [--retain N] [--quiesce] [--compress]\n"
+		"                                       hot backup through velad (a task), into a datastore\n"
+		"  vela backup schedule VM --datastore D --every 24h --retain 7 [--now] [--quiesce] [--compress]\n"
+		"  vela backup schedule list|remove [VM]  scheduled backups with retention (velad)\n"
 		"  vela restore BACKUP --to DIR [--as NAME]  a backup as a VM in a new folder\n"
 		"  vela vm guestinfo list|get|set|unset FILE.vmx [KEY [VALUE]]  guestinfo values\n"
 		"  vela vm freeze|thaw FILE.vmx         quiesce the guest's file systems (agent)\n"
@@ -645,6 +649,12 @@ int main(int argc, char **argv)
 			c.to = argv[++i];
 		} else if (strcmp(a, "--as") == 0 && has_val) {
 			c.as = argv[++i];
+		} else if (strcmp(a, "--every") == 0 && has_val) {
+			c.every = argv[++i];
+		} else if (strcmp(a, "--retain") == 0 && has_val) {
+			c.retain = argv[++i];
+		} else if (strcmp(a, "--now") == 0) {
+			c.now = true;
 		} else if (strcmp(a, "--compress") == 0) {
 			c.compress = true;
 		} else if (strcmp(a, "--memory") == 0) {

@@ -965,11 +965,110 @@ static int upload_outcome(struct client *cl, const char *ds, const char *rel, in
 	return vela_error(-r, "%s", msg);
 }
 
+/* "90", "90s", "30m", "24h", "7d" in seconds. */
+static int parse_duration(const char *s, int64_t *out)
+{
+	char *end = NULL;
+	long long v = s ? strtoll(s, &end, 10) : -1;
+	int64_t mult = !end || !*end || strcmp(end, "s") == 0 ? 1 : strcmp(end, "m") == 0 ? 60 : strcmp(end, "h") == 0 ? 3600
+		       : strcmp(end, "d") == 0 ? 86400 : 0;
+	if (!s || v <= 0 || !mult || v > 366LL * 86400)
+		return vela_error(VELA_E_INVAL, "--every: a duration like 3600, 30m, 24h or 7d, not \"%s\"", s ? s : "");
+	*out = v * mult;
+	return 0;
+}
+
+/* vela backup VM ..., vela backup schedule VM|list|remove [VM] */
+static int backup_command(struct client *cl, const char *verb, const char *const *args, size_t n)
+{
+	const struct cli *c = cl->c;
+	json_t *reply = NULL;
+	long long id = 0;
+	int r;
+	if (strcmp(verb, "schedule") == 0 && n == 1 && strcmp(args[0], "list") == 0) {
+		if ((r = client_call(cl, "GET", "backup-schedules", NULL, &reply)) < 0)
+			return r;
+		static const char *const cols[] = { "vm", "name", "datastore", "folder", "every_s", "keep", NULL };
+		static const char *const heads[] = { "VM", "NAME", "DATASTORE", "FOLDER", "EVERY-S", "KEEP", NULL };
+		print_table(c, json_object_get(reply, "schedules"), cols, heads);
+		json_decref(reply);
+		return 0;
+	}
+	if (strcmp(verb, "schedule") == 0 && n == 2 && strcmp(args[0], "remove") == 0) {
+		if ((r = resolve_vm(cl, args[1], &id)) < 0)
+			return r;
+		CLEANUP_FREE char *p = xasprintf("vms/%lld/backup-schedule", id);
+		if ((r = client_call(cl, "DELETE", p, NULL, &reply)) == 0 && !c->json)
+			printf("no more scheduled backups of %s\n", args[1]);
+		json_decref(reply);
+		return r;
+	}
+	if (strcmp(verb, "schedule") == 0 && n == 1) {
+		int64_t every = 0;
+		uint64_t keep = 0;
+		if (!c->datastore || !c->retain)
+			return vela_error(VELA_E_INVAL, "backup schedule: --datastore, --every and --retain are needed");
+		if ((r = parse_duration(c->every, &every)) < 0)
+			return r;
+		if ((r = parse_u64(c->retain, 1000, &keep)) < 0)
+			return vela_error_context(r, "--retain");
+		if ((r = resolve_vm(cl, args[0], &id)) < 0)
+			return r;
+		json_t *body = json_pack("{s:s, s:I, s:I, s:b, s:b, s:b}", "datastore", c->datastore, "every", (json_int_t)every,
+					 "keep", (json_int_t)keep, "quiesce", c->quiesce, "compress", c->compress, "now", c->now);
+		if (c->folder)
+			json_object_set_new(body, "folder", json_string(c->folder));
+		CLEANUP_FREE char *p = xasprintf("vms/%lld/backup-schedule", id);
+		if ((r = client_call(cl, "PUT", p, body, &reply)) == 0) {
+			if (c->json)
+				cli_print_json(json_object_get(reply, "schedules"));
+			else
+				printf("%s: a backup every %lld s into [%s] %s, the newest %llu kept\n", args[0], (long long)every,
+				       c->datastore, c->folder ? c->folder : "backups", (unsigned long long)keep);
+		}
+		json_decref(reply);
+		return r;
+	}
+	if (n != 0)
+		return vela_error(VELA_E_INVAL, "backup VM --datastore D | backup schedule VM|list|remove [VM]");
+	if (!c->datastore)
+		return vela_error(VELA_E_INVAL, "backup through velad: --datastore names where the backup goes");
+	if ((r = resolve_vm(cl, verb, &id)) < 0)
+		return r;
+	json_t *body = json_pack("{s:s, s:b, s:b}", "datastore", c->datastore, "quiesce", c->quiesce, "compress", c->compress);
+	if (c->folder)
+		json_object_set_new(body, "folder", json_string(c->folder));
+	if (c->retain) {
+		uint64_t keep = 0;
+		if ((r = parse_u64(c->retain, 1000, &keep)) < 0 || keep == 0) {
+			json_decref(body);
+			return vela_error(VELA_E_INVAL, "--retain: 1 to 1000");
+		}
+		json_object_set_new(body, "keep", json_integer((json_int_t)keep));
+	}
+	CLEANUP_FREE char *p = xasprintf("vms/%lld/backup", id);
+	if (c->no_wait)
+		return start_task(cl, "POST", p, body);
+	if ((r = client_call(cl, "POST", p, body, &reply)) < 0)
+		return r;
+	json_t *b = json_object_get(reply, "backup");
+	if (c->json)
+		cli_print_json(b);
+	else
+		printf("%s (%lld bytes, %s%s)\n", str_of(b, "folder"), (long long)json_integer_value(json_object_get(b, "bytes")),
+		       json_is_true(json_object_get(b, "live")) ? "live" : "offline",
+		       json_is_true(json_object_get(b, "quiesced")) ? ", quiesced" : "");
+	json_decref(reply);
+	return 0;
+}
+
 static int other_command(struct client *cl, const char *noun, const char *verb, const char *const *args, size_t n)
 {
 	const struct cli *c = cl->c;
 	json_t *reply = NULL;
 	int r;
+	if (strcmp(noun, "backup") == 0)
+		return backup_command(cl, verb, args, n);
 	if (strcmp(noun, "host") == 0 && strcmp(verb, "info") == 0 && n == 0) {
 		if ((r = client_call(cl, "GET", "host", NULL, &reply)) < 0)
 			return r;

@@ -102,6 +102,16 @@ static const char schema[] =
 	"  heartbeat TEXT NOT NULL,"
 	"  guest_os TEXT,"
 	"  on_since INTEGER);"
+	"CREATE TABLE IF NOT EXISTS backup_schedules("
+	"  vm INTEGER PRIMARY KEY,"
+	"  datastore TEXT NOT NULL,"
+	"  folder TEXT NOT NULL,"
+	"  every_s INTEGER NOT NULL,"
+	"  keep INTEGER NOT NULL,"
+	"  quiesce INTEGER NOT NULL,"
+	"  compress INTEGER NOT NULL,"
+	"  next_run INTEGER NOT NULL,"
+	"  last_task INTEGER);"
 	"CREATE TABLE IF NOT EXISTS autostart("
 	"  vm INTEGER PRIMARY KEY,"
 	"  enabled INTEGER NOT NULL,"
@@ -1206,6 +1216,7 @@ static void refresh(struct host *h)
 {
 	probe_states(h, false);
 	host_ds_check_space(h);
+	host_backup_run_due(h);
 }
 
 int host_open(const struct host_opts *opts, struct host **out)

@@ -90,6 +90,23 @@ int host_vm_reconfigure(struct host *h, const char *user, int64_t id, json_t *ch
  * under the VM's operation lock (revert needs the VM off).  *out: the
  * operation's result ({name, disks, live, skipped} for create). */
 int host_vm_snapshots(struct host *h, int64_t id, json_t **out);
+
+/* Hot backups into a datastore folder (backup.h), as tasks; schedules run
+ * them every so often and keep the newest few. */
+struct host_backup_spec {
+	const char *datastore, *folder;   /* folder default "backups" */
+	bool quiesce, compress;
+	unsigned keep;                    /* 0 = keep every backup (one-off) */
+	int64_t every_s;                  /* schedules */
+	bool now;                         /* schedules: the first run at once */
+};
+int host_vm_backup(struct host *h, const char *user, int64_t id, const struct host_backup_spec *b,
+		   struct host_task *t, json_t **out);
+int host_backup_schedule_set(struct host *h, const char *user, int64_t id, const struct host_backup_spec *b,
+			     json_t **out);
+/* vm 0: every schedule. */
+int host_backup_schedule_list(struct host *h, int64_t vm, json_t **out);
+int host_backup_schedule_remove(struct host *h, const char *user, int64_t id);
 int host_vm_snapshot(struct host *h, const char *user, int64_t id, const char *op, const char *name, bool memory,
 		     bool quiesce,
 		     const char *description, json_t **out);

@@ -67,6 +67,7 @@ struct host {
 	/* Datastores short of space (datastore.c), under refresh_lock. */
 	struct ds_space *low_space;
 	int low_space_percent;
+	int64_t backup_checked_ms;      /* backups.c: the last look for due schedules */
 	/* Statistics (stats.c). */
 	int stats_interval_ms, stats_keep_ms;
 	struct stats_prev *stats_prev;   /* the sampler's own */
@@ -137,5 +138,8 @@ void host_stats_free(struct host *h);
 int host_tasks_recover(struct host *h);
 /* At close: cancel what runs and wait for it. */
 void host_tasks_shutdown(struct host *h);
+
+/* backups.c: start the scheduled backups that are due (the refresher). */
+void host_backup_run_due(struct host *h);
 
 #endif /* VELA_HOST_INTERNAL_H */

@@ -469,7 +469,8 @@ int host_vm_reconfigure(struct host *h, const char *user, int64_t id, json_t *ch
 int host_vm_forget_locked(struct host *h, int64_t id)
 {
 	static const char *const sql[] = {
-		"DELETE FROM vms WHERE id = ?", "DELETE FROM vm_state WHERE vm = ?", "DELETE FROM vm_live WHERE vm = ?", "DELETE FROM autostart WHERE vm = ?",
+		"DELETE FROM vms WHERE id = ?", "DELETE FROM vm_state WHERE vm = ?", "DELETE FROM vm_live WHERE vm = ?",
+		"DELETE FROM backup_schedules WHERE vm = ?", "DELETE FROM autostart WHERE vm = ?",
 		"DELETE FROM grants WHERE scope = 'vm:' || ?",
 	};
 	for (size_t i = 0; i < ARRAY_SIZE(sql); i++) {

@@ -81,4 +81,36 @@ expect_error VELA_E_CORRUPT "a manifest naming files outside the backup is refus
 # An offline backup of the VM, powered off.
 res3=$("$VELA" --json backup "$vmx" --to "$out")
 check "offline backup" sh -c "echo '$res3' | jq -e '.live == false and .disks == 1'"
+
+# Through velad: one-off backups into a datastore with retention, and a
+# schedule that runs by itself.
+"$TOP/build/bin/velad" --foreground --https-port 0 --http-port 0 >> "$VELA_HOME/velad.out" 2>&1 &
+vpid=$!
+trap 'kill -9 $vpid 2>/dev/null; cleanup' EXIT
+for ((i = 0; i < 100; i++)); do "$VELA" host info >/dev/null 2>&1 && break; sleep 0.1; done
+check "velad: register" "$VELA" vm register "$vmx"
+check "velad: start" "$VELA" vm start bk
+expect_error VELA_E_INVAL "velad: a backup needs a datastore" "$VELA" backup bk
+expect_error VELA_E_NOTFOUND "velad: an unknown datastore is refused" "$VELA" backup bk --datastore nowhere
+expect_error VELA_E_BADNAME "velad: a folder leading out of the datastore is refused" "$VELA" backup bk --datastore local --folder ../../etc
+for i in 1 2 3; do
+	check "velad: live backup #$i (retain 2)" "$VELA" backup bk --datastore local --retain 2
+	sleep 1   # backups are named by the second
+done
+bdir=$VELA_HOME/datastores/local/backups
+n=$(ls -d "$bdir"/bk-* 2>/dev/null | wc -l)
+if [ "$n" = 2 ]; then pass "retention kept the newest 2 backups"; else fail "retention: $n backups in $bdir"; fi
+check "velad: the backups verify" sh -c "for d in '$bdir'/bk-*; do '$VELA' backup verify \"\$d\" || exit 1; done"
+check "velad: the backup is an event" sh -c "'$VELA' event list --vm bk | grep -q vm.backup"
+check "velad: a task of type vm.backup" sh -c "'$VELA' task list | grep -q vm.backup"
+check "velad: schedule a backup every minute, the first now" "$VELA" backup schedule bk --datastore local --folder nightly --every 60 --retain 1 --now
+check "velad: the schedule is listed" sh -c "'$VELA' backup schedule list | grep -q nightly"
+for ((i = 0; i < 60; i++)); do ls "$VELA_HOME/datastores/local/nightly"/bk-*/manifest.json >/dev/null 2>&1 && break; sleep 1; done
+check "velad: the scheduled backup ran by itself" sh -c "ls '$VELA_HOME/datastores/local/nightly'/bk-*/manifest.json"
+check "velad: as a task of its own" sh -c "'$VELA' task list | grep -q vm.backup.scheduled"
+check "velad: remove the schedule" "$VELA" backup schedule remove bk
+check "velad: no schedule left" sh -c "! '$VELA' backup schedule list | grep -q nightly"
+expect_error VELA_E_RANGE "velad: a schedule more often than a minute is refused" "$VELA" backup schedule bk --datastore local --every 10 --retain 1
+check "velad: stop" "$VELA" vm stop bk hard
+kill "$vpid"; wait "$vpid" 2>/dev/null
 finish
