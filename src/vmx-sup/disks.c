@@ -306,6 +306,22 @@ static int delete_down_to(const char *top, const char *stop_at)
 	return r;
 }
 
+/* Stop serving a disk and close it; *top gets what its top was (NULL when
+ * it was not open). */
+static int close_disk(struct sup_disk *d, char **top)
+{
+	end_export(d);
+	stop_server(&d->srv);
+	if (d->sock)
+		unlink(d->sock);
+	*top = d->disk ? blk_disk_top(d->disk) : NULL;
+	if (!d->disk)
+		return 0;
+	int r = blk_disk_close(d->disk);
+	d->disk = NULL;
+	return r < 0 ? vela_error_context(r, "%s: closing the disk", d->addr) : 0;
+}
+
 int sup_disks_power_off(struct sup_disks *ds, char **question)
 {
 	*question = NULL;
@@ -313,18 +329,11 @@ int sup_disks_power_off(struct sup_disks *ds, char **question)
 	struct strbuf q = { 0 };
 	for (size_t i = 0; i < ds->n; i++) {
 		struct sup_disk *d = &ds->d[i];
-		end_export(d);
-		stop_server(&d->srv);
-		if (d->sock)
-			unlink(d->sock);
-		CLEANUP_FREE char *top = d->disk ? blk_disk_top(d->disk) : NULL;
-		if (d->disk) {
-			int r = blk_disk_close(d->disk);
-			d->disk = NULL;
-			if (r < 0) {
-				vela_log(VELA_LOG_ERROR, "%s: closing the disk: %s", d->addr, vela_errmsg());
-				err = err ? err : r;
-			}
+		CLEANUP_FREE char *top = NULL;
+		int r = close_disk(d, &top);
+		if (r < 0) {
+			vela_log(VELA_LOG_ERROR, "%s", vela_errmsg());
+			err = err ? err : r;
 		}
 		if (d->throwaway && !ds->closed) {
 			/* Repeatable resume: only this session's own log goes. */
@@ -376,18 +385,11 @@ int sup_disks_suspend(struct sup_disks *ds, json_t **stamps)
 	*stamps = json_array();
 	for (size_t i = 0; i < ds->n; i++) {
 		struct sup_disk *d = &ds->d[i];
-		end_export(d);
-		stop_server(&d->srv);
-		if (d->sock)
-			unlink(d->sock);
-		CLEANUP_FREE char *top = d->disk ? blk_disk_top(d->disk) : xstrdup(d->base);
-		if (d->disk) {
-			int r = blk_disk_close(d->disk);
-			d->disk = NULL;
-			if (r < 0)
-				err = err ? err : vela_error_context(r, "%s: close the disk", d->addr);
-		}
-		json_array_append_new(*stamps, vmstate_disk_stamp(d->addr, d->base, top));
+		CLEANUP_FREE char *top = NULL;
+		int r = close_disk(d, &top);
+		if (r < 0)
+			err = err ? err : r;
+		json_array_append_new(*stamps, vmstate_disk_stamp(d->addr, d->base, top ? top : d->base));
 	}
 	/* Every log stays as it is: the saved state goes with them. */
 	ds->closed = true;

@@ -1,8 +1,10 @@
 #!/bin/bash
 # Power operations and the state machine, checked from inside the guest.
+# These guests run without the guest agent (vela.noagent=1): soft operations
+# use the ACPI power button here; test-guest-agent.sh covers the agent's way.
 . "$(dirname "$0")/lib.sh"
 
-vmx=$(make_vm power1 "${SCSI_DISK[@]}" "$CMDLINE_TICK")
+vmx=$(make_vm power1 "${SCSI_DISK[@]}" 'boot.cmdline = "console=ttyS0 quiet panic=-1 vela.cmdloop=1 vela.tick=1 vela.noagent=1"')
 log=$(dirname "$vmx")/vela.log
 
 # ---- invalid requests on an off VM change nothing
@@ -68,7 +70,7 @@ check "the VM can be started again" "$VELA" vm start "$vmx"
 check "stop hard" "$VELA" vm stop hard "$vmx"
 
 # ---- a guest that ignores the power button
-vmx2=$(make_vm deaf "${SCSI_DISK[@]}" 'boot.cmdline = "console=ttyS0 quiet panic=-1 vela.nopowerbutton=1"')
+vmx2=$(make_vm deaf "${SCSI_DISK[@]}" 'boot.cmdline = "console=ttyS0 quiet panic=-1 vela.nopowerbutton=1 vela.noagent=1"')
 check "start the deaf guest" "$VELA" vm start "$vmx2"
 check "deaf guest is up" wait_console "$vmx2" VELA-GUEST-READY 1 60
 expect_error VELA_E_TIMEOUT "soft stop times out on a guest that ignores the power button" "$VELA" vm stop soft --timeout 2 "$vmx2"

@@ -239,13 +239,14 @@ check "events are only VM 1's" test "$(jq_reply '[.events[] | select(.vm != '"$i
 expect_api 200 "hard stop of VM 2 after the restart" POST /api/v1/vms/$id2/power '{"op": "stop", "mode": "hard"}'
 check "... VM 2 is off" test "$(jq_reply .status.state)" = off
 check "... and its supervisor is gone" wait_state "$vmx2" off 10
-"$VELA" vm console --wait "power button pressed, shutting down cleanly" --timeout 60 "$vmx1" > "$VELA_HOME/waiter.out" 2>&1 &
+# The guest runs its agent: a soft stop goes through it (pre-halt command).
+"$VELA" vm console --wait "VELA-GUEST-PRE-HALT ran" --timeout 60 "$vmx1" > "$VELA_HOME/waiter.out" 2>&1 &
 waiter=$!
 sleep 0.5
 expect_api 200 "soft stop of VM 1" POST /api/v1/vms/$id1/power '{"op": "stop", "mode": "soft"}'
 check "... VM 1 is off" test "$(jq_reply .status.state)" = off
 wait "$waiter"
-check "the guest shut down cleanly (its console said so)" test $? = 0
+check "the guest shut down cleanly through its agent (its pre-halt command ran)" test $? = 0
 
 # A change made outside velad (straight to the supervisor) reaches its view.
 expect_api 200 "power on VM 2 again" POST /api/v1/vms/$id2/power '{"op": "start"}'
