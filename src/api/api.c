@@ -554,6 +554,7 @@ static int backup_job(struct host *h, struct host_task *t, void *arg, json_t **r
 		.folder = json_string_value(json_object_get(d, "folder")),
 		.quiesce = json_is_true(json_object_get(d, "quiesce")),
 		.compress = json_is_true(json_object_get(d, "compress")),
+		.incremental = json_is_true(json_object_get(d, "incremental")),
 		.keep = (unsigned)json_integer_value(json_object_get(d, "keep")),
 	};
 	return host_vm_backup(h, j->user, j->vm, &b, t, result);
@@ -927,7 +928,8 @@ static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const s
 		struct api_field f[] = { { .name = "datastore", .type = 's' }, { .name = "folder", .type = 's', .optional = true },
 					 { .name = "quiesce", .type = 'b', .optional = true },
 					 { .name = "compress", .type = 'b', .optional = true },
-					 { .name = "keep", .type = 'i', .optional = true } };
+					 { .name = "keep", .type = 'i', .optional = true },
+					 { .name = "incremental", .type = 'b', .optional = true } };
 		r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
 		if (r == 0 && f[4].present && (f[4].i < 1 || f[4].i > 1000))
 			r = vela_error(VELA_E_RANGE, "backup: keep 1 to 1000 backups");
@@ -949,12 +951,13 @@ static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const s
 					 { .name = "every", .type = 'i' }, { .name = "keep", .type = 'i' },
 					 { .name = "quiesce", .type = 'b', .optional = true },
 					 { .name = "compress", .type = 'b', .optional = true },
-					 { .name = "now", .type = 'b', .optional = true } };
+					 { .name = "now", .type = 'b', .optional = true },
+					 { .name = "incremental", .type = 'b', .optional = true } };
 		r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
 		if (r == 0 && (r = need_vm(a, who, id, HOST_ROLE_ADMIN)) == 0) {
 			struct host_backup_spec b = { .datastore = f[0].s, .folder = f[1].s, .every_s = f[2].i,
 						      .keep = f[3].i < 0 || f[3].i > 100000 ? 0 : (unsigned)f[3].i,
-						      .quiesce = f[4].b, .compress = f[5].b, .now = f[6].b };
+						      .quiesce = f[4].b, .compress = f[5].b, .now = f[6].b, .incremental = f[7].b };
 			r = host_backup_schedule_set(a->host, who->user, id, &b, &out);
 		}
 		json_decref(doc);

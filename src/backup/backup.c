@@ -1,5 +1,6 @@
 /* backup.c - hot backup, verification and restore of whole VMs. */
 #include "common.h"
+#include "blk.h"
 #include "vdisk.h"
 #include "vmx.h"
 #include "vmx-sup.h"
@@ -106,7 +107,99 @@ struct bdisk {
 	char *file;         /* its copy's name in the backup */
 	bool redo;          /* a live redo log went on: consolidate afterwards */
 	uint64_t size;
+	/* Changed-block tracking (ctkEnabled): the map since the last backup. */
+	struct blk_cbt_epoch cbt;
+	bool have_cbt;
+	char *parent;       /* incremental: the previous backup's image, "../<folder>/<file>" */
+	uint64_t changed;   /* incremental: granules copied */
 };
+
+/* The newest complete backup of this VM in dir: its manifest and folder
+ * name (caller frees both), or NULL. */
+static json_t *latest_backup(const char *dir, const char *stem, char **folder)
+{
+	*folder = NULL;
+	DIR *d = opendir(dir);
+	if (!d)
+		return NULL;
+	size_t sl = strlen(stem);
+	char *best = NULL;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (strncmp(e->d_name, stem, sl) != 0 || e->d_name[sl] != '-' || strlen(e->d_name + sl + 1) < 15)
+			continue;
+		CLEANUP_FREE char *m = xasprintf("%s/%s/" MANIFEST, dir, e->d_name);
+		if (access(m, F_OK) < 0 || (best && strcmp(e->d_name, best) <= 0))
+			continue;
+		free(best);
+		best = xstrdup(e->d_name);
+	}
+	closedir(d);
+	if (!best)
+		return NULL;
+	CLEANUP_FREE char *mp = xasprintf("%s/%s/" MANIFEST, dir, best);
+	CLEANUP_FREE char *text = NULL;
+	size_t len;
+	json_error_t jerr;
+	json_t *j = read_file(mp, MANIFEST_MAX, &text, &len) == 0 ? json_loadb(text, len, 0, &jerr) : NULL;
+	if (!json_is_object(j)) {
+		json_decref(j);
+		free(best);
+		return NULL;
+	}
+	*folder = best;
+	return j;
+}
+
+/* The previous backup's entry for a disk, when its changed-block epoch is
+ * the one that just ended: then the map covers exactly the time since. */
+static const char *incremental_parent(json_t *prev, const char *addr, const char *ended_epoch)
+{
+	size_t i;
+	json_t *d;
+	json_array_foreach(json_object_get(prev, "disks"), i, d) {
+		const char *a = json_string_value(json_object_get(d, "disk"));
+		const char *ep = json_string_value(json_object_get(d, "cbt_next"));
+		if (a && ep && strcmp(a, addr) == 0 && strcmp(ep, ended_epoch) == 0)
+			return json_string_value(json_object_get(d, "file"));
+	}
+	return NULL;
+}
+
+/* An incremental copy: a child of the previous backup's image holding the
+ * granules the map marks, read from the static image. */
+static int copy_changed(struct bdisk *b, const char *src, const char *dst, const char *parent,
+			struct copy_progress *cp)
+{
+	struct vdisk_create_opts co = { .type = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE, .parent = parent };
+	int r = vdisk_create(dst, &co);
+	if (r < 0)
+		return r;
+	struct vdisk *in = NULL, *out = NULL;
+	if ((r = vdisk_open(src, VDISK_OPEN_RDONLY, &in)) < 0 || (r = vdisk_open(dst, 0, &out)) < 0) {
+		vdisk_close(in);
+		return r;
+	}
+	if (vdisk_size(in) != vdisk_size(out))
+		r = vela_error(VELA_E_INVAL, "%s: the disk's size changed since the previous backup", src);
+	CLEANUP_FREE uint8_t *buf = xcalloc(1, BLK_CBT_GRANULE);
+	uint64_t size = vdisk_size(in);
+	for (uint64_t g = 0; r == 0 && g / 8 < b->cbt.nbytes && g * BLK_CBT_GRANULE < size; g++) {
+		if (!(b->cbt.bits[g / 8] & (1u << (g % 8))))
+			continue;
+		uint64_t off = g * BLK_CBT_GRANULE;
+		size_t n = size - off < BLK_CBT_GRANULE ? (size_t)(size - off) : BLK_CBT_GRANULE;
+		if ((r = vdisk_pread(in, buf, n, off)) == 0)
+			r = vdisk_pwrite(out, buf, n, off);
+		b->changed++;
+		on_copy_progress(off, size, cp);
+	}
+	if (r == 0)
+		r = vdisk_flush(out);
+	int e = vdisk_close(out);
+	vdisk_close(in);
+	return r < 0 ? r : e;
+}
 
 struct backup_meta {
 	const char *real;
@@ -180,16 +273,27 @@ static int write_folder(struct vmx_file *f, const struct backup_meta *b, uint64_
 	if (dd)
 		closedir(dd);
 	json_t *jd = json_array();
-	for (size_t i = 0; i < nd; i++)
-		json_array_append_new(jd, json_pack("{s:s, s:s, s:s, s:I, s:s}", "disk", disks[i].md->addr, "file",
-						    disks[i].file, "source", disks[i].md->path, "virtual_size",
-						    (json_int_t)disks[i].size, "mode", vmx_disk_mode_name(disks[i].md->mode)));
+	bool incremental = false;
+	for (size_t i = 0; i < nd; i++) {
+		json_t *e = json_pack("{s:s, s:s, s:s, s:I, s:s, s:b}", "disk", disks[i].md->addr, "file", disks[i].file,
+				      "source", disks[i].md->path, "virtual_size", (json_int_t)disks[i].size, "mode",
+				      vmx_disk_mode_name(disks[i].md->mode), "incremental", disks[i].parent != NULL);
+		if (disks[i].have_cbt)
+			json_object_set_new(e, "cbt_next", json_string(disks[i].cbt.next));
+		if (disks[i].parent) {
+			json_object_set_new(e, "parent", json_string(disks[i].parent));
+			json_object_set_new(e, "changed_blocks", json_integer((json_int_t)disks[i].changed));
+			json_object_set_new(e, "block_size", json_integer(BLK_CBT_GRANULE));
+			incremental = true;
+		}
+		json_array_append_new(jd, e);
+	}
 	char when[40];
 	time_format_iso(time_real_ms(), when, sizeof when);
-	json_t *manifest = json_pack("{s:i, s:s, s:s, s:s, s:s, s:s, s:b, s:b, s:b, s:o, s:o, s:O, s:O}", "version", 1,
+	json_t *manifest = json_pack("{s:i, s:s, s:s, s:s, s:s, s:s, s:b, s:b, s:b, s:b, s:o, s:o, s:O, s:O}", "version", 1,
 				     "vela", VELA_VERSION, "created", when, "vm", m->display_name, "source", real, "vmx",
-				     vmx_name, "live", live, "quiesced", frozen, "compressed", b->compress, "disks", jd,
-				     "files", files, "skipped", skipped, "consolidation", consolidation);
+				     vmx_name, "live", live, "quiesced", frozen, "compressed", b->compress, "incremental",
+				     incremental, "disks", jd, "files", files, "skipped", skipped, "consolidation", consolidation);
 	char *text = json_dumps(manifest, JSON_INDENT(2) | JSON_SORT_KEYS);
 	CLEANUP_FREE char *mpath = path_join(folder, MANIFEST);
 	if (r == 0)
@@ -279,12 +383,25 @@ int backup_vm(const char *vmx, const char *dir, const struct backup_opts *o, jso
 		if (disks[i].md->mode != VMX_MODE_PERSISTENT)
 			continue;   /* the others write to redo logs already: their base is static */
 		json_t *rep = NULL;
-		r = sup_request(real, json_pack("{s:s, s:s}", "cmd", "addredo", "disk", disks[i].md->addr), &rep, 60000);
-		json_decref(rep);
+		r = sup_request(real, json_pack("{s:s, s:s, s:b}", "cmd", "addredo", "disk", disks[i].md->addr, "cbt",
+						m->ctk_enabled), &rep, 60000);
 		if (r < 0)
 			vela_error_context(r, "backup: redo log on %s", disks[i].md->addr);
 		else
 			disks[i].redo = true;
+		json_t *cbt = json_object_get(rep, "cbt");
+		const char *b64 = json_string_value(json_object_get(cbt, "bitmap_base64"));
+		void *bits = NULL;
+		size_t nbytes = 0;
+		if (r == 0 && b64 && base64_decode(b64, &bits, &nbytes) == 0) {
+			struct blk_cbt_epoch *e = &disks[i].cbt;
+			snprintf(e->prev, sizeof e->prev, "%s", json_string_value(json_object_get(cbt, "prev")) ?: "");
+			snprintf(e->next, sizeof e->next, "%s", json_string_value(json_object_get(cbt, "next")) ?: "");
+			e->bits = bits;
+			e->nbytes = nbytes;
+			disks[i].have_cbt = true;
+		}
+		json_decref(rep);
 	}
 	if (frozen) {
 		int e = sup_request(real, json_pack("{s:s, s:s}", "cmd", "guest-op", "op", "thaw"), NULL, 60000);
@@ -303,18 +420,40 @@ int backup_vm(const char *vmx, const char *dir, const struct backup_opts *o, jso
 		disks[i].size = vdisk_size(d);
 		total += disks[i].size;
 		vdisk_close(d);
+		if (!live && m->ctk_enabled && disks[i].md->mode == VMX_MODE_PERSISTENT) {
+			/* Nobody serves the disk: its map is read and restarted here. */
+			char **chain = NULL;
+			size_t cn = 0;
+			if (vdisk_chain_paths(disks[i].image, &chain, &cn) == 0) {
+				CLEANUP_FREE char *ctk = xasprintf("%s.ctk", chain[cn - 1]);
+				if (blk_cbt_rotate_offline(ctk, disks[i].size, &disks[i].cbt) == 0)
+					disks[i].have_cbt = true;
+				vdisk_chain_free(chain);
+			}
+		}
 	}
+	CLEANUP_FREE char *prev_folder = NULL;
+	json_t *prev = o->incremental ? latest_backup(dir, stem, &prev_folder) : NULL;
 	struct copy_progress cp = { .o = o, .total = total };
 	for (size_t i = 0; i < nd && r == 0; i++) {
 		CLEANUP_FREE char *dst = path_join(folder, disks[i].file);
 		struct vdisk_create_opts co = {
 			.type = o->compress ? VDISK_TYPE_VMDK_STREAM : VDISK_TYPE_VMDK_MONOLITHIC_SPARSE,
 		};
-		r = vdisk_convert(disks[i].image, dst, &co, on_copy_progress, &cp);
+		const char *pfile = prev && disks[i].have_cbt ? incremental_parent(prev, disks[i].md->addr, disks[i].cbt.prev)
+							      : NULL;
+		CLEANUP_FREE char *pimg = pfile && strchr(pfile, '/') == NULL ? xasprintf("%s/%s/%s", dir, prev_folder, pfile) : NULL;
+		if (pimg && access(pimg, F_OK) == 0) {
+			disks[i].parent = xasprintf("../%s/%s", prev_folder, pfile);
+			r = copy_changed(&disks[i], disks[i].image, dst, pimg, &cp);
+		} else {
+			r = vdisk_convert(disks[i].image, dst, &co, on_copy_progress, &cp);
+		}
 		if (r < 0)
 			vela_error_context(r, "backup: copy %s", disks[i].md->addr);
 		cp.before += disks[i].size;
 	}
+	json_decref(prev);
 
 consolidate:
 	/* The logs go back into the disks, live, whatever happened above. */
@@ -340,8 +479,15 @@ consolidate:
 	if (r == 0) {
 		if (o->progress)
 			o->progress(100, o->opaque);
-		*out = json_pack("{s:s, s:I, s:I, s:b, s:b, s:I}", "folder", folder, "disks", (json_int_t)nd, "bytes",
-				 (json_int_t)bytes, "live", live, "quiesced", frozen, "ms", (json_int_t)(time_mono_ms() - t0));
+		uint64_t changed = 0;
+		bool incr = false;
+		for (size_t i = 0; i < nd; i++) {
+			changed += disks[i].changed;
+			incr |= disks[i].parent != NULL;
+		}
+		*out = json_pack("{s:s, s:I, s:I, s:b, s:b, s:I, s:b, s:I}", "folder", folder, "disks", (json_int_t)nd, "bytes",
+				 (json_int_t)bytes, "live", live, "quiesced", frozen, "ms", (json_int_t)(time_mono_ms() - t0),
+				 "incremental", incr, "changed_blocks", (json_int_t)changed);
 	}
 out:
 	if (r < 0 && folder) {
@@ -364,6 +510,8 @@ out:
 	for (size_t i = 0; i < nd; i++) {
 		free(disks[i].image);
 		free(disks[i].file);
+		free(disks[i].parent);
+		blk_cbt_epoch_clear(&disks[i].cbt);
 	}
 	free(disks);
 	json_decref(skipped);
@@ -398,8 +546,35 @@ static bool plain_name(const char *s)
 	return s && *s && !strchr(s, '/') && strcmp(s, ".") != 0 && strcmp(s, "..") != 0;
 }
 
+/* The folder name of an incremental disk's parent backup ("../F/file" -> F),
+ * or NULL when the entry has no parent or names something else. */
+static char *parent_folder(json_t *disk_entry)
+{
+	const char *p = json_string_value(json_object_get(disk_entry, "parent"));
+	if (!p || strncmp(p, "../", 3) != 0)
+		return NULL;
+	const char *slash = strchr(p + 3, '/');
+	if (!slash || slash == p + 3 || strchr(slash + 1, '/'))
+		return NULL;
+	char *f = xstrndup(p + 3, (size_t)(slash - (p + 3)));
+	if (!plain_name(f)) {
+		free(f);
+		return NULL;
+	}
+	return f;
+}
+
+static int verify_depth(const char *backup, json_t **out, unsigned depth);
+
 int backup_verify(const char *backup, json_t **out)
 {
+	return verify_depth(backup, out, 0);
+}
+
+static int verify_depth(const char *backup, json_t **out, unsigned depth)
+{
+	if (depth > 1000)
+		return vela_error(VELA_E_LOOP, "%s: more than 1000 incremental backups in a chain (a loop?)", backup);
 	json_t *man = NULL;
 	int r = load_manifest(backup, &man);
 	if (r < 0)
@@ -425,9 +600,26 @@ int backup_verify(const char *backup, json_t **out)
 		}
 		bytes += n;
 	}
+	/* An incremental backup is only as good as the ones it builds on. */
+	json_t *dd;
+	uint64_t chain = 0;
+	json_array_foreach(json_object_get(man, "disks"), i, dd) {
+		CLEANUP_FREE char *pf = parent_folder(dd);
+		if (r < 0 || !pf)
+			continue;
+		CLEANUP_FREE char *up = path_dirname(backup);
+		CLEANUP_FREE char *pp = path_join(up, pf);
+		json_t *po = NULL;
+		if ((r = verify_depth(pp, &po, depth + 1)) < 0)
+			vela_error_context(r, "%s builds on %s", backup, pf);
+		else
+			chain += 1 + (uint64_t)json_integer_value(json_object_get(po, "builds_on"));
+		json_decref(po);
+		break;   /* every disk of a backup has the same parent backup */
+	}
 	if (r == 0)
-		*out = json_pack("{s:I, s:I, s:b}", "files", (json_int_t)json_array_size(json_object_get(man, "files")),
-				 "bytes", (json_int_t)bytes, "ok", 1);
+		*out = json_pack("{s:I, s:I, s:b, s:I}", "files", (json_int_t)json_array_size(json_object_get(man, "files")),
+				 "bytes", (json_int_t)bytes, "ok", 1, "builds_on", (json_int_t)chain);
 	json_decref(man);
 	return r;
 }
@@ -552,11 +744,34 @@ int backup_prune(const char *dir, const char *vm_name, unsigned keep, json_t **r
 	qsort(names, n, sizeof *names, cmp_names);
 	json_t *gone = json_array();
 	int r = 0;
-	for (size_t i = 0; i + keep < n && r == 0; i++) {
+	/* A kept incremental backup keeps every backup it builds on. */
+	bool *needed = xcalloc(n + 1, sizeof *needed);
+	for (size_t i = n; i-- > 0;) {
+		if (i + keep < n && !needed[i])
+			continue;
+		needed[i] = true;
+		json_t *man = NULL;
+		CLEANUP_FREE char *p = path_join(dir, names[i]);
+		if (load_manifest(p, &man) < 0)
+			continue;
+		size_t k;
+		json_t *d2;
+		json_array_foreach(json_object_get(man, "disks"), k, d2) {
+			CLEANUP_FREE char *pf = parent_folder(d2);
+			for (size_t x = 0; pf && x < i; x++)
+				if (strcmp(names[x], pf) == 0)
+					needed[x] = true;
+		}
+		json_decref(man);
+	}
+	for (size_t i = 0; i < n && r == 0; i++) {
+		if (needed[i])
+			continue;
 		CLEANUP_FREE char *p = path_join(dir, names[i]);
 		if ((r = remove_tree(p)) == 0)
 			json_array_append_new(gone, json_string(names[i]));
 	}
+	free(needed);
 	for (size_t i = 0; i < n; i++)
 		free(names[i]);
 	free(names);

@@ -22,6 +22,10 @@
 struct backup_opts {
 	bool quiesce;      /* freeze the guest's file systems (agent) for the instant */
 	bool compress;     /* streamOptimized images instead of monolithicSparse */
+	/* With ctkEnabled: copy only what changed since the newest backup of
+	 * the VM in the same folder (a child image of that backup's), when the
+	 * changed-block map covers exactly that time; a full copy otherwise. */
+	bool incremental;
 	/* Progress over all disks, 0-100; return false to cancel. */
 	bool (*progress)(unsigned percent, void *opaque);
 	void *opaque;

@@ -61,6 +61,44 @@ void blk_disk_get_stats(struct blk_disk *d, struct blk_disk_stats *out);
 void blk_disk_set_limits(struct blk_disk *d, const struct blk_disk_limits *l);
 void blk_disk_get_limits(struct blk_disk *d, struct blk_disk_limits *out);
 
+/* ------------------------------------------- changed-block tracking */
+
+#define BLK_CBT_GRANULE (64u * 1024u)
+#define BLK_CBT_EPOCH_LEN 32
+
+/*
+ * Which granules of a disk the guest wrote since its epoch began (cbt.c):
+ * kept in <base>.ctk, trusted only after a clean close.  An epoch is a
+ * random id; a backup records the one that starts with it, so the next
+ * backup knows whether the map it gets covers exactly the time since.
+ */
+struct blk_cbt;
+struct blk_cbt_epoch {
+	char prev[BLK_CBT_EPOCH_LEN + 1];   /* the epoch that ended */
+	char next[BLK_CBT_EPOCH_LEN + 1];   /* the one that starts now */
+	uint8_t *bits;                      /* prev's map (caller frees: blk_cbt_epoch_clear) */
+	size_t nbytes;
+	uint64_t disk_size;
+};
+int blk_cbt_open(const char *path, uint64_t disk_size, struct blk_cbt **out);
+void blk_cbt_mark(struct blk_cbt *c, uint64_t off, uint64_t len);
+int blk_cbt_rotate(struct blk_cbt *c, struct blk_cbt_epoch *out);
+/* Save clean and free. */
+int blk_cbt_close(struct blk_cbt *c);
+void blk_cbt_free(struct blk_cbt *c);
+/* The same on a disk nobody serves (its VM is off). */
+int blk_cbt_rotate_offline(const char *path, uint64_t disk_size, struct blk_cbt_epoch *out);
+void blk_cbt_epoch_clear(struct blk_cbt_epoch *e);
+uint64_t blk_cbt_count(const struct blk_cbt_epoch *e);
+
+/* Track this disk's writes in c (owned by the caller, who closes it after
+ * the disk). */
+void blk_disk_set_cbt(struct blk_disk *d, struct blk_cbt *c);
+/* addredo, and under the same hold of guest I/O a new CBT epoch: the map
+ * returned covers exactly the writes that the images under the new redo
+ * log hold since the previous epoch. */
+int blk_disk_addredo_rotate(struct blk_disk *d, char **new_top, struct blk_cbt_epoch *out);
+
 /*
  * Live redo log: put a new child on top of the open chain and continue on
  * it; the former top is never written again.  O(1) in disk size: I/O pauses

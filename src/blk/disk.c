@@ -35,6 +35,7 @@ struct blk_disk {
 	struct throttle iops[2], bps[2];   /* [0] read, [1] write */
 	pthread_mutex_t limits_lock;
 	struct blk_disk_limits limits;
+	struct blk_cbt *cbt;    /* changed-block tracking, or NULL */
 };
 
 static int64_t now_ns(void)
@@ -244,6 +245,8 @@ int blk_disk_pwrite(struct blk_disk *d, const void *buf, size_t len, uint64_t of
 	int r = check_range(d, off, len);
 	if (r == 0)
 		r = vdisk_pwrite(d->vd, buf, len, off);
+	if (r == 0)
+		blk_cbt_mark(d->cbt, off, len);
 	pthread_rwlock_unlock(&d->swap_lock);
 	account(d, 1, len, start, r);
 	return r;
@@ -259,6 +262,8 @@ int blk_disk_write_zeroes(struct blk_disk *d, uint64_t off, uint64_t len)
 	int r = check_range(d, off, len);
 	if (r == 0)
 		r = vdisk_write_zeroes(d->vd, off, len);
+	if (r == 0)
+		blk_cbt_mark(d->cbt, off, len);
 	pthread_rwlock_unlock(&d->swap_lock);
 	account(d, 3, 0, start, r);
 	return r;
@@ -374,6 +379,33 @@ int blk_disk_addredo(struct blk_disk *d, char **new_top)
 	int r = switch_locked(d, old_top, addredo_between, old_top);
 	if (r == 0 && new_top)
 		*new_top = xstrdup(d->top);
+	pthread_rwlock_unlock(&d->swap_lock);
+	return r;
+}
+
+void blk_disk_set_cbt(struct blk_disk *d, struct blk_cbt *c)
+{
+	pthread_rwlock_wrlock(&d->swap_lock);
+	d->cbt = c;
+	pthread_rwlock_unlock(&d->swap_lock);
+}
+
+int blk_disk_addredo_rotate(struct blk_disk *d, char **new_top, struct blk_cbt_epoch *out)
+{
+	if (d->read_only)
+		return refuse_read_only(d);
+	if (!d->cbt)
+		return vela_error(VELA_E_NOTSUP, "%s: changed-block tracking is off (ctkEnabled)", d->top);
+	pthread_rwlock_wrlock(&d->swap_lock);
+	CLEANUP_FREE char *old_top = xstrdup(d->top);
+	int r = switch_locked(d, old_top, addredo_between, old_top);
+	if (r == 0) {
+		/* No write can pass while we hold the lock: every write before is
+		 * in the images under the new log, every write after is not. */
+		blk_cbt_rotate(d->cbt, out);
+		if (new_top)
+			*new_top = xstrdup(d->top);
+	}
 	pthread_rwlock_unlock(&d->swap_lock);
 	return r;
 }

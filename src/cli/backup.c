@@ -41,13 +41,15 @@ int cmd_backup(const struct cli *c, const char *const *w, size_t n)
 	if (strcmp(w[0], "backup") == 0 && n == 2) {
 		if (!c->to)
 			return cli_usage_error("usage: vela backup FILE.vmx --to DIR [--quiesce] [--compress]%s", "");
-		struct backup_opts o = { .quiesce = c->quiesce, .compress = c->compress, .progress = print_progress };
+		struct backup_opts o = { .quiesce = c->quiesce, .compress = c->compress, .incremental = c->incremental,
+					 .progress = print_progress };
 		if ((r = backup_vm(w[1], c->to, &o, &out)) < 0)
 			return cli_fail(c, r);
 		if (c->json)
 			cli_print_json(out);
 		else
-			printf("%s (%lld disk%s, %lld bytes, %s%s, %lld ms)\n", json_string_value(json_object_get(out, "folder")),
+			printf("%s (%s%lld disk%s, %lld bytes, %s%s, %lld ms)\n", json_string_value(json_object_get(out, "folder")),
+			       json_is_true(json_object_get(out, "incremental")) ? "incremental, " : "",
 			       (long long)json_integer_value(json_object_get(out, "disks")),
 			       json_integer_value(json_object_get(out, "disks")) == 1 ? "" : "s",
 			       (long long)json_integer_value(json_object_get(out, "bytes")),

@@ -34,6 +34,7 @@ struct cli {
 	bool compress;             /* backup --compress */
 	const char *every, *retain; /* backup schedule --every DURATION --retain N */
 	bool now;                  /* backup schedule --now */
+	bool incremental;          /* backup --incremental */
 	bool end;               /* vm export-disk --end */
 	const char *iops, *bps, *iops_rd, *iops_wr, *bps_rd, *bps_wr;
 	bool read_only;

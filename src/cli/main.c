@@ -424,7 +424,8 @@ static void usage(FILE *f)
 		"  vela vm commit [--level N] [--freeze] [--no-wait] FILE.vmx DISK  live: merge a redo log\n"
 		"  vela vm disk-stats FILE.vmx          per-disk I/O counters, latency, limits\n"
 		"  vela vm guest FILE.vmx               the guest agent: heartbeat, OS, addresses\n"
-		"  vela backup FILE.vmx --to DIR [--quiesce] [--compress]  hot backup (the VM keeps running)\n"
+		"  vela backup FILE.vmx --to DIR [--quiesce] [--compress] [--incremental]  hot backup (the VM keeps running;\n"
+		"                                       --incremental: only what changed since the last one, ctkEnabled)\n"
 		"  vela backup verify DIR               check every file of a backup against its checksum\n"
 		"  vela backup VM --datastore D [--folder F] [--retain N] [--quiesce] [--compress]\n"
 		"                                       hot backup through velad (a task), into a datastore\n"
@@ -653,6 +654,8 @@ int main(int argc, char **argv)
 			c.every = argv[++i];
 		} else if (strcmp(a, "--retain") == 0 && has_val) {
 			c.retain = argv[++i];
+		} else if (strcmp(a, "--incremental") == 0) {
+			c.incremental = true;
 		} else if (strcmp(a, "--now") == 0) {
 			c.now = true;
 		} else if (strcmp(a, "--compress") == 0) {

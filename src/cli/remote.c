@@ -1014,8 +1014,9 @@ static int backup_command(struct client *cl, const char *verb, const char *const
 			return vela_error_context(r, "--retain");
 		if ((r = resolve_vm(cl, args[0], &id)) < 0)
 			return r;
-		json_t *body = json_pack("{s:s, s:I, s:I, s:b, s:b, s:b}", "datastore", c->datastore, "every", (json_int_t)every,
-					 "keep", (json_int_t)keep, "quiesce", c->quiesce, "compress", c->compress, "now", c->now);
+		json_t *body = json_pack("{s:s, s:I, s:I, s:b, s:b, s:b, s:b}", "datastore", c->datastore, "every",
+					 (json_int_t)every, "keep", (json_int_t)keep, "quiesce", c->quiesce, "compress", c->compress,
+					 "now", c->now, "incremental", c->incremental);
 		if (c->folder)
 			json_object_set_new(body, "folder", json_string(c->folder));
 		CLEANUP_FREE char *p = xasprintf("vms/%lld/backup-schedule", id);
@@ -1035,7 +1036,8 @@ static int backup_command(struct client *cl, const char *verb, const char *const
 		return vela_error(VELA_E_INVAL, "backup through velad: --datastore names where the backup goes");
 	if ((r = resolve_vm(cl, verb, &id)) < 0)
 		return r;
-	json_t *body = json_pack("{s:s, s:b, s:b}", "datastore", c->datastore, "quiesce", c->quiesce, "compress", c->compress);
+	json_t *body = json_pack("{s:s, s:b, s:b, s:b}", "datastore", c->datastore, "quiesce", c->quiesce, "compress",
+				 c->compress, "incremental", c->incremental);
 	if (c->folder)
 		json_object_set_new(body, "folder", json_string(c->folder));
 	if (c->retain) {

@@ -36,8 +36,8 @@ int host_vm_backup(struct host *h, const char *user, int64_t id, const struct ho
 	if ((r = host_vm_lock(h, id, &v, &l)) < 0)
 		return r;
 	/* Under the VM's operation lock: no power operation meanwhile. */
-	struct backup_opts o = { .quiesce = b->quiesce, .compress = b->compress, .progress = t ? on_progress : NULL,
-				 .opaque = t };
+	struct backup_opts o = { .quiesce = b->quiesce, .compress = b->compress, .incremental = b->incremental,
+				 .progress = t ? on_progress : NULL, .opaque = t };
 	r = backup_vm(v.config, dir, &o, out);
 	if (r == 0 && b->keep) {
 		json_t *removed = NULL;
@@ -80,7 +80,7 @@ int host_backup_schedule_set(struct host *h, const char *user, int64_t id, const
 	CLEANUP_STMT sqlite3_stmt *st = NULL;
 	r = host_db_prepare(h,
 			    "INSERT OR REPLACE INTO backup_schedules(vm, datastore, folder, every_s, keep, quiesce, compress,"
-			    " next_run) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
+			    " next_run, incremental) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
 			    &st);
 	if (r == 0) {
 		sqlite3_bind_int64(st, 1, id);
@@ -92,6 +92,7 @@ int host_backup_schedule_set(struct host *h, const char *user, int64_t id, const
 		sqlite3_bind_int(st, 7, b->compress);
 		/* The first run after one interval (or at once when asked). */
 		sqlite3_bind_int64(st, 8, time_real_ms() + (b->now ? 0 : b->every_s * 1000));
+		sqlite3_bind_int(st, 9, b->incremental);
 		if (sqlite3_step(st) != SQLITE_DONE)
 			r = host_db_fail(h, "save the backup schedule");
 	}
@@ -107,7 +108,7 @@ int host_backup_schedule_list(struct host *h, int64_t vm, json_t **out)
 {
 	if (vm == 0)
 		return host_db_query(h,
-				     "SELECT s.vm, v.name, s.datastore, s.folder, s.every_s, s.keep, s.quiesce, s.compress,"
+				     "SELECT s.vm, v.name, s.datastore, s.folder, s.every_s, s.keep, s.quiesce, s.compress, s.incremental,"
 				     " s.next_run, s.last_task FROM backup_schedules s JOIN vms v ON v.id = s.vm ORDER BY s.vm",
 				     out);
 	json_t *all = NULL;
@@ -166,7 +167,7 @@ void host_backup_run_due(struct host *h)
 		return;
 	h->backup_checked_ms = now;
 	json_t *due = NULL;
-	if (host_db_query(h, "SELECT vm, datastore, folder, every_s, keep, quiesce, compress, last_task"
+	if (host_db_query(h, "SELECT vm, datastore, folder, every_s, keep, quiesce, compress, incremental, last_task"
 			     " FROM backup_schedules WHERE next_run <= strftime('%s', 'now') * 1000",
 			  &due) < 0)
 		return;
@@ -188,6 +189,7 @@ void host_backup_run_due(struct host *h)
 		s->b.keep = (unsigned)json_integer_value(json_object_get(row, "keep"));
 		s->b.quiesce = json_integer_value(json_object_get(row, "quiesce")) != 0;
 		s->b.compress = json_integer_value(json_object_get(row, "compress")) != 0;
+		s->b.incremental = json_integer_value(json_object_get(row, "incremental")) != 0;
 		int64_t every = json_integer_value(json_object_get(row, "every_s"));
 		struct host_task *t = NULL;
 		if (host_task_begin(h, "velad", vm, "vm.backup.scheduled", s->ds, false, &t) < 0) {

@@ -95,7 +95,7 @@ int host_vm_snapshots(struct host *h, int64_t id, json_t **out);
  * them every so often and keep the newest few. */
 struct host_backup_spec {
 	const char *datastore, *folder;   /* folder default "backups" */
-	bool quiesce, compress;
+	bool quiesce, compress, incremental;
 	unsigned keep;                    /* 0 = keep every backup (one-off) */
 	int64_t every_s;                  /* schedules */
 	bool now;                         /* schedules: the first run at once */

@@ -91,7 +91,9 @@ static const struct vdisk_format *format_of(enum vdisk_type t)
 	}
 }
 
-/* How a child names its parent: relative when both share a folder. */
+/* How a child names its parent: relative when both share a folder, or lie
+ * in sibling folders (a chain of backups, ../<folder>/<file>), so the set
+ * can move as a whole; absolute otherwise. */
 static char *parent_name_for(const char *child, const char *parent)
 {
 	CLEANUP_FREE char *cd = path_dirname(child);
@@ -99,6 +101,14 @@ static char *parent_name_for(const char *child, const char *parent)
 	char rc[PATH_MAX], rp[PATH_MAX];
 	if (realpath(cd, rc) && realpath(pd, rp) && strcmp(rc, rp) == 0)
 		return path_basename(parent);
+	if (realpath(cd, rc) && realpath(pd, rp)) {
+		CLEANUP_FREE char *gc = path_dirname(rc);
+		CLEANUP_FREE char *gp = path_dirname(rp);
+		CLEANUP_FREE char *sib = path_basename(rp);
+		CLEANUP_FREE char *file = path_basename(parent);
+		if (strcmp(gc, gp) == 0 && strcmp(gc, "/") != 0)
+			return xasprintf("../%s/%s", sib, file);
+	}
 	if (parent[0] == '/')
 		return xstrdup(parent);
 	return realpath(parent, rp) ? xstrdup(rp) : xstrdup(parent);

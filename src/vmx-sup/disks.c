@@ -57,6 +57,7 @@ struct sup_disk {
 	char *throwaway;          /* repeatable resume: a log over it all, gone at power-off */
 	char *sock;
 	struct blk_disk *disk;
+	struct blk_cbt *cbt;      /* ctkEnabled: the guest's writes since the last backup */
 	struct server srv;
 	struct disk_export *export;
 };
@@ -186,6 +187,23 @@ static void stop_server(struct server *v)
 	pthread_cond_destroy(&v->cond);
 }
 
+/* Changed-block tracking keyed by the chain's base image: the same map
+ * whatever redo logs come and go above it. */
+static int start_cbt(struct sup_disk *d, const char *top)
+{
+	char **chain = NULL;
+	size_t n = 0;
+	int r = vdisk_chain_paths(top, &chain, &n);
+	if (r < 0)
+		return vela_error_context(r, "%s: changed-block tracking", d->addr);
+	CLEANUP_FREE char *path = xasprintf("%s.ctk", chain[n - 1]);
+	vdisk_chain_free(chain);
+	if ((r = blk_cbt_open(path, blk_disk_size(d->disk), &d->cbt)) < 0)
+		return vela_error_context(r, "%s", d->addr);
+	blk_disk_set_cbt(d->disk, d->cbt);
+	return 0;
+}
+
 int sup_disks_open(const struct vmx_model *m, const char *vm_dir, const char *run_dir, unsigned flags,
 		   struct sup_disks **out)
 {
@@ -231,6 +249,8 @@ int sup_disks_open(const struct vmx_model *m, const char *vm_dir, const char *ru
 			vela_error_context(r, "%s", d->addr);
 			break;
 		}
+		if (m->ctk_enabled && d->mode == VMX_MODE_PERSISTENT && (r = start_cbt(d, top)) < 0)
+			break;
 		d->srv = (struct server){ .vhost = d->vhost, .listen = d->sock, .disk = d->disk,
 					  .queues = m->vcpus == 0 ? 1 : m->vcpus < BLK_VHOST_MAX_QUEUES ? m->vcpus : BLK_VHOST_MAX_QUEUES,
 					  .exp = { .disk = d->disk, .name = d->id, .description = d->addr } };
@@ -319,6 +339,12 @@ static int close_disk(struct sup_disk *d, char **top)
 		return 0;
 	int r = blk_disk_close(d->disk);
 	d->disk = NULL;
+	/* A clean map only after a clean close: else the next backup is full. */
+	if (r == 0 && d->cbt)
+		r = blk_cbt_close(d->cbt);
+	else
+		blk_cbt_free(d->cbt);
+	d->cbt = NULL;
 	return r < 0 ? vela_error_context(r, "%s: closing the disk", d->addr) : 0;
 }
 
@@ -457,6 +483,19 @@ static int refuse_mode(struct sup_disk *d, const char *what)
 {
 	return vela_error(VELA_E_NOTSUP, "%s: %s is for persistent disks; a %s disk keeps its own redo log", d->addr,
 			  what, vmx_disk_mode_name(d->mode));
+}
+
+int sup_disks_addredo_rotate(struct sup_disks *ds, const char *addr, char **new_top, struct blk_cbt_epoch *epoch)
+{
+	struct sup_disk *d = find(ds, addr);
+	if (!d)
+		return -VELA_E_NOTFOUND;
+	if (mode_has_redo(d->mode))
+		return refuse_mode(d, "addredo");
+	int r = blk_disk_addredo_rotate(d->disk, new_top, epoch);
+	if (r == 0)
+		r = top_changed(ds, d);
+	return r < 0 ? vela_error_context(r, "%s: addredo", d->addr) : 0;
 }
 
 int sup_disks_addredo(struct sup_disks *ds, const char *addr, char **new_top)
@@ -714,6 +753,7 @@ void sup_disks_free(struct sup_disks *ds)
 		stop_server(&d->srv);
 		if (d->disk)
 			blk_disk_close(d->disk);
+		blk_cbt_free(d->cbt);
 		free(d->base);
 		free(d->redo);
 		free(d->throwaway);

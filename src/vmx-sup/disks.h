@@ -50,6 +50,9 @@ int sup_disks_answer(struct sup_disks *ds, const char *choice);
 
 /* Live operations on the disk at a .vmx address ("scsi0:0"). */
 int sup_disks_addredo(struct sup_disks *ds, const char *addr, char **new_top);
+/* addredo and a new changed-block epoch at the same instant (ctkEnabled). */
+struct blk_cbt_epoch;
+int sup_disks_addredo_rotate(struct sup_disks *ds, const char *addr, char **new_top, struct blk_cbt_epoch *epoch);
 /* freeze: hold guest I/O for the whole merge (no helper redo log). */
 int sup_disks_commit(struct sup_disks *ds, const char *addr, unsigned level, bool freeze, char **new_top);
 /*

@@ -3,6 +3,7 @@
 #include "engine.h"
 #include "vmx.h"
 #include "vmx-sup.h"
+#include "blk.h"
 #include "disks.h"
 #include "guest.h"
 #include "vmstate.h"
@@ -1579,7 +1580,21 @@ static int req_disk(struct sup *s, struct ctl_client *c, const char *cmd, json_t
 	CLEANUP_FREE char *top = NULL;
 	int r;
 	int64_t t0 = time_mono_ms();
-	if (strcmp(cmd, "addredo") == 0) {
+	if (strcmp(cmd, "addredo") == 0 && json_is_true(json_object_get(req, "cbt"))) {
+		/* A backup's instant: the changed-block map since the last one. */
+		struct blk_cbt_epoch e;
+		if ((r = sup_disks_addredo_rotate(s->disks, disk, &top, &e)) < 0)
+			return r;
+		char *b64 = base64_encode(e.bits, e.nbytes);
+		*reply = json_pack("{s:b, s:s, s:s, s:{s:s, s:s, s:i, s:I, s:I, s:s%}}", "ok", 1, "disk", disk, "top", top, "cbt",
+				   "prev", e.prev, "next", e.next, "granule", (int)BLK_CBT_GRANULE, "disk_size",
+				   (json_int_t)e.disk_size, "changed", (json_int_t)blk_cbt_count(&e), "bitmap_base64", b64,
+				   strlen(b64));
+		free(b64);
+		blk_cbt_epoch_clear(&e);
+		log_info("event: addredo %s with a new changed-block epoch", disk);
+		return 0;
+	} else if (strcmp(cmd, "addredo") == 0) {
 		r = sup_disks_addredo(s->disks, disk, &top);
 	} else if (strcmp(cmd, "commit") == 0 ||
 		   (strcmp(cmd, "export-disk") == 0 && json_is_true(json_object_get(req, "end")))) {

@@ -169,6 +169,7 @@ struct vmx_model {
 	bool sync_time_resume;          /* time.synchronize.resume.disk, default TRUE */
 	bool sync_time_restore;         /* time.synchronize.restore (revert), default TRUE */
 	bool resume_repeatable;         /* resume.repeatable */
+	bool ctk_enabled;               /* ctkEnabled: changed-block tracking of persistent disks */
 	char *suspend_dir;              /* suspend.directory, resolved; NULL = the VM's folder */
 	char *checkpoint;               /* checkpoint.vmState, resolved: the saved state to resume; NULL = none */
 	struct vmx_boot boot;

@@ -595,6 +595,7 @@ static void build_general(struct checker *c)
 	m->sync_time_resume = get_bool(c, "time.synchronize.resume.disk", true);
 	m->sync_time_restore = get_bool(c, "time.synchronize.restore", true);
 	m->resume_repeatable = get_bool(c, "resume.repeatable", false);
+	m->ctk_enabled = get_bool(c, "ctkEnabled", false);
 	v = vmx_get(c->f, "suspend.directory");
 	if (v && *v)
 		m->suspend_dir = resolve(c, "suspend.directory", v);
