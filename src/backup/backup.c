@@ -328,6 +328,7 @@ int backup_vm(const char *vmx, const char *dir, const struct backup_opts *o, jso
 	size_t nd = 0;
 	json_t *skipped = json_array(), *consolidation = json_array();
 	CLEANUP_FREE char *folder = NULL;
+	CLEANUP_FREE char *prev_folder = NULL;   /* incremental: the backup built on */
 	CLEANUP_FREE char *stem = safe_name(m->display_name);
 	uint64_t total = 0;
 
@@ -432,7 +433,6 @@ int backup_vm(const char *vmx, const char *dir, const struct backup_opts *o, jso
 			}
 		}
 	}
-	CLEANUP_FREE char *prev_folder = NULL;
 	json_t *prev = o->incremental ? latest_backup(dir, stem, &prev_folder) : NULL;
 	struct copy_progress cp = { .o = o, .total = total };
 	for (size_t i = 0; i < nd && r == 0; i++) {
