@@ -78,7 +78,7 @@ for ((r = 1; r <= rounds; r++)); do
 	t=$(ms); $virsh restore "$work/vbs.save" >/dev/null; lr+=($(( ($(ms) - t) / 1000000 )))
 	rm -f "$work/vbs.save"
 done
-size=$(grep -o 'suspended to [^ ]* ([0-9]* MiB)' "$work/vm/vela.log" | tail -n1 | grep -o '[0-9]* MiB')
+size=$(cat "$work"/vm/vela*.log | grep -o "suspended to [^ ]* ([0-9]* MiB)" | tail -n1 | grep -o "[0-9]* MiB" || true)
 vsm=$(median "${vs[@]}") vrm=$(median "${vr[@]}") lsm=$(median "${ls[@]}") lrm=$(median "${lr[@]}")
 echo "512 MiB guest, 200 MiB of it random; Vela's state file: $size"
 echo "suspend ms (median of $rounds): vela vm suspend $vsm (${vs[*]}), virsh save $lsm (${ls[*]})"

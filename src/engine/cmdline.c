@@ -342,7 +342,9 @@ int engine_build_argv(const struct vmx_model *m, const struct engine_runtime *rt
 		opt(&a, "-chardev", "socket,id=vela-agent,fd=%d", rt->agent_fd);
 		opt(&a, "-device", "virtserialport,bus=vela-vser.0,chardev=vela-agent,name=%s", "org.vela.guestd.0");
 	}
-	if (rt->incoming)
+	if (rt->incoming && rt->incoming_fd > 0)
+		opt(&a, "-incoming", "fd:%d", rt->incoming_fd);
+	else if (rt->incoming)
 		opt(&a, "-incoming", "defer");
 
 	opt(&a, "-device", "VGA,id=video0");

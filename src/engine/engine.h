@@ -59,8 +59,10 @@ struct engine_runtime {
 	 * (org.vela.guestd.0); 0 or less: no agent channel. */
 	int agent_fd;
 	/* Start waiting for a saved state (-incoming defer): the supervisor
-	 * then feeds it with migrate-incoming. */
+	 * then feeds it with migrate-incoming.  With incoming_fd > 0, QEMU
+	 * reads the state from that descriptor at once (-incoming fd:N). */
 	bool incoming;
+	int incoming_fd;
 };
 
 /* Disk image format by content: "raw", "vmdk", "qcow2", "vpc" (VHD). */
