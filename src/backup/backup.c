@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <gnutls/crypto.h>
+#include <xxhash.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -40,6 +41,40 @@ static int sha256_file(const char *path, char hex[65], uint64_t *bytes)
 		return vela_error_errno(errno, "read %s", path);
 	for (int i = 0; i < 32; i++)
 		snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+	if (bytes)
+		*bytes = total;
+	return 0;
+}
+
+/*
+ * XXH3-128 of a file as 32 hex digits (buffer of 33): what the manifest
+ * records.  A backup's checksums catch damage (bit rot, a torn copy), and
+ * must not cost more than the copy: SHA-256 ran at 190 MB/s here, XXH3 at
+ * memory speed.  (Manifests with "sha256" still verify.)
+ */
+static int xxh128_file(const char *path, char hex[33], uint64_t *bytes)
+{
+	CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return vela_error_errno(errno, "open %s", path);
+	XXH3_state_t *st = XXH3_createState();
+	if (!st || XXH3_128bits_reset(st) != XXH_OK) {
+		XXH3_freeState(st);
+		return vela_error(VELA_E_NOMEM, "checksum state");
+	}
+	size_t size = 4u << 20;
+	CLEANUP_FREE uint8_t *buf = xcalloc(1, size);
+	uint64_t total = 0;
+	ssize_t n;
+	while ((n = read(fd, buf, size)) > 0) {
+		XXH3_128bits_update(st, buf, (size_t)n);
+		total += (uint64_t)n;
+	}
+	XXH128_hash_t h = XXH3_128bits_digest(st);
+	XXH3_freeState(st);
+	if (n < 0)
+		return vela_error_errno(errno, "read %s", path);
+	snprintf(hex, 33, "%016llx%016llx", (unsigned long long)h.high64, (unsigned long long)h.low64);
 	if (bytes)
 		*bytes = total;
 	return 0;
@@ -263,10 +298,10 @@ static int write_folder(struct vmx_file *f, const struct backup_meta *b, uint64_
 		if (e->d_name[0] == '.' || strcmp(e->d_name, MANIFEST) == 0)
 			continue;
 		CLEANUP_FREE char *p = path_join(folder, e->d_name);
-		char hex[65];
+		char hex[33];
 		uint64_t n = 0;
-		if ((r = sha256_file(p, hex, &n)) == 0)
-			json_array_append_new(files, json_pack("{s:s, s:s, s:I}", "name", e->d_name, "sha256", hex, "bytes",
+		if ((r = xxh128_file(p, hex, &n)) == 0)
+			json_array_append_new(files, json_pack("{s:s, s:s, s:I}", "name", e->d_name, "xxh3_128", hex, "bytes",
 							       (json_int_t)n));
 		bytes += n;
 	}
@@ -584,7 +619,10 @@ static int verify_depth(const char *backup, json_t **out, unsigned depth)
 	uint64_t bytes = 0;
 	json_array_foreach(json_object_get(man, "files"), i, fe) {
 		const char *name = json_string_value(json_object_get(fe, "name"));
-		const char *want = json_string_value(json_object_get(fe, "sha256"));
+		const char *want = json_string_value(json_object_get(fe, "xxh3_128"));
+		bool sha = !want;
+		if (sha)
+			want = json_string_value(json_object_get(fe, "sha256"));
 		if (!plain_name(name) || !want) {
 			r = vela_error(VELA_E_CORRUPT, "%s: manifest entry %zu is malformed", backup, i);
 			break;
@@ -592,7 +630,7 @@ static int verify_depth(const char *backup, json_t **out, unsigned depth)
 		CLEANUP_FREE char *p = path_join(backup, name);
 		char hex[65];
 		uint64_t n = 0;
-		if ((r = sha256_file(p, hex, &n)) < 0)
+		if ((r = sha ? sha256_file(p, hex, &n) : xxh128_file(p, hex, &n)) < 0)
 			break;
 		if (strcmp(hex, want) != 0) {
 			r = vela_error(VELA_E_CORRUPT, "%s: %s does not match its checksum (the backup is damaged)", backup, name);

@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <string.h>
 #include <dirent.h>
 #include <sys/stat.h>
@@ -152,6 +153,102 @@ int vdisk_create(const char *path, const struct vdisk_create_opts *o)
 	return r;
 }
 
+/*
+ * convert reads and writes at the same time: a reader thread fills the
+ * next chunks (block status, then data) while the caller's thread writes
+ * the current one.  Cold reads and writes then overlap instead of taking
+ * turns.
+ */
+#define CONVERT_CHUNK (4u << 20)
+#define CONVERT_SLOTS 3
+
+struct convert_slot {
+	char *buf;
+	uint64_t off, len;
+	bool data;             /* false: a hole or zeros, nothing to write */
+	bool full;
+};
+
+struct convert_pipe {
+	struct vdisk *in;
+	uint64_t size;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct convert_slot slot[CONVERT_SLOTS];
+	bool stop;             /* the writer failed: the reader ends */
+	bool done;             /* the reader reached the end or failed */
+	int r;
+	char err[512];
+};
+
+static void *convert_reader(void *opaque)
+{
+	struct convert_pipe *p = opaque;
+	uint64_t off = 0;
+	unsigned i = 0;
+	int r = 0;
+	while (off < p->size && r == 0) {
+		struct convert_slot *sl = &p->slot[i];
+		pthread_mutex_lock(&p->lock);
+		while (sl->full && !p->stop)
+			pthread_cond_wait(&p->cond, &p->lock);
+		bool stop = p->stop;
+		pthread_mutex_unlock(&p->lock);
+		if (stop)
+			break;
+		struct vdisk_extent_status es;
+		uint64_t want = p->size - off < CONVERT_CHUNK ? p->size - off : CONVERT_CHUNK;
+		if ((r = vdisk_block_status(p->in, off, want, &es)) < 0)
+			break;
+		sl->off = off;
+		sl->len = es.len;
+		sl->data = es.status == VDISK_DATA;
+		if (sl->data && (r = vdisk_pread(p->in, sl->buf, (size_t)es.len, off)) < 0)
+			break;
+		off += es.len;
+		pthread_mutex_lock(&p->lock);
+		sl->full = true;
+		pthread_cond_broadcast(&p->cond);
+		pthread_mutex_unlock(&p->lock);
+		i = (i + 1) % CONVERT_SLOTS;
+	}
+	pthread_mutex_lock(&p->lock);
+	p->r = r;
+	if (r < 0)
+		snprintf(p->err, sizeof p->err, "%s", vela_errmsg());
+	p->done = true;
+	pthread_cond_broadcast(&p->cond);
+	pthread_mutex_unlock(&p->lock);
+	return NULL;
+}
+
+/* Write one chunk's non-zero runs: the new image stays sparse, and runs of
+ * non-zero grains go in one write (one allocation for several grains). */
+static int convert_write(struct vdisk *out, const char *buf, uint64_t off, uint64_t n)
+{
+	uint32_t step = vdisk_granularity(out) > 4096 ? vdisk_granularity(out) : 4096;
+	uint64_t run = 0, run_len = 0;
+	int r = 0;
+	for (uint64_t k = 0; k < n && r == 0;) {
+		uint64_t piece = step - ((off + k) % step);
+		if (piece > n - k)
+			piece = n - k;
+		if (vdisk_buf_is_zero(buf + k, (size_t)piece)) {
+			if (run_len)
+				r = vdisk_pwrite(out, buf + run, (size_t)run_len, off + run);
+			run_len = 0;
+		} else {
+			if (!run_len)
+				run = k;
+			run_len += piece;
+		}
+		k += piece;
+	}
+	if (r == 0 && run_len)
+		r = vdisk_pwrite(out, buf + run, (size_t)run_len, off + run);
+	return r;
+}
+
 int vdisk_convert(const char *src, const char *dst, const struct vdisk_create_opts *o,
 		  vdisk_progress_cb progress, void *opaque)
 {
@@ -166,34 +263,45 @@ int vdisk_convert(const char *src, const char *dst, const struct vdisk_create_op
 		goto out;
 	if ((r = vdisk_open(dst, 0, &out)) < 0)
 		goto out;
-	const size_t chunk = 1u << 20;
-	char *buf = xcalloc(1, chunk);
-	uint64_t size = vdisk_size(in), off = 0;
-	while (off < size && r == 0) {
-		struct vdisk_extent_status es;
-		uint64_t want = size - off < chunk ? size - off : chunk;
-		if ((r = vdisk_block_status(in, off, want, &es)) < 0)
-			break;
-		uint64_t n = es.len;
-		if (es.status == VDISK_DATA) {
-			if ((r = vdisk_pread(in, buf, (size_t)n, off)) < 0)
+	struct convert_pipe p = { .in = in, .size = vdisk_size(in) };
+	pthread_mutex_init(&p.lock, NULL);
+	pthread_cond_init(&p.cond, NULL);
+	for (unsigned i = 0; i < CONVERT_SLOTS; i++)
+		p.slot[i].buf = xcalloc(1, CONVERT_CHUNK);
+	pthread_t reader;
+	if (pthread_create(&reader, NULL, convert_reader, &p) != 0) {
+		r = vela_error(VELA_E_NORES, "convert: no reader thread");
+	} else {
+		for (unsigned i = 0;; i = (i + 1) % CONVERT_SLOTS) {
+			struct convert_slot *sl = &p.slot[i];
+			pthread_mutex_lock(&p.lock);
+			while (!sl->full && !p.done)
+				pthread_cond_wait(&p.cond, &p.lock);
+			bool have = sl->full;
+			pthread_mutex_unlock(&p.lock);
+			if (!have)
+				break;   /* the end, or the reader failed */
+			if (sl->data)
+				r = convert_write(out, sl->buf, sl->off, sl->len);
+			if (progress && r == 0)
+				progress(sl->off + sl->len, p.size, opaque);
+			pthread_mutex_lock(&p.lock);
+			sl->full = false;
+			if (r < 0)
+				p.stop = true;
+			pthread_cond_broadcast(&p.cond);
+			pthread_mutex_unlock(&p.lock);
+			if (r < 0)
 				break;
-			/* Only non-zero data is written: the new image stays sparse. */
-			uint32_t step = vdisk_granularity(out) > 4096 ? vdisk_granularity(out) : 4096;
-			for (uint64_t k = 0; k < n && r == 0; ) {
-				uint64_t piece = step - ((off + k) % step);
-				if (piece > n - k)
-					piece = n - k;
-				if (!vdisk_buf_is_zero(buf + k, (size_t)piece))
-					r = vdisk_pwrite(out, buf + k, (size_t)piece, off + k);
-				k += piece;
-			}
 		}
-		off += n;
-		if (progress)
-			progress(off, size, opaque);
+		pthread_join(reader, NULL);
+		if (r == 0 && p.r < 0)
+			r = vela_error(p.r, "%s", p.err);
 	}
-	free(buf);
+	for (unsigned i = 0; i < CONVERT_SLOTS; i++)
+		free(p.slot[i].buf);
+	pthread_cond_destroy(&p.cond);
+	pthread_mutex_destroy(&p.lock);
 	if (r == 0)
 		r = vdisk_flush(out);
 out:
