@@ -923,6 +923,26 @@ static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const s
 		j->doc = doc;
 		CLEANUP_FREE char *type = xasprintf("vm.snapshot.%s", op);
 		return run_task(a, c, type, f[0].s, false, snapshot_job, j, "snapshot");
+	} else if (strcmp(action, "guest") == 0 && strcmp(method, "GET") == 0) {
+		if ((r = need_vm(a, who, id, HOST_ROLE_READONLY)) == 0)
+			r = host_vm_guest(a->host, who->user, id, false, NULL, NULL, &out);
+		return reply(c, r, "guest", out);
+	} else if (strcmp(action, "guestinfo") == 0 && strcmp(method, "GET") == 0) {
+		/* guestinfo carries what scripts in the guest read: the VM's admin. */
+		const char *key = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "key");
+		if ((r = need_vm(a, who, id, HOST_ROLE_ADMIN)) == 0)
+			r = host_vm_guest(a->host, who->user, id, true, key, NULL, &out);
+		return reply(c, r, "guestinfo", out);
+	} else if (strcmp(action, "guestinfo") == 0 && strcmp(method, "PUT") == 0) {
+		struct api_field f[] = { { .name = "key", .type = 's' }, { .name = "value", .type = 's', .optional = true } };
+		r = api_decode_body(rq->body.data, rq->body.len, f, ARRAY_SIZE(f), &doc);
+		if (r == 0 && (r = need_vm(a, who, id, HOST_ROLE_ADMIN)) == 0) {
+			json_t *v = f[1].present ? json_string(f[1].s) : json_null();
+			r = host_vm_guest(a->host, who->user, id, true, f[0].s, v, &out);
+			json_decref(v);
+		}
+		json_decref(doc);
+		return reply(c, r, "guestinfo", out);
 	} else if (strcmp(action, "backup") == 0 && strcmp(method, "POST") == 0) {
 		/* A backup reads every byte of the disks: an administrator's. */
 		struct api_field f[] = { { .name = "datastore", .type = 's' }, { .name = "folder", .type = 's', .optional = true },

@@ -31,6 +31,9 @@
  *   POST   /api/v1/vms/ID/snapshots          take one {name, description?} (operator; a task)
  *   POST   /api/v1/vms/ID/snapshots/revert   {name} (admin; VM off; a task)
  *   POST   /api/v1/vms/ID/snapshots/delete   {name} (admin; a task)
+ *   GET    /api/v1/vms/ID/guest              the guest agent: heartbeat, OS, addresses (running VM)
+ *   GET    /api/v1/vms/ID/guestinfo?key=     guestinfo values, or one (admin)
+ *   PUT    /api/v1/vms/ID/guestinfo          {key, value} set, or unset without value (admin)
  *   POST   /api/v1/vms/ID/backup             {datastore, folder?, quiesce?, compress?, keep?} hot backup (admin; a task)
  *   GET    /api/v1/vms/ID/backup-schedule    the VM's backup schedule
  *   PUT    /api/v1/vms/ID/backup-schedule    {datastore, folder?, every (s), keep, quiesce?, compress?, now?} (admin)

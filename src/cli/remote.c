@@ -514,12 +514,76 @@ static int snapshot_command(struct client *cl, const char *const *args, size_t n
 	return 0;
 }
 
+/* vela vm guest VM, vela vm guestinfo list|get|set|unset VM [KEY [VALUE]] */
+static int guest_command(struct client *cl, const char *verb, const char *const *args, size_t n)
+{
+	const struct cli *c = cl->c;
+	json_t *reply = NULL;
+	long long id;
+	int r;
+	if (strcmp(verb, "guest") == 0) {
+		if (n != 1)
+			return vela_error(VELA_E_INVAL, "vm guest VM");
+		if ((r = resolve_vm(cl, args[0], &id)) < 0)
+			return r;
+		CLEANUP_FREE char *p = xasprintf("vms/%lld/guest", id);
+		if ((r = client_call(cl, "GET", p, NULL, &reply)) < 0)
+			return r;
+		json_t *g = json_object_get(reply, "guest");
+		json_t *info = json_object_get(g, "info");
+		if (c->json)
+			cli_print_json(g);
+		else
+			printf("agent        %s\nheartbeat    %s\nos           %s\nkernel       %s\nhostname     %s\n",
+			       str_of(g, "agent"), str_of(g, "heartbeat"), str_of(info, "os"), str_of(info, "kernel"),
+			       str_of(info, "hostname"));
+		json_decref(reply);
+		return 0;
+	}
+	const char *op = n > 0 ? args[0] : "";
+	bool list = strcmp(op, "list") == 0 && n == 2, get = strcmp(op, "get") == 0 && n == 3;
+	bool set = strcmp(op, "set") == 0 && n == 4, unset = strcmp(op, "unset") == 0 && n == 3;
+	if (!list && !get && !set && !unset)
+		return vela_error(VELA_E_INVAL, "vm guestinfo list|get|set|unset VM [KEY [VALUE]]");
+	if ((r = resolve_vm(cl, args[1], &id)) < 0)
+		return r;
+	CLEANUP_FREE char *p = xasprintf("vms/%lld/guestinfo", id);
+	if (list || get) {
+		char *esc = get ? curl_easy_escape(NULL, args[2], 0) : NULL;
+		CLEANUP_FREE char *q = get ? xasprintf("%s?key=%s", p, esc ? esc : "") : xstrdup(p);
+		curl_free(esc);
+		if ((r = client_call(cl, "GET", q, NULL, &reply)) < 0)
+			return r;
+	} else {
+		json_t *body = set ? json_pack("{s:s, s:s}", "key", args[2], "value", args[3]) : json_pack("{s:s}", "key", args[2]);
+		if (!body)
+			return vela_error(VELA_E_INVAL, "guestinfo: the key and value must be valid UTF-8");
+		if ((r = client_call(cl, "PUT", p, body, &reply)) < 0)
+			return r;
+	}
+	json_t *gi = json_object_get(reply, "guestinfo");
+	if (c->json) {
+		cli_print_json(gi);
+	} else if (get) {
+		printf("%s\n", str_of(gi, "value"));
+	} else if (list) {
+		const char *k;
+		json_t *v;
+		json_object_foreach(json_object_get(gi, "values"), k, v)
+			printf("%s = %s\n", k, json_string_value(v));
+	}
+	json_decref(reply);
+	return 0;
+}
+
 static int vm_command(struct client *cl, const char *verb, const char *const *args, size_t n)
 {
 	const struct cli *c = cl->c;
 	json_t *reply = NULL;
 	int r;
 	long long id;
+	if (strcmp(verb, "guest") == 0 || strcmp(verb, "guestinfo") == 0)
+		return guest_command(cl, verb, args, n);
 	if (strcmp(verb, "list") == 0 && n == 0) {
 		if ((r = client_call(cl, "GET", "vms", NULL, &reply)) < 0)
 			return r;

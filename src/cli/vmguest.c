@@ -6,6 +6,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 static int call(const struct cli *c, const char *file, json_t *req, json_t **reply, int timeout_ms)
 {
@@ -40,11 +41,20 @@ static void print_guest(json_t *st)
 }
 
 /* words: vm VERB ... (the file is wherever the verb's usage puts it) */
+static bool is_file(const char *w)
+{
+	return strchr(w, '/') || strstr(w, ".vmx") || access(w, F_OK) == 0;
+}
+
 int cmd_vm_guest(const struct cli *c, const char *const *words, size_t n)
 {
 	const char *verb = words[1];
 	json_t *reply = NULL;
 	int r;
+	/* A VM by id or name (or --host): through velad. */
+	const char *vm = strcmp(verb, "guestinfo") == 0 ? (n > 3 ? words[3] : NULL) : (n > 2 ? words[2] : NULL);
+	if ((strcmp(verb, "guest") == 0 || strcmp(verb, "guestinfo") == 0) && vm && (c->host || !is_file(vm)))
+		return cmd_remote(c, words, n);
 	if (strcmp(verb, "guest") == 0) {
 		if (n != 3)
 			return cli_usage_error("usage: vela vm guest FILE.vmx%s", "");

@@ -112,6 +112,11 @@ int host_vm_snapshot(struct host *h, const char *user, int64_t id, const char *o
 		     const char *description, json_t **out);
 /* The running VM's screen as PNG bytes (caller frees). */
 int host_vm_screenshot(struct host *h, int64_t id, char **png, size_t *len);
+/* The guest agent ({agent, heartbeat, info}) or, with guestinfo, its values:
+ * all values (key NULL), one (key), set one (value a string) or unset it
+ * (value JSON null).  The VM must run. */
+int host_vm_guest(struct host *h, const char *user, int64_t id, bool guestinfo, const char *key, json_t *value,
+		  json_t **out);
 /* The end of the VM's log (its supervisor's vela.log, at most max bytes,
  * from a line start): {text, size, truncated}. */
 int host_vm_log(struct host *h, int64_t id, size_t max, json_t **out);

@@ -136,6 +136,36 @@ int host_vm_screenshot(struct host *h, int64_t id, char **png, size_t *len)
 	return r;
 }
 
+/* The guest agent's view and the guestinfo values of a running VM, through
+ * its supervisor: {cmd: guest} or {cmd: guestinfo, key?, value?}. */
+int host_vm_guest(struct host *h, const char *user, int64_t id, bool guestinfo, const char *key, json_t *value,
+		  json_t **out)
+{
+	struct vm_row v = { 0 };
+	int r = host_vm_row_get(h, id, &v);
+	if (r < 0)
+		return r;
+	json_t *req = json_pack("{s:s}", "cmd", guestinfo ? "guestinfo" : "guest");
+	if (key)
+		json_object_set_new(req, "key", json_string(key));
+	if (value)
+		json_object_set(req, "value", value);
+	if (!vmxsup_is_running(v.config))
+		r = vela_error(VELA_E_BADSTATE, "VM %lld is not running: no guest agent, no guestinfo", (long long)id);
+	else
+		r = vmxsup_call(v.config, req, out, STATUS_TIMEOUT_MS);
+	json_decref(req);
+	if (r == 0) {
+		json_object_del(*out, "ok");
+		if (value)
+			host_event(h, HOST_AUDIT, id, user, "vm.guestinfo", "%s %s", json_is_null(value) ? "unset" : "set", key);
+	} else {
+		vela_error_context(r, "VM %lld (%s)", (long long)id, v.name);
+	}
+	host_vm_row_clear(&v);
+	return r;
+}
+
 /* ------------------------------------------------------- reconfigure */
 
 /* Keys to set (value) or remove (NULL), in order; the strings are owned. */

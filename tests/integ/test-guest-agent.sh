@@ -153,6 +153,27 @@ check "the refusal names the isolation key" console_has "$vmx2" "MID-REPLY: .*is
 if console_has "$vmx2" "MID-REPLY: secret"; then fail "the isolated guest read machine.id"; else pass "the isolated guest did not read machine.id"; fi
 check "stop hard (isolated)" "$VELA" vm stop hard "$vmx2"
 
+# Through velad: the agent's view and guestinfo by the VM's name, and the
+# heartbeat and guest OS in the VM list.
+"$TOP/build/bin/velad" --foreground --https-port 0 --http-port 0 >> "$VELA_HOME/velad.out" 2>&1 &
+vpid=$!
+trap 'kill -9 $vpid 2>/dev/null; cleanup' EXIT
+for ((i = 0; i < 100; i++)); do "$VELA" host info >/dev/null 2>&1 && break; sleep 0.1; done
+check "velad: register" "$VELA" vm register "$vmx"
+check "velad: start" "$VELA" vm start agent
+for ((i = 0; i < 60; i++)); do "$VELA" --json vm guest agent 2>/dev/null | jq -e '.heartbeat == "ok"' >/dev/null && break; sleep 0.5; done
+check "velad: the guest agent by name" sh -c "'$VELA' --json vm guest agent | jq -e '.agent == \"running\" and (.info.kernel | length > 0)'"
+check "velad: guestinfo set" "$VELA" vm guestinfo set agent owner ops-team
+check "velad: guestinfo get" sh -c "[ \"\$('$VELA' vm guestinfo get agent owner)\" = ops-team ]"
+check "velad: guestinfo list has the .vmx's key" sh -c "'$VELA' vm guestinfo list agent | grep -q 'guestinfo.color = blue'"
+check "velad: guestinfo unset" "$VELA" vm guestinfo unset agent owner
+expect_error VELA_E_NOTFOUND "velad: an unset key is gone" "$VELA" vm guestinfo get agent owner
+check "velad: the guest reads what velad set" sh -c "'$VELA' vm guestinfo set agent via velad && true"
+for ((i = 0; i < 30; i++)); do "$VELA" --json vm list | jq -e '.[] | select(.name == "agent") | .heartbeat == "ok" and .guest_os != null and .on_since != null' >/dev/null 2>&1 && break; sleep 0.5; done
+check "velad: the VM list shows heartbeat, guest OS and since when it runs" sh -c "'$VELA' --json vm list | jq -e '.[] | select(.name == \"agent\") | .heartbeat == \"ok\" and .guest_os == \"Linux\" and .on_since > 0'"
+check "velad: stop" "$VELA" vm stop agent hard
+kill "$vpid"; wait "$vpid" 2>/dev/null
+
 # A guest without the agent: soft stop falls back to the ACPI button.
 vmx3=$(make_vm noagent 'boot.cmdline = "console=ttyS0 quiet panic=-1 vela.cmdloop=1 vela.noagent=1"')
 check "power on (no agent)" "$VELA" vm start "$vmx3"
