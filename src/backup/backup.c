@@ -462,7 +462,7 @@ int backup_vm(const char *vmx, const char *dir, const struct backup_opts *o, jso
 			size_t cn = 0;
 			if (vdisk_chain_paths(disks[i].image, &chain, &cn) == 0) {
 				CLEANUP_FREE char *ctk = xasprintf("%s.ctk", chain[cn - 1]);
-				if (blk_cbt_rotate_offline(ctk, disks[i].size, &disks[i].cbt) == 0)
+				if (blk_cbt_rotate_offline(ctk, disks[i].size, chain[0], &disks[i].cbt) == 0)
 					disks[i].have_cbt = true;
 				vdisk_chain_free(chain);
 			}

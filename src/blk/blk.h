@@ -80,14 +80,25 @@ struct blk_cbt_epoch {
 	size_t nbytes;
 	uint64_t disk_size;
 };
-int blk_cbt_open(const char *path, uint64_t disk_size, struct blk_cbt **out);
+/*
+ * A map only covers writes that went through Vela.  So that a disk written
+ * by another tool while its VM was off is noticed, a clean map records the
+ * size and modification time of the disk's top image at the close, and is
+ * trusted again only when the top still has them (taken before the disk is
+ * opened: opening may write).
+ */
+struct blk_cbt_stamp {
+	uint64_t size, mtime_ns;
+};
+void blk_cbt_stamp_of(const char *top, struct blk_cbt_stamp *out);
+int blk_cbt_open(const char *path, uint64_t disk_size, const struct blk_cbt_stamp *top_now, struct blk_cbt **out);
 void blk_cbt_mark(struct blk_cbt *c, uint64_t off, uint64_t len);
 int blk_cbt_rotate(struct blk_cbt *c, struct blk_cbt_epoch *out);
-/* Save clean and free. */
-int blk_cbt_close(struct blk_cbt *c);
+/* Save clean, with the stamp of the (closed) top image, and free. */
+int blk_cbt_close(struct blk_cbt *c, const char *top);
 void blk_cbt_free(struct blk_cbt *c);
-/* The same on a disk nobody serves (its VM is off). */
-int blk_cbt_rotate_offline(const char *path, uint64_t disk_size, struct blk_cbt_epoch *out);
+/* The same on a disk nobody serves (its VM is off; top: its chain's top). */
+int blk_cbt_rotate_offline(const char *path, uint64_t disk_size, const char *top, struct blk_cbt_epoch *out);
 void blk_cbt_epoch_clear(struct blk_cbt_epoch *e);
 uint64_t blk_cbt_count(const struct blk_cbt_epoch *e);
 

@@ -189,7 +189,7 @@ static void stop_server(struct server *v)
 
 /* Changed-block tracking keyed by the chain's base image: the same map
  * whatever redo logs come and go above it. */
-static int start_cbt(struct sup_disk *d, const char *top)
+static int start_cbt(struct sup_disk *d, const char *top, const struct blk_cbt_stamp *top_now)
 {
 	char **chain = NULL;
 	size_t n = 0;
@@ -198,7 +198,7 @@ static int start_cbt(struct sup_disk *d, const char *top)
 		return vela_error_context(r, "%s: changed-block tracking", d->addr);
 	CLEANUP_FREE char *path = xasprintf("%s.ctk", chain[n - 1]);
 	vdisk_chain_free(chain);
-	if ((r = blk_cbt_open(path, blk_disk_size(d->disk), &d->cbt)) < 0)
+	if ((r = blk_cbt_open(path, blk_disk_size(d->disk), top_now, &d->cbt)) < 0)
 		return vela_error_context(r, "%s", d->addr);
 	blk_disk_set_cbt(d->disk, d->cbt);
 	return 0;
@@ -245,11 +245,13 @@ int sup_disks_open(const struct vmx_model *m, const char *vm_dir, const char *ru
 			}
 			top = d->throwaway;
 		}
+		struct blk_cbt_stamp top_now;
+		blk_cbt_stamp_of(top, &top_now);   /* before the open, which may write */
 		if ((r = blk_disk_open(top, false, &d->disk)) < 0) {
 			vela_error_context(r, "%s", d->addr);
 			break;
 		}
-		if (m->ctk_enabled && d->mode == VMX_MODE_PERSISTENT && (r = start_cbt(d, top)) < 0)
+		if (m->ctk_enabled && d->mode == VMX_MODE_PERSISTENT && (r = start_cbt(d, top, &top_now)) < 0)
 			break;
 		d->srv = (struct server){ .vhost = d->vhost, .listen = d->sock, .disk = d->disk,
 					  .queues = m->vcpus == 0 ? 1 : m->vcpus < BLK_VHOST_MAX_QUEUES ? m->vcpus : BLK_VHOST_MAX_QUEUES,
@@ -341,7 +343,7 @@ static int close_disk(struct sup_disk *d, char **top)
 	d->disk = NULL;
 	/* A clean map only after a clean close: else the next backup is full. */
 	if (r == 0 && d->cbt)
-		r = blk_cbt_close(d->cbt);
+		r = blk_cbt_close(d->cbt, *top);
 	else
 		blk_cbt_free(d->cbt);
 	d->cbt = NULL;

@@ -42,7 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	/* Changed-block map, for a disk of the size the bytes claim (bounded). */
 	uint64_t disk = size >= 16 ? (le64_get(data + 8) & ((1ull << 30) - 1)) : 1 << 20;
 	struct blk_cbt_epoch e;
-	if (blk_cbt_rotate_offline(p, disk, &e) == 0) {
+	if (blk_cbt_rotate_offline(p, disk, p, &e) == 0) {
 		if (strlen(e.prev) != BLK_CBT_EPOCH_LEN || blk_cbt_count(&e) > e.nbytes * 8)
 			__builtin_trap();
 		blk_cbt_epoch_clear(&e);

@@ -130,7 +130,15 @@ check "ctk: start after the crash" "$VELA" vm start "$ivmx"
 check "ctk: up after the crash" wait_console "$ivmx" "connected to the host" 1 30
 r4=$("$VELA" --json backup "$ivmx" --to "$ib" --incremental)
 check "ctk: after a crash the backup is full" sh -c "echo '$r4' | jq -e '.incremental == false'"
-check "ctk: stop" "$VELA" vm stop hard "$ivmx"
+r5=$("$VELA" --json backup "$ivmx" --to "$ib" --incremental)
+check "ctk: the next one is incremental again" sh -c "echo '$r5' | jq -e '.incremental == true'"
+# Another tool writes the disk while the VM is off: the map cannot know.
+check "ctk: a clean stop" "$VELA" vm stop soft "$ivmx"
+qemu-io -f raw -c 'write -P 0x55 8M 64k' "$idir/disk.img" >/dev/null
+r6=$("$VELA" --json backup "$ivmx" --to "$ib" --incremental)
+check "ctk: after an outside write the (offline) backup is full" sh -c "echo '$r6' | jq -e '.incremental == false and .live == false'"
+r7=$("$VELA" --json backup "$ivmx" --to "$ib" --incremental)
+check "ctk: untouched since, the next offline one is incremental with nothing changed" sh -c "echo '$r7' | jq -e '.incremental == true and .changed_blocks == 0'"
 
 # Through velad: one-off backups into a datastore with retention, and a
 # schedule that runs by itself.

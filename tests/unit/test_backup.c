@@ -66,9 +66,13 @@ static void changed_block_map(void **s)
 	char d[] = "/tmp/vela-ctk-XXXXXX";
 	assert_non_null(mkdtemp(d));
 	CLEANUP_FREE char *path = xasprintf("%s/disk.ctk", d);
+	CLEANUP_FREE char *top = xasprintf("%s/disk.img", d);   /* stands for the disk's top image */
+	assert_int_equal(write_file_atomic(top, "disk", 4), 0);
 	uint64_t size = 10ull << 20;   /* 160 granules */
 	struct blk_cbt *c = NULL;
-	assert_int_equal(blk_cbt_open(path, size, &c), 0);
+	struct blk_cbt_stamp st;
+	blk_cbt_stamp_of(top, &st);
+	assert_int_equal(blk_cbt_open(path, size, &st, &c), 0);
 	blk_cbt_mark(c, 0, 1);
 	blk_cbt_mark(c, BLK_CBT_GRANULE - 1, 2);            /* two granules */
 	blk_cbt_mark(c, 5 * BLK_CBT_GRANULE, 3 * BLK_CBT_GRANULE);
@@ -81,27 +85,43 @@ static void changed_block_map(void **s)
 	assert_string_not_equal(e.prev, e.next);
 	blk_cbt_epoch_clear(&e);
 	blk_cbt_mark(c, 9 * BLK_CBT_GRANULE, 1);
-	assert_int_equal(blk_cbt_close(c), 0);   /* clean */
+	assert_int_equal(blk_cbt_close(c, top), 0);   /* clean */
 	/* A clean map comes back with its epoch and marks. */
-	assert_int_equal(blk_cbt_rotate_offline(path, size, &e), 0);
+	assert_int_equal(blk_cbt_rotate_offline(path, size, top, &e), 0);
 	assert_string_equal(e.prev, first);
 	assert_int_equal(blk_cbt_count(&e), 1);
+	/* The disk written by another tool meanwhile: not trusted. */
+	char second[BLK_CBT_EPOCH_LEN + 1];
+	memcpy(second, e.next, sizeof second);
+	blk_cbt_epoch_clear(&e);
+	usleep(20000);
+	assert_int_equal(write_file_atomic(top, "DISK", 4), 0);
+	assert_int_equal(blk_cbt_rotate_offline(path, size, top, &e), 0);
+	assert_string_not_equal(e.prev, second);
+	assert_int_equal(blk_cbt_count(&e), 0);
+	/* Untouched since: trusted again. */
+	memcpy(second, e.next, sizeof second);
+	blk_cbt_epoch_clear(&e);
+	assert_int_equal(blk_cbt_rotate_offline(path, size, top, &e), 0);
+	assert_string_equal(e.prev, second);
 	blk_cbt_epoch_clear(&e);
 	/* Opened and never closed (a crash): the next epoch is unknown. */
-	assert_int_equal(blk_cbt_open(path, size, &c), 0);
+	blk_cbt_stamp_of(top, &st);
+	assert_int_equal(blk_cbt_open(path, size, &st, &c), 0);
 	char running[BLK_CBT_EPOCH_LEN + 1];
 	assert_int_equal(blk_cbt_rotate(c, &e), 0);
 	memcpy(running, e.next, sizeof running);
 	blk_cbt_epoch_clear(&e);
 	blk_cbt_free(c);
-	assert_int_equal(blk_cbt_rotate_offline(path, size, &e), 0);
+	assert_int_equal(blk_cbt_rotate_offline(path, size, top, &e), 0);
 	assert_string_not_equal(e.prev, running);
 	blk_cbt_epoch_clear(&e);
 	/* Another disk size: not this disk's map. */
-	assert_int_equal(blk_cbt_rotate_offline(path, size * 2, &e), 0);
+	assert_int_equal(blk_cbt_rotate_offline(path, size * 2, top, &e), 0);
 	assert_int_equal(blk_cbt_count(&e), 0);
 	blk_cbt_epoch_clear(&e);
 	unlink(path);
+	unlink(top);
 	rmdir(d);
 }
 
