@@ -23,20 +23,8 @@ cleanup() {
 trap cleanup EXIT
 
 # libvirt as bench/velad-api.sh sets it up (TCG, /dev/kvm hidden from it).
-if ! $virsh version >/dev/null 2>&1; then
-	need=()
-	for p in libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients tini; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-	done
-	[ ${#need[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-	getent group kvm >/dev/null || groupadd -r kvm
-	getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
-	id libvirt-qemu >/dev/null 2>&1 || useradd -r -g libvirt-qemu -G kvm libvirt-qemu
-	mkdir -p /var/log/libvirt
-	pgrep -x virtlogd >/dev/null || virtlogd -d
-	setsid unshare -m sh -c 'mount --bind /dev/null /dev/kvm; exec tini -s -- libvirtd' > /dev/null 2>&1 < /dev/null &
-	for ((i = 0; i < 100; i++)); do $virsh version >/dev/null 2>&1 && break; sleep 0.2; done
-fi
+. "$top/bench/libvirt.sh"
+libvirt_up
 
 cmdline="console=ttyS0 quiet panic=-1 vela.fillmem=200"
 mkdir -p "$work/vm" "$VELA_HOME"

@@ -42,20 +42,9 @@ ms() { date +%s%N; }
 # - with /dev/kvm hidden (a private mount namespace): this machine's
 #   /dev/kvm cannot run guests, and while it exists libvirt re-probes QEMU's
 #   capabilities on every define (~8 s each).  Both peers run TCG anyway.
-need=()
-for p in libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev libcurl4-gnutls-dev tini; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-done
-[ ${#need[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-if ! $virsh version >/dev/null 2>&1; then
-	getent group kvm >/dev/null || groupadd -r kvm
-	getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
-	id libvirt-qemu >/dev/null 2>&1 || useradd -r -g libvirt-qemu -G kvm libvirt-qemu
-	mkdir -p /var/log/libvirt
-	pgrep -x virtlogd >/dev/null || virtlogd -d
-	setsid unshare -m sh -c 'mount --bind /dev/null /dev/kvm; exec tini -s -- libvirtd' > /dev/null 2>&1 < /dev/null &
-	for ((i = 0; i < 100; i++)); do $virsh version >/dev/null 2>&1 && break; sleep 0.2; done
-fi
+LIBVIRT_EXTRA="libvirt-dev libcurl4-gnutls-dev"
+. "$top/bench/libvirt.sh"
+libvirt_up
 
 gcc -O2 -Wall -o "$work/apiload" "$top/bench/apiload.c" -lcurl -lvirt -lpthread
 

@@ -18,32 +18,50 @@
 #define MANIFEST_MAX (16u << 20)
 #define LIVE_TIMEOUT_MS (24 * 3600 * 1000)
 
-/* SHA-256 of a file as 64 hex digits (buffer of 65). */
-static int sha256_file(const char *path, char hex[65], uint64_t *bytes)
+/* Feed a whole file to update(ctx, data, len); *bytes: its length. */
+static int read_through(const char *path, void (*update)(void *ctx, const void *p, size_t n), void *ctx,
+			uint64_t *bytes)
 {
 	CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return vela_error_errno(errno, "open %s", path);
-	gnutls_hash_hd_t h;
-	if (gnutls_hash_init(&h, GNUTLS_DIG_SHA256) < 0)
-		return vela_error(VELA_E_INTERNAL, "SHA-256 is not available");
-	size_t size = 1u << 20;
+	size_t size = 4u << 20;
 	CLEANUP_FREE uint8_t *buf = xcalloc(1, size);
 	uint64_t total = 0;
 	ssize_t n;
 	while ((n = read(fd, buf, size)) > 0) {
-		gnutls_hash(h, buf, (size_t)n);
+		update(ctx, buf, (size_t)n);
 		total += (uint64_t)n;
 	}
-	uint8_t digest[32];
-	gnutls_hash_deinit(h, digest);
 	if (n < 0)
 		return vela_error_errno(errno, "read %s", path);
-	for (int i = 0; i < 32; i++)
-		snprintf(hex + 2 * i, 3, "%02x", digest[i]);
 	if (bytes)
 		*bytes = total;
 	return 0;
+}
+
+static void sha256_update(void *ctx, const void *p, size_t n)
+{
+	gnutls_hash(*(gnutls_hash_hd_t *)ctx, p, n);
+}
+
+/* SHA-256 of a file as 64 hex digits (buffer of 65): older manifests. */
+static int sha256_file(const char *path, char hex[65], uint64_t *bytes)
+{
+	gnutls_hash_hd_t h;
+	if (gnutls_hash_init(&h, GNUTLS_DIG_SHA256) < 0)
+		return vela_error(VELA_E_INTERNAL, "SHA-256 is not available");
+	int r = read_through(path, sha256_update, &h, bytes);
+	uint8_t digest[32];
+	gnutls_hash_deinit(h, digest);
+	for (int i = 0; i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+	return r;
+}
+
+static void xxh_update(void *ctx, const void *p, size_t n)
+{
+	XXH3_128bits_update(ctx, p, n);
 }
 
 /*
@@ -54,30 +72,16 @@ static int sha256_file(const char *path, char hex[65], uint64_t *bytes)
  */
 static int xxh128_file(const char *path, char hex[33], uint64_t *bytes)
 {
-	CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return vela_error_errno(errno, "open %s", path);
 	XXH3_state_t *st = XXH3_createState();
 	if (!st || XXH3_128bits_reset(st) != XXH_OK) {
 		XXH3_freeState(st);
 		return vela_error(VELA_E_NOMEM, "checksum state");
 	}
-	size_t size = 4u << 20;
-	CLEANUP_FREE uint8_t *buf = xcalloc(1, size);
-	uint64_t total = 0;
-	ssize_t n;
-	while ((n = read(fd, buf, size)) > 0) {
-		XXH3_128bits_update(st, buf, (size_t)n);
-		total += (uint64_t)n;
-	}
+	int r = read_through(path, xxh_update, st, bytes);
 	XXH128_hash_t h = XXH3_128bits_digest(st);
 	XXH3_freeState(st);
-	if (n < 0)
-		return vela_error_errno(errno, "read %s", path);
 	snprintf(hex, 33, "%016llx%016llx", (unsigned long long)h.high64, (unsigned long long)h.low64);
-	if (bytes)
-		*bytes = total;
-	return 0;
+	return r;
 }
 
 static int copy_file(const char *from, const char *to)

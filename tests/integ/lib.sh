@@ -123,6 +123,19 @@ guest_verify() {
 	verify_result=$("$VELA" vm console --dump "$1" | grep -a -o 'VERIFY-42-BAD=[0-9]*' | tail -n1)
 }
 
+# velad_start: a velad of this test's home (local socket only, no TCP),
+# killed at exit; the CLI finds it on its own.
+velad_pid=
+velad_start() {
+	"$TOP/build/bin/velad" --foreground --https-port 0 --http-port 0 >> "$VELA_HOME/velad.out" 2>&1 &
+	velad_pid=$!
+	trap 'kill -9 $velad_pid 2>/dev/null; cleanup' EXIT
+	local i
+	for ((i = 0; i < 100; i++)); do "$VELA" host info >/dev/null 2>&1 && return 0; sleep 0.1; done
+	return 1
+}
+velad_stop() { kill "$velad_pid"; wait "$velad_pid" 2>/dev/null; velad_pid=; }
+
 # free_port: a TCP port nobody listens on (several test runs may share a machine).
 free_port() {
 	local p

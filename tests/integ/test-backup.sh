@@ -142,10 +142,7 @@ check "ctk: untouched since, the next offline one is incremental with nothing ch
 
 # Through velad: one-off backups into a datastore with retention, and a
 # schedule that runs by itself.
-"$TOP/build/bin/velad" --foreground --https-port 0 --http-port 0 >> "$VELA_HOME/velad.out" 2>&1 &
-vpid=$!
-trap 'kill -9 $vpid 2>/dev/null; cleanup' EXIT
-for ((i = 0; i < 100; i++)); do "$VELA" host info >/dev/null 2>&1 && break; sleep 0.1; done
+check "velad starts" velad_start
 check "velad: register" "$VELA" vm register "$vmx"
 check "velad: start" "$VELA" vm start bk
 expect_error VELA_E_INVAL "velad: a backup needs a datastore" "$VELA" backup bk
@@ -170,5 +167,5 @@ check "velad: remove the schedule" "$VELA" backup schedule remove bk
 check "velad: no schedule left" sh -c "! '$VELA' backup schedule list | grep -q nightly"
 expect_error VELA_E_RANGE "velad: a schedule more often than a minute is refused" "$VELA" backup schedule bk --datastore local --every 10 --retain 1
 check "velad: stop" "$VELA" vm stop bk hard
-kill "$vpid"; wait "$vpid" 2>/dev/null
+velad_stop
 finish

@@ -155,10 +155,7 @@ check "stop hard (isolated)" "$VELA" vm stop hard "$vmx2"
 
 # Through velad: the agent's view and guestinfo by the VM's name, and the
 # heartbeat and guest OS in the VM list.
-"$TOP/build/bin/velad" --foreground --https-port 0 --http-port 0 >> "$VELA_HOME/velad.out" 2>&1 &
-vpid=$!
-trap 'kill -9 $vpid 2>/dev/null; cleanup' EXIT
-for ((i = 0; i < 100; i++)); do "$VELA" host info >/dev/null 2>&1 && break; sleep 0.1; done
+check "velad starts" velad_start
 check "velad: register" "$VELA" vm register "$vmx"
 check "velad: start" "$VELA" vm start agent
 for ((i = 0; i < 60; i++)); do "$VELA" --json vm guest agent 2>/dev/null | jq -e '.heartbeat == "ok"' >/dev/null && break; sleep 0.5; done
@@ -172,7 +169,7 @@ check "velad: the guest reads what velad set" sh -c "'$VELA' vm guestinfo set ag
 for ((i = 0; i < 30; i++)); do "$VELA" --json vm list | jq -e '.[] | select(.name == "agent") | .heartbeat == "ok" and .guest_os != null and .on_since != null' >/dev/null 2>&1 && break; sleep 0.5; done
 check "velad: the VM list shows heartbeat, guest OS and since when it runs" sh -c "'$VELA' --json vm list | jq -e '.[] | select(.name == \"agent\") | .heartbeat == \"ok\" and .guest_os == \"Linux\" and .on_since > 0'"
 check "velad: stop" "$VELA" vm stop agent hard
-kill "$vpid"; wait "$vpid" 2>/dev/null
+velad_stop
 
 # A guest without the agent: soft stop falls back to the ACPI button.
 vmx3=$(make_vm noagent 'boot.cmdline = "console=ttyS0 quiet panic=-1 vela.cmdloop=1 vela.noagent=1"')

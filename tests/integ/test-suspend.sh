@@ -121,10 +121,7 @@ check "the base disk was never written" sh -c "head -c 14 '$dir2/disk.img' | gre
 check "no repeat logs left behind" sh -c "! ls '$dir2' | grep -q REPEAT"
 
 # Through velad: suspend and resume by name, and the state in the list.
-"$TOP/build/bin/velad" --foreground --https-port 0 --http-port 0 >> "$VELA_HOME/velad.out" 2>&1 &
-vpid=$!
-trap 'kill -9 $vpid 2>/dev/null; cleanup' EXIT
-for ((i = 0; i < 100; i++)); do "$VELA" host info >/dev/null 2>&1 && break; sleep 0.1; done
+check "velad starts" velad_start
 check "velad: register" "$VELA" vm register "$vmx2"
 check "velad: a suspended VM is listed as suspended" sh -c "'$VELA' --json vm list | jq -e '.. | objects | select(.name? == \"rep\") | .state == \"suspended\"'"
 check "velad: resume" "$VELA" vm resume rep
@@ -137,5 +134,5 @@ check "velad: stop hard (repeatable: suspended again)" "$VELA" vm stop rep hard
 check "velad: power off discards the state" "$VELA" vm stop rep hard
 check "velad: off" sh -c "[ \"\$('$VELA' vm getstate rep)\" = off ]"
 check "velad: suspend and resume are events" sh -c "'$VELA' event list --vm rep | grep -q suspend"
-kill "$vpid"; wait "$vpid" 2>/dev/null
+velad_stop
 finish
