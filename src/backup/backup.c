@@ -84,6 +84,106 @@ static int xxh128_file(const char *path, char hex[33], uint64_t *bytes)
 	return r;
 }
 
+/*
+ * The checksum of a disk's content, computed as the copy writes it (no
+ * second pass over the image): XXH3-128 over every non-zero 64 KiB granule
+ * of the virtual disk, each preceded by its offset (8 bytes, LE).  verify
+ * recomputes it by reading the image through libvdisk.
+ */
+#define CONTENT_GRANULE (64u * 1024u)
+
+struct content_hash {
+	XXH3_state_t *st;
+	uint64_t size;
+	uint64_t cur;          /* the granule being assembled, UINT64_MAX = none */
+	uint8_t buf[CONTENT_GRANULE];
+};
+
+static bool all_zero(const uint8_t *p, size_t n)
+{
+	return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
+}
+
+static void content_flush(struct content_hash *c)
+{
+	if (c->cur == UINT64_MAX)
+		return;
+	uint64_t off = c->cur * CONTENT_GRANULE;
+	size_t n = c->size - off < CONTENT_GRANULE ? (size_t)(c->size - off) : CONTENT_GRANULE;
+	if (!all_zero(c->buf, n)) {
+		uint8_t le[8];
+		le64_put(le, off);
+		XXH3_128bits_update(c->st, le, 8);
+		XXH3_128bits_update(c->st, c->buf, n);
+	}
+	memset(c->buf, 0, CONTENT_GRANULE);
+	c->cur = UINT64_MAX;
+}
+
+static void content_add(uint64_t off, const void *p, size_t len, void *opaque)
+{
+	struct content_hash *c = opaque;
+	const uint8_t *b = p;
+	while (len > 0) {
+		uint64_t g = off / CONTENT_GRANULE;
+		if (g != c->cur) {
+			content_flush(c);
+			c->cur = g;
+		}
+		size_t within = (size_t)(off % CONTENT_GRANULE);
+		size_t n = len < CONTENT_GRANULE - within ? len : CONTENT_GRANULE - within;
+		memcpy(c->buf + within, b, n);
+		off += n;
+		b += n;
+		len -= n;
+	}
+}
+
+static struct content_hash *content_new(uint64_t size)
+{
+	struct content_hash *c = xcalloc(1, sizeof *c);
+	c->st = XXH3_createState();
+	if (!c->st || XXH3_128bits_reset(c->st) != XXH_OK)
+		abort();   /* allocation of a small state: fatal, as xcalloc */
+	c->size = size;
+	c->cur = UINT64_MAX;
+	return c;
+}
+
+static void content_end(struct content_hash *c, char hex[33])
+{
+	content_flush(c);
+	XXH128_hash_t h = XXH3_128bits_digest(c->st);
+	snprintf(hex, 33, "%016llx%016llx", (unsigned long long)h.high64, (unsigned long long)h.low64);
+	XXH3_freeState(c->st);
+	free(c);
+}
+
+/* The content checksum of an image as it reads through libvdisk. */
+static int content_of_image(const char *path, char hex[33])
+{
+	struct vdisk *d = NULL;
+	int r = vdisk_open(path, VDISK_OPEN_RDONLY, &d);
+	if (r < 0)
+		return r;
+	uint64_t size = vdisk_size(d), off = 0;
+	struct content_hash *c = content_new(size);
+	size_t chunk = 4u << 20;
+	CLEANUP_FREE uint8_t *buf = xcalloc(1, chunk);
+	while (off < size && r == 0) {
+		struct vdisk_extent_status es;
+		uint64_t want = size - off < chunk ? size - off : chunk;
+		if ((r = vdisk_block_status(d, off, want, &es)) < 0)
+			break;
+		if (es.status == VDISK_DATA && (r = vdisk_pread(d, buf, (size_t)es.len, off)) == 0)
+			content_add(off, buf, (size_t)es.len, c);
+		off += es.len;
+	}
+	content_end(c, hex);
+	vdisk_close(d);
+	return r;
+}
+
 static int copy_file(const char *from, const char *to)
 {
 	CLEANUP_FREE char *data = NULL;
@@ -151,6 +251,7 @@ struct bdisk {
 	bool have_cbt;
 	char *parent;       /* incremental: the previous backup's image, "../<folder>/<file>" */
 	uint64_t changed;   /* incremental: granules copied */
+	char content[33];   /* a full copy: the checksum of its content, "" = none */
 };
 
 /* The newest complete backup of this VM in dir: its manifest and folder
@@ -301,6 +402,16 @@ static int write_folder(struct vmx_file *f, const struct backup_meta *b, uint64_
 	while (dd && (e = readdir(dd)) && r == 0) {
 		if (e->d_name[0] == '.' || strcmp(e->d_name, MANIFEST) == 0)
 			continue;
+		bool by_content = false;   /* a full disk copy: its content checksum stands for it */
+		for (size_t i = 0; i < nd; i++)
+			by_content |= disks[i].content[0] && strcmp(disks[i].file, e->d_name) == 0;
+		if (by_content) {
+			struct stat st;
+			CLEANUP_FREE char *p = path_join(folder, e->d_name);
+			if (stat(p, &st) == 0)
+				bytes += (uint64_t)st.st_size;
+			continue;
+		}
 		CLEANUP_FREE char *p = path_join(folder, e->d_name);
 		char hex[33];
 		uint64_t n = 0;
@@ -319,6 +430,8 @@ static int write_folder(struct vmx_file *f, const struct backup_meta *b, uint64_
 				      vmx_disk_mode_name(disks[i].md->mode), "incremental", disks[i].parent != NULL);
 		if (disks[i].have_cbt)
 			json_object_set_new(e, "cbt_next", json_string(disks[i].cbt.next));
+		if (disks[i].content[0])
+			json_object_set_new(e, "content_xxh3_128", json_string(disks[i].content));
 		if (disks[i].parent) {
 			json_object_set_new(e, "parent", json_string(disks[i].parent));
 			json_object_set_new(e, "changed_blocks", json_integer((json_int_t)disks[i].changed));
@@ -486,7 +599,12 @@ int backup_vm(const char *vmx, const char *dir, const struct backup_opts *o, jso
 			disks[i].parent = xasprintf("../%s/%s", prev_folder, pfile);
 			r = copy_changed(&disks[i], disks[i].image, dst, pimg, &cp);
 		} else {
-			r = vdisk_convert(disks[i].image, dst, &co, on_copy_progress, &cp);
+			/* The content's checksum as it is written: no second pass. */
+			struct content_hash *ch = content_new(disks[i].size);
+			r = vdisk_convert_data(disks[i].image, dst, &co, on_copy_progress, &cp, content_add, ch);
+			content_end(ch, disks[i].content);
+			if (r < 0)
+				disks[i].content[0] = '\0';
 		}
 		if (r < 0)
 			vela_error_context(r, "backup: copy %s", disks[i].md->addr);
@@ -641,6 +759,33 @@ static int verify_depth(const char *backup, json_t **out, unsigned depth)
 			break;
 		}
 		bytes += n;
+	}
+	/* Full disk copies: their content, read back through libvdisk. */
+	json_t *cd;
+	json_array_foreach(json_object_get(man, "disks"), i, cd) {
+		const char *file = json_string_value(json_object_get(cd, "file"));
+		const char *want = json_string_value(json_object_get(cd, "content_xxh3_128"));
+		if (r < 0 || !want)
+			continue;
+		if (!plain_name(file)) {
+			r = vela_error(VELA_E_CORRUPT, "%s: disk %zu of the manifest is malformed", backup, i);
+			break;
+		}
+		CLEANUP_FREE char *p = path_join(backup, file);
+		char hex[33];
+		struct stat st;
+		if ((r = content_of_image(p, hex)) < 0) {
+			r = vela_error(VELA_E_CORRUPT, "%s: %s does not open as a disk image (the backup is damaged): %s", backup,
+				       file, vela_errmsg());
+			break;
+		}
+		if (strcmp(hex, want) != 0) {
+			r = vela_error(VELA_E_CORRUPT, "%s: the content of %s does not match its checksum (the backup is damaged)",
+				       backup, file);
+			break;
+		}
+		if (stat(p, &st) == 0)
+			bytes += (uint64_t)st.st_size;
 	}
 	/* An incremental backup is only as good as the ones it builds on. */
 	json_t *dd;

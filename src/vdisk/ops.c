@@ -224,7 +224,8 @@ static void *convert_reader(void *opaque)
 
 /* Write one chunk's non-zero runs: the new image stays sparse, and runs of
  * non-zero grains go in one write (one allocation for several grains). */
-static int convert_write(struct vdisk *out, const char *buf, uint64_t off, uint64_t n)
+static int convert_write(struct vdisk *out, const char *buf, uint64_t off, uint64_t n, vdisk_data_cb data,
+			 void *data_opaque)
 {
 	uint32_t step = vdisk_granularity(out) > 4096 ? vdisk_granularity(out) : 4096;
 	uint64_t run = 0, run_len = 0;
@@ -241,6 +242,8 @@ static int convert_write(struct vdisk *out, const char *buf, uint64_t off, uint6
 			if (!run_len)
 				run = k;
 			run_len += piece;
+			if (data)
+				data(off + k, buf + k, (size_t)piece, data_opaque);
 		}
 		k += piece;
 	}
@@ -251,6 +254,12 @@ static int convert_write(struct vdisk *out, const char *buf, uint64_t off, uint6
 
 int vdisk_convert(const char *src, const char *dst, const struct vdisk_create_opts *o,
 		  vdisk_progress_cb progress, void *opaque)
+{
+	return vdisk_convert_data(src, dst, o, progress, opaque, NULL, NULL);
+}
+
+int vdisk_convert_data(const char *src, const char *dst, const struct vdisk_create_opts *o,
+		       vdisk_progress_cb progress, void *opaque, vdisk_data_cb data, void *data_opaque)
 {
 	struct vdisk *in = NULL, *out = NULL;
 	int r = vdisk_open(src, VDISK_OPEN_RDONLY, &in);
@@ -282,7 +291,7 @@ int vdisk_convert(const char *src, const char *dst, const struct vdisk_create_op
 			if (!have)
 				break;   /* the end, or the reader failed */
 			if (sl->data)
-				r = convert_write(out, sl->buf, sl->off, sl->len);
+				r = convert_write(out, sl->buf, sl->off, sl->len, data, data_opaque);
 			if (progress && r == 0)
 				progress(sl->off + sl->len, p.size, opaque);
 			pthread_mutex_lock(&p.lock);

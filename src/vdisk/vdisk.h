@@ -139,6 +139,11 @@ typedef void (*vdisk_progress_cb)(uint64_t done, uint64_t total, void *opaque);
  * allocated, non-zero data is written (sparse-aware). */
 int vdisk_convert(const char *src, const char *dst, const struct vdisk_create_opts *opts,
 		  vdisk_progress_cb progress, void *opaque);
+/* The same, handing every non-zero piece it writes to data(off, p, len),
+ * in increasing offset order (a checksum of the content as it goes). */
+typedef void (*vdisk_data_cb)(uint64_t off, const void *p, size_t len, void *opaque);
+int vdisk_convert_data(const char *src, const char *dst, const struct vdisk_create_opts *opts,
+		       vdisk_progress_cb progress, void *opaque, vdisk_data_cb data, void *data_opaque);
 
 /* Put a new empty child on top of path; the new file's name is returned in
  * *child (caller frees).  O(1) in the disk's size. */
