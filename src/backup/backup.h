@@ -4,7 +4,8 @@
  * A backup is a folder: the VM's .vmx (disks renamed to the copies), one
  * image per hard disk (the disk flattened, sparse: streamOptimized VMDK
  * when compressed, monolithicSparse otherwise), the NVRAM and the logs,
- * and manifest.json with the checksum (XXH3-128) of every file.
+ * and manifest.json with XXH3-128 checksums: of each file, and of a full
+ * disk copy's content (taken as it is written, so no second pass).
  *
  * A running VM keeps running: its disks get a redo log (at one instant,
  * with the guest's file systems frozen by its agent when asked), the
