@@ -52,7 +52,12 @@ URL=https://127.0.0.1:$port ADMIN=$AD READONLY=$RO PASSWORD=$PASSWORD VM_NAME=we
 	timeout 600 node "$TOP/tests/web/ui.mjs" > "$VELA_HOME/ui.out" 2>&1
 cd "$TOP" || exit 1
 grep -E '^(PASS|FAIL): ' "$VELA_HOME/ui.out"
-grep -q 'all browser checks passed' "$VELA_HOME/ui.out" || { fail "the browser run ended early"; tail -5 "$VELA_HOME/ui.out"; }
+if ! grep -q 'all browser checks passed' "$VELA_HOME/ui.out"; then
+	fail "the browser run ended early"
+	tail -5 "$VELA_HOME/ui.out"
+	# What velad saw, for a failure seen only in a CI log.
+	"$VELA" event list --limit 40 2>&1 | sed 's/^/  velad: /'
+fi
 check "screenshots were saved" test -s "$TOP/build/web-screenshots/console.png"
 check "the ISO uploaded through the page is whole" cmp "$VELA_HOME/installer.iso" "$VELA_HOME/datastores/local/installer.iso"
 kill -TERM "$velad_pid"

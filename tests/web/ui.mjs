@@ -21,7 +21,12 @@ async function check(what, fn) {
     await fn();
     pass(what);
   } catch (e) {
-    fail(what + ': ' + String(e.message || e).split('\n')[0]);
+    // What the page itself said, for a failure seen only in a CI log.
+    let said = '';
+    if (page) said = await page.evaluate(() => ['flash', 'settings-msg', 'login-error']
+      .map((i) => document.getElementById(i)).filter((el) => el && el.textContent)
+      .map((el) => el.id + ': ' + el.textContent).join('; ')).catch(() => '');
+    fail(what + ': ' + String(e.message || e).split('\n')[0] + (said ? ' [page: ' + said + ']' : ''));
     if (page) await page.screenshot({ path: join(shots, 'failed-' + failures + '.png') }).catch(() => {});
   }
 }
@@ -73,7 +78,9 @@ try {
   await check('the VM page shows a thumbnail of its screen', async () => {
     await page.locator('button[data-tab=summary]').click();
     await page.locator('#thumb').waitFor();
-    for (let i = 0; i < 50 && !(await page.locator('#thumb').evaluate((img) => img.complete && img.naturalWidth > 0)); i++)
+    // The first picture can fail while the display comes up; the page
+    // tries again every 3 s.
+    for (let i = 0; i < 150 && !(await page.locator('#thumb').evaluate((img) => img.complete && img.naturalWidth > 0)); i++)
       await page.waitForTimeout(200);
     const w = await page.locator('#thumb').evaluate((img) => img.naturalWidth);
     if (!(w >= 320)) throw new Error('natural width ' + w);
@@ -147,18 +154,29 @@ try {
     await row().locator('td.uptime', { hasText: /\d/ }).waitFor({ timeout: 30000 });
     await row().locator('td.heartbeat').waitFor();
   });
+  await check('a settings form being typed in survives the redraws that events cause', async () => {
+    await page.locator('button[data-tab=summary]').click();
+    await page.locator('#settings input[name=memsize]').fill('320');
+    // An event about this VM (a guestinfo value set through the API) redraws its page.
+    const before = await page.locator('#events div', { hasText: 'vm.guestinfo' }).count();
+    const vmId = await page.locator('#settings').getAttribute('data-vm');
+    await page.evaluate(async (id) => {
+      const r = await fetch('/api/v1/vms/' + id + '/guestinfo', { method: 'PUT', headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ key: 'guestinfo.ui-redraw', value: 'yes' }) });
+      if (!r.ok) throw new Error('guestinfo PUT: ' + r.status);
+    }, vmId);
+    for (let i = 0; i < 50 && (await page.locator('#events div', { hasText: 'vm.guestinfo' }).count()) === before; i++)
+      await page.waitForTimeout(200);
+    await page.waitForTimeout(1500);   // the redraw follows the event within 300 ms
+    const v = await page.locator('#settings input[name=memsize]').inputValue();
+    if (v !== '320') throw new Error('the typed value became ' + v);
+  });
   await check('the settings editor changes a running VM: the change shows as pending', async () => {
-    // Events re-render the page (the resumed guest's agent reports in):
-    // fill and save again if the form was redrawn under us.
-    for (let i = 0; i < 5; i++) {
-      await page.locator('button[data-tab=summary]').click();
-      await page.locator('#settings input[name=memsize]').fill('320');
-      await page.locator('#save-settings').click();
-      try {
-        await page.locator('#pending', { hasText: 'memsize' }).waitFor({ timeout: 5000 });
-        break;
-      } catch (e) { if (i === 4) throw e; }
-    }
+    await page.locator('#save-settings').click();
+    await page.locator('#pending', { hasText: 'memsize' }).waitFor({ timeout: 15000 });
+    // Saved: the form is drawn from the new settings again.
+    const v = await page.locator('#settings input[name=memsize]').inputValue();
+    if (v !== '320') throw new Error('after the save the form shows ' + v);
   });
   await check('the VM\'s events and log tabs show its history', async () => {
     await page.locator('button[data-tab=events]').click();

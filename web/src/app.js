@@ -10,7 +10,8 @@ import RFB from '@novnc/novnc';
 const API = '/api/v1';
 const ROLES = ['none', 'readonly', 'operator', 'admin'];
 const state = { me: null, host: null, vms: [], selected: null, detail: null, tab: 'summary', events: null,
-                term: null, sock: null, rfb: null, chart: null, chartTimer: null, tasks: [], refreshTimer: null };
+                term: null, sock: null, rfb: null, chart: null, chartTimer: null, tasks: [], refreshTimer: null,
+                detailGen: 0, thumb: null };
 const TABS = { summary: 'Summary', console: 'Console', screen: 'Screen', performance: 'Performance', snapshots: 'Snapshots',
                events: 'Events', log: 'Log' };
 
@@ -256,10 +257,56 @@ function controls(vm) {
     b('Resume', s === 'suspended', () => power('resume'), 'resume'));
 }
 
+// A form the user is typing in survives the redraws that events cause; it is
+// drawn afresh once saved (markClean) or when another VM is shown.
+function keepDirty(old, id, fresh) {
+  fresh.dataset.vm = String(id);
+  fresh.addEventListener('input', () => { fresh.dataset.dirty = '1'; });
+  return old && old.dataset.dirty === '1' && old.dataset.vm === String(id) ? old : fresh;
+}
+
+function markClean(name) {
+  const el = document.getElementById(name);
+  if (el) delete el.dataset.dirty;
+}
+
+// The screen thumbnail on a VM's summary: one picture every 10 s however
+// often the page is redrawn, the old one shown until the new one has
+// arrived, and a failed one (the screen not up yet) tried again in 3 s.
+// It refreshes itself while shown.
+function thumbnail(id) {
+  const t = state.thumb;
+  if (t && t.id === id && Date.now() - t.at < 10000) return t.shown;
+  const img = h('img', { id: 'thumb', class: 'thumb', alt: 'screen', title: 'Open the screen',
+                         onclick: () => { state.tab = 'screen'; loadDetail(); } });
+  const shown = t && t.id === id && t.shown.complete && t.shown.naturalWidth > 0 ? t.shown : img;
+  const cur = { id, at: Date.now(), shown };
+  state.thumb = cur;
+  let tries = 0;
+  img.addEventListener('load', () => {
+    if (state.thumb !== cur) return;
+    if (cur.shown !== img) {
+      cur.shown.replaceWith(img);
+      cur.shown = img;
+    }
+    // Live while it is on the page.
+    setTimeout(() => { if (state.thumb === cur && img.isConnected) thumbnail(id); }, 10000);
+  });
+  img.addEventListener('error', () => {
+    if (state.thumb !== cur || ++tries > 20) return;
+    setTimeout(() => { if (state.thumb === cur && cur.shown.isConnected) img.src = API + '/vms/' + id + '/screenshot?t=' + Date.now(); }, 3000);
+  });
+  img.src = API + '/vms/' + id + '/screenshot?t=' + Date.now();
+  return shown;
+}
+
 async function loadDetail() {
   if (!state.selected) return;
   const id = state.selected;
   if (!id) return;
+  // Events, timers and clicks all redraw; only the newest call may draw, or
+  // an older answer arriving late would show a stale VM.
+  const gen = ++state.detailGen;
   let vm;
   try {
     vm = (await api('GET', '/vms/' + id)).vm;
@@ -267,7 +314,7 @@ async function loadDetail() {
     document.getElementById('detail').replaceChildren(h('p', { class: 'error' }, e.message));
     return;
   }
-  if (state.selected !== id) return;
+  if (state.selected !== id || gen !== state.detailGen) return;
   const listed = state.vms.find((v) => v.id === id) || {};
   const role = listed.role || (state.me.superuser ? 'admin' : 'readonly');
   state.detail = vm;
@@ -281,6 +328,11 @@ async function loadDetail() {
       h('button', { class: state.tab === t ? 'active' : '', 'data-tab': t, onclick: () => { state.tab = t; loadDetail(); } },
         TABS[t])));
   const body = h('div', { id: 'tab-body' });
+  // The summary's settings form needs the datastores' ISO list: fetched
+  // before anything is replaced, so a newer redraw can still win.
+  const editor = state.tab === 'summary' && roleAtLeast(role, 'admin') ? await settingsEditor(vm) : null;
+  if (state.selected !== id || gen !== state.detailGen) return;
+  const typedIn = { settings: document.getElementById('settings'), hardware: document.getElementById('hardware') };
   document.getElementById('detail').replaceChildren(...[
     h('h2', {}, vm.name + ' ', h('span', { class: 'state ' + vm.state, id: 'detail-state' }, vm.state)),
     h('p', { class: 'muted' }, 'Your role: ' + role),
@@ -304,11 +356,9 @@ async function loadDetail() {
         ? st.guest.info.addresses.map((a) => a.address + ' (' + a.interface + ')').join(', ') || 'none' : '-'),
       h('dt', {}, 'Annotation'), h('dd', {}, set.annotation || '')),
     pending.length ? h('p', { class: 'pending', id: 'pending' }, 'Pending until the next power cycle: ' + pending.map((p) => p.key).join(', ')) : null,
-    operator && (vm.state === 'on' || vm.state === 'paused')
-      ? h('img', { id: 'thumb', class: 'thumb', alt: 'screen', title: 'Open the screen',
-                   src: API + '/vms/' + id + '/screenshot?t=' + Date.now(), onclick: () => { state.tab = 'screen'; loadDetail(); } }) : null,
-    roleAtLeast(role, 'admin') ? await settingsEditor(vm) : null,
-    roleAtLeast(role, 'admin') ? hardwareEditor(vm) : null].filter((x) => x));
+    operator && (vm.state === 'on' || vm.state === 'paused') ? thumbnail(id) : null,
+    editor ? keepDirty(typedIn.settings, id, editor) : null,
+    roleAtLeast(role, 'admin') ? keepDirty(typedIn.hardware, id, hardwareEditor(vm)) : null].filter((x) => x));
     closeConsole();
   } else if (state.tab === 'console') {
     openConsole(body, vm);
@@ -378,6 +428,7 @@ async function settingsEditor(vm) {
       const j = await api('PATCH', '/vms/' + vm.id, change);
       const pend = (j.vm.status && j.vm.status.pending_changes) || [];
       flash(pend.length ? 'Saved; pending until the next power cycle.' : 'Saved.');
+      markClean('settings');
       loadDetail();
     } catch (e) { msg.textContent = e.message; msg.className = 'error'; }
   } }, h('h2', {}, 'Settings'),
@@ -397,6 +448,7 @@ async function changeHardware(vm, change, what) {
   } catch (e) {
     flash(what + ': ' + e.message, true);
   }
+  markClean('hardware');
   loadDetail();
 }
 
