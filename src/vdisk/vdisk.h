@@ -76,6 +76,27 @@ int vdisk_block_status(struct vdisk *d, uint64_t off, uint64_t len, struct vdisk
 int vdisk_chain_paths(const char *path, char ***paths, size_t *n);
 void vdisk_chain_free(char **paths);
 
+/* ------------------------------------------------------- partitions */
+
+/* The partition table in a disk's content (MBR with logical partitions,
+ * or GPT), for taking files out of a disk without running its guest. */
+struct vdisk_partition {
+	unsigned number;        /* as Linux numbers them: MBR 1-4 primary, 5.. logical; GPT entry + 1 */
+	uint64_t offset, length;   /* bytes */
+	char type[40];          /* "mbr:0x83", or a GPT partition type GUID in lower case */
+	bool bootable;
+};
+#define VDISK_MAX_PARTITIONS 128
+
+typedef int (*vdisk_read_fn)(void *opaque, void *buf, size_t len, uint64_t off);
+/* Parse the table of a disk of disk_size bytes read through rd: at most max
+ * entries into out, the count in *n (0: no table, which is no error).  A
+ * table pointing outside the disk, a GPT failing its CRC32s or an
+ * extended-record chain that goes backwards is VELA_E_CORRUPT. */
+int vdisk_partitions_parse(vdisk_read_fn rd, void *opaque, uint64_t disk_size, struct vdisk_partition *out,
+			   size_t max, size_t *n);
+int vdisk_partitions(struct vdisk *d, struct vdisk_partition *out, size_t max, size_t *n);
+
 /* ------------------------------------------------------------- info */
 
 struct vdisk_info {

@@ -10,6 +10,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <zlib.h>
 
 #include "common.h"
 #include "vdisk.h"
@@ -1062,6 +1063,154 @@ static void convert_is_sparse_aware(void **s)
 	free(dst);
 }
 
+/* ------------------------------------------------------------ partitions */
+
+struct mem_disk {
+	uint8_t *data;
+	size_t size;
+};
+
+static int read_mem(void *opaque, void *buf, size_t len, uint64_t off)
+{
+	const struct mem_disk *m = opaque;
+	if (off > m->size || len > m->size - off)
+		return vela_error(VELA_E_RANGE, "read past the test disk");
+	memcpy(buf, m->data + off, len);
+	return 0;
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+	put32(p, (uint32_t)v);
+	put32(p + 4, (uint32_t)(v >> 32));
+}
+
+static void mbr_entry(uint8_t *sector, int i, uint8_t status, uint8_t type, uint32_t lba, uint32_t sectors)
+{
+	uint8_t *e = sector + 446 + 16 * i;
+	e[0] = status;
+	e[4] = type;
+	put32(e + 8, lba);
+	put32(e + 12, sectors);
+	sector[510] = 0x55;
+	sector[511] = 0xaa;
+}
+
+static int parse_mem(struct mem_disk *m, struct vdisk_partition *p, size_t *n)
+{
+	return vdisk_partitions_parse(read_mem, m, m->size, p, VDISK_MAX_PARTITIONS, n);
+}
+
+static void partitions_mbr(void **state)
+{
+	(void)state;
+	struct mem_disk m = { xcalloc(1, 1 << 20), 1 << 20 };
+	struct vdisk_partition p[VDISK_MAX_PARTITIONS];
+	size_t n = 99;
+	assert_int_equal(parse_mem(&m, p, &n), 0);
+	assert_int_equal(n, 0);   /* blank: no table, no error */
+	mbr_entry(m.data, 0, 0x80, 0x83, 1, 100);
+	mbr_entry(m.data, 1, 0, 0x05, 200, 1000);   /* extended: logical 5 and 6 */
+	mbr_entry(m.data + 200 * 512, 0, 0, 0x07, 2, 10);
+	mbr_entry(m.data + 200 * 512, 1, 0, 0x05, 50, 20);
+	mbr_entry(m.data + 250 * 512, 0, 0, 0x0c, 1, 5);
+	assert_int_equal(parse_mem(&m, p, &n), 0);
+	assert_int_equal(n, 3);
+	assert_int_equal(p[0].number, 1);
+	assert_true(p[0].bootable);
+	assert_int_equal(p[0].offset, 512);
+	assert_int_equal(p[0].length, 100 * 512);
+	assert_string_equal(p[0].type, "mbr:0x83");
+	assert_int_equal(p[1].number, 5);
+	assert_int_equal(p[1].offset, 202 * 512);
+	assert_int_equal(p[2].number, 6);
+	assert_int_equal(p[2].offset, 251 * 512);
+	assert_string_equal(p[2].type, "mbr:0x0c");
+	/* An extended boot record pointing back at itself: an error, not a hang. */
+	put32(m.data + 200 * 512 + 446 + 16 + 8, 0);
+	put32(m.data + 250 * 512 + 446 + 16 + 8, 50);
+	m.data[250 * 512 + 446 + 16 + 4] = 0x05;
+	assert_int_equal(parse_mem(&m, p, &n), 0);   /* rel 0 in the first record ends the chain */
+	put32(m.data + 200 * 512 + 446 + 16 + 8, 50);
+	assert_int_equal(parse_mem(&m, p, &n), -VELA_E_CORRUPT);
+	assert_non_null(strstr(vela_errmsg(), "points back"));
+	m.data[250 * 512 + 446 + 16 + 4] = 0;
+	/* A partition past the end of the disk. */
+	mbr_entry(m.data, 2, 0, 0x83, 2000, 0xffffffffu);
+	assert_int_equal(parse_mem(&m, p, &n), -VELA_E_CORRUPT);
+	assert_non_null(strstr(vela_errmsg(), "partition 3"));
+	/* A FAT boot sector is not a table (its status bytes are not 0/0x80). */
+	memset(m.data + 446, 0x4a, 64);
+	assert_int_equal(parse_mem(&m, p, &n), 0);
+	assert_int_equal(n, 0);
+	free(m.data);
+}
+
+static void gpt_seal(struct mem_disk *m, uint32_t count)
+{
+	uint8_t *h = m->data + 512, *arr = m->data + 1024;
+	put32(h + 88, (uint32_t)crc32(0, arr, count * 128));
+	put32(h + 16, 0);
+	put32(h + 16, (uint32_t)crc32(0, h, 92));
+}
+
+static void partitions_gpt(void **state)
+{
+	(void)state;
+	struct mem_disk m = { xcalloc(1, 1 << 20), 1 << 20 };
+	mbr_entry(m.data, 0, 0, 0xee, 1, 2047);
+	uint8_t *h = m.data + 512, *arr = m.data + 1024;
+	memcpy(h, "EFI PART", 8);
+	put32(h + 8, 0x10000);
+	put32(h + 12, 92);
+	put64(h + 24, 1);
+	put64(h + 72, 2);
+	put32(h + 80, 128);
+	put32(h + 84, 128);
+	/* Entry 2 (of the Linux file system type), entry 1 unused. */
+	static const uint8_t linux_fs[16] = { 0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47,
+					      0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d, 0xe4 };
+	memcpy(arr + 128, linux_fs, 16);
+	put64(arr + 128 + 32, 40);
+	put64(arr + 128 + 40, 1039);
+	put64(arr + 128 + 48, 4);
+	gpt_seal(&m, 128);
+	struct vdisk_partition p[VDISK_MAX_PARTITIONS];
+	size_t n = 0;
+	assert_int_equal(parse_mem(&m, p, &n), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(p[0].number, 2);
+	assert_int_equal(p[0].offset, 40 * 512);
+	assert_int_equal(p[0].length, 1000 * 512);
+	assert_true(p[0].bootable);
+	assert_string_equal(p[0].type, "0fc63daf-8483-4772-8e79-3d69d8477de4");
+	/* A changed entry without a new CRC: refused. */
+	put64(arr + 128 + 40, 1040);
+	assert_int_equal(parse_mem(&m, p, &n), -VELA_E_CORRUPT);
+	assert_non_null(strstr(vela_errmsg(), "entry array"));
+	/* Sealed again but past the disk's end. */
+	put64(arr + 128 + 40, 1ull << 40);
+	gpt_seal(&m, 128);
+	assert_int_equal(parse_mem(&m, p, &n), -VELA_E_CORRUPT);
+	assert_non_null(strstr(vela_errmsg(), "not on the disk"));
+	/* An entry array claimed huge. */
+	put64(arr + 128 + 40, 1039);
+	put32(h + 80, 1u << 30);
+	gpt_seal(&m, 128);
+	assert_int_equal(parse_mem(&m, p, &n), -VELA_E_CORRUPT);
+	/* A protective MBR with no GPT behind it. */
+	memset(h, 0, 512);
+	assert_int_equal(parse_mem(&m, p, &n), -VELA_E_CORRUPT);
+	assert_non_null(strstr(vela_errmsg(), "no GPT header"));
+	free(m.data);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1094,6 +1243,8 @@ int main(void)
 		cmocka_unit_test(crash_consistency_qcow2),
 		cmocka_unit_test(hostile_qcow2),
 		cmocka_unit_test(convert_is_sparse_aware),
+		cmocka_unit_test(partitions_mbr),
+		cmocka_unit_test(partitions_gpt),
 	};
 	return cmocka_run_group_tests_name("vdisk", tests, setup, teardown);
 }
