@@ -5,6 +5,7 @@
 #include "vmx.h"
 #include "vmx-sup.h"
 #include "backup.h"
+#include "internal.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -642,9 +643,9 @@ consolidate:
 			changed += disks[i].changed;
 			incr |= disks[i].parent != NULL;
 		}
-		*out = json_pack("{s:s, s:I, s:I, s:b, s:b, s:I, s:b, s:I}", "folder", folder, "disks", (json_int_t)nd, "bytes",
-				 (json_int_t)bytes, "live", live, "quiesced", frozen, "ms", (json_int_t)(time_mono_ms() - t0),
-				 "incremental", incr, "changed_blocks", (json_int_t)changed);
+		*out = json_pack("{s:s, s:s, s:I, s:I, s:b, s:b, s:I, s:b, s:I}", "folder", folder, "vm", m->display_name,
+				 "disks", (json_int_t)nd, "bytes", (json_int_t)bytes, "live", live, "quiesced", frozen, "ms",
+				 (json_int_t)(time_mono_ms() - t0), "incremental", incr, "changed_blocks", (json_int_t)changed);
 	}
 out:
 	if (r < 0 && folder) {
@@ -678,7 +679,7 @@ out:
 	return r;
 }
 
-static int load_manifest(const char *backup, json_t **out)
+int backup_manifest_load(const char *backup, json_t **out)
 {
 	CLEANUP_FREE char *p = path_join(backup, MANIFEST);
 	CLEANUP_FREE char *text = NULL;
@@ -697,8 +698,7 @@ static int load_manifest(const char *backup, json_t **out)
 	return 0;
 }
 
-/* A name from the manifest must stay inside the backup's folder. */
-static bool plain_name(const char *s)
+bool backup_plain_name(const char *s)
 {
 	return s && *s && !strchr(s, '/') && strcmp(s, ".") != 0 && strcmp(s, "..") != 0;
 }
@@ -714,7 +714,7 @@ static char *parent_folder(json_t *disk_entry)
 	if (!slash || slash == p + 3 || strchr(slash + 1, '/'))
 		return NULL;
 	char *f = xstrndup(p + 3, (size_t)(slash - (p + 3)));
-	if (!plain_name(f)) {
+	if (!backup_plain_name(f)) {
 		free(f);
 		return NULL;
 	}
@@ -733,7 +733,7 @@ static int verify_depth(const char *backup, json_t **out, unsigned depth)
 	if (depth > 1000)
 		return vela_error(VELA_E_LOOP, "%s: more than 1000 incremental backups in a chain (a loop?)", backup);
 	json_t *man = NULL;
-	int r = load_manifest(backup, &man);
+	int r = backup_manifest_load(backup, &man);
 	if (r < 0)
 		return r;
 	size_t i;
@@ -745,7 +745,7 @@ static int verify_depth(const char *backup, json_t **out, unsigned depth)
 		bool sha = !want;
 		if (sha)
 			want = json_string_value(json_object_get(fe, "sha256"));
-		if (!plain_name(name) || !want) {
+		if (!backup_plain_name(name) || !want) {
 			r = vela_error(VELA_E_CORRUPT, "%s: manifest entry %zu is malformed", backup, i);
 			break;
 		}
@@ -767,7 +767,7 @@ static int verify_depth(const char *backup, json_t **out, unsigned depth)
 		const char *want = json_string_value(json_object_get(cd, "content_xxh3_128"));
 		if (r < 0 || !want)
 			continue;
-		if (!plain_name(file)) {
+		if (!backup_plain_name(file)) {
 			r = vela_error(VELA_E_CORRUPT, "%s: disk %zu of the manifest is malformed", backup, i);
 			break;
 		}
@@ -819,14 +819,14 @@ int backup_restore(const char *backup, const char *dest, const char *new_name, j
 	if (r < 0)
 		return vela_error_context(r, "restore");
 	json_t *man = NULL;
-	if ((r = load_manifest(backup, &man)) < 0)
+	if ((r = backup_manifest_load(backup, &man)) < 0)
 		return r;
 	const char *vmx_name = json_string_value(json_object_get(man, "vmx"));
 	struct vmx_file *f = NULL;
-	CLEANUP_FREE char *vmx_in = path_join(backup, plain_name(vmx_name) ? vmx_name : "");
+	CLEANUP_FREE char *vmx_in = path_join(backup, backup_plain_name(vmx_name) ? vmx_name : "");
 	CLEANUP_FREE char *vmx_out = NULL;
 	CLEANUP_FREE char *stem = NULL;
-	if (!plain_name(vmx_name)) {
+	if (!backup_plain_name(vmx_name)) {
 		r = vela_error(VELA_E_CORRUPT, "%s: the manifest's vmx is not a file name", backup);
 		goto out;
 	}
@@ -842,7 +842,7 @@ int backup_restore(const char *backup, const char *dest, const char *new_name, j
 	json_array_foreach(json_object_get(man, "disks"), i, d) {
 		const char *file = json_string_value(json_object_get(d, "file"));
 		const char *addr = json_string_value(json_object_get(d, "disk"));
-		if (!plain_name(file) || !addr) {
+		if (!backup_plain_name(file) || !addr) {
 			r = vela_error(VELA_E_CORRUPT, "%s: disk %zu of the manifest is malformed", backup, i);
 			goto out;
 		}
@@ -858,7 +858,7 @@ int backup_restore(const char *backup, const char *dest, const char *new_name, j
 	json_array_foreach(json_object_get(man, "files"), i, fe) {
 		const char *name = json_string_value(json_object_get(fe, "name"));
 		size_t n = name ? strlen(name) : 0;
-		if (plain_name(name) && n > 6 && strcmp(name + n - 6, ".nvram") == 0) {
+		if (backup_plain_name(name) && n > 6 && strcmp(name + n - 6, ".nvram") == 0) {
 			CLEANUP_FREE char *from = path_join(backup, name);
 			CLEANUP_FREE char *to = path_join(dest, name);
 			if ((r = copy_file(from, to)) < 0)
@@ -906,10 +906,15 @@ static int cmp_names(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-int backup_prune(const char *dir, const char *vm_name, unsigned keep, json_t **removed)
+/* The backups of a VM in dir: folders <stem>-YYYYMMDD-HHMMSS[-N] with a
+ * manifest, oldest first (the time sorts as text).  *names is freed with
+ * free_names. */
+static int scan_backups(const char *dir, const char *vm_name, char ***names_out, size_t *n_out)
 {
 	CLEANUP_FREE char *stem = safe_name(vm_name);
 	size_t sl = strlen(stem);
+	*names_out = NULL;
+	*n_out = 0;
 	DIR *d = opendir(dir);
 	if (!d)
 		return errno == ENOENT ? 0 : vela_error_errno(errno, "open %s", dir);
@@ -917,7 +922,6 @@ int backup_prune(const char *dir, const char *vm_name, unsigned keep, json_t **r
 	size_t n = 0;
 	struct dirent *e;
 	while ((e = readdir(d))) {
-		/* <stem>-YYYYMMDD-HHMMSS[-N]: the time sorts as text. */
 		const char *t = e->d_name + sl + 1;
 		if (strncmp(e->d_name, stem, sl) != 0 || e->d_name[sl] != '-' || strlen(t) < 15 || t[8] != '-')
 			continue;
@@ -928,7 +932,65 @@ int backup_prune(const char *dir, const char *vm_name, unsigned keep, json_t **r
 		names[n++] = xstrdup(e->d_name);
 	}
 	closedir(d);
-	qsort(names, n, sizeof *names, cmp_names);
+	if (n)
+		qsort(names, n, sizeof *names, cmp_names);
+	*names_out = names;
+	*n_out = n;
+	return 0;
+}
+
+static void free_names(char **names, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+}
+
+int backup_list(const char *dir, const char *vm_name, json_t **out)
+{
+	char **names = NULL;
+	size_t n = 0;
+	int r = scan_backups(dir, vm_name, &names, &n);
+	if (r < 0)
+		return r;
+	json_t *list = json_array();
+	for (size_t i = n; i-- > 0;) {
+		json_t *man = NULL;
+		CLEANUP_FREE char *p = path_join(dir, names[i]);
+		if (backup_manifest_load(p, &man) < 0)
+			continue;
+		json_t *builds_on = json_null();
+		uint64_t bytes = 0;
+		size_t k;
+		json_t *d2;
+		json_array_foreach(json_object_get(man, "disks"), k, d2) {
+			CLEANUP_FREE char *pf = parent_folder(d2);
+			if (pf && json_is_null(builds_on))
+				builds_on = json_string(pf);
+		}
+		json_array_foreach(json_object_get(man, "files"), k, d2)
+			bytes += (uint64_t)json_integer_value(json_object_get(d2, "bytes"));
+		json_array_append_new(list, json_pack("{s:s, s:O, s:O, s:O, s:O, s:O, s:I, s:I, s:o}", "folder", names[i],
+						      "created", json_object_get(man, "created"), "live",
+						      json_object_get(man, "live"), "quiesced", json_object_get(man, "quiesced"),
+						      "compressed", json_object_get(man, "compressed"), "incremental",
+						      json_object_get(man, "incremental"), "disks",
+						      (json_int_t)json_array_size(json_object_get(man, "disks")), "bytes",
+						      (json_int_t)bytes, "builds_on", builds_on));
+		json_decref(man);
+	}
+	free_names(names, n);
+	*out = list;
+	return 0;
+}
+
+int backup_prune(const char *dir, const char *vm_name, unsigned keep, json_t **removed)
+{
+	char **names = NULL;
+	size_t n = 0;
+	int sr = scan_backups(dir, vm_name, &names, &n);
+	if (sr < 0)
+		return sr;
 	json_t *gone = json_array();
 	int r = 0;
 	/* A kept incremental backup keeps every backup it builds on. */
@@ -939,7 +1001,7 @@ int backup_prune(const char *dir, const char *vm_name, unsigned keep, json_t **r
 		needed[i] = true;
 		json_t *man = NULL;
 		CLEANUP_FREE char *p = path_join(dir, names[i]);
-		if (load_manifest(p, &man) < 0)
+		if (backup_manifest_load(p, &man) < 0)
 			continue;
 		size_t k;
 		json_t *d2;
@@ -959,9 +1021,7 @@ int backup_prune(const char *dir, const char *vm_name, unsigned keep, json_t **r
 			json_array_append_new(gone, json_string(names[i]));
 	}
 	free(needed);
-	for (size_t i = 0; i < n; i++)
-		free(names[i]);
-	free(names);
+	free_names(names, n);
 	if (removed)
 		*removed = gone;
 	else

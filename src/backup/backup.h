@@ -32,8 +32,9 @@ struct backup_opts {
 	void *opaque;
 };
 
-/* Back vmx up into a new folder under dir: *out {folder, disks, bytes,
- * live, quiesced, ms}. */
+/* Back vmx up into a new folder under dir: *out {folder, vm (the display
+ * name the folder is named after, for backup_prune and backup_list),
+ * disks, bytes, live, quiesced, incremental, changed_blocks, ms}. */
 int backup_vm(const char *vmx, const char *dir, const struct backup_opts *o, json_t **out);
 
 /* Recompute every checksum of the manifest: *out {files, bytes, ok}; a
@@ -48,6 +49,22 @@ int backup_verify(const char *backup, json_t **out);
  */
 int backup_restore(const char *backup, const char *dest, const char *new_name, json_t **out);
 
+/*
+ * Single-file restore: the disks of a backup point as read-only raw files
+ * in the folder mountpoint (FUSE): <disk>.raw for each disk ("scsi0:0" as
+ * scsi0-0.raw) and <disk>-part<N>.raw for each partition of its MBR or
+ * GPT, to loop-mount (mount -o ro,loop) and copy files from.  An
+ * incremental backup shows its disks at its own instant (through the
+ * backups it builds on).  Runs the file system until it is unmounted
+ * (backup_unmount, umount, a signal); o->ready is called once it is
+ * mounted, with {files: [{name, disk, size, partition?, type?, offset?}]}.
+ */
+struct backup_mount_opts {
+	void (*ready)(json_t *listing, void *opaque);
+	void *opaque;
+};
+int backup_mount(const char *backup, const char *mountpoint, const struct backup_mount_opts *o);
+int backup_unmount(const char *mountpoint);
 
 /*
  * Retention: of the backups of the VM called vm_name in dir (folders
@@ -55,5 +72,10 @@ int backup_restore(const char *backup, const char *dest, const char *new_name, j
  * newest and delete the others.  *removed (may be NULL) lists them.
  */
 int backup_prune(const char *dir, const char *vm_name, unsigned keep, json_t **removed);
+
+/* The backups of the VM called vm_name in dir, newest first: [{folder,
+ * created, live, quiesced, compressed, incremental, disks, bytes,
+ * builds_on (the folder of the backup it builds on, or null)}]. */
+int backup_list(const char *dir, const char *vm_name, json_t **out);
 
 #endif /* VELA_BACKUP_H */

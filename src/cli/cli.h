@@ -35,6 +35,7 @@ struct cli {
 	const char *every, *retain; /* backup schedule --every DURATION --retain N */
 	bool now;                  /* backup schedule --now */
 	bool incremental;          /* backup --incremental */
+	bool foreground;           /* backup mount --foreground */
 	bool end;               /* vm export-disk --end */
 	const char *iops, *bps, *iops_rd, *iops_wr, *bps_rd, *bps_wr;
 	bool read_only;

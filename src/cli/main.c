@@ -427,6 +427,10 @@ static void usage(FILE *f)
 		"  vela backup FILE.vmx --to DIR [--quiesce] [--compress] [--incremental]  hot backup (the VM keeps running;\n"
 		"                                       --incremental: only what changed since the last one, ctkEnabled)\n"
 		"  vela backup verify DIR               check every file of a backup against its checksum\n"
+		"  vela backup mount [--foreground] BACKUP DIR  single-file restore: the backup's disks and\n"
+		"                                       their partitions as read-only files in DIR (FUSE);\n"
+		"                                       mount -o ro,loop DIR/scsi0-0-part1.raw /mnt, copy files\n"
+		"  vela backup unmount DIR              end such a mount\n"
 		"  vela backup VM --datastore D [--folder F] [--retain N] [--quiesce] [--compress]\n"
 		"                                       hot backup through velad (a task), into a datastore\n"
 		"  vela backup schedule VM --datastore D --every 24h --retain 7 [--now] [--quiesce] [--compress]\n"
@@ -656,6 +660,8 @@ int main(int argc, char **argv)
 			c.retain = argv[++i];
 		} else if (strcmp(a, "--incremental") == 0) {
 			c.incremental = true;
+		} else if (strcmp(a, "--foreground") == 0) {
+			c.foreground = true;
 		} else if (strcmp(a, "--now") == 0) {
 			c.now = true;
 		} else if (strcmp(a, "--compress") == 0) {

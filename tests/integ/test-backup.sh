@@ -140,6 +140,52 @@ check "ctk: after an outside write the (offline) backup is full" sh -c "echo '$r
 r7=$("$VELA" --json backup "$ivmx" --to "$ib" --incremental)
 check "ctk: untouched since, the next offline one is incremental with nothing changed" sh -c "echo '$r7' | jq -e '.incremental == true and .changed_blocks == 0'"
 
+# Single-file restore: a backup point's disks and partitions as read-only
+# files (FUSE), loop-mounted to take a file out.  The disk has an MBR with
+# an ext4 partition and a logical one (made by sfdisk and mkfs.ext4, not by
+# Vela); the guest changes a file between a full and an incremental backup,
+# and each point shows the file as it was then.
+svmx=$(make_vm sfr "$CMDLINE" 'virtio0:0.present = "TRUE"' 'virtio0:0.fileName = "disk.img"' 'ctkEnabled = "TRUE"')
+sdir=$(dirname "$svmx")
+sb=$VELA_HOME/sfr-backups
+mnt1=$VELA_HOME/mnt1 mnt2=$VELA_HOME/mnt2 fs1=$VELA_HOME/fs1 fs2=$VELA_HOME/fs2
+mkdir -p "$mnt1" "$mnt2" "$fs1" "$fs2" "$VELA_HOME/sfr-content"
+unmount_all() { for m in "$fs1" "$fs2" "$mnt1" "$mnt2"; do umount -l "$m" 2>/dev/null; done; }
+trap 'unmount_all; cleanup' EXIT
+printf 'label: dos\nstart=2048, size=40960, type=83\nstart=43008, type=5\nstart=45056, size=8192, type=c\n' | sfdisk -q "$sdir/disk.img"
+echo "version one" > "$VELA_HOME/sfr-content/note.txt"
+mkfs.ext4 -q -F -E offset=$((2048 * 512)) -d "$VELA_HOME/sfr-content" "$sdir/disk.img" 20M
+check "sfr: power on" "$VELA" vm start "$svmx"
+check "sfr: the agent runs" wait_console "$svmx" "connected to the host" 1 30
+s1=$("$VELA" --json backup "$svmx" --to "$sb" --incremental)
+sf1=$(echo "$s1" | jq -r .folder)
+check "sfr: the guest mounts its partition" run_in_guest "$svmx" 'mkdir -p /mnt && mount -t ext4 /dev/vda1 /mnt && echo MOUNTED-$((40+2))'
+check "sfr: ... and changes the file, adds one" run_in_guest "$svmx" 'echo "version two" > /mnt/note.txt && echo new > /mnt/added.txt && umount /mnt && echo CHANGED-$((40+2))'
+s2=$("$VELA" --json backup "$svmx" --to "$sb" --incremental)
+sf2=$(echo "$s2" | jq -r .folder)
+check "sfr: the second backup is incremental" sh -c "echo '$s2' | jq -e '.incremental == true'"
+check "sfr: stop" "$VELA" vm stop hard "$svmx"
+listing=$("$VELA" --json backup mount "$sf1" "$mnt1")
+check "sfr: mount the full backup point" sh -c "echo '$listing' | jq -e '.files | length == 3'"
+check "sfr: the mount is there after the command returned" sh -c "grep -q ' $mnt1 fuse' /proc/mounts"
+check "sfr: the partitions are where sfdisk put them (1 and logical 5)" sh -c "echo '$listing' | jq -e '[.files[] | select(.partition) | [.partition, .offset, .size]] == [[1, 1048576, 20971520], [5, 23068672, 4194304]]'"
+check "sfr: the whole disk reads as the backup's image (qemu-img compare)" qemu-img compare -f raw -F vmdk "$mnt1/virtio0-0.raw" "$sf1/virtio0-0.vmdk"
+check "sfr: the ext4 partition loop-mounts read-only" mount -o ro,loop "$mnt1/virtio0-0-part1.raw" "$fs1"
+check "sfr: the full point has the file as it was" sh -c "[ \"\$(cat '$fs1/note.txt')\" = 'version one' ] && [ ! -e '$fs1/added.txt' ]"
+"$VELA" backup mount "$sf2" "$mnt2" > /dev/null
+check "sfr: the incremental point (through the backup it builds on) loop-mounts" mount -o ro,loop "$mnt2/virtio0-0-part1.raw" "$fs2"
+check "sfr: it has the file as the guest changed it, and the new one" sh -c "[ \"\$(cat '$fs2/note.txt')\" = 'version two' ] && [ \"\$(cat '$fs2/added.txt')\" = new ]"
+check "sfr: the logical partition is the FAT-typed one" sh -c "echo '$listing' | jq -e '.files[] | select(.partition == 5) | .type == \"mbr:0x0c\"'"
+check "sfr: nothing can write to a backup point" sh -c "! (echo x >> '$mnt1/virtio0-0.raw') 2>/dev/null && ! touch '$mnt1/new' 2>/dev/null"
+check "sfr: the backup still verifies" "$VELA" backup verify "$sf2"
+umount "$fs1" "$fs2"
+check "sfr: unmount" "$VELA" backup unmount "$mnt1"
+check "sfr: unmount the other" "$VELA" backup unmount "$mnt2"
+check "sfr: both mounts are gone" sh -c "! grep -qE ' ($mnt1|$mnt2) fuse' /proc/mounts"
+expect_error VELA_E_NOTFOUND "sfr: a folder that is no backup is refused" "$VELA" backup mount "$VELA_HOME/sfr-content" "$mnt1"
+expect_error VELA_E_NOTFOUND "sfr: a missing mount point is refused" "$VELA" backup mount "$sf1" "$VELA_HOME/nowhere"
+check "sfr: nothing was mounted by the refused ones" sh -c "! grep -q ' $mnt1 fuse' /proc/mounts"
+
 # Through velad: one-off backups into a datastore with retention, and a
 # schedule that runs by itself.
 check "velad starts" velad_start
