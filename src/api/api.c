@@ -962,6 +962,12 @@ static enum MHD_Result route_vm(struct api *a, struct MHD_Connection *c, const s
 		struct job *j = job_new(who, id);
 		j->doc = doc;
 		return run_task(a, c, "vm.backup", f[0].s, false, backup_job, j, "backup");
+	} else if (strcmp(action, "backups") == 0 && strcmp(method, "GET") == 0) {
+		const char *ds = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "datastore");
+		const char *folder = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "folder");
+		if ((r = need_vm(a, who, id, HOST_ROLE_READONLY)) == 0)
+			r = host_vm_backup_list(a->host, id, ds, folder, &out);
+		return reply(c, r, "backups", out);
 	} else if (strcmp(action, "backup-schedule") == 0 && strcmp(method, "GET") == 0) {
 		if ((r = need_vm(a, who, id, HOST_ROLE_READONLY)) == 0)
 			r = host_backup_schedule_list(a->host, id, &out);

@@ -35,6 +35,7 @@
  *   GET    /api/v1/vms/ID/guestinfo?key=     guestinfo values, or one (admin)
  *   PUT    /api/v1/vms/ID/guestinfo          {key, value} set, or unset without value (admin)
  *   POST   /api/v1/vms/ID/backup             {datastore, folder?, quiesce?, compress?, keep?} hot backup (admin; a task)
+ *   GET    /api/v1/vms/ID/backups?datastore=D[&folder=F]  the VM's backups there, newest first
  *   GET    /api/v1/vms/ID/backup-schedule    the VM's backup schedule
  *   PUT    /api/v1/vms/ID/backup-schedule    {datastore, folder?, every (s), keep, quiesce?, compress?, now?} (admin)
  *   DELETE /api/v1/vms/ID/backup-schedule    no more scheduled backups (admin)

@@ -161,7 +161,7 @@ int cmd_backup(const struct cli *c, const char *const *w, size_t n)
 	}
 	/* A VM of velad's inventory (by id or name), schedules, or --host: velad. */
 	bool remote = c->host || (strcmp(w[0], "backup") == 0 && n >= 2 &&
-				  (strcmp(w[1], "schedule") == 0 ||
+				  (strcmp(w[1], "schedule") == 0 || strcmp(w[1], "list") == 0 ||
 				   (n == 2 && !strchr(w[1], '/') && !strstr(w[1], ".vmx") && access(w[1], F_OK) < 0)));
 	if (remote)
 		return cmd_remote(c, w, n);

@@ -435,6 +435,7 @@ static void usage(FILE *f)
 		"                                       hot backup through velad (a task), into a datastore\n"
 		"  vela backup schedule VM --datastore D --every 24h --retain 7 [--now] [--quiesce] [--compress]\n"
 		"  vela backup schedule list|remove [VM]  scheduled backups with retention (velad)\n"
+		"  vela backup list VM --datastore D [--folder F]  the VM's backups there, newest first (velad)\n"
 		"  vela restore BACKUP --to DIR [--as NAME]  a backup as a VM in a new folder\n"
 		"  vela vm guestinfo list|get|set|unset FILE.vmx [KEY [VALUE]]  guestinfo values\n"
 		"  vela vm freeze|thaw FILE.vmx         quiesce the guest's file systems (agent)\n"

@@ -1042,7 +1042,7 @@ static int parse_duration(const char *s, int64_t *out)
 	return 0;
 }
 
-/* vela backup VM ..., vela backup schedule VM|list|remove [VM] */
+/* vela backup VM ..., vela backup list VM, vela backup schedule VM|list|remove [VM] */
 static int backup_command(struct client *cl, const char *verb, const char *const *args, size_t n)
 {
 	const struct cli *c = cl->c;
@@ -1055,6 +1055,24 @@ static int backup_command(struct client *cl, const char *verb, const char *const
 		static const char *const cols[] = { "vm", "name", "datastore", "folder", "every_s", "keep", NULL };
 		static const char *const heads[] = { "VM", "NAME", "DATASTORE", "FOLDER", "EVERY-S", "KEEP", NULL };
 		print_table(c, json_object_get(reply, "schedules"), cols, heads);
+		json_decref(reply);
+		return 0;
+	}
+	if (strcmp(verb, "list") == 0 && n == 1) {
+		if (!c->datastore)
+			return vela_error(VELA_E_INVAL, "backup list VM --datastore D [--folder F]");
+		if ((r = resolve_vm(cl, args[0], &id)) < 0)
+			return r;
+		char *ds = curl_easy_escape(NULL, c->datastore, 0);
+		char *folder = curl_easy_escape(NULL, c->folder ? c->folder : "backups", 0);
+		CLEANUP_FREE char *p = xasprintf("vms/%lld/backups?datastore=%s&folder=%s", id, ds ? ds : "", folder ? folder : "");
+		curl_free(ds);
+		curl_free(folder);
+		if ((r = client_call(cl, "GET", p, NULL, &reply)) < 0)
+			return r;
+		static const char *const cols[] = { "folder", "created", "incremental", "builds_on", "bytes", NULL };
+		static const char *const heads[] = { "BACKUP", "CREATED", "INCREMENTAL", "BUILDS-ON", "BYTES", NULL };
+		print_table(c, json_object_get(reply, "backups"), cols, heads);
 		json_decref(reply);
 		return 0;
 	}

@@ -3,6 +3,7 @@
 #include "common.h"
 #include "internal.h"
 #include "backup.h"
+#include "vmx.h"
 
 #include <string.h>
 
@@ -41,7 +42,10 @@ int host_vm_backup(struct host *h, const char *user, int64_t id, const struct ho
 	r = backup_vm(v.config, dir, &o, out);
 	if (r == 0 && b->keep) {
 		json_t *removed = NULL;
-		if (backup_prune(dir, v.name, b->keep, &removed) < 0)
+		/* Folders are named after the VM's displayName, which need not be
+		 * its name in the inventory. */
+		const char *named = json_string_value(json_object_get(*out, "vm"));
+		if (backup_prune(dir, named ? named : v.name, b->keep, &removed) < 0)
 			host_event(h, HOST_WARNING, id, user, "vm.backup.retention", "%s", vela_errmsg());
 		else if (json_array_size(removed))
 			json_object_set(*out, "removed", removed);
@@ -55,6 +59,26 @@ int host_vm_backup(struct host *h, const char *user, int64_t id, const struct ho
 			   json_is_true(json_object_get(*out, "quiesced")) ? ", quiesced" : "");
 	else
 		host_event(h, HOST_ERROR, id, user, "vm.backup.failed", "%s", vela_errmsg());
+	host_vm_row_clear(&v);
+	return r;
+}
+
+int host_vm_backup_list(struct host *h, int64_t id, const char *datastore, const char *folder, json_t **out)
+{
+	CLEANUP_FREE char *dir = NULL;
+	int r = target_dir(h, datastore, folder, &dir);
+	if (r < 0)
+		return r;
+	struct vm_row v = { 0 };
+	if ((r = host_vm_row_get(h, id, &v)) < 0)
+		return r;
+	/* backup_vm names the folders after the displayName of the .vmx. */
+	struct vmx_file *f = NULL;
+	const char *display = NULL;
+	if (vmx_file_load(v.config, &f) == 0)
+		display = vmx_get(f, "displayName");
+	r = backup_list(dir, display ? display : v.name, out);
+	vmx_file_free(f);
 	host_vm_row_clear(&v);
 	return r;
 }

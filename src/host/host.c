@@ -714,11 +714,13 @@ int host_vm_list(struct host *h, json_t **out)
 {
 	/* States come from the cache the refresher keeps (and power
 	 * operations update at once): a list costs one query, however many
-	 * VMs run. */
+	 * VMs run.  What the guest told (heartbeat, OS, since when) shows only
+	 * while it runs, even before the refresher has seen it stop. */
 	return host_db_query(h,
 			  "SELECT v.id, v.name, v.folder, v.config, COALESCE(s.state, 'off') AS state,"
 			  " COALESCE(l.heartbeat, 'none') AS heartbeat, l.guest_os, l.on_since"
-			  " FROM vms v LEFT JOIN vm_state s ON s.vm = v.id LEFT JOIN vm_live l ON l.vm = v.id ORDER BY v.id",
+			  " FROM vms v LEFT JOIN vm_state s ON s.vm = v.id"
+			  " LEFT JOIN vm_live l ON l.vm = v.id AND COALESCE(s.state, 'off') NOT IN ('off', 'suspended') ORDER BY v.id",
 			  out);
 }
 
@@ -729,7 +731,8 @@ int host_vm_list_text(struct host *h, const struct host_access *access, struct s
 	int r = host_db_prepare(h,
 			"SELECT v.id, v.name, v.folder, v.config, COALESCE(s.state, 'off'), COALESCE(l.heartbeat, 'none'),"
 			" l.guest_os, l.on_since"
-			" FROM vms v LEFT JOIN vm_state s ON s.vm = v.id LEFT JOIN vm_live l ON l.vm = v.id ORDER BY v.id",
+			" FROM vms v LEFT JOIN vm_state s ON s.vm = v.id"
+			  " LEFT JOIN vm_live l ON l.vm = v.id AND COALESCE(s.state, 'off') NOT IN ('off', 'suspended') ORDER BY v.id",
 			&st);
 	int rc = SQLITE_DONE;
 	bool first = true;

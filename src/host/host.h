@@ -104,6 +104,8 @@ int host_vm_backup(struct host *h, const char *user, int64_t id, const struct ho
 		   struct host_task *t, json_t **out);
 int host_backup_schedule_set(struct host *h, const char *user, int64_t id, const struct host_backup_spec *b,
 			     json_t **out);
+/* The VM's backups in a datastore folder (default "backups"), newest first. */
+int host_vm_backup_list(struct host *h, int64_t id, const char *datastore, const char *folder, json_t **out);
 /* vm 0: every schedule. */
 int host_backup_schedule_list(struct host *h, int64_t vm, json_t **out);
 int host_backup_schedule_remove(struct host *h, const char *user, int64_t id);

@@ -49,6 +49,21 @@ json_t *host_vm_settings(const char *config)
 						      n->connection_type ? n->connection_type : "nat", "network",
 						      n->network_name, "device", vmx_nic_dev_name(n->dev), "mac", n->mac));
 	}
+	json_t *serials = json_array();
+	for (size_t i = 0; i < VMX_MAX_SERIAL; i++) {
+		const struct vmx_serial *sp = &m->serials[i];
+		static const char *const types[] = { [VMX_SERIAL_NONE] = "none", [VMX_SERIAL_FILE] = "file",
+						     [VMX_SERIAL_PIPE] = "pipe", [VMX_SERIAL_CONSOLE] = "console",
+						     [VMX_SERIAL_DEVICE] = "device" };
+		if (!sp->present)
+			continue;
+		char name[24];
+		snprintf(name, sizeof name, "serial%u", sp->index);
+		json_t *o = json_pack("{s:s, s:s, s:s?}", "name", name, "type", types[sp->type], "file", sp->path);
+		if (sp->type == VMX_SERIAL_PIPE)
+			json_object_set_new(o, "endpoint", json_string(sp->pipe_server ? "server" : "client"));
+		json_array_append_new(serials, o);
+	}
 	/* The boot order as the .vmx spells it ("cdrom,disk"); letters inside. */
 	char order[40] = "";
 	for (size_t i = 0; i < sizeof m->boot.order && m->boot.order[i]; i++) {
@@ -56,10 +71,10 @@ json_t *host_vm_settings(const char *config)
 		const char *w = c == 'c' ? "cdrom" : c == 'd' ? "disk" : c == 'f' ? "floppy" : c == 'n' ? "net" : "?";
 		snprintf(order + strlen(order), sizeof order - strlen(order), "%s%s", *order ? "," : "", w);
 	}
-	json_t *o = json_pack("{s:I, s:i, s:s, s:s, s:o, s:o, s:o, s:s}", "memsize", (json_int_t)m->memsize_mb, "vcpus",
-			      (int)m->vcpus, "guestOS", m->guest_os ? m->guest_os : "", "annotation",
-			      m->annotation ? m->annotation : "", "disks", disks, "cdroms", cdroms, "nics", nics, "boot_order",
-			      order);
+	json_t *o = json_pack("{s:I, s:i, s:s, s:s, s:o, s:o, s:o, s:o, s:s}", "memsize", (json_int_t)m->memsize_mb,
+			      "vcpus", (int)m->vcpus, "guestOS", m->guest_os ? m->guest_os : "", "annotation",
+			      m->annotation ? m->annotation : "", "disks", disks, "cdroms", cdroms, "nics", nics, "serials",
+			      serials, "boot_order", order);
 	vmx_model_free(m);
 	vmx_file_free(f);
 	return o;
@@ -287,7 +302,8 @@ static int edits_of(json_t *ch, struct edit *e)
 		}
 	}
 	static const char *const known[] = { "memsize", "vcpus", "guestOS", "annotation", "name", "cdrom", "nic", "folder",
-					     "boot_order", "disk_modes", "add_disks", "add_nics", "remove_devices" };
+					     "boot_order", "disk_modes", "add_disks", "add_nics", "add_serials",
+					     "remove_devices" };
 	const char *k;
 	json_object_foreach(ch, k, v) {
 		size_t i = 0;
@@ -296,7 +312,7 @@ static int edits_of(json_t *ch, struct edit *e)
 		if (i == ARRAY_SIZE(known))
 			return vela_error(VELA_E_INVAL, "reconfigure: unknown setting \"%.64s\" (memsize, vcpus, guestOS,"
 							" annotation, name, folder, cdrom, nic, boot_order, disk_modes,"
-							" add_disks, add_nics, remove_devices)", k);
+							" add_disks, add_nics, add_serials, remove_devices)", k);
 	}
 	return 0;
 }
@@ -334,6 +350,49 @@ static int edit_running(const char *config, const struct edit *e)
 	return r;
 }
 
+/* A serial port on the first free slot: {type: file|pipe|console, file
+ * (file and pipe: a plain name, made in the VM's folder), endpoint?:
+ * server|client (pipe)}.  Host devices and paths elsewhere are for whoever
+ * edits the .vmx on the host, not for a VM's administrator. */
+static int add_serial(struct vmx_file *f, json_t *d)
+{
+	const char *type = json_string_value(json_object_get(d, "type"));
+	const char *file = json_string_value(json_object_get(d, "file"));
+	const char *end = json_string_value(json_object_get(d, "endpoint"));
+	bool needs_file = type && (strcmp(type, "file") == 0 || strcmp(type, "pipe") == 0);
+	if (!json_is_object(d) || !type || (!needs_file && strcmp(type, "console") != 0))
+		return vela_error(VELA_E_INVAL, "reconfigure: add_serials: {type: file|pipe|console, file?, endpoint?}");
+	static const char name_chars[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-";
+	if (needs_file != (file != NULL) ||
+	    (file && (!*file || strlen(file) > 128 || file[0] == '.' || strspn(file, name_chars) != strlen(file))))
+		return vela_error(VELA_E_BADNAME, "reconfigure: add_serials: a %s port needs a file name in the VM's"
+						  " folder (no path)", type);
+	if (end && (strcmp(type, "pipe") != 0 || (strcmp(end, "server") != 0 && strcmp(end, "client") != 0)))
+		return vela_error(VELA_E_INVAL, "reconfigure: add_serials: endpoint is server or client, for a pipe");
+	char key[64];
+	unsigned slot = 0;
+	for (; slot < VMX_MAX_SERIAL; slot++) {
+		snprintf(key, sizeof key, "serial%u.present", slot);
+		bool present = false;
+		if (!vmx_get(f, key) || parse_bool(vmx_get(f, key), &present) < 0 || !present)
+			break;
+	}
+	if (slot == VMX_MAX_SERIAL)
+		return vela_error(VELA_E_LIMIT, "reconfigure: add_serials: all %d serial ports are in use", VMX_MAX_SERIAL);
+	vmx_set(f, key, "TRUE");
+	snprintf(key, sizeof key, "serial%u.fileType", slot);
+	vmx_set(f, key, type);
+	if (file) {
+		snprintf(key, sizeof key, "serial%u.fileName", slot);
+		vmx_set(f, key, file);
+	}
+	if (end) {
+		snprintf(key, sizeof key, "serial%u.pipe.endPoint", slot);
+		vmx_set(f, key, end);
+	}
+	return 0;
+}
+
 /*
  * The changes that depend on what the .vmx has: new disks on free units
  * (their files made now, in the VM's folder; listed in created so that a
@@ -343,12 +402,14 @@ static int edit_running(const char *config, const struct edit *e)
 static int hardware_edits(const char *config, json_t *ch, struct edit *e, json_t *created)
 {
 	json_t *add_disks = json_object_get(ch, "add_disks"), *add_nics = json_object_get(ch, "add_nics");
-	json_t *remove = json_object_get(ch, "remove_devices");
-	if (!add_disks && !add_nics && !remove)
+	json_t *remove = json_object_get(ch, "remove_devices"), *add_serials = json_object_get(ch, "add_serials");
+	if (!add_disks && !add_nics && !remove && !add_serials)
 		return 0;
 	if ((add_nics && (!json_is_array(add_nics) || json_array_size(add_nics) > 4)) ||
+	    (add_serials && (!json_is_array(add_serials) || json_array_size(add_serials) > VMX_MAX_SERIAL)) ||
 	    (remove && (!json_is_array(remove) || json_array_size(remove) > 16)))
-		return vela_error(VELA_E_INVAL, "reconfigure: add_nics is a list of at most 4, remove_devices of at most 16");
+		return vela_error(VELA_E_INVAL, "reconfigure: add_nics and add_serials are lists of at most 4,"
+						" remove_devices of at most 16");
 	struct vmx_file *before = NULL, *f = NULL;
 	int r = vmx_file_load(config, &before);
 	if (r == 0)
@@ -418,6 +479,11 @@ static int hardware_edits(const char *config, json_t *ch, struct edit *e, json_t
 		snprintf(key, sizeof key, "ethernet%u.virtualDev", slot);
 		if (dev)
 			vmx_set(f, key, dev);
+	}
+	json_array_foreach(add_serials, i, d) {
+		if (r < 0)
+			break;
+		r = add_serial(f, d);
 	}
 	/* What differs between the file and f, as edits. */
 	const char *k, *val;

@@ -202,6 +202,18 @@ bdir=$VELA_HOME/datastores/local/backups
 n=$(ls -d "$bdir"/bk-* 2>/dev/null | wc -l)
 if [ "$n" = 2 ]; then pass "retention kept the newest 2 backups"; else fail "retention: $n backups in $bdir"; fi
 check "velad: the backups verify" sh -c "for d in '$bdir'/bk-*; do '$VELA' backup verify \"\$d\" || exit 1; done"
+check "velad: backup list shows the 2 kept, newest first" sh -c "'$VELA' --json backup list bk --datastore local | jq -e 'length == 2 and .[0].folder > .[1].folder and (.[0].live == true)'"
+# Folders are named after the .vmx's displayName; retention and the list
+# find them when the VM has another name in the inventory.
+check "velad: register a VM under a name that is not its displayName" "$VELA" vm register --name renamed "$svmx"
+for i in 1 2; do
+	check "velad: backup #$i of it (retain 1)" "$VELA" backup renamed --datastore local --folder ren --retain 1
+	sleep 1
+done
+n=$(ls -d "$VELA_HOME/datastores/local/ren"/sfr-* 2>/dev/null | wc -l)
+if [ "$n" = 1 ]; then pass "retention found its backups (named sfr-*)"; else fail "retention under another name: $n backups"; fi
+check "velad: backup list finds it too" sh -c "'$VELA' --json backup list renamed --datastore local --folder ren | jq -e 'length == 1'"
+expect_error VELA_E_INVAL "velad: backup list needs a datastore" "$VELA" backup list bk
 check "velad: the backup is an event" sh -c "'$VELA' event list --vm bk | grep -q vm.backup"
 check "velad: a task of type vm.backup" sh -c "'$VELA' task list | grep -q vm.backup"
 check "velad: schedule a backup every minute, the first now" "$VELA" backup schedule bk --datastore local --folder nightly --every 60 --retain 1 --now

@@ -377,6 +377,47 @@ static void reconfigure_and_delete(void **s)
 	vmx_file_free(f);
 	free(added);
 
+	/* Serial ports: a file and a client pipe on free slots, listed in the
+	 * settings; paths and host devices are refused and change nothing. */
+	ch = json_pack("{s:[{s:s, s:s}, {s:s, s:s, s:s}]}", "add_serials", "type", "file", "file", "com1.log", "type",
+		       "pipe", "file", "com2.sock", "endpoint", "client");
+	assert_int_equal(host_vm_reconfigure(h, "tester", id, ch, &out), 0);
+	json_decref(ch);
+	json_t *ser = json_object_get(json_object_get(out, "settings"), "serials");
+	assert_int_equal(json_array_size(ser), 2);
+	assert_string_equal(json_string_value(json_object_get(json_array_get(ser, 1), "endpoint")), "client");
+	json_decref(out);
+	assert_int_equal(vmx_file_load(vmx, &f), 0);
+	assert_string_equal(vmx_get(f, "serial0.fileType"), "file");
+	assert_string_equal(vmx_get(f, "serial0.fileName"), "com1.log");
+	assert_string_equal(vmx_get(f, "serial1.fileType"), "pipe");
+	assert_string_equal(vmx_get(f, "serial1.pipe.endPoint"), "client");
+	vmx_file_free(f);
+	static const char *const bad_serials[] = {
+		"{\"add_serials\": [{\"type\": \"file\", \"file\": \"/etc/shadow\"}]}",
+		"{\"add_serials\": [{\"type\": \"file\", \"file\": \"..\"}]}",
+		"{\"add_serials\": [{\"type\": \"device\", \"file\": \"/dev/ttyS0\"}]}",
+		"{\"add_serials\": [{\"type\": \"file\"}]}",
+		"{\"add_serials\": [{\"type\": \"console\", \"endpoint\": \"client\"}]}",
+		"{\"add_serials\": [{\"type\": \"console\"}, {\"type\": \"console\"}, {\"type\": \"console\"}]}",
+	};
+	for (size_t i = 0; i < sizeof bad_serials / sizeof *bad_serials; i++) {
+		ch = json_loads(bad_serials[i], 0, NULL);
+		assert_non_null(ch);
+		assert_true(host_vm_reconfigure(h, "tester", id, ch, &out) < 0);
+		json_decref(ch);
+	}
+	assert_int_equal(vmx_file_load(vmx, &f), 0);
+	assert_null(vmx_get(f, "serial2.present"));   /* not even the first two consoles of the last */
+	vmx_file_free(f);
+	ch = json_pack("{s:[s]}", "remove_devices", "serial1");
+	assert_int_equal(host_vm_reconfigure(h, "tester", id, ch, &out), 0);
+	json_decref(ch);
+	json_decref(out);
+	assert_int_equal(vmx_file_load(vmx, &f), 0);
+	assert_null(vmx_get(f, "serial1.fileType"));
+	vmx_file_free(f);
+
 	/* A disk outside the folder is kept; the folder goes. */
 	char *outside = xasprintf("%s/shared.vmdk", home);
 	struct vdisk_create_opts dco = { .type = VDISK_TYPE_VMDK_MONOLITHIC_SPARSE, .size = 1 << 20 };

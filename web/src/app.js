@@ -13,7 +13,7 @@ const state = { me: null, host: null, vms: [], selected: null, detail: null, tab
                 term: null, sock: null, rfb: null, chart: null, chartTimer: null, tasks: [], refreshTimer: null,
                 detailGen: 0, thumb: null };
 const TABS = { summary: 'Summary', console: 'Console', screen: 'Screen', performance: 'Performance', snapshots: 'Snapshots',
-               events: 'Events', log: 'Log' };
+               backups: 'Backups', events: 'Events', log: 'Log' };
 
 // ---------------------------------------------------------------- helpers
 
@@ -332,7 +332,7 @@ async function loadDetail() {
   // before anything is replaced, so a newer redraw can still win.
   const editor = state.tab === 'summary' && roleAtLeast(role, 'admin') ? await settingsEditor(vm) : null;
   if (state.selected !== id || gen !== state.detailGen) return;
-  const typedIn = { settings: document.getElementById('settings'), hardware: document.getElementById('hardware') };
+  const typedIn = Object.fromEntries(['settings', 'hardware', 'backup-form'].map((i) => [i, document.getElementById(i)]));
   document.getElementById('detail').replaceChildren(...[
     h('h2', {}, vm.name + ' ', h('span', { class: 'state ' + vm.state, id: 'detail-state' }, vm.state)),
     h('p', { class: 'muted' }, 'Your role: ' + role),
@@ -367,6 +367,9 @@ async function loadDetail() {
   } else if (state.tab === 'snapshots') {
     closeConsole();
     body.append(await snapshotsView(vm, role));
+  } else if (state.tab === 'backups') {
+    closeConsole();
+    body.append(await backupsView(vm, role, typedIn['backup-form']));
   } else if (state.tab === 'events') {
     closeConsole();
     const ev = (await api('GET', '/events?vm=' + id + '&limit=200')).events.reverse();
@@ -459,6 +462,14 @@ function hardwareEditor(vm) {
   const bus = h('select', { name: 'disk-bus' }, ...['scsi', 'virtio', 'sata', 'ide'].map((t) => h('option', { value: t }, t)));
   const conn = h('select', { name: 'nic-connection' }, ...['nat', 'bridged', 'hostonly'].map((t) => h('option', { value: t }, t)));
   const boot = h('input', { name: 'boot-order', value: set.boot_order || '', placeholder: 'cdrom,disk', size: 16 });
+  // A serial port writes to a file or a named pipe in the VM's folder, or is the console.
+  const serialFile = h('input', { name: 'serial-file', placeholder: 'file name in the VM folder', size: 18 });
+  const serialEnd = h('select', { name: 'serial-endpoint' }, h('option', { value: 'server' }, 'server'), h('option', { value: 'client' }, 'client'));
+  const serialType = h('select', { name: 'serial-type', onchange: () => {
+    serialFile.disabled = serialType.value === 'console';
+    serialEnd.disabled = serialType.value !== 'pipe';
+  } }, ...['file', 'pipe', 'console'].map((t) => h('option', { value: t }, t)));
+  serialEnd.disabled = true;
   return h('div', { id: 'hardware' }, h('h2', {}, 'Hardware'),
     h('table', { id: 'hw-disks' }, h('tbody', {}, ...(set.disks || []).map((d) => h('tr', { 'data-disk': d.addr },
       h('td', {}, d.addr), h('td', { class: 'muted' }, d.file),
@@ -472,6 +483,16 @@ function hardwareEditor(vm) {
       h('button', { id: 'add-disk', onclick: () => changeHardware(vm, { add_disks: [{ size: size.value, type: type.value, bus: bus.value }] }, 'Add disk') }, 'Add disk')),
     h('div', { class: 'controls' }, 'New network card', conn,
       h('button', { id: 'add-nic', onclick: () => changeHardware(vm, { add_nics: [{ connection: conn.value }] }, 'Add network card') }, 'Add')),
+    h('table', { id: 'hw-serials' }, h('tbody', {}, ...(set.serials || []).map((p) => h('tr', { 'data-serial': p.name },
+      h('td', {}, p.name), h('td', { class: 'muted' }, p.type + (p.file ? ' ' + p.file : '') + (p.endpoint ? ' (' + p.endpoint + ')' : '')),
+      h('td', {}), h('td', {}, h('button', { onclick: () => changeHardware(vm, { remove_devices: [p.name] }, 'Remove ' + p.name) }, 'Remove')))))),
+    h('div', { class: 'controls' }, 'New serial port', serialType, serialFile, serialEnd,
+      h('button', { id: 'add-serial', onclick: () => {
+        const port = { type: serialType.value };
+        if (serialType.value !== 'console') port.file = serialFile.value;
+        if (serialType.value === 'pipe') port.endpoint = serialEnd.value;
+        changeHardware(vm, { add_serials: [port] }, 'Add serial port');
+      } }, 'Add')),
     h('div', { class: 'controls' }, 'Boot order', boot,
       h('button', { id: 'set-boot', onclick: () => changeHardware(vm, { boot_order: boot.value }, 'Boot order') }, 'Set')));
 }
@@ -519,6 +540,84 @@ async function snapshotsView(vm, role) {
       h('button', { id: 'take-snapshot', onclick: () => snapshotOp(vm, '', snapBody(), 'Snapshot ' + name.value) }, 'Take snapshot')) : null,
     h('p', { class: 'muted' }, 'A snapshot with memory brings the VM back running at that instant; a disk-only one ' +
       'needs the VM off to revert. Quiesce asks the guest agent to freeze the file systems. Independent disks are not included.'));
+}
+
+// ---------------------------------------------------------------- backups
+
+const enc = encodeURIComponent;
+const interval = (s) => s % 86400 === 0 ? (s / 86400) + (s === 86400 ? ' day' : ' days')
+  : s % 3600 === 0 ? (s / 3600) + ' h' : Math.round(s / 60) + ' min';
+const sizeText = (b) => b >= 1073741824 ? (b / 1073741824).toFixed(1) + ' GiB' : mib(b) + ' MiB';
+
+// The VM's backups in one datastore folder (the schedule's, or the one the
+// form names), a backup now (a task), and the schedule with retention.
+async function backupsView(vm, role, typed) {
+  const admin = roleAtLeast(role, 'admin');
+  let dss = [];
+  try { dss = (await api('GET', '/datastores')).datastores; } catch (e) { /* no grant: the list says so below */ }
+  const sched = (await api('GET', '/vms/' + vm.id + '/backup-schedule')).schedules[0];
+  const where = state.backupWhere && state.backupWhere.vm === vm.id ? state.backupWhere
+    : { vm: vm.id, datastore: sched ? sched.datastore : (dss[0] && dss[0].name), folder: sched ? sched.folder : 'backups' };
+  let list = [];
+  let listNote = '';
+  if (!where.datastore) listNote = 'No datastore to keep backups in.';
+  else {
+    try {
+      list = (await api('GET', '/vms/' + vm.id + '/backups?datastore=' + enc(where.datastore) + '&folder=' + enc(where.folder || 'backups'))).backups;
+    } catch (e) { listNote = e.message; }
+  }
+  const byFolder = Object.fromEntries(list.map((b) => [b.folder, b]));
+  const table = list.length ? h('table', { id: 'backup-list' }, h('thead', {}, h('tr', {},
+    ...['Backup', 'Taken', 'Kind', 'Consistency', 'Size'].map((t) => h('th', {}, t)))),
+  h('tbody', {}, ...list.map((b) => h('tr', { 'data-backup': b.folder },
+    h('td', {}, b.folder), h('td', { class: 'muted' }, new Date(b.created).toLocaleString()),
+    h('td', {}, b.incremental ? 'incremental' + (b.builds_on && byFolder[b.builds_on] ? ' on ' + b.builds_on : '') : 'full'),
+    h('td', {}, b.quiesced ? 'application (quiesced)' : b.live ? 'crash-consistent (live)' : 'VM off'),
+    h('td', { class: 'num' }, sizeText(b.bytes)))))) : h('p', { class: 'muted', id: 'backup-list-note' },
+    listNote || 'No backups of this VM in [' + where.datastore + '] ' + (where.folder || 'backups') + '.');
+  const info = h('p', { id: 'backup-schedule' }, sched
+    ? 'Scheduled: every ' + interval(sched.every_s) + ' into [' + sched.datastore + '] ' + sched.folder +
+      ', keeping the newest ' + sched.keep + (sched.incremental ? ', incremental' : '') + (sched.quiesce ? ', quiesced' : '') +
+      (sched.compress ? ', compressed' : '') + '; next ' + new Date(sched.next_run).toLocaleString() + '.'
+    : 'No scheduled backups.');
+  if (!admin) return h('div', { id: 'backups' }, info, table);
+
+  const ds = h('select', { name: 'backup-datastore' }, ...dss.map((d) => h('option', { value: d.name, selected: d.name === where.datastore }, d.name)));
+  const folder = h('input', { name: 'backup-folder', value: where.folder || 'backups', size: 14 });
+  const box = (name, on) => h('input', { type: 'checkbox', name, checked: !!on });   // the API's flags are 0/1
+  const quiesce = box('backup-quiesce', sched ? sched.quiesce : false);
+  const compress = box('backup-compress', sched ? sched.compress : false);
+  const incremental = box('backup-incremental', sched ? sched.incremental : false);
+  const keep = h('input', { type: 'number', name: 'backup-keep', min: 1, max: 1000, value: sched ? sched.keep : 7, size: 4 });
+  const every = h('input', { type: 'number', name: 'backup-every', min: 1, value: sched ? Math.max(1, Math.round(sched.every_s / 3600)) : 24, size: 4 });
+  const spec = () => Object.assign({ datastore: ds.value, folder: folder.value || 'backups', keep: Number(keep.value) },
+    quiesce.checked ? { quiesce: true } : {}, compress.checked ? { compress: true } : {}, incremental.checked ? { incremental: true } : {});
+  const act = async (what, fn) => {
+    try { await fn(); flash(what); } catch (e) { flash(what + ': ' + e.message, true); }
+    markClean('backup-form');
+    state.backupWhere = { vm: vm.id, datastore: ds.value, folder: folder.value || 'backups' };
+    loadTasks();
+    loadDetail();
+  };
+  const fresh = h('form', { id: 'backup-form', onsubmit: (ev) => ev.preventDefault() },
+    h('div', { class: 'form-grid' },
+      h('label', {}, 'Datastore'), ds, h('label', {}, 'Folder'), folder,
+      h('label', {}, 'Keep the newest'), keep, h('label', {}, 'Every (hours)'), every),
+    h('div', { class: 'controls' }, h('label', {}, quiesce, ' quiesce (guest agent)'), h('label', {}, compress, ' compress'),
+      h('label', {}, incremental, ' incremental (changed blocks; ctkEnabled)')),
+    h('div', { class: 'controls' },
+      h('button', { class: 'primary', id: 'backup-now', type: 'button', onclick: () => act('Backup started', async () => {
+        const j = await api('POST', '/vms/' + vm.id + '/backup?wait=0', spec());
+        flash('Backup started: task ' + j.task.id);
+      }) }, 'Back up now'),
+      h('button', { id: 'backup-schedule-save', type: 'button', onclick: () => act('Schedule saved', () =>
+        api('PUT', '/vms/' + vm.id + '/backup-schedule', Object.assign(spec(), { every: Number(every.value) * 3600 }))) }, 'Save schedule'),
+      sched ? h('button', { id: 'backup-schedule-remove', type: 'button', onclick: () => act('Schedule removed', () =>
+        api('DELETE', '/vms/' + vm.id + '/backup-schedule')) }, 'Remove schedule') : null,
+      h('button', { id: 'backup-list-show', type: 'button', onclick: () => act('Listed', async () => {}) }, 'List this folder')));
+  return h('div', { id: 'backups' }, info, keepDirty(typed, vm.id, fresh), table,
+    h('p', { class: 'muted' }, 'A backup keeps the VM running: its disks get redo logs at one instant, the images under them ' +
+      'are copied, and the logs are merged back. To take single files out of a backup: vela backup mount BACKUP DIR on the host.'));
 }
 
 // ------------------------------------------------------------ new VM wizard
