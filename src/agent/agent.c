@@ -165,6 +165,26 @@ int agent_guestinfo_value_check(const char *value)
 	return 0;
 }
 
+int agent_net_counters(json_t *net, uint64_t *rx, uint64_t *tx)
+{
+	*rx = *tx = 0;
+	if (!json_is_object(net) || json_object_size(net) > AGENT_MAX_NICS)
+		return vela_error(VELA_E_PROTOCOL, "net: an object of at most %u interfaces", AGENT_MAX_NICS);
+	const char *name;
+	json_t *v;
+	json_object_foreach(net, name, v) {
+		json_t *r = json_array_get(v, 0), *t = json_array_get(v, 1);
+		size_t n = strlen(name);
+		if (n == 0 || n > 15 || json_array_size(v) != 2 || !json_is_integer(r) || !json_is_integer(t) ||
+		    json_integer_value(r) < 0 || json_integer_value(t) < 0 ||
+		    (uint64_t)json_integer_value(r) > AGENT_ID_MAX || (uint64_t)json_integer_value(t) > AGENT_ID_MAX)
+			return vela_error(VELA_E_PROTOCOL, "net: \"%.16s\" is not [rx_bytes, tx_bytes]", name);
+		*rx += (uint64_t)json_integer_value(r);
+		*tx += (uint64_t)json_integer_value(t);
+	}
+	return 0;
+}
+
 /* ------------------------------------------------------------ settings */
 
 void agent_conf_free(struct agent_conf *c)

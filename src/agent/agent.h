@@ -30,6 +30,7 @@
 #define AGENT_VALUE_MAX 4096u         /* guestinfo value */
 #define AGENT_GUESTINFO_MAX 256u      /* guestinfo keys kept per VM */
 #define AGENT_ID_MAX 9007199254740991ull  /* 2^53 - 1: exact in every JSON reader */
+#define AGENT_MAX_NICS 16u            /* interfaces counted in a beat's "net" */
 
 /*
  * Bounded line splitter.  Feed it bytes as they come; it calls line_cb for
@@ -73,6 +74,11 @@ char *agent_encode(json_t *j);
 int agent_guestinfo_key(const char *key, char **out);
 /* Values: at most AGENT_VALUE_MAX bytes, no NUL. */
 int agent_guestinfo_value_check(const char *value);
+
+/* A beat's "net": {IFNAME: [rx_bytes, tx_bytes]} with at most
+ * AGENT_MAX_NICS names of 1-15 bytes and counts from 0 to 2^53-1; the
+ * sums over the interfaces in *rx, *tx. */
+int agent_net_counters(json_t *net, uint64_t *rx, uint64_t *tx);
 
 
 /* --------------------------------------------- vela-guestd's own settings */

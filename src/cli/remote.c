@@ -346,8 +346,11 @@ static int print_stats(struct client *cl, const char *path, bool host)
 		json_decref(reply);
 		return 0;
 	}
-	printf(host ? "%-24s %6s %10s %10s\n" : "%-24s %6s %10s %12s %12s\n", "TIME", "CPU", "MEM_MIB",
-	       host ? "TOTAL_MIB" : "DISK_RD_B/S", "DISK_WR_B/S");
+	if (host)
+		printf("%-24s %6s %10s %10s\n", "TIME", "CPU", "MEM_MIB", "TOTAL_MIB");
+	else
+		printf("%-24s %6s %10s %12s %12s %12s %12s\n", "TIME", "CPU", "MEM_MIB", "DISK_RD_B/S", "DISK_WR_B/S",
+		       "NET_RX_B/S", "NET_TX_B/S");
 	size_t i;
 	json_t *sm;
 	json_array_foreach(json_object_get(stats, "samples"), i, sm) {
@@ -359,9 +362,11 @@ static int print_stats(struct client *cl, const char *path, bool host)
 			printf("%-24s %6.2f %10lld %10lld\n", when, cpu, mem,
 			       (long long)(json_integer_value(json_object_get(sm, "mem_total")) >> 20));
 		else
-			printf("%-24s %6.2f %10lld %12lld %12lld\n", when, cpu, mem,
+			printf("%-24s %6.2f %10lld %12lld %12lld %12lld %12lld\n", when, cpu, mem,
 			       (long long)json_integer_value(json_object_get(sm, "disk_rd")),
-			       (long long)json_integer_value(json_object_get(sm, "disk_wr")));
+			       (long long)json_integer_value(json_object_get(sm, "disk_wr")),
+			       (long long)json_integer_value(json_object_get(sm, "net_rx")),
+			       (long long)json_integer_value(json_object_get(sm, "net_tx")));
 	}
 	json_decref(reply);
 	return 0;

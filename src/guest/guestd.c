@@ -198,6 +198,38 @@ static json_t *addresses(void)
 	return arr;
 }
 
+/* Bytes each network interface received and sent (the kernel's 64-bit
+ * counters), for the host's network rates: {"eth0": [rx, tx], ...}.  The
+ * loopback is left out; at most AGENT_MAX_NICS interfaces. */
+static json_t *net_counters(void)
+{
+	json_t *j = json_object();
+	DIR *d = opendir("/sys/class/net");
+	if (!d)
+		return j;
+	struct dirent *e;
+	while ((e = readdir(d)) && json_object_size(j) < AGENT_MAX_NICS) {
+		if (e->d_name[0] == '.' || strcmp(e->d_name, "lo") == 0 || strlen(e->d_name) >= IFNAMSIZ)
+			continue;
+		unsigned long long v[2];
+		bool ok = true;
+		static const char *const names[] = { "rx_bytes", "tx_bytes" };
+		for (int k = 0; k < 2 && ok; k++) {
+			char path[96];
+			snprintf(path, sizeof path, "/sys/class/net/%s/statistics/%s", e->d_name, names[k]);
+			char *text = NULL;
+			size_t len;
+			ok = read_file(path, 64, &text, &len) == 0 && sscanf(text, "%llu", &v[k]) == 1;
+			free(text);
+		}
+		if (ok)
+			json_object_set_new(j, e->d_name, json_pack("[I, I]", (json_int_t)(v[0] & INT64_MAX),
+								   (json_int_t)(v[1] & INT64_MAX)));
+	}
+	closedir(d);
+	return j;
+}
+
 static json_t *memory_info(void)
 {
 	char *text = NULL;
@@ -734,7 +766,7 @@ static void tick(struct vela_loop *loop, uint64_t id, void *opaque)
 	}
 	if (g->port_fd >= 0) {
 		g->beats++;
-		send_msg(g, json_pack("{s:s, s:I}", "cmd", "beat", "seq", (json_int_t)g->beats));
+		send_msg(g, json_pack("{s:s, s:I, s:o}", "cmd", "beat", "seq", (json_int_t)g->beats, "net", net_counters()));
 		/* Addresses change (DHCP): say so within half a minute. */
 		if (g->beats % (30 / g->conf.heartbeat_interval_s + 1) == 0)
 			send_info(g, false);

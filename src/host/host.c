@@ -154,7 +154,9 @@ static const char schema[] =
 	"  mem INTEGER NOT NULL,"
 	"  mem_total INTEGER NOT NULL DEFAULT 0,"
 	"  disk_rd INTEGER NOT NULL DEFAULT 0,"
-	"  disk_wr INTEGER NOT NULL DEFAULT 0);"
+	"  disk_wr INTEGER NOT NULL DEFAULT 0,"
+	"  net_rx INTEGER NOT NULL DEFAULT 0,"
+	"  net_tx INTEGER NOT NULL DEFAULT 0);"
 	"CREATE INDEX IF NOT EXISTS stats_by_vm ON stats(vm, time);";
 
 void host_db_finalize(sqlite3_stmt **st)
@@ -1268,6 +1270,10 @@ int host_open(const struct host_opts *opts, struct host **out)
 		host_close(h);
 		return r;
 	}
+	/* Databases from before the network rates: the columns are added (the
+	 * error when they are there already is the expected one). */
+	sqlite3_exec(h->db, "ALTER TABLE stats ADD COLUMN net_rx INTEGER NOT NULL DEFAULT 0", NULL, NULL, NULL);
+	sqlite3_exec(h->db, "ALTER TABLE stats ADD COLUMN net_tx INTEGER NOT NULL DEFAULT 0", NULL, NULL, NULL);
 	r = host_tasks_recover(h);
 	if (r < 0) {
 		host_close(h);

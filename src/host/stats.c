@@ -5,6 +5,11 @@
  * kept in the database for a while (an hour by default; older samples are
  * dropped as new ones come: a ring).
  *
+ * Network rates are the guest's own counts of what its interfaces received
+ * and sent, from its agent's heartbeat: the NICs are not switched by the
+ * host yet (a virtual switch will count at its ports); without the agent
+ * they are 0.
+ *
  * Rates need two readings: a VM's first sample after it started only seeds
  * them.  VM CPU is in host cores used (0.5 = half a core), so a reader can
  * relate it to the VM's vCPUs or to the host as it likes.
@@ -21,7 +26,8 @@ struct stats_prev {
 	int64_t id;
 	pid_t pid;                 /* QEMU's: a new process starts the counters anew */
 	int64_t mono_ms;
-	uint64_t cpu_ticks, busy_ticks, total_ticks, rd_bytes, wr_bytes;
+	uint64_t cpu_ticks, busy_ticks, total_ticks, rd_bytes, wr_bytes, net_rx, net_tx;
+	bool net_known;
 	bool seen;                 /* in this round (the others are gone) */
 	struct stats_prev *next;
 };
@@ -41,13 +47,18 @@ static struct stats_prev *prev_of(struct host *h, int64_t id)
 	return p;
 }
 
+struct rates {
+	uint64_t disk_rd, disk_wr, net_rx, net_tx;   /* bytes per second */
+};
+
 static int record(struct host *h, int64_t vm, int64_t when, double cpu, uint64_t mem, uint64_t mem_total,
-		  uint64_t rd_bps, uint64_t wr_bps)
+		  const struct rates *rt)
 {
 	pthread_mutex_lock(&h->db_lock);
 	CLEANUP_STMT sqlite3_stmt *st = NULL;
 	int r = host_db_prepare(h,
-				"INSERT INTO stats(vm, time, cpu, mem, mem_total, disk_rd, disk_wr) VALUES(?,?,?,?,?,?,?)",
+				"INSERT INTO stats(vm, time, cpu, mem, mem_total, disk_rd, disk_wr, net_rx, net_tx)"
+				" VALUES(?,?,?,?,?,?,?,?,?)",
 				&st);
 	if (r == 0) {
 		sqlite3_bind_int64(st, 1, vm);
@@ -55,8 +66,10 @@ static int record(struct host *h, int64_t vm, int64_t when, double cpu, uint64_t
 		sqlite3_bind_double(st, 3, cpu);
 		sqlite3_bind_int64(st, 4, (sqlite3_int64)mem);
 		sqlite3_bind_int64(st, 5, (sqlite3_int64)mem_total);
-		sqlite3_bind_int64(st, 6, (sqlite3_int64)rd_bps);
-		sqlite3_bind_int64(st, 7, (sqlite3_int64)wr_bps);
+		sqlite3_bind_int64(st, 6, (sqlite3_int64)rt->disk_rd);
+		sqlite3_bind_int64(st, 7, (sqlite3_int64)rt->disk_wr);
+		sqlite3_bind_int64(st, 8, (sqlite3_int64)rt->net_rx);
+		sqlite3_bind_int64(st, 9, (sqlite3_int64)rt->net_tx);
 		if (sqlite3_step(st) != SQLITE_DONE)
 			r = host_db_fail(h, "record statistics");
 	}
@@ -132,18 +145,39 @@ static void sample_vm(struct host *h, int64_t id, const char *config, int64_t no
 	}
 	json_decref(req);
 	json_decref(reply);
+	reply = NULL;
+	uint64_t net_rx = 0, net_tx = 0;
+	bool net_known = false;
+	req = json_pack("{s:s}", "cmd", "guest");
+	if (vmxsup_call(config, req, &reply, 5000) == 0) {
+		json_t *net = json_object_get(reply, "net");
+		net_known = json_is_integer(json_object_get(net, "rx_bytes"));
+		net_rx = (uint64_t)json_integer_value(json_object_get(net, "rx_bytes"));
+		net_tx = (uint64_t)json_integer_value(json_object_get(net, "tx_bytes"));
+	}
+	json_decref(req);
+	json_decref(reply);
 	struct stats_prev *p = prev_of(h, id);
 	if (p->pid == pid && p->mono_ms && now_mono > p->mono_ms && ticks >= p->cpu_ticks && rd >= p->rd_bytes &&
 	    wr >= p->wr_bytes) {
 		double dt = (double)(now_mono - p->mono_ms) / 1000.0;
-		record(h, id, now_real, (double)(ticks - p->cpu_ticks) * tick_s / dt, rss, 0,
-		       (uint64_t)((double)(rd - p->rd_bytes) / dt), (uint64_t)((double)(wr - p->wr_bytes) / dt));
+		struct rates rt = { .disk_rd = (uint64_t)((double)(rd - p->rd_bytes) / dt),
+				    .disk_wr = (uint64_t)((double)(wr - p->wr_bytes) / dt) };
+		/* A guest's counters start again when it reboots: no rate then. */
+		if (net_known && p->net_known && net_rx >= p->net_rx && net_tx >= p->net_tx) {
+			rt.net_rx = (uint64_t)((double)(net_rx - p->net_rx) / dt);
+			rt.net_tx = (uint64_t)((double)(net_tx - p->net_tx) / dt);
+		}
+		record(h, id, now_real, (double)(ticks - p->cpu_ticks) * tick_s / dt, rss, 0, &rt);
 	}
 	p->pid = pid;
 	p->mono_ms = now_mono;
 	p->cpu_ticks = ticks;
 	p->rd_bytes = rd;
 	p->wr_bytes = wr;
+	p->net_rx = net_rx;
+	p->net_tx = net_tx;
+	p->net_known = net_known;
 }
 
 void host_stats_sample(struct host *h)
@@ -163,7 +197,7 @@ void host_stats_sample(struct host *h)
 		if (p->mono_ms && total > p->total_ticks)
 			record(h, 0, now_real,
 			       (double)(busy - p->busy_ticks) / (double)(total - p->total_ticks) * (double)(cores > 0 ? cores : 1),
-			       mt > ma ? mt - ma : 0, mt, 0, 0);
+			       mt > ma ? mt - ma : 0, mt, &(struct rates){ 0 });
 		p->mono_ms = now_mono;
 		p->busy_ticks = busy;
 		p->total_ticks = total;
@@ -214,7 +248,7 @@ int host_stats(struct host *h, int64_t vm, int64_t since_ms, json_t **out)
 	pthread_mutex_lock(&h->db_lock);
 	CLEANUP_STMT sqlite3_stmt *st = NULL;
 	int r = host_db_prepare(h,
-				vm ? "SELECT time, cpu, mem, disk_rd, disk_wr FROM stats WHERE vm = ? AND time > ? ORDER BY time"
+				vm ? "SELECT time, cpu, mem, disk_rd, disk_wr, net_rx, net_tx FROM stats WHERE vm = ? AND time > ? ORDER BY time"
 				   : "SELECT time, cpu, mem, mem_total FROM stats WHERE vm = ? AND time > ? ORDER BY time",
 				&st);
 	json_t *rows = NULL;

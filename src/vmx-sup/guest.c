@@ -35,6 +35,8 @@ struct sup_guest {
 	bool machine_id_blocked, sync_time;
 	unsigned hb_timeout_s;
 	json_t *info;                 /* the agent's last hello, or NULL */
+	uint64_t net_rx, net_tx;      /* bytes the guest's interfaces received and sent (last beat) */
+	bool net_known;
 	json_t *guestinfo;            /* key -> value */
 	enum hb_state hb;
 	bool agent_stopped;           /* it said "stopping" */
@@ -274,7 +276,17 @@ static void guest_notice(struct sup_guest *g, struct agent_msg *m)
 			g->resumed = false;
 		}
 	} else if (strcmp(m->cmd, "beat") == 0) {
-		/* only heard() */
+		/* The guest's network counters, for the host's rates: a bad
+		 * "net" is counted as a bad message and ignored. */
+		json_t *net = json_object_get(m->json, "net");
+		uint64_t rx, tx;
+		if (net && agent_net_counters(net, &rx, &tx) == 0) {
+			g->net_rx = rx;
+			g->net_tx = tx;
+			g->net_known = true;
+		} else if (net) {
+			g->bad_messages++;
+		}
 	} else if (strcmp(m->cmd, "shutting-down") == 0) {
 		const char *mode = json_string_value(json_object_get(m->json, "mode"));
 		log_info("event: the guest is shutting down (%s)", mode && strcmp(mode, "reboot") == 0 ? "reboot" : "halt");
@@ -509,6 +521,9 @@ json_t *sup_guest_status(const struct sup_guest *g)
 		json_object_set_new(j, "last_heard_s", json_integer((time_mono_ms() - g->last_heard_ms) / 1000));
 	if (g->info)
 		json_object_set(j, "info", g->info);
+	if (g->net_known && g->hb == HB_OK)
+		json_object_set_new(j, "net", json_pack("{s:I, s:I}", "rx_bytes", (json_int_t)g->net_rx, "tx_bytes",
+							(json_int_t)g->net_tx));
 	if (g->bad_messages)
 		json_object_set_new(j, "bad_messages", json_integer((json_int_t)g->bad_messages));
 	if (g->flood_pauses)

@@ -34,7 +34,7 @@ if ! node -e "require('ws')" 2>/dev/null; then
 	exit 1
 fi
 
-vmx=$(make_vm con "${SCSI_DISK[@]}" "$CMDLINE")
+vmx=$(make_vm con "${SCSI_DISK[@]}" "$CMDLINE" 'ethernet0.present = "TRUE"' 'ethernet0.virtualDev = "virtio"')
 id=$("$VELA" vm register --folder /con "$vmx")
 for u in "$OP" "$RO"; do useradd -M -s /usr/sbin/nologin "$u"; echo "$u:$PASSWORD" | chpasswd; done
 "$VELA" perm grant "user:$OP" "vm:$id" operator > /dev/null
@@ -71,6 +71,9 @@ check "the VNC console speaks RFB (subprotocol binary, as noVNC asks)" test "$ou
 
 # Performance statistics of the running VM and of the host.
 run_in_guest "$vmx" 'dd if=/dev/zero of=/dev/sda bs=1M count=16 oflag=direct 2>/dev/null; sync'
+# Network traffic to the user-mode network's own gateway (inside QEMU):
+# 200 pings of 1400 bytes, counted by the guest's agent.
+check "the guest sends on its NIC" run_in_guest "$vmx" 'ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up && ping -q -c 200 -i 0.01 -s 1400 -w 10 10.0.2.2 >/dev/null 2>&1; echo PINGED-$((40+2))'
 sleep 2.5
 code=$(curl -sk -o "$VELA_HOME/stats.json" -w '%{http_code}' -H "Authorization: Bearer $rotok" "https://127.0.0.1:$PORT/api/v1/vms/$id/stats")
 check "readonly may read the VM's statistics" test "$code" = 200
@@ -78,6 +81,8 @@ check "... several samples, a second apart" test "$(jq '.stats.samples | length'
 check "... its QEMU used CPU" test "$(jq '[.stats.samples[].cpu] | max > 0' "$VELA_HOME/stats.json")" = true
 check "... and memory (resident > 16 MiB)" test "$(jq '[.stats.samples[].mem] | max > 16777216' "$VELA_HOME/stats.json")" = true
 check "... the guest's 16 MiB write shows as a disk write rate" test "$(jq '[.stats.samples[].disk_wr] | add >= 16000000' "$VELA_HOME/stats.json")" = true
+check "... and its 280 KB of pings as a network send rate" test "$(jq '[.stats.samples[].net_tx] | add >= 250000' "$VELA_HOME/stats.json")" = true
+check "vela vm stats shows the network columns" sh -c "'$VELA' vm stats $id | head -1 | grep -q NET_TX_B/S"
 check "vela vm stats" sh -c "'$VELA' vm stats $id | grep -c '^20' | grep -qv '^[012]$'"
 check "vela --json host stats: the host's memory" test "$("$VELA" --json host stats | jq '.samples | length >= 2 and (.[-1].mem_total > .[-1].mem)')" = true
 code=$(curl -sk -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $rotok" "https://127.0.0.1:$PORT/api/v1/host/stats")

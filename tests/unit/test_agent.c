@@ -168,6 +168,36 @@ static void vmstate_trailer(void **s)
 	rmdir(dir);
 }
 
+static void net_counters(void **state)
+{
+	(void)state;
+	uint64_t rx, tx;
+	json_t *j = json_loads("{\"eth0\": [100, 200], \"ens3\": [1, 2]}", 0, NULL);
+	assert_int_equal(agent_net_counters(j, &rx, &tx), 0);
+	assert_int_equal(rx, 101);
+	assert_int_equal(tx, 202);
+	json_decref(j);
+	static const char *const bad[] = {
+		"[1, 2]", "{\"eth0\": [1]}", "{\"eth0\": [-1, 2]}", "{\"eth0\": [1, \"2\"]}",
+		"{\"a-name-longer-than-15\": [1, 2]}", "{\"\": [1, 2]}", "{\"eth0\": [1, 9007199254740992]}",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+		j = json_loads(bad[i], JSON_DECODE_ANY, NULL);
+		assert_non_null(j);
+		assert_int_equal(agent_net_counters(j, &rx, &tx), -VELA_E_PROTOCOL);
+		json_decref(j);
+	}
+	/* More interfaces than a guest may report. */
+	j = json_object();
+	for (int i = 0; i < 17; i++) {
+		char name[8];
+		snprintf(name, sizeof name, "e%d", i);
+		json_object_set_new(j, name, json_pack("[i, i]", 1, 1));
+	}
+	assert_int_equal(agent_net_counters(j, &rx, &tx), -VELA_E_PROTOCOL);
+	json_decref(j);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -176,6 +206,7 @@ int main(void)
 		cmocka_unit_test(guestinfo_keys_and_values),
 		cmocka_unit_test(settings_file),
 		cmocka_unit_test(vmstate_trailer),
+		cmocka_unit_test(net_counters),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

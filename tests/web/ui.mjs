@@ -130,6 +130,8 @@ try {
     await page.locator('#chart canvas').first().waitFor({ timeout: 15000 });
     const points = Number(await page.locator('#chart').getAttribute('data-points'));
     if (!(points >= 2)) throw new Error(points + ' points');
+    await page.locator('#io-chart canvas').first().waitFor({ timeout: 5000 });   // disk and network rates
+    if (Number(await page.locator('#io-chart').getAttribute('data-points')) !== points) throw new Error('the rate chart has other samples');
   });
   await page.screenshot({ path: join(shots, 'performance.png') });
   await check('the VM page shows the guest agent: heartbeat ok, the running OS', async () => {

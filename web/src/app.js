@@ -11,7 +11,7 @@ const API = '/api/v1';
 const ROLES = ['none', 'readonly', 'operator', 'admin'];
 const state = { me: null, host: null, vms: [], selected: null, detail: null, tab: 'summary', events: null,
                 term: null, sock: null, rfb: null, chart: null, chartTimer: null, tasks: [], refreshTimer: null,
-                detailGen: 0, thumb: null };
+                detailGen: 0, thumb: null, ioChart: null };
 const TABS = { summary: 'Summary', console: 'Console', screen: 'Screen', performance: 'Performance', snapshots: 'Snapshots',
                backups: 'Backups', events: 'Events', log: 'Log' };
 
@@ -816,12 +816,15 @@ function openConsole(body, vm) {
 
 async function showChart(body, id) {
   const box = h('div', { id: 'chart' });
+  const ioBox = h('div', { id: 'io-chart' });
   const note = h('p', { class: 'muted', id: 'chart-note' }, 'CPU (host cores) and memory (MiB) while the VM ran, last hour.');
-  body.append(note, box);
+  const ioNote = h('p', { class: 'muted' }, 'Disk and network, KiB/s (network as the guest agent counts it).');
+  body.append(note, box, ioNote, ioBox);
   let j;
   try { j = (await api('GET', '/vms/' + id + '/stats')).stats; } catch (e) { note.textContent = e.message; return; }
   const s = j.samples;
   if (state.chart) { state.chart.destroy(); state.chart = null; }
+  if (state.ioChart) { state.ioChart.destroy(); state.ioChart = null; }
   if (!s.length) { note.textContent = 'No samples yet: they come every ' + j.interval_ms / 1000 + ' s while the VM runs.'; return; }
   const data = [s.map((p) => p.time / 1000), s.map((p) => p.cpu), s.map((p) => mib(p.mem))];
   state.chart = new uPlot({
@@ -830,6 +833,15 @@ async function showChart(body, id) {
     axes: [{}, { scale: 'cpu' }, { scale: 'mib', side: 1, grid: { show: false } }],
   }, data, box);
   box.dataset.points = String(s.length);
+  const kib = (k) => s.map((p) => Math.round((p[k] || 0) / 1024));
+  if (state.ioChart) state.ioChart.destroy();
+  state.ioChart = new uPlot({
+    width: Math.max(360, ioBox.clientWidth || 600), height: 200,
+    series: [{}, { label: 'Disk read', stroke: '#1f6feb' }, { label: 'Disk write', stroke: '#cf222e' },
+      { label: 'Net received', stroke: '#1a7f37' }, { label: 'Net sent', stroke: '#9a6700' }],
+  }, [data[0], kib('disk_rd'), kib('disk_wr'), kib('net_rx'), kib('net_tx')], ioBox);
+  ioBox.dataset.points = String(s.length);
+  ioBox.dataset.netMax = String(Math.max(0, ...s.map((p) => (p.net_rx || 0) + (p.net_tx || 0))));
   clearTimeout(state.chartTimer);
   state.chartTimer = setTimeout(() => { if (state.tab === 'performance' && state.selected === id) loadDetail(); }, Math.max(j.interval_ms, 5000));
 }
