@@ -182,6 +182,23 @@ umount "$fs1" "$fs2"
 check "sfr: unmount" "$VELA" backup unmount "$mnt1"
 check "sfr: unmount the other" "$VELA" backup unmount "$mnt2"
 check "sfr: both mounts are gone" sh -c "! grep -qE ' ($mnt1|$mnt2) fuse' /proc/mounts"
+# A GPT disk (sfdisk's) and a disk whose MBR points past its end, backed up
+# offline: the partitions are where sfdisk says; the bad table is reported
+# and the whole disk is still there.
+gvmx=$(make_vm gpt 'scsi0.present = "TRUE"' 'scsi0:0.present = "TRUE"' 'scsi0:0.fileName = "disk.img"' \
+	'scsi0:1.present = "TRUE"' 'scsi0:1.fileName = "bad.img"')
+gdir=$(dirname "$gvmx")
+printf 'label: gpt\nstart=2048, size=4096, name=one\nstart=8192, size=16384, name=two\n' | sfdisk -q "$gdir/disk.img"
+truncate -s 8M "$gdir/bad.img"
+printf 'label: dos\nstart=2048, size=4096, type=83\n' | sfdisk -q "$gdir/bad.img"
+printf '\x00\x00\x01\x00' | dd of="$gdir/bad.img" bs=1 seek=$((446 + 12)) conv=notrunc status=none   # 65536 sectors: 32 MiB on an 8 MiB disk
+gf=$("$VELA" --json backup "$gvmx" --to "$sb" | jq -r .folder)
+glist=$("$VELA" --json backup mount "$gf" "$mnt1")
+want=$(sfdisk -J "$gdir/disk.img" | jq -c '[.partitiontable.partitions[] | [.start * 512, .size * 512]]')
+check "sfr: GPT partitions where sfdisk put them ($want)" sh -c "echo '$glist' | jq -e --argjson w '$want' '[.files[] | select(.disk == \"scsi0:0\" and .partition) | [.offset, .size]] == \$w'"
+check "sfr: a table pointing past the disk's end is reported" sh -c "echo '$glist' | jq -e '.files[] | select(.name == \"scsi0-1.raw\") | .partition_error | test(\"past the end\")'"
+check "sfr: ... and that disk is still there whole" cmp "$mnt1/scsi0-1.raw" "$gdir/bad.img"
+"$VELA" backup unmount "$mnt1"
 expect_error VELA_E_NOTFOUND "sfr: a folder that is no backup is refused" "$VELA" backup mount "$VELA_HOME/sfr-content" "$mnt1"
 expect_error VELA_E_NOTFOUND "sfr: a missing mount point is refused" "$VELA" backup mount "$sf1" "$VELA_HOME/nowhere"
 check "sfr: nothing was mounted by the refused ones" sh -c "! grep -q ' $mnt1 fuse' /proc/mounts"
