@@ -284,6 +284,9 @@ try {
     await page.locator('#question', { hasText: /undoable|redo|changes/i }).waitFor({ timeout: 60000 });
     for (const c of ['commit', 'discard', 'keep']) await page.locator('#question button[data-choice=' + c + ']').waitFor({ timeout: 1000 });
     await page.screenshot({ path: join(shots, 'undoable-question.png') });
+    // Stuck on the question, nothing runs: the list shows no uptime for it.
+    const up = await page.locator('tr.vm', { hasText: 'wizvm' }).locator('td.uptime').textContent();
+    if (/\d/.test(up)) throw new Error('a stuck VM shows an uptime: ' + up);
     await page.locator('#question button[data-choice=discard]').click();
     await page.locator('#detail-state', { hasText: /^off$/ }).waitFor({ timeout: 30000 });
     await page.locator('#question').waitFor({ state: 'detached', timeout: 15000 });
