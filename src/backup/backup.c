@@ -946,6 +946,21 @@ static void free_names(char **names, size_t n)
 	free(names);
 }
 
+int backup_vm_name(const char *vmx, char **out)
+{
+	struct vmx_file *f = NULL;
+	struct vmx_model *m = NULL;
+	struct vmx_model_opts mo = { .check_files = false };
+	int r = vmx_file_load(vmx, &f);
+	if (r == 0)
+		r = vmx_model_build(f, vmx, &mo, NULL, &m);
+	if (r == 0)
+		*out = xstrdup(m->display_name);
+	vmx_model_free(m);
+	vmx_file_free(f);
+	return r;
+}
+
 int backup_list(const char *dir, const char *vm_name, json_t **out)
 {
 	char **names = NULL;

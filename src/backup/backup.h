@@ -77,5 +77,8 @@ int backup_prune(const char *dir, const char *vm_name, unsigned keep, json_t **r
  * created, live, quiesced, compressed, incremental, disks, bytes,
  * builds_on (the folder of the backup it builds on, or null)}]. */
 int backup_list(const char *dir, const char *vm_name, json_t **out);
+/* The name backup_vm gives the folders of vmx's backups (its displayName,
+ * or the file's name without .vmx), for backup_list and backup_prune. */
+int backup_vm_name(const char *vmx, char **out);
 
 #endif /* VELA_BACKUP_H */

@@ -3,7 +3,6 @@
 #include "common.h"
 #include "internal.h"
 #include "backup.h"
-#include "vmx.h"
 
 #include <string.h>
 
@@ -72,13 +71,10 @@ int host_vm_backup_list(struct host *h, int64_t id, const char *datastore, const
 	struct vm_row v = { 0 };
 	if ((r = host_vm_row_get(h, id, &v)) < 0)
 		return r;
-	/* backup_vm names the folders after the displayName of the .vmx. */
-	struct vmx_file *f = NULL;
-	const char *display = NULL;
-	if (vmx_file_load(v.config, &f) == 0)
-		display = vmx_get(f, "displayName");
-	r = backup_list(dir, display ? display : v.name, out);
-	vmx_file_free(f);
+	/* The folders carry the name backup_vm gives them, not the inventory's. */
+	CLEANUP_FREE char *name = NULL;
+	if ((r = backup_vm_name(v.config, &name)) == 0)
+		r = backup_list(dir, name, out);
 	host_vm_row_clear(&v);
 	return r;
 }

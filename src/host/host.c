@@ -712,18 +712,23 @@ int host_vm_unregister(struct host *h, const char *user, int64_t id)
 	return r;
 }
 
+/* Both lists: each VM with its cached state and, only while a guest runs
+ * (a VM on a question has none), what the guest told. */
+#define VM_LIST_FROM                                                                                     \
+	" FROM vms v LEFT JOIN vm_state s ON s.vm = v.id"                                                \
+	" LEFT JOIN vm_live l ON l.vm = v.id AND COALESCE(s.state, 'off') NOT IN ('off', 'suspended', 'stuck')" \
+	" ORDER BY v.id"
+
 int host_vm_list(struct host *h, json_t **out)
 {
 	/* States come from the cache the refresher keeps (and power
 	 * operations update at once): a list costs one query, however many
 	 * VMs run.  What the guest told (heartbeat, OS, since when) shows only
-	 * while it runs (a VM on a question has no guest running), even before
-	 * the refresher has seen it stop. */
+	 * while it runs, even before the refresher has seen it stop. */
 	return host_db_query(h,
 			  "SELECT v.id, v.name, v.folder, v.config, COALESCE(s.state, 'off') AS state,"
 			  " COALESCE(l.heartbeat, 'none') AS heartbeat, l.guest_os, l.on_since"
-			  " FROM vms v LEFT JOIN vm_state s ON s.vm = v.id"
-			  " LEFT JOIN vm_live l ON l.vm = v.id AND COALESCE(s.state, 'off') NOT IN ('off', 'suspended', 'stuck') ORDER BY v.id",
+			  VM_LIST_FROM,
 			  out);
 }
 
@@ -734,8 +739,7 @@ int host_vm_list_text(struct host *h, const struct host_access *access, struct s
 	int r = host_db_prepare(h,
 			"SELECT v.id, v.name, v.folder, v.config, COALESCE(s.state, 'off'), COALESCE(l.heartbeat, 'none'),"
 			" l.guest_os, l.on_since"
-			" FROM vms v LEFT JOIN vm_state s ON s.vm = v.id"
-			  " LEFT JOIN vm_live l ON l.vm = v.id AND COALESCE(s.state, 'off') NOT IN ('off', 'suspended', 'stuck') ORDER BY v.id",
+			VM_LIST_FROM,
 			&st);
 	int rc = SQLITE_DONE;
 	bool first = true;
