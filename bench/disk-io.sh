@@ -9,13 +9,16 @@
 # bypass it (qemu-img -t none, Vela --cache none = O_DIRECT data I/O).
 # Writes end with a flush in both.  Vela's request buffers may sit on huge
 # pages as guest RAM does; SMALL_PAGES=1 puts them on 4 KiB pages instead.
-# Usage: [CACHE=none] [SMALL_PAGES=1] bench/disk-io.sh [RUNS]   (default 3; medians; speed-ups)
+# Through the cache Vela pushes sequential write streams to the device while
+# they are written (write-behind); NO_WRITE_BEHIND=1 measures without it.
+# Usage: [CACHE=none] [SMALL_PAGES=1] [NO_WRITE_BEHIND=1] bench/disk-io.sh [RUNS]   (default 3; medians; speed-ups)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 vela=$top/build/bin/vela
 runs=${1:-3}
 cache=${CACHE:-writeback}
 pages=; [ "${SMALL_PAGES:-0}" = 1 ] && pages=--small-pages
+[ "${NO_WRITE_BEHIND:-0}" = 1 ] && pages="$pages --no-write-behind"
 dir=${DIR:-$(mktemp -d /var/tmp/vela-bench-io.XXXXXX)}
 trap 'rm -rf "$dir"' EXIT
 cd "$dir"
@@ -27,7 +30,7 @@ for fmt in raw qcow2 vmdk; do
 	qemu-io -f $fmt -c 'write -P 0x5a 0 1G' img.$fmt >/dev/null
 done
 sync
-echo "cache=$cache ${pages:+(Vela buffers on 4 KiB pages)}"
+echo "cache=$cache${pages:+ (Vela:$pages)}"
 printf '%-6s %-22s %10s %10s %8s\n' format workload vela_ms qemu_ms speedup
 for fmt in raw qcow2 vmdk; do
 	for w in "4k-stride-read:4k:$((4096 * 7919)):100000:32:" "4k-stride-write:4k:$((4096 * 7919)):100000:32:-w" \

@@ -7,12 +7,13 @@
 #
 #   bench/vhost-guest.sh [FORMAT]      FORMAT: raw (default), vmdk, qcow2
 #   SECS=5 SIZE=512M ROUNDS=2 bench/vhost-guest.sh
+#   VELA=/other/build/vela WORKLOADS="write 1048576 2" bench/vhost-guest.sh
 #
 # Guests run under TCG here, so the guest's own CPU bounds what it can ask
 # for; the ratio is what counts.
 set -euo pipefail
 TOP=$(cd "$(dirname "$0")/.." && pwd)
-VELA=$TOP/build/bin/vela
+VELA=${VELA:-$TOP/build/bin/vela}   # VELA=another build compares two versions
 GUEST=$TOP/build/guest
 FMT=${1:-raw}
 SECS=${SECS:-5}
@@ -40,6 +41,8 @@ qemu-img create -q -f "$qfmt" "$img" "$SIZE"
 qemu-io -f "$qfmt" -c "write -P 0x33 0 $SIZE" "$img" >/dev/null
 
 workloads=("randread 4096 8" "randwrite 4096 8" "read 1048576 2" "write 1048576 2")
+# WORKLOADS="write 1048576 2;read 1048576 2" runs only those.
+[ -n "${WORKLOADS:-}" ] && IFS=';' read -r -a workloads <<< "$WORKLOADS"
 
 # guest_run SOCKET LABEL: boot the guest on the served disk, run every workload.
 guest_run() {
@@ -52,7 +55,9 @@ guest_run() {
 		-append "console=ttyS0 quiet panic=-1 vela.cmdloop=1" -serial "pipe:$con" \
 		-chardev "socket,id=vb,path=$sock" -device vhost-user-blk-pci,chardev=vb,num-queues=2 &
 	local qpid=$!
-	exec 3<"$con.out" 4>"$con.in"
+	# Read-write opens of the FIFOs do not block, so a QEMU that dies before
+	# opening its serial pipe makes the reads below time out, not hang.
+	exec 3<>"$con.out" 4<>"$con.in"
 	local line
 	while IFS= read -r -t 120 -u 3 line; do
 		[[ $line == *VELA-GUEST-READY* ]] && break

@@ -20,6 +20,7 @@ struct cli {
 	unsigned count;
 	bool write;
 	bool small_pages;     /* --small-pages: bench buffers without huge pages */
+	bool no_write_behind; /* --no-write-behind: bench without pushing streams early */
 	const char *cache;    /* --cache none|writeback (disk bench, disk serve) */
 	/* vela disk serve */
 	const char *nbd, *name;

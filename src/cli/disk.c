@@ -279,7 +279,9 @@ static int disk_bench(const struct cli *c, const char *path)
 	bool host_cache;
 	if ((r = cli_host_cache(c, &host_cache)) < 0)
 		return cli_fail(c, r);
-	if ((r = vdisk_open(path, (c->write ? 0 : VDISK_OPEN_RDONLY) | (host_cache ? 0 : VDISK_OPEN_DIRECT), &b.d)) < 0)
+	unsigned flags = (c->write ? 0 : VDISK_OPEN_RDONLY) | (host_cache ? 0 : VDISK_OPEN_DIRECT) |
+			 (c->no_write_behind ? VDISK_OPEN_NO_WRITE_BEHIND : 0);
+	if ((r = vdisk_open(path, flags, &b.d)) < 0)
 		return cli_fail(c, r);
 	b.size = vdisk_size(b.d);
 	if (b.bs > b.size) {

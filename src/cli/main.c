@@ -502,7 +502,7 @@ static void usage(FILE *f)
 		"  vela disk rename FILE NEW            rename a disk and its extents; children follow\n"
 		"  vela disk delete [--force] FILE      delete a disk's files (not a parent in use)\n"
 		"  vela disk addredo FILE               add an empty redo log; prints the new top\n"
-		"  vela disk bench [-w] [--bs B] [--step S] [--count N] [--depth D] [--cache none] [--small-pages] FILE  I/O benchmark\n"
+		"  vela disk bench [-w] [--bs B] [--step S] [--count N] [--depth D] [--cache none] [--small-pages] [--no-write-behind] FILE  I/O benchmark\n"
 		"  vela disk serve [--nbd ADDR] [--readonly] [--name N] FILE  export over NBD\n"
 		"  vela disk serve --vhost-user SOCKET [--queues N] [--readonly] FILE  serve a VM's virtio disk\n"
 		"  vela disk commit [--level N] [--keep] FILE  merge FILE (or level N below it) into its parent\n"
@@ -533,6 +533,7 @@ static void usage(FILE *f)
 		"  --step SIZE        (disk bench) distance between requests (default: --bs)\n"
 		"  --depth N          (disk bench) requests in flight (default 32)\n"
 		"  --small-pages      (disk bench) request buffers on 4 KiB pages, not huge pages\n"
+		"  --no-write-behind  (disk bench) leave sequential writes in the host cache until the flush\n"
 		"  -w, --write        (disk bench) write instead of read\n"
 		"  --cache MODE       (disk bench, disk serve) writeback (default: the host page\n"
 		"                     cache) or none (data I/O with O_DIRECT)\n"
@@ -699,6 +700,8 @@ int main(int argc, char **argv)
 			c.depth = argv[++i];
 		} else if (strcmp(a, "--small-pages") == 0) {
 			c.small_pages = true;
+		} else if (strcmp(a, "--no-write-behind") == 0) {
+			c.no_write_behind = true;
 		} else if (strcmp(a, "-w") == 0 || strcmp(a, "--write") == 0) {
 			c.write = true;
 		} else if (strcmp(a, "--force") == 0) {

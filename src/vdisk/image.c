@@ -65,6 +65,11 @@ long vdisk_test_write_count(void)
 	return n;
 }
 
+uint64_t vdisk_test_write_behind_pushed(const struct vdisk *d)
+{
+	return d->top->write_behind_pushed;
+}
+
 static bool fault_injected(void)
 {
 	if (!atomic_load_explicit(&fault.armed, memory_order_relaxed))
@@ -169,7 +174,7 @@ static int probe(const char *path, const struct vdisk_format **out)
 
 int vdisk_image_open(const char *path, bool read_only, struct vdisk_image **out)
 {
-	return vdisk_image_open_direct(path, read_only, false, out);
+	return vdisk_image_open_flags(path, read_only ? VDISK_OPEN_RDONLY : 0, out);
 }
 
 int vdisk_open_data_fd(const struct vdisk_image *img, const char *path, bool writable)
@@ -197,7 +202,8 @@ int vdisk_data_pread(int fd, int dfd, void *buf, size_t len, uint64_t off, const
 	return vdisk_pread_full(fd, buf, len, off, what);
 }
 
-int vdisk_data_pwrite(int fd, int dfd, const void *buf, size_t len, uint64_t off, const char *what)
+int vdisk_data_pwrite(int fd, int dfd, struct vdisk_writebehind *wb, const void *buf, size_t len, uint64_t off,
+		      const char *what)
 {
 	if (fault_injected())
 		return vela_error(VELA_E_WRITE, "write %s at %llu: injected fault", what, (unsigned long long)off);
@@ -211,10 +217,13 @@ int vdisk_data_pwrite(int fd, int dfd, const void *buf, size_t len, uint64_t off
 		if (n > 0)   /* short: finish the rest through the cache */
 			return write_loop(fd, (const char *)buf + n, len - (size_t)n, off + (uint64_t)n, what);
 	}
-	return write_loop(fd, buf, len, off, what);
+	int r = write_loop(fd, buf, len, off, what);
+	if (r == 0)
+		vdisk_writebehind_wrote(wb, off, len);
+	return r;
 }
 
-int vdisk_image_open_direct(const char *path, bool read_only, bool direct, struct vdisk_image **out)
+int vdisk_image_open_flags(const char *path, unsigned flags, struct vdisk_image **out)
 {
 	const struct vdisk_format *fmt = NULL;
 	int r = probe(path, &fmt);
@@ -223,8 +232,9 @@ int vdisk_image_open_direct(const char *path, bool read_only, bool direct, struc
 	struct vdisk_image *img = xcalloc(1, sizeof *img);
 	img->path = xstrdup(path);
 	img->dir = path_dirname(path);
-	img->read_only = read_only;
-	img->direct = direct;
+	img->read_only = (flags & VDISK_OPEN_RDONLY) != 0;
+	img->direct = (flags & VDISK_OPEN_DIRECT) != 0;
+	img->write_behind = !img->read_only && !img->direct && !(flags & VDISK_OPEN_NO_WRITE_BEHIND);
 	img->fmt = fmt;
 	pthread_mutex_init(&img->lock, NULL);
 	r = fmt->open(img);
@@ -263,8 +273,8 @@ int vdisk_open(const char *path, unsigned flags, struct vdisk **out)
 	/* Real paths of the chain so far, for loop detection (heap: deep chains). */
 	CLEANUP_FREE char (*seen)[PATH_MAX] = NULL;
 	unsigned depth = 0;
-	bool direct = (flags & VDISK_OPEN_DIRECT) != 0;
-	int r = vdisk_image_open_direct(path, flags & VDISK_OPEN_RDONLY, direct, &top);
+	int r = vdisk_image_open_flags(path, flags & (VDISK_OPEN_RDONLY | VDISK_OPEN_DIRECT | VDISK_OPEN_NO_WRITE_BEHIND),
+				       &top);
 	if (r < 0)
 		return r;
 	seen = xcalloc(VDISK_MAX_CHAIN, PATH_MAX);
@@ -291,7 +301,7 @@ int vdisk_open(const char *path, unsigned flags, struct vdisk **out)
 		}
 		snprintf(seen[depth++], PATH_MAX, "%s", real);
 		/* Parents are never written through a child. */
-		r = vdisk_image_open_direct(cur->parent_path, true, direct, &cur->parent);
+		r = vdisk_image_open_flags(cur->parent_path, VDISK_OPEN_RDONLY | (flags & VDISK_OPEN_DIRECT), &cur->parent);
 		if (r < 0) {
 			vela_error_context(r, "open %s: parent of %s", path, cur->path);
 			goto err;

@@ -46,6 +46,7 @@ struct refblock {
 struct qcow2 {
 	int fd;
 	int dfd;                     /* O_DIRECT descriptor for cluster data, or -1 */
+	struct vdisk_writebehind *wb;
 	uint32_t version, cluster_bits, refcount_order;
 	uint64_t cluster, size, file_end;
 	uint64_t l1_offset, rt_offset;
@@ -86,6 +87,7 @@ static void qcow2_free(struct qcow2 *q)
 				free(q->rb[i]->raw);
 				free(q->rb[i]);
 			}
+	vdisk_writebehind_free(q->wb);
 	if (q->fd >= 0)
 		close(q->fd);
 	if (q->dfd >= 0)
@@ -115,6 +117,7 @@ static int qcow2_open(struct vdisk_image *img)
 	if (q->fd < 0)
 		return vela_error_errno(errno, "open %s", img->path);
 	q->dfd = vdisk_open_data_fd(img, img->path, !img->read_only);
+	q->wb = vdisk_writebehind_new(img, q->fd);
 	if (fstat(q->fd, &st) < 0)
 		return vela_error_errno(errno, "stat %s", img->path);
 	q->file_end = (uint64_t)st.st_size;
@@ -500,7 +503,7 @@ static int write_cluster(struct vdisk_image *img, struct qcow2 *q, const char *s
 		return r;
 	uint64_t host = e & L2E_OFFSET_MASK;
 	if (!(e & QCOW_OFLAG_COMPRESSED) && host && (e & QCOW_OFLAG_COPIED))
-		return vdisk_data_pwrite(q->fd, q->dfd, src, n, host + in, img->path);   /* ours alone: in place */
+		return vdisk_data_pwrite(q->fd, q->dfd, q->wb, src, n, host + in, img->path);   /* ours alone: in place */
 
 	/* A new cluster: keep what the write does not cover. */
 	char *buf = xcalloc(1, q->cluster);
@@ -521,7 +524,7 @@ static int write_cluster(struct vdisk_image *img, struct qcow2 *q, const char *s
 		r = alloc_cluster(img, q, &at);
 	}
 	if (r == 0)
-		r = vdisk_data_pwrite(q->fd, q->dfd, buf, q->cluster, at, img->path);
+		r = vdisk_data_pwrite(q->fd, q->dfd, q->wb, buf, q->cluster, at, img->path);
 	free(buf);
 	if (r < 0)
 		return r;
@@ -594,13 +597,13 @@ static int qcow2_pwrite(struct vdisk_image *img, const void *buf, size_t len, ui
 					continue;
 				}
 				if (run_len)
-					r = vdisk_data_pwrite(q->fd, q->dfd, p + (run_off - off), run_len, run_host, img->path);
+					r = vdisk_data_pwrite(q->fd, q->dfd, q->wb, p + (run_off - off), run_len, run_host, img->path);
 				run_off += run_len;
 				run_host = h;
 				run_len = n;
 			}
 			if (r == 0 && run_len)
-				r = vdisk_data_pwrite(q->fd, q->dfd, p + (run_off - off), run_len, run_host, img->path);
+				r = vdisk_data_pwrite(q->fd, q->dfd, q->wb, p + (run_off - off), run_len, run_host, img->path);
 			return r;
 		}
 	}

@@ -16,6 +16,7 @@
 struct raw {
 	int fd;
 	int dfd;             /* O_DIRECT descriptor, or -1 */
+	struct vdisk_writebehind *wb;
 	bool esx1_trailer;   /* ESX 1.x .dsk: the last 512 bytes are not disk */
 };
 
@@ -50,6 +51,7 @@ static int raw_open(struct vdisk_image *img)
 	struct raw *r = xcalloc(1, sizeof *r);
 	r->fd = fd;
 	r->dfd = S_ISREG(st.st_mode) || S_ISBLK(st.st_mode) ? vdisk_open_data_fd(img, img->path, !img->read_only) : -1;
+	r->wb = S_ISREG(st.st_mode) || S_ISBLK(st.st_mode) ? vdisk_writebehind_new(img, fd) : NULL;
 	img->priv = r;
 	img->size = (uint64_t)st.st_size;
 	if (is_esx1_dsk(img->path, &st)) {
@@ -68,6 +70,7 @@ static void raw_close(struct vdisk_image *img)
 {
 	struct raw *r = img->priv;
 	if (r) {
+		vdisk_writebehind_free(r->wb);
 		close(r->fd);
 		if (r->dfd >= 0)
 			close(r->dfd);
@@ -112,7 +115,7 @@ static int raw_pread(struct vdisk_image *img, void *buf, size_t len, uint64_t of
 static int raw_pwrite(struct vdisk_image *img, const void *buf, size_t len, uint64_t off)
 {
 	struct raw *r = img->priv;
-	return vdisk_data_pwrite(r->fd, r->dfd, buf, len, off, img->path);
+	return vdisk_data_pwrite(r->fd, r->dfd, r->wb, buf, len, off, img->path);
 }
 
 static int raw_flush(struct vdisk_image *img)

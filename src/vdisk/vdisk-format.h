@@ -10,6 +10,7 @@
 #define VELA_VDISK_FORMAT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "vdisk.h"
 
@@ -21,6 +22,8 @@ struct vdisk_image {
 	char *dir;                  /* folder: base of relative names inside the image */
 	bool read_only;
 	bool direct;                /* VDISK_OPEN_DIRECT: backends open a data fd with O_DIRECT */
+	bool write_behind;          /* writable through the page cache, and not turned off */
+	_Atomic uint64_t write_behind_pushed;   /* bytes of streams pushed early (writebehind.c) */
 	const struct vdisk_format *fmt;
 	void *priv;                 /* the backend's state */
 	uint64_t size;              /* virtual bytes */
@@ -94,7 +97,8 @@ extern const struct vdisk_format vdisk_format_qcow2;
 
 /* Open one image (no parent).  Used by the chain code and by create. */
 int vdisk_image_open(const char *path, bool read_only, struct vdisk_image **out);
-int vdisk_image_open_direct(const char *path, bool read_only, bool direct, struct vdisk_image **out);
+/* The same with VDISK_OPEN_RDONLY, _DIRECT and _NO_WRITE_BEHIND. */
+int vdisk_image_open_flags(const char *path, unsigned flags, struct vdisk_image **out);
 
 /* A second descriptor on path with O_DIRECT for data I/O when img->direct,
  * else (or where the file system cannot) -1. */
@@ -102,7 +106,19 @@ int vdisk_open_data_fd(const struct vdisk_image *img, const char *path, bool wri
 /* Data I/O: through dfd (O_DIRECT) when it is open and the request is
  * aligned, else through fd; an O_DIRECT refusal (EINVAL) falls back. */
 int vdisk_data_pread(int fd, int dfd, void *buf, size_t len, uint64_t off, const char *what);
-int vdisk_data_pwrite(int fd, int dfd, const void *buf, size_t len, uint64_t off, const char *what);
+struct vdisk_writebehind;
+/* A write through fd is reported to wb (may be NULL) when it succeeds. */
+int vdisk_data_pwrite(int fd, int dfd, struct vdisk_writebehind *wb, const void *buf, size_t len, uint64_t off,
+		      const char *what);
+
+/* Write-behind (writebehind.c): one per file of guest data a writable image
+ * writes through the page cache.  NULL (nothing to do) unless
+ * img->write_behind.  _wrote() is told of every data write through fd;
+ * sequential streams get pushed to the device early by a thread of the
+ * writebehind's own.  Free it before closing fd. */
+struct vdisk_writebehind *vdisk_writebehind_new(struct vdisk_image *img, int fd);
+void vdisk_writebehind_wrote(struct vdisk_writebehind *wb, uint64_t off, size_t len);
+void vdisk_writebehind_free(struct vdisk_writebehind *wb);
 void vdisk_image_close(struct vdisk_image *img);
 /* Read [off, off+len) as the image's parent chain sees it (zeros at the bottom). */
 int vdisk_image_read_below(struct vdisk_image *img, void *buf, size_t len, uint64_t off);
@@ -115,6 +131,8 @@ int vdisk_image_read(struct vdisk_image *img, void *buf, size_t len, uint64_t of
  * vdisk_test_write_count() counts writes since the last arm. */
 void vdisk_test_fail_writes_after(long n);
 long vdisk_test_write_count(void);
+/* Bytes the top image's write-behind has pushed so far. */
+uint64_t vdisk_test_write_behind_pushed(const struct vdisk *d);
 
 /* Helpers for backends. */
 int vdisk_pread_full(int fd, void *buf, size_t len, uint64_t off, const char *what);

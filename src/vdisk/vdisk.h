@@ -32,6 +32,10 @@ enum vdisk_open_flags {
 	 * 512-byte aligned in memory, offset and length; metadata stays cached.
 	 * File systems without O_DIRECT (tmpfs) quietly keep the cache. */
 	VDISK_OPEN_DIRECT = 1 << 2,
+	/* Through the page cache, sequential write streams are pushed to the
+	 * device while they are written, so a flush finds little left to do
+	 * (writebehind.c).  This turns that off (benchmarks compare). */
+	VDISK_OPEN_NO_WRITE_BEHIND = 1 << 3,
 };
 
 /* Open path and its parents.  Errors name the file: a missing parent

@@ -34,6 +34,7 @@
 
 struct vhd {
 	int fd;
+	struct vdisk_writebehind *wb;
 	uint8_t footer[FOOTER_SIZE];
 	uint32_t type;
 	uint8_t uuid[16];
@@ -108,6 +109,7 @@ static void vhd_free(struct vhd *v)
 {
 	if (!v)
 		return;
+	vdisk_writebehind_free(v->wb);
 	if (v->fd >= 0)
 		close(v->fd);
 	free(v->bat);
@@ -228,6 +230,7 @@ static int vhd_open(struct vdisk_image *img)
 	v->fd = open(img->path, (img->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
 	if (v->fd < 0)
 		return vela_error_errno(errno, "open %s", img->path);
+	v->wb = vdisk_writebehind_new(img, v->fd);
 	if (fstat(v->fd, &st) < 0)
 		return vela_error_errno(errno, "stat %s", img->path);
 	if ((uint64_t)st.st_size < FOOTER_SIZE)
@@ -435,7 +438,7 @@ static int alloc_block(struct vdisk_image *img, struct vhd *v, uint32_t block, c
 	r = vdisk_pwrite_full(v->fd, bm, v->bitmap_bytes, at, img->path);
 	free(bm);
 	if (r == 0)
-		r = vdisk_pwrite_full(v->fd, data, v->block_size, at + v->bitmap_bytes, img->path);
+		r = vdisk_data_pwrite(v->fd, -1, v->wb, data, v->block_size, at + v->bitmap_bytes, img->path);
 	if (r < 0)
 		return r;
 	v->end = new_end;
@@ -451,7 +454,7 @@ static int vhd_pwrite(struct vdisk_image *img, const void *buf, size_t len, uint
 {
 	struct vhd *v = img->priv;
 	if (v->type == VHD_FIXED)
-		return vdisk_pwrite_full(v->fd, buf, len, off, img->path);
+		return vdisk_data_pwrite(v->fd, -1, v->wb, buf, len, off, img->path);
 	const char *p = buf;
 	int r = 0;
 	pthread_mutex_lock(&img->lock);
@@ -491,7 +494,8 @@ static int vhd_pwrite(struct vdisk_image *img, const void *buf, size_t len, uint
 				}
 				free(blk);
 			} else {
-				r = vdisk_pwrite_full(v->fd, p, n, (uint64_t)v->bat[block] * 512 + v->bitmap_bytes + in, img->path);
+				r = vdisk_data_pwrite(v->fd, -1, v->wb, p, n, (uint64_t)v->bat[block] * 512 + v->bitmap_bytes + in,
+						      img->path);
 			}
 		} else {
 			char *blk = xcalloc(1, v->block_size);

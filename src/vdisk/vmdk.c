@@ -81,6 +81,7 @@ struct extent {
 	int fd;
 	bool has_dfd;                /* dfd: O_DIRECT descriptor for grain data */
 	int dfd;
+	struct vdisk_writebehind *wb;
 	struct sparse *sp;
 };
 
@@ -524,6 +525,7 @@ static void vmdk_free(struct vmdk *m)
 		for (size_t k = 0; k < i; k++)
 			if (m->ext[k].fd == e->fd)
 				shared = true;
+		vdisk_writebehind_free(e->wb);
 		if (e->fd >= 0 && !shared && e->fd != m->desc_fd)
 			close(e->fd);
 		if (e->has_dfd)
@@ -569,6 +571,8 @@ static int open_extents(struct vdisk_image *img, struct vmdk *m, int first_fd)
 				e->has_dfd = true;
 			}
 		}
+		if (e->writable && !img->read_only && !(e->sp && e->sp->compressed))
+			e->wb = vdisk_writebehind_new(img, e->fd);
 		if (e->type == EXT_SPARSE) {
 			if (e->sp->compressed && e->sp->tail_gd && !img->read_only) {
 				/* New grains overwrite the old tail: hold every table first. */
@@ -1064,7 +1068,7 @@ static int write_grain(struct vdisk_image *img, struct extent *e, const char *sr
 		return 0;
 	}
 	if (gte > GTE_ZERO)
-		return vdisk_data_pwrite(e->fd, DFD(e), src, n, (uint64_t)gte * VDISK_SECTOR + in, e->path);
+		return vdisk_data_pwrite(e->fd, DFD(e), e->wb, src, n, (uint64_t)gte * VDISK_SECTOR + in, e->path);
 
 	/* A new grain at the end of the file, filled from below where the
 	 * write does not cover it. */
@@ -1076,7 +1080,7 @@ static int write_grain(struct vdisk_image *img, struct extent *e, const char *sr
 		return vela_error(VELA_E_LIMIT, "%s: the file is full (sector numbers are 32-bit)", e->path);
 	uint64_t at = sp->next_free;
 	if (n == gbytes) {
-		r = vdisk_data_pwrite(e->fd, DFD(e), src, n, at * VDISK_SECTOR, e->path);
+		r = vdisk_data_pwrite(e->fd, DFD(e), e->wb, src, n, at * VDISK_SECTOR, e->path);
 	} else {
 		char *buf = xcalloc(1, gbytes);
 		uint64_t vstart = e->start * VDISK_SECTOR + g * gbytes;
@@ -1084,7 +1088,7 @@ static int write_grain(struct vdisk_image *img, struct extent *e, const char *sr
 			r = vdisk_image_read_below(img, buf, gbytes, vstart);
 		if (r == 0) {
 			memcpy(buf + in, src, n);
-			r = vdisk_data_pwrite(e->fd, DFD(e), buf, gbytes, at * VDISK_SECTOR, e->path);
+			r = vdisk_data_pwrite(e->fd, DFD(e), e->wb, buf, gbytes, at * VDISK_SECTOR, e->path);
 		}
 		free(buf);
 	}
@@ -1118,7 +1122,7 @@ static int pwrite_allocated(struct vdisk_image *img, struct vmdk *m, const char 
 	pthread_mutex_unlock(&img->lock);
 	if (r < 0 || gte <= GTE_ZERO)
 		return 0;
-	r = vdisk_data_pwrite(e->fd, DFD(e), p, len, (uint64_t)gte * VDISK_SECTOR + rel % gbytes, e->path);
+	r = vdisk_data_pwrite(e->fd, DFD(e), e->wb, p, len, (uint64_t)gte * VDISK_SECTOR + rel % gbytes, e->path);
 	return r < 0 ? r : 1;
 }
 
@@ -1146,7 +1150,7 @@ static int vmdk_pwrite(struct vdisk_image *img, const void *buf, size_t len, uin
 		uint64_t ext_left = e->sectors * VDISK_SECTOR - rel;
 		size_t n = len < ext_left ? len : (size_t)ext_left;
 		if (e->type == EXT_FLAT) {
-			r = vdisk_data_pwrite(e->fd, DFD(e), p, n, e->offset * VDISK_SECTOR + rel, e->path);
+			r = vdisk_data_pwrite(e->fd, DFD(e), e->wb, p, n, e->offset * VDISK_SECTOR + rel, e->path);
 		} else {
 			uint64_t gbytes = e->sp->grain * VDISK_SECTOR, in = rel % gbytes;
 			if (n > gbytes - in)
