@@ -3,7 +3,7 @@
 # Usage: scripts/install-deps.sh [build|run|test]   (default: test = everything)
 set -euo pipefail
 what=${1:-test}
-build_pkgs="meson ninja-build pkg-config gcc libc6-dev libjansson-dev zlib1g-dev libsqlite3-dev libmicrohttpd-dev libgnutls28-dev libpam0g-dev libcurl4-gnutls-dev libxxhash-dev libfuse3-dev"
+build_pkgs="meson ninja-build pkg-config gcc libc6-dev libjansson-dev zlib1g-dev libsqlite3-dev libmicrohttpd-dev libgnutls28-dev nettle-dev libpam0g-dev libcurl4-gnutls-dev libxxhash-dev libfuse3-dev"
 run_pkgs="qemu-system-x86 qemu-utils busybox-static cpio kmod nodejs fuse3"
 test_pkgs="libcmocka-dev e2fsprogs fdisk clang libclang-rt-14-dev libnbd-bin curl jq util-linux passwd iproute2 sqlite3 node-ws chromium"
 case $what in

@@ -78,6 +78,19 @@ check "nothing was created by the refused restore" test ! -e "$VELA_HOME/vms/bad
 echo '{"files":[{"name":"../../etc/passwd","sha256":"00"}],"disks":[],"vmx":"x.vmx"}' > "$VELA_HOME/damaged/manifest.json"
 expect_error VELA_E_CORRUPT "a manifest naming files outside the backup is refused" "$VELA" backup verify "$VELA_HOME/damaged"
 
+# Older manifests carry SHA-256 sums (made here by sha256sum, not by Vela).
+cp -r "$folder" "$VELA_HOME/oldsha"
+(
+	cd "$VELA_HOME/oldsha" || exit 1
+	sums=$(jq -r '.files[].name' manifest.json | while read -r f; do
+		jq -n --arg f "$f" --arg s "$(sha256sum "$f" | cut -d' ' -f1)" '{($f): $s}'
+	done | jq -s add)
+	jq --argjson sums "$sums" '.files |= map(.sha256 = $sums[.name] | del(.xxh3_128))' manifest.json > m.new && mv m.new manifest.json
+)
+check "a manifest of SHA-256 sums (older backups) verifies" "$VELA" backup verify "$VELA_HOME/oldsha"
+printf 'X' | dd of="$VELA_HOME/oldsha/bk.vmx" bs=1 seek=10 conv=notrunc status=none
+expect_error VELA_E_CORRUPT "... and a damaged file in it is found by its SHA-256" "$VELA" backup verify "$VELA_HOME/oldsha"
+
 # An offline backup of the VM, powered off.
 res3=$("$VELA" --json backup "$vmx" --to "$out")
 check "offline backup" sh -c "echo '$res3' | jq -e '.live == false and .disks == 1'"
