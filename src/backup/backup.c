@@ -56,7 +56,7 @@ static int sha256_file(const char *path, char hex[65], uint64_t *bytes)
 	int r = read_through(path, sha256_update_cb, &h, bytes);
 	uint8_t digest[SHA256_DIGEST_SIZE];
 	sha256_digest(&h, sizeof digest, digest);
-	for (int i = 0; i < 32; i++)
+	for (int i = 0; i < SHA256_DIGEST_SIZE; i++)
 		snprintf(hex + 2 * i, 3, "%02x", digest[i]);
 	return r;
 }

@@ -50,8 +50,9 @@ static int raw_open(struct vdisk_image *img)
 	}
 	struct raw *r = xcalloc(1, sizeof *r);
 	r->fd = fd;
-	r->dfd = S_ISREG(st.st_mode) || S_ISBLK(st.st_mode) ? vdisk_open_data_fd(img, img->path, !img->read_only) : -1;
-	r->wb = S_ISREG(st.st_mode) || S_ISBLK(st.st_mode) ? vdisk_writebehind_new(img, fd) : NULL;
+	bool data_file = S_ISREG(st.st_mode) || S_ISBLK(st.st_mode);   /* not a pipe or character device */
+	r->dfd = data_file ? vdisk_open_data_fd(img, img->path, !img->read_only) : -1;
+	r->wb = data_file ? vdisk_writebehind_new(img, fd) : NULL;
 	img->priv = r;
 	img->size = (uint64_t)st.st_size;
 	if (is_esx1_dsk(img->path, &st)) {
